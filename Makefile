@@ -1,0 +1,30 @@
+# Funnelcast: `make run` starts the whole system on the embedded runtime, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/funnelcast up
+
+test: install
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(VENV)/bin/pytest -q tests/unit
+
+bench: install
+	$(VENV)/bin/python bench/backbone.py
+
+clean:
+	-$(VENV)/bin/funnelcast down
+	rm -rf $(VENV)

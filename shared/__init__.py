@@ -1,0 +1,1 @@
+"""Funnelcast's common library: what every service needs, written once."""

@@ -1,0 +1,1 @@
+"""Events: the CloudEvents envelope, the catalogue of event types, their JSON Schemas."""

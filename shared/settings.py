@@ -1,0 +1,87 @@
+"""Configuration from the environment (CONTRACT.md lists the public variables).
+
+Every variable is `FUNNELCAST_<FIELD>`; defaults suit the embedded runtime on one machine.
+"""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topology import SERVICES
+
+DEV_AUTH_SECRET = "funnelcast-dev-secret-not-for-production-use"  # noqa: S105 - documented dev default, warned about
+EMBEDDED_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+EMBEDDED_POSTGRES_PORT = 15432
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNNELCAST_", extra="ignore")
+
+    # --- the public contract ---
+    kafka_bootstrap: str | None = Field(None, description="broker bootstrap servers; unset: embedded broker")
+    database_url: str | None = Field(None, description="Postgres server URL; unset: embedded Postgres")
+    auth_secret: SecretStr | None = Field(None, description="secret that signs bearer tokens")
+    org_file: Path | None = Field(None, description="the organisation file; unset: the sample")
+    home: Path = Field(Path(".funnelcast"), description="state directory of the embedded runtime")
+    webhook_allowed_networks: str = Field("", description="CIDRs webhook targets may resolve to although private")
+
+    # --- Kafka client tuning (short defaults suit Tansu; see DESIGN.md section 5) ---
+    kafka_fetch_max_wait_ms: int = 10
+    kafka_session_timeout_ms: int = 6000
+    kafka_rebalance_timeout_ms: int = 3000
+    kafka_heartbeat_interval_ms: int = 1000
+    kafka_request_timeout_ms: int = 10000
+    # Apache Kafka supports the idempotent producer; Tansu (embedded) does not.
+    kafka_idempotence: bool = True
+    kafka_replication_factor: int = 1
+
+    # --- outbox relay ---
+    relay_batch_size: int = 1000
+    relay_idle_poll_s: float = 1.0
+    relay_max_backoff_s: float = 5.0
+    outbox_retention_days: int = 90
+
+    # --- HTTP ---
+    host: str = "127.0.0.1"
+    max_body_bytes: int = 1_048_576
+    token_ttl_s: int = 12 * 3600
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 10.0
+
+    # --- embedded runtime ---
+    embedded_postgres_port: int = EMBEDDED_POSTGRES_PORT
+    tansu_bin: Path | None = None
+    db_pool_size: int = 10
+
+    @property
+    def kafka_bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap or EMBEDDED_KAFKA_BOOTSTRAP
+
+    @property
+    def server_url(self) -> str:
+        return self.database_url or f"postgresql://postgres@127.0.0.1:{self.embedded_postgres_port}/postgres"
+
+    def database_url_for(self, service: str) -> str:
+        """Each service has its own database on the configured server."""
+        return with_database(self.server_url, SERVICES[service].database)
+
+    def port_for(self, service: str) -> int:
+        return int(os.environ.get(f"FUNNELCAST_{service.upper()}_PORT", SERVICES[service].port))
+
+    @property
+    def signing_secret(self) -> str:
+        return self.auth_secret.get_secret_value() if self.auth_secret else DEV_AUTH_SECRET
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

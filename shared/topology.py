@@ -1,0 +1,71 @@
+"""The shape of the system: its services, their ports and the topics between them.
+
+One place, read by the runtime, the services, the deployment tests and the docs.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    owns: str
+
+    @property
+    def module(self) -> str:
+        return f"services.{self.name}"
+
+    @property
+    def database(self) -> str:
+        return f"funnelcast_{self.name}"
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents `source` of every event this service publishes."""
+        return f"/funnelcast/{self.name}"
+
+
+SERVICES: dict[str, Service] = {
+    s.name: s
+    for s in (
+        Service("leads", 8001, "leads, touches, campaigns"),
+        Service("opportunities", 8002, "accounts, contacts, opportunities, quotes, contracts"),
+        Service("scoring", 8003, "lead scores, opportunity win probabilities, account tiers, models"),
+        Service("forecasting", 8004, "forecasts, quotas, funnel analytics"),
+        Service("notifications", 8005, "rules, inbox, push streams, webhooks, e-mail"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    partitions: int
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.name}.dlq"
+
+
+# Partition counts bound how many consumer instances share a topic's work;
+# six lets up to six replicas of a consumer service split it.
+TOPICS: dict[str, Topic] = {
+    t.name: t
+    for t in (
+        Topic("sales.leads", 6),
+        Topic("sales.campaigns", 3),
+        Topic("sales.accounts", 6),
+        Topic("sales.opportunities", 6),
+        Topic("sales.contracts", 6),
+        Topic("sales.scores", 6),
+        Topic("sales.forecasts", 3),
+        Topic("sales.notifications", 3),
+    )
+}
+
+
+def all_topic_names() -> list[str]:
+    """Every topic the system uses, dead-letter topics included."""
+    names = list(TOPICS)
+    return names + [TOPICS[n].dead_letters for n in names]
