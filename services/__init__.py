@@ -1,0 +1,1 @@
+"""The five Funnelcast services, one package each."""

@@ -1,0 +1,1 @@
+"""The forecasting service: owns forecasts, quotas, funnel analytics."""

@@ -1,0 +1,1 @@
+"""The leads service: owns leads, touches, campaigns."""

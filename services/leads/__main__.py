@@ -1,0 +1,4 @@
+from services.leads.main import service
+from shared.service import serve
+
+serve(service)

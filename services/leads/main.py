@@ -1,0 +1,5 @@
+"""Wiring of the leads service."""
+
+from shared.service import ServiceDefinition
+
+service = ServiceDefinition(name="leads")

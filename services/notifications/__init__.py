@@ -1,0 +1,1 @@
+"""The notifications service: owns rules, inbox, push streams, webhooks, e-mail."""

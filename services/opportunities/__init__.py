@@ -1,0 +1,1 @@
+"""The opportunities service: owns accounts, contacts, opportunities, quotes, contracts."""

@@ -1,0 +1,1 @@
+"""The scoring service: owns lead scores, opportunity win probabilities, account tiers, models."""

@@ -1,0 +1,5 @@
+"""Wiring of the scoring service."""
+
+from shared.service import ServiceDefinition
+
+service = ServiceDefinition(name="scoring")

@@ -1,0 +1,142 @@
+"""Idempotent consumption: every consumed event is applied exactly once, or dead-lettered.
+
+Delivery is at least once. `EventProcessor.process` records the event id in the inbox in the
+same transaction as the handler's effect (and the events it publishes), so a redelivered
+event changes nothing. A message that cannot be decoded, fails its schema, or makes the
+handler fail goes to `<topic>.dlq` with the error and its original headers, and
+consumption moves on. Database outages are not the message's fault: those are retried
+with back-off, holding the partition, so nothing is skipped while Postgres is away.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared import metrics
+from shared.context import Cause, child_traceparent, current_cause, current_event_id
+from shared.db import Database, Transaction
+from shared.events.envelope import CloudEvent, InvalidEvent, parse_and_validate
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Transaction, CloudEvent], Awaitable[None]]
+
+TRANSIENT_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+                    asyncpg.AdminShutdownError, asyncpg.ConnectionFailureError, asyncpg.SerializationError,
+                    asyncpg.DeadlockDetectedError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A consumed Kafka record, whatever client delivered it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class DeadLetters:
+    """Sends messages that cannot be processed to `<topic>.dlq`, with why."""
+
+    def __init__(self, producer: AIOKafkaProducer, group: str) -> None:
+        self.producer = producer
+        self.group = group
+
+    async def send(self, message: Message, error: str) -> None:
+        headers = [
+            *message.headers,
+            ("dlq-error", error[:2000].encode()),
+            ("dlq-consumer-group", self.group.encode()),
+            ("dlq-original-topic", message.topic.encode()),
+            ("dlq-original-partition", str(message.partition).encode()),
+            ("dlq-original-offset", str(message.offset).encode()),
+            ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
+        ]
+        dlq = f"{message.topic}.dlq"
+        # Awaited to the broker's ack: the offset is committed only after the message is safe.
+        await self.producer.send_and_wait(dlq, key=message.key, value=message.value, headers=headers)
+        metrics.dead_letters.labels(dlq).inc()
+        log.error("dead-lettered %s[%d]@%d to %s: %s", message.topic, message.partition, message.offset, dlq, error)
+
+
+class EventProcessor:
+    def __init__(self, db: Database, group: str, handlers: dict[str, Handler], dead_letters: DeadLetters) -> None:
+        self.db = db
+        self.group = group
+        self.handlers = handlers
+        self.dead_letters = dead_letters
+        self.max_backoff_s = 5.0
+
+    async def process(self, message: Message) -> Outcome:
+        try:
+            event = parse_and_validate(message.value or b"")
+        except InvalidEvent as exc:
+            metrics.events_failed.labels("invalid", self.group).inc()
+            await self.dead_letters.send(message, f"invalid event: {exc}")
+            return Outcome.DEAD_LETTERED
+        handler = self.handlers.get(event.type)
+        if handler is None:
+            return Outcome.IGNORED
+        cause_token = current_cause.set(
+            Cause(
+                correlation_id=event.correlationid or event.id,
+                causation_id=event.id,
+                traceparent=child_traceparent(event.traceparent),
+            )
+        )
+        event_token = current_event_id.set(event.id)
+        try:
+            return await self._apply_with_retry(message, event, handler)
+        finally:
+            current_event_id.reset(event_token)
+            current_cause.reset(cause_token)
+
+    async def _apply_with_retry(self, message: Message, event: CloudEvent, handler: Handler) -> Outcome:
+        backoff = 0.1
+        while True:
+            try:
+                return await self._apply(event, handler)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("cannot apply %s yet (%r); retrying in %.1fs", event.id, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception as exc:  # noqa: BLE001 - any other failure is this message's: dead-letter it
+                metrics.events_failed.labels(event.type, self.group).inc()
+                log.exception("handler for %s failed on event %s", event.type, event.id)
+                await self.dead_letters.send(message, f"{type(exc).__name__}: {exc}")
+                return Outcome.DEAD_LETTERED
+
+    async def _apply(self, event: CloudEvent, handler: Handler) -> Outcome:
+        started = time.perf_counter()
+        async with self.db.transaction() as tx:
+            first_time = await tx.conn.fetchval(
+                "INSERT INTO inbox (consumer_group, event_id, event_type) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                self.group,
+                event.id,
+                event.type,
+            )
+            if not first_time:
+                metrics.events_duplicate.labels(event.type, self.group).inc()
+                return Outcome.DUPLICATE
+            await handler(tx, event)
+        metrics.events_consumed.labels(event.type, self.group).inc()
+        metrics.handler_duration.labels(event.type, self.group).observe(time.perf_counter() - started)
+        return Outcome.APPLIED

@@ -1,0 +1,227 @@
+"""Wiring a service: its definition in, a FastAPI app with its whole lifecycle out.
+
+A service declares its routers, its migrations and the handlers of the events it
+consumes (`ServiceDefinition`); this module gives it a database with its migrations, an
+outbox relay, a Faust agent feeding its handlers, health / readiness / metrics, errors
+as problem+json and authentication. The broker connection is made in the background
+and retried, so the service keeps taking requests while the broker is away: its events
+wait in the outbox.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, FastAPI, Request
+
+from shared import kafka
+from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
+from shared.events.catalog import event_type
+from shared.inbox import DeadLetters, EventProcessor, Handler
+from shared.logs import configure_logging
+from shared.org import cached_organisation
+from shared.outbox import OutboxRelay
+from shared.settings import Settings, get_settings
+from shared.streaming import StreamApp, create_stream_app, record_consumer_lag, subscribe
+from shared.topology import SERVICES
+from shared.web import CurrentPrincipal, RequestContextMiddleware, install_error_handlers, install_probes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    routers: Sequence[APIRouter] = ()
+    migrations: Path | None = None
+    # consumed event type -> handler; the topics to subscribe follow from the types
+    handlers: Mapping[str, Handler] = field(default_factory=dict)
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        return sorted({event_type(t).topic for t in self.handlers})
+
+    @property
+    def consumer_group(self) -> str:
+        return f"funnelcast-{self.name}"
+
+
+class ServiceRuntime:
+    """The running parts of one service process."""
+
+    def __init__(self, definition: ServiceDefinition, settings: Settings) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.db: Database | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.stream: StreamApp | None = None
+        self.broker_connected = False
+        self._connector: asyncio.Task[None] | None = None
+        self._lag_reporter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        name = self.definition.name
+        self.producer = kafka.producer(self.settings)
+        await ensure_database(self.settings.server_url, SERVICES[name].database)
+        self.db = await Database.open(
+            self.settings.database_url_for(name), SERVICES[name].source, pool_size=self.settings.db_pool_size
+        )
+        async with self.db.pool.acquire() as conn:
+            directories = [SHARED_MIGRATIONS] + ([self.definition.migrations] if self.definition.migrations else [])
+            await migrate(conn, *directories)
+        self.relay = OutboxRelay(
+            self.db.pool,
+            self.producer,
+            batch_size=self.settings.relay_batch_size,
+            idle_poll_s=self.settings.relay_idle_poll_s,
+            max_backoff_s=self.settings.relay_max_backoff_s,
+            prepare_broker=lambda: kafka.ensure_topics(self.settings),
+        )
+        if self.definition.handlers:
+            self.stream = create_stream_app(name, self.settings)
+            processor = EventProcessor(
+                self.db,
+                self.definition.consumer_group,
+                dict(self.definition.handlers),
+                DeadLetters(self.producer, self.definition.consumer_group),
+            )
+            subscribe(self.stream, processor, self.definition.consumed_topics)
+        self._connector = asyncio.create_task(self._connect_broker(), name="connect-broker")
+
+    async def _connect_broker(self) -> None:
+        backoff = 0.2
+        assert self.producer is not None
+        while True:
+            try:
+                await kafka.ensure_topics(self.settings)
+                await self.producer.start()
+                break
+            except (KafkaError, OSError) as exc:
+                log.warning("broker not reachable yet (%r); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.broker_connected = True
+        assert self.relay is not None
+        self.relay.start()
+        if self.stream is not None:
+            self.stream.finalize()
+            await self.stream.start()
+            self._lag_reporter = asyncio.create_task(self._report_lag(), name="consumer-lag")
+
+    async def _report_lag(self) -> None:
+        assert self.stream is not None
+        while True:
+            await asyncio.sleep(5)
+            with contextlib.suppress(Exception):
+                record_consumer_lag(self.stream, self.definition.consumer_group)
+
+    async def stop(self) -> None:
+        """Finish in-flight work: stop consuming (offsets commit), flush the relay, close."""
+        for task in (self._lag_reporter, self._connector):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.stream is not None and self.broker_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.stream.stop(), timeout=self.settings.shutdown_grace_s)
+        if self.relay is not None:
+            await self.relay.stop(flush_timeout=self.settings.shutdown_grace_s / 2)
+        if self.producer is not None and self.broker_connected:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.db is not None:
+            await self.db.close()
+
+    async def readiness(self) -> dict[str, str]:
+        problems: dict[str, str] = {}
+        if self.db is None or not await self.db.ping():
+            problems["database"] = "unreachable"
+        if not self.broker_connected:
+            problems["broker"] = "not connected"
+        elif not await self._broker_answers():
+            problems["broker"] = "unreachable"
+        if self.stream is not None and self.stream.crashed:
+            problems["consumer"] = f"agent crashed: {self.stream.crashed}"
+        return problems
+
+    async def _broker_answers(self) -> bool:
+        assert self.producer is not None
+        client = self.producer.client
+        try:
+            await asyncio.wait_for(client.fetch_all_metadata(), timeout=2)
+            return True
+        except (KafkaError, OSError, TimeoutError):
+            return False
+
+
+identity = APIRouter(prefix="/v1", tags=["identity"])
+
+
+@identity.get("/me")
+async def whoami(principal: CurrentPrincipal) -> dict[str, str | None]:
+    """Who the bearer token says the caller is, as this service sees them."""
+    return {"user_id": principal.user_id, "role": principal.role, "team": principal.team}
+
+
+def create_service_app(definition: ServiceDefinition, settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    runtime = ServiceRuntime(definition, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.auth_secret is None:
+            log.warning("FUNNELCAST_AUTH_SECRET is not set: tokens are signed with the public dev secret")
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=f"Funnelcast {definition.name}",
+        version="1",
+        description=f"Owns {SERVICES[definition.name].owns}.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.org = cached_organisation(settings.org_file)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    install_probes(app, runtime.readiness)
+    app.include_router(identity)
+    for router in definition.routers:
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def database(request: Request) -> Database:
+    db = request.app.state.runtime.db
+    assert db is not None, "the service has not started"
+    return db
+
+
+ServiceDatabase = Annotated[Database, Depends(database)]
+
+
+def serve(definition: ServiceDefinition) -> None:
+    """Run one service process (`python -m services.<name>`)."""
+    settings = get_settings()
+    configure_logging(definition.name, settings.log_level)
+    uvicorn.run(
+        create_service_app(definition, settings),
+        host=settings.host,
+        port=settings.port_for(definition.name),
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )

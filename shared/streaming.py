@@ -1,0 +1,127 @@
+"""Faust, wired to the runtime: reacting services declare handlers, not plumbing.
+
+`create_stream_app` builds a faust-streaming app from settings; `subscribe` adds an agent
+that feeds every record of some topics through an `EventProcessor` (decode, dedupe,
+handle, dead-letter). The app runs inside the service's uvicorn loop
+(faust.contrib.asgi.faust_app_running), so one process serves HTTP and consumes.
+
+Faust 0.15 hard-codes `fetch_max_wait_ms=1500` for its worker consumer. Tansu answers a
+fetch only when that wait runs out, so every hop would cost up to 1.5 s (DESIGN.md section 5).
+The `funnelcast://` transport below is Faust's aiokafka transport with that one value taken
+from FUNNELCAST_KAFKA_FETCH_MAX_WAIT_MS; it is registered through Faust's documented
+`faust.transports` entry point (pyproject.toml).
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from shared import metrics
+from shared.inbox import EventProcessor, Message
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FETCH_MAX_WAIT_MS = 10
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # AIOKafkaConsumer reads this when start() builds its fetcher (checked by a test).
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class StreamApp(faust.App):
+    """A Faust app that remembers its fetch wait and whether an agent has crashed."""
+
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
+    crashed: str | None = None
+    processed_offsets: dict[tuple[str, int], int]
+
+
+def create_stream_app(service: str, settings: Settings) -> StreamApp:
+    servers = ";".join(settings.kafka_bootstrap_servers.split(","))
+    app = StreamApp(
+        f"funnelcast-{service}",
+        broker=f"funnelcast://{servers}",
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        # Topics are created by shared.kafka.ensure_topics with their partition counts.
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        topic_replication_factor=settings.kafka_replication_factor,
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
+        broker_request_timeout=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms) / 1000,
+        broker_commit_interval=1.0,
+    )
+    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    app.processed_offsets = {}
+    return app
+
+
+def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> None:
+    """Feed every record of `topics` through the processor, one agent for them all."""
+    channel = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    async def apply_events(stream: Any) -> None:
+        try:
+            async for record in stream.events():
+                message = record.message
+                await processor.process(
+                    Message(
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                        key=message.key,
+                        value=message.value,
+                        headers=_headers(message.headers),
+                    )
+                )
+                app.processed_offsets[(message.topic, message.partition)] = message.offset
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            app.crashed = f"{type(exc).__name__}: {exc}"
+            log.exception("the %s agent crashed", processor.group)
+            raise
+
+    app.agent(channel, name=f"{processor.group}.apply_events")(apply_events)
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    return tuple((str(k), bytes(v or b"")) for k, v in items)
+
+
+def record_consumer_lag(app: StreamApp, group: str) -> None:
+    """Set funnelcast_consumer_lag from each assigned partition's high-water mark."""
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        processed = app.processed_offsets.get((tp.topic, tp.partition))
+        if processed is None:
+            continue  # nothing consumed here yet: the committed position is the broker's to tell
+        behind = highwater - (processed + 1)
+        metrics.consumer_lag.labels(tp.topic, str(tp.partition), group).set(max(0, behind))

@@ -1,0 +1,155 @@
+"""The event backbone against the real Postgres and broker: outbox, relay, ordering, schemas."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared import kafka
+from shared.db import SHARED_MIGRATIONS, Database, migrate
+from shared.events.envelope import InvalidEvent, parse_and_validate
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+from tests.support.topics import read_topic
+from tests.support.waiting import eventually
+
+
+def lead_captured(lead_id: str) -> dict[str, object]:
+    return {
+        "lead_id": lead_id,
+        "source": "web_form",
+        "grade": "H",
+        "owner_id": "rep-1",
+        "campaign_id": None,
+        "region": "华东",
+        "contact": {"name": "王先生", "company": "上海某某科技", "phone": "+8613800000000", "email": None},
+        "captured_at": "2026-11-23T08:00:00Z",
+    }
+
+
+def lead_contacted(lead_id: str, n: int) -> dict[str, object]:
+    return {
+        "lead_id": lead_id,
+        "touch_id": f"touch-{n}",
+        "channel": "phone",
+        "contacted_at": "2026-11-23T09:00:00Z",
+        "contacted_by": "rep-1",
+        "note": f"call {n}",
+    }
+
+
+@pytest.fixture
+async def db(scratch_db: str) -> Database:
+    database = await Database.open(scratch_db, "/funnelcast/leads")
+    async with database.pool.acquire() as conn:
+        await migrate(conn, SHARED_MIGRATIONS)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AIOKafkaProducer:
+    started = kafka.producer(settings)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+async def test_an_event_of_a_rolled_back_transaction_is_never_published(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    kept, discarded = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            tx.publish("sales.lead.captured.v1", discarded, lead_captured(discarded), sequence=1)
+            raise RuntimeError("the handler failed after publishing")
+    async with db.transaction() as tx:
+        tx.publish("sales.lead.captured.v1", kept, lead_captured(kept), sequence=1)
+
+    assert await OutboxRelay(db.pool, producer).publish_batch() == 1
+    seen = {r.key.decode() for r in await read_topic(settings, "sales.leads", count=1, match=kept.encode())}
+    assert kept in seen
+    assert not await read_topic(settings, "sales.leads", count=1, match=discarded.encode(), timeout=2)
+    assert await db.pool.fetchval("SELECT count(*) FROM outbox WHERE aggregateid = $1", discarded) == 0
+
+
+async def test_events_of_one_aggregate_arrive_in_order(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    lead, other = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def write(aggregate: str, first: int, last: int) -> None:
+        for n in range(first, last + 1):
+            async with db.transaction() as tx:
+                tx.publish("sales.lead.contacted.v1", aggregate, lead_contacted(aggregate, n), sequence=n)
+
+    await asyncio.gather(write(lead, 1, 60), write(other, 1, 60))
+    relay = OutboxRelay(db.pool, producer, batch_size=25)  # several batches
+    await relay.drain()
+
+    records = await read_topic(settings, "sales.leads", count=60, match=lead.encode())
+    sequences = [json.loads(r.value)["sequence"] for r in records]
+    assert sequences == list(range(1, 61))
+    assert {r.partition for r in records} == {records[0].partition}
+    assert all(dict(r.headers)["content-type"] == b"application/cloudevents+json" for r in records)
+    assert await relay.backlog() == 0
+
+
+async def test_published_events_are_valid_cloudevents(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    lead = str(uuid.uuid4())
+    async with db.transaction() as tx:
+        sent = tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
+    await OutboxRelay(db.pool, producer).drain()
+
+    [record] = await read_topic(settings, "sales.leads", count=1, match=lead.encode())
+    event = parse_and_validate(record.value)
+    body = json.loads(record.value)
+    assert event.id == sent.id and event.subject == lead and event.sequence == 1
+    assert body["specversion"] == "1.0" and body["source"] == "/funnelcast/leads"
+    assert body["datacontenttype"] == "application/json"
+    assert body["dataschema"] == "urn:funnelcast:schema:sales.lead.captured.v1"
+    assert body["time"].endswith("Z")
+
+
+async def test_a_schema_invalid_event_is_refused_at_publish_time(db: Database) -> None:
+    lead = str(uuid.uuid4())
+    bad = lead_captured(lead) | {"grade": "Z"}
+    with pytest.raises(InvalidEvent, match="grade"):
+        async with db.transaction() as tx:
+            tx.publish("sales.lead.captured.v1", lead, bad)
+    assert await db.pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_the_relay_wakes_on_commit(db: Database, producer: AIOKafkaProducer, settings: Settings) -> None:
+    relay = OutboxRelay(db.pool, producer, idle_poll_s=30)  # polling alone would take 30 s
+    relay.start()
+    try:
+        await eventually(lambda: _true(relay.is_leader))
+        lead = str(uuid.uuid4())
+        async with db.transaction() as tx:
+            tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
+        assert await read_topic(settings, "sales.leads", count=1, match=lead.encode(), timeout=5)
+    finally:
+        await relay.stop()
+
+
+async def test_only_one_relay_is_active_per_database(db: Database, producer: AIOKafkaProducer) -> None:
+    first, second = OutboxRelay(db.pool, producer, idle_poll_s=0.1), OutboxRelay(db.pool, producer, idle_poll_s=0.1)
+    first.start()
+    await eventually(lambda: _true(first.is_leader))
+    second.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert not second.is_leader
+        await first.stop()
+        await eventually(lambda: _true(second.is_leader))
+    finally:
+        await second.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,1 @@
+"""Helpers shared by the test layers: free ports, waiting for conditions, reading topics."""
