@@ -1,0 +1,155 @@
+"""Consuming: idempotent application, dead letters, and a Faust agent on the real broker."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared import kafka
+from shared.db import SHARED_MIGRATIONS, Database, Transaction, migrate
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
+from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
+from shared.settings import Settings
+from shared.streaming import StreamApp, create_stream_app, subscribe
+from tests.support.topics import read_topic
+from tests.support.waiting import eventually
+
+SCORES_TABLE = "CREATE TABLE scores (lead_id text PRIMARY KEY, applied int NOT NULL DEFAULT 0)"
+
+
+def captured(lead_id: str) -> CloudEvent:
+    return CloudEvent(
+        type="sales.lead.captured.v1",
+        source="/funnelcast/leads",
+        subject=lead_id,
+        sequence=1,
+        data={
+            "lead_id": lead_id,
+            "source": "phone",
+            "grade": "A",
+            "owner_id": "rep-2",
+            "campaign_id": None,
+            "region": "华东",
+            "contact": {"name": "李女士", "company": None, "phone": "+8613900000000", "email": None},
+            "captured_at": "2026-11-23T08:00:00Z",
+        },
+    )
+
+
+async def count_application(tx: Transaction, event: CloudEvent) -> None:
+    await tx.conn.execute(
+        "INSERT INTO scores (lead_id, applied) VALUES ($1, 1)"
+        " ON CONFLICT (lead_id) DO UPDATE SET applied = scores.applied + 1",
+        event.subject,
+    )
+
+
+async def fail_on_purpose(tx: Transaction, event: CloudEvent) -> None:
+    raise ValueError(f"cannot score {event.subject}")
+
+
+@pytest.fixture
+async def db(scratch_db: str) -> AsyncIterator[Database]:
+    database = await Database.open(scratch_db, "/funnelcast/scoring")
+    async with database.pool.acquire() as conn:
+        await migrate(conn, SHARED_MIGRATIONS)
+        await conn.execute(SCORES_TABLE)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    started = kafka.producer(settings)
+    await started.start()
+    yield started
+    await started.stop()
+
+
+def as_message(event: CloudEvent, offset: int = 0) -> Message:
+    return Message("sales.leads", 0, offset, event.subject.encode(), event.to_bytes(), (CONTENT_TYPE_HEADER,))
+
+
+async def applied(db: Database, lead_id: str) -> int:
+    return int(await db.pool.fetchval("SELECT coalesce(max(applied), 0) FROM scores WHERE lead_id = $1", lead_id))
+
+
+async def test_a_redelivered_event_is_applied_once(db: Database, producer: AIOKafkaProducer) -> None:
+    processor = EventProcessor(
+        db, "test-scoring", {"sales.lead.captured.v1": count_application}, DeadLetters(producer, "test-scoring")
+    )
+    event = captured(str(uuid.uuid4()))
+    assert await processor.process(as_message(event, 7)) is Outcome.APPLIED
+    assert await processor.process(as_message(event, 7)) is Outcome.DUPLICATE
+    assert await processor.process(as_message(event, 8)) is Outcome.DUPLICATE
+    assert await applied(db, event.subject) == 1
+
+
+async def test_a_failing_handler_dead_letters_and_rolls_back(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    group = f"test-{uuid.uuid4()}"
+    processor = EventProcessor(db, group, {"sales.lead.captured.v1": fail_on_purpose}, DeadLetters(producer, group))
+    event = captured(str(uuid.uuid4()))
+    assert await processor.process(as_message(event)) is Outcome.DEAD_LETTERED
+
+    [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=event.subject.encode())
+    headers = dict(dead.headers)
+    assert headers["dlq-error"] == f"ValueError: cannot score {event.subject}".encode()
+    assert headers["dlq-consumer-group"] == group.encode()
+    assert headers["content-type"] == b"application/cloudevents+json"  # original headers kept
+    assert json.loads(dead.value)["id"] == event.id
+    # The failed attempt left no inbox row, so a replay after a fix applies it.
+    assert await db.pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", event.id) == 0
+
+
+@pytest.fixture
+async def stream_app(db: Database, producer: AIOKafkaProducer, settings: Settings) -> AsyncIterator[StreamApp]:
+    app = create_stream_app(f"test-{uuid.uuid4().hex[:8]}", settings)
+    group = app.conf.id
+    processor = EventProcessor(db, group, {"sales.lead.captured.v1": count_application}, DeadLetters(producer, group))
+    subscribe(app, processor, ["sales.leads"])
+    app.finalize()
+    await app.start()
+    yield app
+    await app.stop()
+
+
+async def test_a_faust_agent_applies_events_once_and_dead_letters_poison(
+    stream_app: StreamApp, db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    good, after_poison = captured(str(uuid.uuid4())), captured(str(uuid.uuid4()))
+    poison_key = f"poison-{uuid.uuid4()}".encode()
+    await producer.send_and_wait("sales.leads", key=good.subject.encode(), value=good.to_bytes())
+    await producer.send_and_wait("sales.leads", key=good.subject.encode(), value=good.to_bytes())  # redelivery
+    await producer.send_and_wait("sales.leads", key=poison_key, value=b"{not json")
+    await producer.send_and_wait("sales.leads", key=after_poison.subject.encode(), value=after_poison.to_bytes())
+
+    await eventually(lambda: applied(db, after_poison.subject), timeout=30)
+    assert await applied(db, good.subject) == 1
+    [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=poison_key)
+    assert dead.value == b"{not json"
+    assert dict(dead.headers)["dlq-error"].startswith(b"invalid event: not JSON")
+    assert stream_app.crashed is None
+
+
+async def test_faust_consumers_use_the_configured_fetch_wait(stream_app: StreamApp, settings: Settings) -> None:
+    # Faust 0.15 would pass 1500 ms; Tansu holds every fetch that long (DESIGN.md section 5).
+    aiokafka_consumer = stream_app.consumer._thread._consumer
+    assert aiokafka_consumer is not None
+    assert aiokafka_consumer._fetcher._fetch_max_wait_ms == settings.kafka_fetch_max_wait_ms == 10
+
+
+async def test_an_event_of_an_unknown_type_is_dead_lettered(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    processor = EventProcessor(db, "test-unknown", {}, DeadLetters(producer, "test-unknown"))
+    event = captured(str(uuid.uuid4()))
+    body = json.loads(event.to_bytes()) | {"type": "sales.lead.teleported.v1"}
+    message = Message("sales.leads", 0, 0, event.subject.encode(), json.dumps(body).encode())
+    assert await processor.process(message) is Outcome.DEAD_LETTERED
+    [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=event.subject.encode())
+    assert b"sales.lead.teleported.v1" in dict(dead.headers)["dlq-error"]
