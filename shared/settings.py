@@ -54,12 +54,13 @@ class Settings(BaseSettings):
 
     # --- embedded runtime ---
     embedded_postgres_port: int = EMBEDDED_POSTGRES_PORT
+    embedded_kafka_port: int = 9092
     tansu_bin: Path | None = None
     db_pool_size: int = 10
 
     @property
     def kafka_bootstrap_servers(self) -> str:
-        return self.kafka_bootstrap or EMBEDDED_KAFKA_BOOTSTRAP
+        return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_kafka_port}"
 
     @property
     def server_url(self) -> str:

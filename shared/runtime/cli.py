@@ -1,0 +1,263 @@
+"""`funnelcast`: run the whole system on one machine, see what runs, and mint tokens.
+
+    funnelcast up [--detach] [--replicas SERVICE=N ...]   start everything (foreground until Ctrl-C)
+    funnelcast down                                       stop everything `up` started
+    funnelcast status [--json]                            services, ports, readiness, broker, database
+    funnelcast token --user USER_ID [--role ROLE]         a bearer token for local use and tests
+"""
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.auth import issue_token
+from shared.org import OrgFileError, Role, load_organisation
+from shared.runtime.broker import BrokerError
+from shared.runtime.postgres import PostgresError
+from shared.runtime.supervisor import (
+    REPLICA_PORT_STEP,
+    RuntimeState,
+    Stack,
+    StackError,
+    plan_instances,
+    status_report,
+    stop_recorded,
+)
+from shared.settings import Settings
+from shared.topology import SERVICES
+
+EXIT_USAGE = 2
+DEFAULT_READY_TIMEOUT_S = 90.0
+
+
+class StopRequested(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it
+    """SIGINT or SIGTERM arrived: stop everything in order."""
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _complain(message: str) -> None:
+    print(f"funnelcast: {message}", file=sys.stderr, flush=True)
+
+
+# --- up ------------------------------------------------------------------------------------------
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    replicas: dict[str, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--replicas wants SERVICE=N with N >= 1, not {value!r}")
+        if name not in SERVICES:
+            raise ValueError(f"--replicas: unknown service {name!r}; services are {', '.join(SERVICES)}")
+        replicas[name] = int(count)
+    return replicas
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        instances = plan_instances(settings, parse_replicas(args.replicas))
+    except (ValueError, StackError) as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    if settings.auth_secret is None:
+        _complain("warning: FUNNELCAST_AUTH_SECRET is unset; tokens are signed with the public dev secret")
+    stack = Stack(settings, settings.home, instances, out=_say)
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    started = time.monotonic()
+    keep_running = False
+    try:
+        stack.start(args.ready_timeout)
+        _say(f"ready in {time.monotonic() - started:.1f} s ({_timings(stack.timings)})")
+        _print_status(status_report(stack.home, settings))
+        if args.detach:
+            stack.detach()
+            keep_running = True
+            _say("running in the background; `funnelcast down` stops it")
+            return 0
+        _say("running; Ctrl-C stops everything")
+        while True:
+            death = stack.first_death()
+            if death is not None:
+                _complain(death)
+                return 1
+            time.sleep(0.5)
+    except StopRequested as stop:
+        _say(f"{stop}: stopping")
+        return 0
+    except (StackError, PostgresError, BrokerError) as exc:
+        _complain(str(exc))
+        return 1
+    finally:
+        if not keep_running:
+            # A second Ctrl-C must not cut the orderly stop short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                stack.stop()
+            except (StackError, PostgresError) as exc:
+                _complain(f"stopping: {exc}")
+
+
+def _timings(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
+
+
+# --- down, status ------------------------------------------------------------------------------
+
+
+def cmd_down(_args: argparse.Namespace, settings: Settings) -> int:
+    home = settings.home.absolute()
+    try:
+        state = RuntimeState.load(home)
+    except StackError as exc:
+        _complain(str(exc))
+        return 1
+    if state is None:
+        _say(f"nothing is running (no runtime record in {home})")
+        return 0
+    if not state.live_processes():
+        stop_recorded(state, home, settings, _say)
+        _say("nothing was running; removed the stale runtime record")
+        return 0
+    try:
+        stop_recorded(state, home, settings, _say)
+    except (StackError, PostgresError) as exc:
+        _complain(str(exc))
+        return 1
+    _say("stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        report = status_report(settings.home.absolute(), settings)
+    except StackError as exc:
+        _complain(str(exc))
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+    all_ready = all(s["alive"] and s["readyz"] == 200 for s in report["services"])
+    return 0 if report["running"] and all_ready else 1
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    if report["running"]:
+        _say(f"Funnelcast in {report['home']} (started {report.get('started_at', '?')})")
+    else:
+        _say(f"no Funnelcast stack is running from {report['home']}")
+    rows = [("SERVICE", "PID", "ALIVE", "PORT", "READYZ")]
+    for s in report["services"]:
+        alive = "yes" if s["alive"] else "no"
+        rows.append((s["label"], str(s["pid"] or "-"), alive, str(s["port"]), str(s["readyz"] or "-")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for title, key, where in (("broker", "broker", "bootstrap"), ("database", "database", "url")):
+        part = report[key]
+        if part["embedded"]:
+            state = "alive" if part["alive"] else "not running"
+            how = f"embedded, pid {part['pid']} ({state})" if part["pid"] else "embedded, not started"
+        else:
+            how = "external"
+        _say(f"{title:<9} {part[where]}  [{how}]")
+
+
+# --- token ---------------------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        org = load_organisation(settings.org_file)
+    except OrgFileError as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    user = org.user(args.user)
+    if user is None:
+        known = ", ".join(sorted(org.users))
+        _complain(f"unknown user {args.user!r} in the organisation file; known users: {known}")
+        return EXIT_USAGE
+    role = Role(args.role) if args.role else user.role
+    if role is not user.role:
+        _complain(f"warning: {user.id}'s role is {user.role}; the services will refuse a token claiming {role}")
+    ttl = args.ttl if args.ttl is not None else settings.token_ttl_s
+    if ttl <= 0:
+        _complain("--ttl must be a positive number of seconds")
+        return EXIT_USAGE
+    print(issue_token(user.id, role, settings.signing_secret, ttl))
+    return 0
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="funnelcast", description="Run and inspect Funnelcast on one machine (the embedded runtime)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", help="start the database, the broker and every service",
+        description="Start the embedded Postgres (unless FUNNELCAST_DATABASE_URL is set), the embedded Tansu "
+        "broker (unless FUNNELCAST_KAFKA_BOOTSTRAP is set), create the topics and start every service; "
+        "logs go to FUNNELCAST_HOME/logs.",
+    )
+    up.add_argument("--detach", action="store_true",
+                    help="return once every service answers /readyz and leave it all running")
+    up.add_argument("--replicas", action="extend", nargs="+", default=[], metavar="SERVICE=N",
+                    help=f"run N instances of a service (one consumer group); instance k > 0 listens on the "
+                         f"service's port + {REPLICA_PORT_STEP} * k, e.g. scoring=2 adds scoring on 8013")
+    up.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="SECONDS",
+                    help=f"how long to wait for every /readyz (default {DEFAULT_READY_TIMEOUT_S:.0f})")
+    up.set_defaults(handler=cmd_up)
+
+    down = commands.add_parser("down", help="stop everything `funnelcast up` started")
+    down.set_defaults(handler=cmd_down)
+
+    status = commands.add_parser(
+        "status", help="services, ports, readiness, broker and database",
+        description="Exit status 0 when every service is alive and ready, 1 otherwise.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=cmd_status)
+
+    token = commands.add_parser("token", help="print a bearer token signed with the configured secret")
+    token.add_argument("--user", required=True, metavar="USER_ID", help="a user of the organisation file")
+    token.add_argument("--role", choices=[str(r) for r in Role],
+                       help="the role to claim (default: the user's role in the organisation file)")
+    token.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default FUNNELCAST_TOKEN_TTL_S)")
+    token.set_defaults(handler=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="funnelcast: %(levelname)s %(message)s")
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        _complain(f"invalid configuration: {exc}")
+        return EXIT_USAGE
+    return int(args.handler(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
