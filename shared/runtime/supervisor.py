@@ -335,7 +335,7 @@ class Stack:
                 code = self.children[label].poll()
                 if code is not None:
                     raise StackError(
-                        f"service {label} exited with status {code} before it was ready\n"
+                        f"service {label} {_exit_description(code)} before it was ready\n"
                         f"--- {self.logs / f'{label}.log'} ---\n{log_tail(self.logs / f'{label}.log')}"
                     )
                 last_status[label] = readyz_status(instance.port)
@@ -351,7 +351,7 @@ class Stack:
                     log_file = self.logs / f"{label}.log"
                     reports.append(
                         f"service {label} (pid {self.children[label].pid}, port {instance.port}) is not ready "
-                        f"after {timeout:.0f} s: {said}\n--- {log_file} ---\n{log_tail(log_file)}"
+                        f"after {timeout:g} s: {said}\n--- {log_file} ---\n{log_tail(log_file)}"
                     )
                 raise StackError("\n".join(reports))
             time.sleep(0.2)
@@ -371,7 +371,7 @@ class Stack:
             code = child.poll()
             if code is not None:
                 log_file = self.logs / f"{label}.log"
-                return f"service {label} (pid {child.pid}) exited with status {code}\n--- {log_file} ---\n" + log_tail(
+                return f"service {label} (pid {child.pid}) {_exit_description(code)}\n--- {log_file} ---\n" + log_tail(
                     log_file
                 )
         if self.broker is not None and self.broker.pid is None:
@@ -396,6 +396,12 @@ class Stack:
         stop_recorded(self.state, self.home, self.settings, self.out)
         for child in self.children.values():
             child.poll()  # reap
+
+
+def _exit_description(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
 
 
 # --- stopping ------------------------------------------------------------------------------------

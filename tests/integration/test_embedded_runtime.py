@@ -49,6 +49,26 @@ async def test_postgres_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
     assert server.pid is None
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+async def test_postgres_as_root_needs_no_access_to_the_parent_directories(tmp_path: Path) -> None:
+    # Every new pytest session resets /tmp/pytest-of-root to 0700 while other sessions' servers start.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    server = EmbeddedPostgres(private / "data", free_port(), settings={"fsync": "off"})
+    try:
+        server.start()
+        private.chmod(0o700)
+        server.stop()
+        server.start()
+        conn = await asyncpg.connect(server.url)
+        try:
+            assert await conn.fetchval("SELECT current_user") == "postgres"
+        finally:
+            await conn.close()
+    finally:
+        server.stop()
+
+
 def test_postgres_url_names_the_port(tmp_path: Path) -> None:
     assert EmbeddedPostgres(tmp_path / "data", 15999).url == "postgresql://postgres@127.0.0.1:15999/postgres"
 
