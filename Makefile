@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	if command -v npm >/dev/null; then npm ci --prefix examples/subscriber-node --no-audit --no-fund --silent; fi
 	touch $(STAMP)
 
 run: install
