@@ -51,9 +51,6 @@ class ProcessRef:
         except ProcessLookupError:
             pass
 
-    def to_json(self) -> dict[str, float | int | None]:
-        return {"pid": self.pid, "create_time": self.create_time}
-
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     """Poll `condition` until it holds or `timeout` seconds pass; returns whether it held."""

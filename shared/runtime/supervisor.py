@@ -205,11 +205,11 @@ class Stack:
 
     @property
     def database_url(self) -> str:
-        return self.postgres.url if self.postgres else self.settings.server_url
+        return self.settings.server_url  # the embedded server's URL unless FUNNELCAST_DATABASE_URL is set
 
     @property
     def kafka_bootstrap(self) -> str:
-        return self.broker.bootstrap if self.broker else self.settings.kafka_bootstrap_servers
+        return self.settings.kafka_bootstrap_servers  # likewise for the broker
 
     def check_free(self) -> None:
         """Refuse to start over a live stack or on busy ports, before starting anything."""
@@ -236,16 +236,14 @@ class Stack:
         self.check_free()
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
-        self.state = RuntimeState(kafka_bootstrap="", database_url="")
-        self.state.supervisor = os.getpid()
-        self.state.supervisor_create_time = ProcessRef.of(os.getpid()).create_time
+        self.state = RuntimeState(
+            kafka_bootstrap=self.kafka_bootstrap, database_url=redact_url(self.database_url),
+            supervisor=os.getpid(), supervisor_create_time=ProcessRef.of(os.getpid()).create_time,
+        )
         if self.embedded_postgres:
             self._start_postgres()
         if self.embedded_broker:
             self._start_broker()
-        self.state.database_url = redact_url(self.database_url)
-        self.state.kafka_bootstrap = self.kafka_bootstrap
-        self.state.save(self.home)
         self._create_topics()
         for instance in self.instances:
             self._start_service(instance)
