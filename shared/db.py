@@ -32,8 +32,8 @@ async def ensure_database(server_url: str, database: str) -> None:
         if not exists:
             try:
                 await conn.execute(f'CREATE DATABASE "{database}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # a replica created it first
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # a replica created it first (the race surfaces as either error)
     finally:
         await conn.close()
 

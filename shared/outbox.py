@@ -9,6 +9,7 @@ consumers' inboxes make the repeats harmless.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,6 +20,8 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared import metrics
 from shared.db import OUTBOX_CHANNEL
@@ -27,6 +30,9 @@ from shared.events.envelope import CONTENT_TYPE_HEADER
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK = 0x4F5554424F58  # any constant, one per database
+# Murmur2, as Apache Kafka's clients and Debezium partition keys: one aggregate, one partition.
+_partitioner = DefaultPartitioner()
+_NOTHING_MARKING = (0, 0)  # positions start at 1
 
 
 class OutboxRelay:
@@ -51,6 +57,10 @@ class OutboxRelay:
         self.is_leader = False
         self.last_error: str | None = None
         self._wake = asyncio.Event()
+        self._partition_cache: dict[str, list[int]] = {}
+        self._marking: asyncio.Task[None] | None = None
+        self._marking_range = _NOTHING_MARKING
+        self._backlog_counted_at = 0.0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -91,9 +101,10 @@ class OutboxRelay:
         await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
         try:
             while True:
+                # Cleared before reading, so a commit notified mid-batch is not missed.
+                self._wake.clear()
                 published = await self._publish_with_retry()
                 if published < self.batch_size:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
         finally:
@@ -114,6 +125,7 @@ class OutboxRelay:
                 return published
             except KafkaError as exc:
                 metrics.relay_failures.inc()
+                self._partition_cache.clear()  # a restarted broker may have re-created topics
                 self.last_error = f"broker: {exc!r}"
                 log.warning("outbox relay cannot publish: %r; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -125,42 +137,89 @@ class OutboxRelay:
     async def publish_batch(self) -> int:
         """Publish the oldest unpublished rows, in commit order; return how many."""
         rows = await self.pool.fetch(
-            "SELECT position, type, topic, aggregateid, payload::text AS payload, created_at FROM outbox"
-            " WHERE published_at IS NULL ORDER BY position LIMIT $1",
+            "SELECT position, type, topic, aggregateid, payload, created_at FROM outbox"
+            " WHERE published_at IS NULL AND position NOT BETWEEN $2 AND $3 ORDER BY position LIMIT $1",
             self.batch_size,
+            *self._marking_range,
         )
         if not rows:
+            await self._finish_marking()
             metrics.outbox_backlog.set(0)
             metrics.outbox_oldest_unpublished.set(0)
             return 0
-        backlog = len(rows) if len(rows) < self.batch_size else await self.backlog()
-        _observe_backlog(backlog, rows[0]["created_at"])
-        sends = [
-            await self.producer.send(
-                r["topic"], key=r["aggregateid"].encode(), value=r["payload"].encode(), headers=[CONTENT_TYPE_HEADER]
-            )
-            for r in rows
-        ]
-        await asyncio.gather(*sends)
-        # Mark by position, not by range: a lower position may commit after a higher one.
-        await self.pool.execute(
-            "UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])", [r["position"] for r in rows]
-        )
-        for r in rows:
-            metrics.events_published.labels(r["type"]).inc()
+        await self._observe_backlog(len(rows), rows[0]["created_at"])
+        await self._send(rows)
+        # Marking overlaps the next batch's read and send, which skips this batch's range.
+        # A row of another aggregate that commits late inside the range waits one batch.
+        await self._finish_marking()
+        positions = [r["position"] for r in rows]
+        self._marking_range = (positions[0], positions[-1])
+        self._marking = asyncio.create_task(self._mark_published(positions))
+        for type_, count in collections.Counter(r["type"] for r in rows).items():
+            metrics.events_published.labels(type_).inc(count)
         return len(rows)
+
+    async def _observe_backlog(self, batch_rows: int, oldest: datetime) -> None:
+        metrics.outbox_oldest_unpublished.set(max(0.0, time.time() - oldest.timestamp()))
+        if batch_rows < self.batch_size:
+            metrics.outbox_backlog.set(batch_rows)
+        elif time.monotonic() - self._backlog_counted_at > 1.0:
+            # A full batch means more wait; counting them all is costly, so at most once a second.
+            self._backlog_counted_at = time.monotonic()
+            metrics.outbox_backlog.set(await self.backlog())
+
+    async def _finish_marking(self) -> None:
+        if self._marking is not None:
+            marking, self._marking = self._marking, None
+            try:
+                await marking
+            finally:
+                self._marking_range = _NOTHING_MARKING
+
+    async def _mark_published(self, positions: list[int]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Losing a mark in a crash only means publishing those events again, which the
+            # consumers' inboxes absorb; so the mark need not wait for its WAL flush.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            # By position, not by range: a lower position may commit after a higher one.
+            await conn.execute("UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])", positions)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> None:
+        """Send rows as record batches per partition (far cheaper than a send() per row),
+        keyed by aggregate id with Kafka's default partitioner, and wait for every ack."""
+        batches: dict[tuple[str, int], BatchBuilder] = {}
+        acks: list[asyncio.Future[Any]] = []
+        for row in rows:
+            topic, key = row["topic"], row["aggregateid"].encode()
+            partition = _partitioner(key, await self._partitions(topic), [])
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[(topic, partition)] = self.producer.create_batch()
+            value = row["payload"].encode()
+            if batch.append(key=key, value=value, timestamp=None, headers=[CONTENT_TYPE_HEADER]) is None:
+                acks.append(await self.producer.send_batch(batch, topic, partition=partition))
+                batch = batches[(topic, partition)] = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=[CONTENT_TYPE_HEADER])
+        for (topic, partition), batch in batches.items():
+            acks.append(await self.producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*acks)
+
+    async def _partitions(self, topic: str) -> list[int]:
+        partitions = self._partition_cache.get(topic)
+        if partitions is None:
+            partitions = sorted(await self.producer.partitions_for(topic))
+            self._partition_cache[topic] = partitions
+        return partitions
 
     async def drain(self) -> None:
         while await self.publish_batch() == self.batch_size:
             pass
+        await self._finish_marking()
 
     async def backlog(self) -> int:
         return int(await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
 
 
-def _observe_backlog(backlog: int, oldest: datetime) -> None:
-    metrics.outbox_backlog.set(backlog)
-    metrics.outbox_oldest_unpublished.set(max(0.0, time.time() - oldest.timestamp()))
 
 
 async def prune_history(pool: asyncpg.Pool, retention_days: int) -> int:

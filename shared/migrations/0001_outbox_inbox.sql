@@ -23,3 +23,7 @@ CREATE TABLE inbox (
     applied_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, event_id)
 );
+
+-- The outbox is a queue: keep its statistics and dead tuples fresh so the relay's
+-- "oldest unpublished first" query stays an index scan under bursts.
+ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
