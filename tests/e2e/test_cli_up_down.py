@@ -110,11 +110,6 @@ def test_up_status_down(stack_env: dict[str, str]) -> None:
     assert "nothing is running" in twice.stdout
 
 
-@pytest.mark.xfail(
-    reason="shared/db.py ensure_database: two replicas creating one database at once get UniqueViolationError "
-    "(not DuplicateDatabaseError) from CREATE DATABASE and the loser exits",
-    strict=False,
-)
 def test_replicas_run_side_by_side(stack_env: dict[str, str]) -> None:
     ports = service_ports(stack_env)
     ports["scoring-1"] = ports["scoring"] + REPLICA_PORT_STEP
