@@ -6,8 +6,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from shared import kafka
+from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
@@ -64,3 +66,21 @@ async def scratch_db(postgres: EmbeddedPostgres, request: pytest.FixtureRequest)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     yield postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+async def db(scratch_db: str) -> AsyncIterator[Database]:
+    """A fresh service database with the shared outbox and inbox tables, as a leads service's."""
+    database = await Database.open(scratch_db, "/funnelcast/leads")
+    async with database.pool.acquire() as conn:
+        await migrate(conn, SHARED_MIGRATIONS)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    started = kafka.producer(settings)
+    await started.start()
+    yield started
+    await started.stop()

@@ -7,8 +7,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared import kafka
-from shared.db import SHARED_MIGRATIONS, Database, migrate
+from shared.db import Database
 from shared.events.envelope import InvalidEvent, parse_and_validate
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
@@ -40,21 +39,8 @@ def lead_contacted(lead_id: str, n: int) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-async def db(scratch_db: str) -> Database:
-    database = await Database.open(scratch_db, "/funnelcast/leads")
-    async with database.pool.acquire() as conn:
-        await migrate(conn, SHARED_MIGRATIONS)
-    yield database
-    await database.close()
 
 
-@pytest.fixture
-async def producer(settings: Settings) -> AIOKafkaProducer:
-    started = kafka.producer(settings)
-    await started.start()
-    yield started
-    await started.stop()
 
 
 async def test_an_event_of_a_rolled_back_transaction_is_never_published(

@@ -2,13 +2,13 @@
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shared import kafka
-from shared.db import SHARED_MIGRATIONS, Database, migrate
+from shared.db import Database
 from shared.outbox import OutboxRelay
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
@@ -26,13 +26,6 @@ def own_broker(tmp_path: Path) -> Iterator[TansuBroker]:
     server.stop()
 
 
-@pytest.fixture
-async def db(scratch_db: str) -> AsyncIterator[Database]:
-    database = await Database.open(scratch_db, "/funnelcast/opportunities")
-    async with database.pool.acquire() as conn:
-        await migrate(conn, SHARED_MIGRATIONS)
-    yield database
-    await database.close()
 
 
 def stage_changed(opportunity_id: str, n: int) -> dict[str, object]:

@@ -1,6 +1,5 @@
 """Consuming: idempotent application, dead letters, and a Faust agent on the real broker."""
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -8,8 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared import kafka
-from shared.db import SHARED_MIGRATIONS, Database, Transaction, migrate
+from shared.db import Database, Transaction
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.settings import Settings
@@ -51,22 +49,11 @@ async def fail_on_purpose(tx: Transaction, event: CloudEvent) -> None:
     raise ValueError(f"cannot score {event.subject}")
 
 
-@pytest.fixture
-async def db(scratch_db: str) -> AsyncIterator[Database]:
-    database = await Database.open(scratch_db, "/funnelcast/scoring")
-    async with database.pool.acquire() as conn:
-        await migrate(conn, SHARED_MIGRATIONS)
-        await conn.execute(SCORES_TABLE)
-    yield database
-    await database.close()
+@pytest.fixture(autouse=True)
+async def scores_table(db: Database) -> None:
+    await db.pool.execute(SCORES_TABLE)
 
 
-@pytest.fixture
-async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    started = kafka.producer(settings)
-    await started.start()
-    yield started
-    await started.stop()
 
 
 def as_message(event: CloudEvent, offset: int = 0) -> Message:
