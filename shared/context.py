@@ -1,5 +1,6 @@
 """Per-request / per-event context that travels into logs and into the events a change causes."""
 
+import re
 import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -33,14 +34,15 @@ def child_traceparent(parent: str | None) -> str:
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
 def trace_id_of(traceparent: str | None) -> str | None:
-    if not traceparent:
+    """The trace id of a valid W3C `traceparent`, else None (the caller starts a new trace)."""
+    match = _TRACEPARENT.match(traceparent or "")
+    if match is None:
         return None
-    parts = traceparent.split("-")
-    if len(parts) != 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+    version, trace_id, span_id, _ = match.groups()
+    if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
         return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
-        return None
-    return parts[1]
+    return trace_id

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,8 +46,9 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = ", ".join(e["field"] or "(body)" for e in errors)
         return problem(422, "Unprocessable Content", f"invalid fields: {fields}", errors=errors)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's class: the router raises it for unknown paths and methods (404, 405).
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}.get(
             exc.status_code, "Error"
         )
@@ -135,17 +137,26 @@ class RequestContextMiddleware:
         status = 500
         received = 0
 
+        too_large = False
+
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    too_large = True
                     raise _BodyTooLarge()
             return message
 
         async def send_with_context(message: Message) -> None:
             nonlocal status
+            if too_large:
+                # FastAPI reports a failed body read as 400; the cause is the size: answer 413.
+                if message["type"] == "http.response.start":
+                    status = 413
+                    await _send_too_large(send, self.max_body_bytes)
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [
@@ -158,8 +169,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_context)
         except _BodyTooLarge:
-            status = 413
-            await _send_too_large(send, self.max_body_bytes)
+            if status != 413:
+                status = 413
+                await _send_too_large(send, self.max_body_bytes)
         finally:
             current_cause.reset(token)
             route = _route_template(scope)
@@ -179,6 +191,9 @@ async def _send_too_large(send: Send, limit: int) -> None:
 
 def _route_template(scope: Scope) -> str:
     """The matched route's path template, so metrics do not get one label per id."""
+    matched = scope.get("route")
+    if matched is not None and hasattr(matched, "path"):
+        return str(matched.path)
     app = scope.get("app")
     router = getattr(app, "router", None)
     for route in getattr(router, "routes", []):

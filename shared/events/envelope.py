@@ -95,8 +95,10 @@ def parse(raw: bytes | str) -> CloudEvent:
         time = datetime.fromisoformat(body["time"])
     except (TypeError, ValueError):
         raise InvalidEvent(f"time is not RFC 3339: {body['time']!r}") from None
+    if time.tzinfo is None:
+        raise InvalidEvent(f"time has no UTC offset, as RFC 3339 requires: {body['time']!r}")
     sequence = body.get("sequence")
-    if sequence is not None and not isinstance(sequence, int):
+    if sequence is not None and (isinstance(sequence, bool) or not isinstance(sequence, int)):
         raise InvalidEvent("sequence must be an integer")
     return CloudEvent(
         type=str(body["type"]),

@@ -151,12 +151,6 @@ async def test_me_with_a_role_the_org_file_denies_is_401(client: httpx.AsyncClie
     assert_problem(response, 401)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web.install_error_handlers registers its handler for fastapi.HTTPException; the router's 404 "
-    "(and 405) raise starlette.exceptions.HTTPException, its base class, so FastAPI's default handler "
-    "answers application/json {'detail': 'Not Found'} instead of problem+json",
-)
 async def test_an_unknown_path_is_404_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/no-such-thing")
     body = assert_problem(response, 404)
@@ -191,12 +185,6 @@ async def test_a_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient) 
     assert_problem(response, 413)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web.RequestContextMiddleware raises _BodyTooLarge from receive(); on a route with a pydantic body "
-    "FastAPI's request handler turns any body-reading exception into HTTPException(400) before the "
-    "middleware sees it, so a streamed oversize JSON body gets 400 instead of 413",
-)
 async def test_a_streamed_json_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/test-bodies/json", content=chunks(MAX_BODY * 4), headers={"Content-Type": "application/json"}
@@ -236,11 +224,6 @@ async def test_unmatched_requests_are_counted_without_their_raw_path(client: htt
     assert "/v1/no-such-thing/123" not in after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web._route_template reads getattr(route, 'path') on app.router.routes; with FastAPI 0.165 an included "
-    "router is one _IncludedRouter entry without a `path`, so every /v1 route is labelled route=\"unmatched\"",
-)
 async def test_request_metrics_use_the_route_template(client: httpx.AsyncClient, service_settings: Settings) -> None:
     before = (await client.get("/metrics")).text
     for _ in range(3):
