@@ -18,6 +18,7 @@ from enum import StrEnum
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from shared import metrics
 from shared.context import Cause, child_traceparent, current_cause, current_event_id
@@ -70,8 +71,17 @@ class DeadLetters:
             ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
         ]
         dlq = f"{message.topic}.dlq"
-        # Awaited to the broker's ack: the offset is committed only after the message is safe.
-        await self.producer.send_and_wait(dlq, key=message.key, value=message.value, headers=headers)
+        # Awaited to the broker's ack, retried while the broker is away: the offset is
+        # committed only after the message is safe, and the consumer does not crash.
+        backoff = 0.1
+        while True:
+            try:
+                await self.producer.send_and_wait(dlq, key=message.key, value=message.value, headers=headers)
+                break
+            except KafkaError as exc:
+                log.warning("cannot dead-letter to %s yet (%r); retrying in %.1fs", dlq, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         metrics.dead_letters.labels(dlq).inc()
         log.error("dead-lettered %s[%d]@%d to %s: %s", message.topic, message.partition, message.offset, dlq, error)
 

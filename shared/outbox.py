@@ -68,16 +68,17 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Publish what is committed (within the timeout), then stop."""
+        """Let the relay publish what is committed (within the timeout), then stop it."""
         if self._task is None:
             return
-        if self.is_leader:
-            with contextlib.suppress(TimeoutError, asyncpg.PostgresError, OSError, KafkaError):
-                await asyncio.wait_for(self.drain(), timeout=flush_timeout)
         self._stopping = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=flush_timeout)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -96,6 +97,8 @@ class OutboxRelay:
     async def _lead(self, listener: asyncpg.Connection) -> None:
         while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
             self.is_leader = False
+            if self._stopping:
+                return
             await asyncio.sleep(self.idle_poll_s)  # stand by: another instance relays this database
         self.is_leader = True
         await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
@@ -105,6 +108,9 @@ class OutboxRelay:
                 self._wake.clear()
                 published = await self._publish_with_retry()
                 if published < self.batch_size:
+                    if self._stopping:  # flushed: everything committed so far is out
+                        await self._finish_marking()
+                        return
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
         finally:

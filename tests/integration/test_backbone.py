@@ -139,3 +139,16 @@ async def test_only_one_relay_is_active_per_database(db: Database, producer: AIO
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_stopping_the_relay_publishes_what_is_committed(db: Database, producer: AIOKafkaProducer) -> None:
+    relay = OutboxRelay(db.pool, producer, batch_size=100, idle_poll_s=30)
+    relay.start()
+    await eventually(lambda: _true(relay.is_leader))
+    lead = str(uuid.uuid4())
+    async with db.transaction() as tx:
+        for n in range(1, 351):
+            tx.publish("sales.lead.contacted.v1", lead, lead_contacted(lead, n), sequence=n)
+    await relay.stop(flush_timeout=10)
+    assert await relay.backlog() == 0
+    assert not relay.is_leader
