@@ -20,7 +20,7 @@ from shared.settings import with_database
 log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
-OUTBOX_CHANNEL = "funnelcast_outbox"
+OUTBOX_CHANNEL = "funnelcast_outbox"  # notified by the outbox_notify trigger
 _MIGRATION_LOCK = 0x46554E4E454C  # any constant: serialises replicas migrating one database
 
 
@@ -95,9 +95,7 @@ class Transaction:
             "INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             [(e.id, e.type.split(".")[1], e.subject, e.type, e.topic, e.to_json()) for e in self.events],
-        )
-        # Delivered at commit, so the relay wakes only for committed events.
-        await self.conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        )  # the outbox_notify trigger wakes the relay at commit (migrations/0002)
 
 
 class Database:

@@ -19,7 +19,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotence,
-        "linger_ms": 1,
+        "linger_ms": 0,
         "request_timeout_ms": settings.kafka_request_timeout_ms,
         # With one batch in flight per partition (aiokafka's default), retries cannot reorder.
         "max_batch_size": 1_048_576,

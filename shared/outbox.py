@@ -61,6 +61,7 @@ class OutboxRelay:
         self._marking: asyncio.Task[None] | None = None
         self._marking_range = _NOTHING_MARKING
         self._backlog_counted_at = 0.0
+        self._session: asyncpg.Connection | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -101,6 +102,11 @@ class OutboxRelay:
                 return
             await asyncio.sleep(self.idle_poll_s)  # stand by: another instance relays this database
         self.is_leader = True
+        self._session = listener
+        # Only the relay's own statements run on this session: its marks. Losing a mark in a
+        # crash only means publishing those events again, which the consumers' inboxes
+        # absorb, so marks need not wait for their WAL flush.
+        await listener.execute("SET synchronous_commit = off")
         await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
         try:
             while True:
@@ -115,6 +121,7 @@ class OutboxRelay:
                         await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
         finally:
             self.is_leader = False
+            self._session = None
             with contextlib.suppress(Exception):
                 await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
                 await listener.execute("SELECT pg_advisory_unlock($1)", _RELAY_LOCK)
@@ -183,12 +190,14 @@ class OutboxRelay:
                 self._marking_range = _NOTHING_MARKING
 
     async def _mark_published(self, positions: list[int]) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Losing a mark in a crash only means publishing those events again, which the
-            # consumers' inboxes absorb; so the mark need not wait for its WAL flush.
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            # By position, not by range: a lower position may commit after a higher one.
-            await conn.execute("UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])", positions)
+        # By position, not by range: a lower position may commit after a higher one.
+        sql = "UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])"
+        if self._session is not None and self.is_leader:
+            await self._session.execute(sql, positions)
+        else:  # drain() called directly, outside the leading loop
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit = off")
+                await conn.execute(sql, positions)
 
     async def _send(self, rows: list[asyncpg.Record]) -> None:
         """Send rows as record batches per partition (far cheaper than a send() per row),
