@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit bench clean
+.PHONY: install run lint test test-unit bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/funnelcast up
 
+# ruff over everything; mypy strict over shared/ (pyproject.toml says where).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy shared
+
 test: install
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
@@ -24,7 +29,7 @@ test-unit: install
 	$(VENV)/bin/pytest -q tests/unit
 
 bench: install
-	$(VENV)/bin/python bench/backbone.py
+	$(VENV)/bin/python -m bench.backbone
 
 clean:
 	-$(VENV)/bin/funnelcast down

@@ -25,6 +25,7 @@ from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.events.envelope import CloudEvent
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
+from tests.support.waiting import eventually
 
 TOPIC = "sales.leads"
 PAYLOAD_BYTES = 500
@@ -114,6 +115,10 @@ async def drain_rate(db: Database, settings: Settings, count: int) -> float:
         await producer.stop()
 
 
+async def _leading(relay: OutboxRelay) -> bool:
+    return relay.is_leader
+
+
 def consume_in_own_process(settings: Settings, total: int, ready: Any, results: Any) -> None:
     """The subscriber runs in a process of its own, as a consuming service does."""
 
@@ -152,8 +157,7 @@ async def commit_to_consume(db: Database, settings: Settings, rate: float, secon
     await producer.start()
     relay = OutboxRelay(db.pool, producer, idle_poll_s=1.0)
     relay.start()
-    while not relay.is_leader:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: _leading(relay))
 
     committed: dict[str, float] = {}
     started = time.perf_counter()

@@ -20,6 +20,9 @@ from shared.settings import with_database
 log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+# What handlers and stores receive: a plain connection or one lent by the pool.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 OUTBOX_CHANNEL = "funnelcast_outbox"  # notified by the outbox_notify trigger
 _MIGRATION_LOCK = 0x46554E4E454C  # any constant: serialises replicas migrating one database
 
@@ -38,7 +41,7 @@ async def ensure_database(server_url: str, database: str) -> None:
         await conn.close()
 
 
-async def migrate(conn: asyncpg.Connection, *directories: Path) -> list[str]:
+async def migrate(conn: Connection, *directories: Path) -> list[str]:
     """Apply, in order, every migration not yet recorded; return the names applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -66,7 +69,7 @@ async def migrate(conn: asyncpg.Connection, *directories: Path) -> list[str]:
 class Transaction:
     """One database transaction of a handler: the connection and the events it will publish."""
 
-    def __init__(self, conn: asyncpg.Connection, source: str) -> None:
+    def __init__(self, conn: Connection, source: str) -> None:
         self.conn = conn
         self.source = source
         self.events: list[CloudEvent] = []
@@ -112,12 +115,9 @@ class Database:
         await self.pool.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection | None = None) -> AsyncIterator[Transaction]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         """A transaction whose published events reach the outbox only if it commits."""
-        async with contextlib.AsyncExitStack() as stack:
-            if conn is None:
-                conn = await stack.enter_async_context(self.pool.acquire())
-            await stack.enter_async_context(conn.transaction())
+        async with self.pool.acquire() as conn, conn.transaction():
             tx = Transaction(conn, self.source)
             yield tx
             await tx._write_outbox()

@@ -24,7 +24,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared import metrics
-from shared.db import OUTBOX_CHANNEL
+from shared.db import OUTBOX_CHANNEL, Connection
 from shared.events.envelope import CONTENT_TYPE_HEADER
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class OutboxRelay:
         self._marking: asyncio.Task[None] | None = None
         self._marking_range = _NOTHING_MARKING
         self._backlog_counted_at = 0.0
-        self._session: asyncpg.Connection | None = None
+        self._session: Connection | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -95,7 +95,7 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
-    async def _lead(self, listener: asyncpg.Connection) -> None:
+    async def _lead(self, listener: Connection) -> None:
         while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
             self.is_leader = False
             if self._stopping:

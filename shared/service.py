@@ -149,8 +149,8 @@ class ServiceRuntime:
             problems["broker"] = "not connected"
         elif not await self._broker_answers():
             problems["broker"] = "unreachable"
-        if self.stream is not None and self.stream.crashed:
-            problems["consumer"] = f"agent crashed: {self.stream.crashed}"
+        if self.stream is not None and self.stream.agent_failure:
+            problems["consumer"] = f"agent crashed: {self.stream.agent_failure}"
         return problems
 
     async def _broker_answers(self) -> bool:
@@ -205,7 +205,7 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
 
 
 def database(request: Request) -> Database:
-    db = request.app.state.runtime.db
+    db: Database | None = request.app.state.runtime.db
     assert db is not None, "the service has not started"
     return db
 

@@ -50,7 +50,8 @@ class StreamApp(faust.App):
     """A Faust app that remembers its fetch wait and whether an agent has crashed."""
 
     fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
-    crashed: str | None = None
+    # Not `crashed`: mode.Service already owns that name (a bool it acts on).
+    agent_failure: str | None = None
     processed_offsets: dict[tuple[str, int], int]
 
 
@@ -101,7 +102,7 @@ def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> N
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            app.crashed = f"{type(exc).__name__}: {exc}"
+            app.agent_failure = f"{type(exc).__name__}: {exc}"
             log.exception("the %s agent crashed", processor.group)
             raise
 

@@ -51,7 +51,9 @@ def settings_for(postgres: EmbeddedPostgres, broker: TansuBroker, home: Path, **
 
 
 @pytest.fixture(scope="session")
-async def settings(postgres: EmbeddedPostgres, broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+async def settings(
+    postgres: EmbeddedPostgres, broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     configured = settings_for(postgres, broker, tmp_path_factory.mktemp("home"))
     await kafka.ensure_topics(configured)
     return configured

@@ -41,7 +41,8 @@ class EventType:
 
 @cache
 def _load_schema(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return schema
 
 
 _EVENTS = (
@@ -53,7 +54,9 @@ _EVENTS = (
     EventType("sales.lead.grade_changed.v1", "sales.leads", "A lead's intent grade (H/A/B/C) changed."),
     EventType("sales.lead.qualified.v1", "sales.leads", "A lead was qualified."),
     EventType("sales.lead.disqualified.v1", "sales.leads", "A lead was disqualified, with a reason."),
-    EventType("sales.lead.converted.v1", "sales.leads", "A qualified lead converted into account, contact and opportunity."),
+    EventType(
+        "sales.lead.converted.v1", "sales.leads", "A qualified lead converted into account, contact and opportunity."
+    ),
     EventType("sales.lead.merged.v1", "sales.leads", "A duplicate lead was merged into another."),
     EventType("sales.campaign.created.v1", "sales.campaigns", "A campaign was planned."),
     EventType("sales.campaign.updated.v1", "sales.campaigns", "A campaign's budget, cost, period or status changed."),
@@ -66,7 +69,9 @@ _EVENTS = (
     EventType("sales.opportunity.lost.v1", "sales.opportunities", "An opportunity was closed lost."),
     EventType("sales.opportunity.suspended.v1", "sales.opportunities", "An opportunity was suspended (中止)."),
     EventType("sales.opportunity.reactivated.v1", "sales.opportunities", "A suspended opportunity was reactivated."),
-    EventType("sales.opportunity.terminated.v1", "sales.opportunities", "An opportunity was terminated (终止) for good."),
+    EventType(
+        "sales.opportunity.terminated.v1", "sales.opportunities", "An opportunity was terminated (终止) for good."
+    ),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),

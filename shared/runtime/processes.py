@@ -35,7 +35,7 @@ class ProcessRef:
             process = psutil.Process(self.pid)
             if self.create_time is not None and abs(process.create_time() - self.create_time) > 1.0:
                 return False  # the pid was recycled
-            return process.status() != psutil.STATUS_ZOMBIE
+            return bool(process.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 

@@ -95,9 +95,7 @@ def published_ports(service: dict) -> list[tuple[int, int]]:
 
 def infrastructure(compose: dict, image_prefix: str) -> dict[str, dict]:
     return {
-        name: svc
-        for name, svc in compose["services"].items()
-        if str(svc.get("image", "")).startswith(image_prefix)
+        name: svc for name, svc in compose["services"].items() if str(svc.get("image", "")).startswith(image_prefix)
     }
 
 
@@ -313,7 +311,9 @@ def _queries(node) -> list[str]:
 
 
 def test_dashboards_use_the_provisioned_datasource_and_contract_metrics():
-    uid = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]["uid"]
+    uid = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0][
+        "uid"
+    ]
     dashboards = _dashboards()
     assert dashboards, "no dashboard under deploy/grafana/dashboards/"
     for dashboard in dashboards:
@@ -339,7 +339,9 @@ def test_dockerfile_is_multi_stage_on_a_slim_python_311(dockerfile):
     bases = [arguments.split()[0] for keyword, arguments in dockerfile if keyword == "FROM"]
     assert len(bases) >= 2, "build and runtime should be separate stages"
     assert all(re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?", base) for base in bases), bases
-    assert any(k == "COPY" and a.startswith("--from=") for k, a in final_stage(dockerfile)), "runtime copies nothing from the builder"
+    assert any(k == "COPY" and a.startswith("--from=") for k, a in final_stage(dockerfile)), (
+        "runtime copies nothing from the builder"
+    )
 
 
 def test_dockerfile_runs_as_a_non_root_user(dockerfile):

@@ -39,7 +39,13 @@ def service_targets(config: dict) -> list[tuple[str, int, str, str, dict]]:
                 if host in {"localhost", "127.0.0.1"}:
                     continue
                 targets.append(
-                    (host, int(port), job.get("metrics_path", "/metrics"), job.get("scheme", "http"), static.get("labels", {}))
+                    (
+                        host,
+                        int(port),
+                        job.get("metrics_path", "/metrics"),
+                        job.get("scheme", "http"),
+                        static.get("labels", {}),
+                    )
                 )
     return targets
 

@@ -120,7 +120,7 @@ async def test_a_faust_agent_applies_events_once_and_dead_letters_poison(
     [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=poison_key)
     assert dead.value == b"{not json"
     assert dict(dead.headers)["dlq-error"].startswith(b"invalid event: not JSON")
-    assert stream_app.crashed is None
+    assert stream_app.agent_failure is None
 
 
 async def test_faust_consumers_use_the_configured_fetch_wait(stream_app: StreamApp, settings: Settings) -> None:

@@ -151,7 +151,9 @@ def test_an_unknown_user_is_refused(org: Organisation) -> None:
         verify_token(token, SECRET, org)
 
 
-@pytest.mark.parametrize(("user", "claimed"), [("rep-1", Role.ADMIN), ("rep-1", Role.MANAGER), ("mgr-1", Role.DIRECTOR)])
+@pytest.mark.parametrize(
+    ("user", "claimed"), [("rep-1", Role.ADMIN), ("rep-1", Role.MANAGER), ("mgr-1", Role.DIRECTOR)]
+)
 def test_a_role_differing_from_the_org_file_is_refused(org: Organisation, user: str, claimed: Role) -> None:
     token = issue_token(user, claimed, SECRET, 600)
     with pytest.raises(InvalidToken, match="role"):
@@ -227,7 +229,9 @@ def test_the_sample_has_the_contract_users(
     assert (user.role, user.team, user.region, user.manager) == (role, team, region, manager)
 
 
-@pytest.mark.parametrize(("user_id", "role"), [("dir-1", Role.DIRECTOR), ("admin-1", Role.ADMIN), ("svc-erp", Role.INTEGRATION)])
+@pytest.mark.parametrize(
+    ("user_id", "role"), [("dir-1", Role.DIRECTOR), ("admin-1", Role.ADMIN), ("svc-erp", Role.INTEGRATION)]
+)
 def test_the_sample_has_the_contract_roles(org: Organisation, user_id: str, role: Role) -> None:
     user = org.user(user_id)
     assert user is not None and user.role is role
