@@ -1,0 +1,271 @@
+"""Accounts, opportunities and contracts: the rules, with no I/O.
+
+The default project-sales pipeline is the funnel of the source material:
+
+| stage         | label (zh-CN) | label (en)   | default win probability |
+|---------------|---------------|--------------|-------------------------|
+| `prospecting` | 潜在客户跟踪  | Prospecting  | 10 %                    |
+| `bidding`     | 项目投标      | Bidding      | 30 %                    |
+| `negotiation` | 商务洽谈      | Negotiation  | 60 %                    |
+| `contract`    | 签订合同      | Contract     | 80 %                    |
+| `won`         | 赢单          | Closed won   | 100 %                   |
+| `lost`        | 输单          | Closed lost  | 0 %                     |
+
+An opportunity moves between the open stages (forwards, or back when a deal slips);
+it reaches `won` / `lost` only by being closed, with a summary.
+"""
+
+import re
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+
+from shared.errors import DomainError, Unprocessable
+
+DEFAULT_CURRENCY = "CNY"
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    label_zh: str
+    label_en: str
+    probability: int
+    closed: bool = False
+
+
+DEFAULT_PIPELINE: tuple[Stage, ...] = (
+    Stage("prospecting", "潜在客户跟踪", "Prospecting", 10),
+    Stage("bidding", "项目投标", "Bidding", 30),
+    Stage("negotiation", "商务洽谈", "Negotiation", 60),
+    Stage("contract", "签订合同", "Contract", 80),
+    Stage("won", "赢单", "Closed won", 100, closed=True),
+    Stage("lost", "输单", "Closed lost", 0, closed=True),
+)
+STAGES: dict[str, Stage] = {s.name: s for s in DEFAULT_PIPELINE}
+FIRST_STAGE = DEFAULT_PIPELINE[0].name
+OPEN_STAGES = tuple(s.name for s in DEFAULT_PIPELINE if not s.closed)
+
+
+class Status(StrEnum):
+    OPEN = "open"
+    SUSPENDED = "suspended"  # 中止: can be reactivated
+    TERMINATED = "terminated"  # 终止: never tracked again
+    WON = "won"
+    LOST = "lost"
+    ARCHIVED = "archived"
+
+
+class Outcome(StrEnum):
+    WON = "won"
+    LOST = "lost"
+
+
+class StageNotAllowed(DomainError):
+    """A move the pipeline refuses (409)."""
+
+
+class StatusNotAllowed(DomainError):
+    """A status change the opportunity's current status refuses (409)."""
+
+
+class CreditLimitExceeded(DomainError):
+    """Signing would take the customer's signed total past its credit limit (409)."""
+
+
+# --- money -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Money:
+    amount: Decimal
+    currency: str = DEFAULT_CURRENCY
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+def parse_money(amount: str | int | Decimal | None, currency: str | None) -> Money:
+    """A non-negative decimal amount with at most two decimals, and an ISO 4217 code.
+
+    Floats are refused: their binary rounding has no place in an amount.
+    """
+    if isinstance(amount, float):
+        raise Unprocessable("amount must be a decimal string such as \"120000.00\", not a floating-point number")
+    code = currency or DEFAULT_CURRENCY
+    if not _CURRENCY.match(code):
+        raise Unprocessable(f"currency must be an ISO 4217 code such as CNY, not {code!r}")
+    if amount is None or amount == "":
+        return Money(Decimal("0.00"), code)
+    try:
+        value = Decimal(str(amount).strip())
+    except InvalidOperation:
+        raise Unprocessable(f"amount must be a decimal number, not {amount!r}") from None
+    if not value.is_finite():
+        raise Unprocessable(f"amount must be a finite decimal number, not {amount!r}")
+    if value < 0:
+        raise Unprocessable("amount must not be negative")
+    if value != value.quantize(_CENT):
+        raise Unprocessable("amount has more than two decimal places")
+    return Money(value.quantize(_CENT), code)
+
+
+def normalise_name(name: str) -> str:
+    """The key two spellings of one company share: width-folded, case-folded, no spaces or punctuation.
+
+    `北京 星河科技有限公司`, `北京星河科技有限公司` and `（北京）星河科技有限公司` all match;
+    so do `Acme, Inc.` and `ACME Inc`.
+    """
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    kept = "".join(ch for ch in folded if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
+    return kept
+
+
+# --- opportunities ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageChange:
+    from_stage: str
+    to_stage: str
+    seconds_in_previous_stage: int
+
+
+@dataclass(frozen=True)
+class CloseSummary:
+    outcome: Outcome
+    reason: str
+    competitor: str | None = None
+
+    @classmethod
+    def of(cls, outcome: str, reason: str | None, competitor: str | None) -> "CloseSummary":
+        try:
+            result = Outcome(outcome)
+        except ValueError:
+            raise Unprocessable(f"outcome must be won or lost, not {outcome!r}") from None
+        if not reason or not reason.strip():
+            raise Unprocessable("closing needs a summary: give the reason it was won or lost")
+        competitor = competitor.strip() if competitor and competitor.strip() else None
+        if result is Outcome.LOST and competitor is None:
+            raise Unprocessable("closing as lost needs the competitor that won (or 'none' if no one did)")
+        return cls(result, reason.strip(), competitor)
+
+
+@dataclass(frozen=True)
+class Opportunity:
+    id: str
+    name: str
+    account_id: str
+    owner_id: str
+    money: Money
+    stage: str = FIRST_STAGE
+    status: Status = Status.OPEN
+    expected_close_date: date | None = None
+    stage_entered_at: datetime | None = None
+    version: int = 1
+
+    @property
+    def probability(self) -> int:
+        return STAGES[self.stage].probability
+
+    def _require_open(self, action: str) -> None:
+        if self.status is Status.OPEN:
+            return
+        why = {
+            Status.SUSPENDED: "it is suspended (中止); reactivate it first",
+            Status.TERMINATED: "it is terminated (终止) and is never tracked again",
+            Status.WON: "it is closed won",
+            Status.LOST: "it is closed lost",
+            Status.ARCHIVED: "it is archived",
+        }[self.status]
+        raise StatusNotAllowed(f"cannot {action} opportunity {self.id}: {why}")
+
+    def move_to(self, stage: str, at: datetime) -> tuple["Opportunity", StageChange]:
+        if stage not in STAGES:
+            raise StageNotAllowed(f"unknown stage {stage!r}; the pipeline's stages are {', '.join(OPEN_STAGES)}")
+        self._require_open(f"move to {stage}")
+        if STAGES[stage].closed:
+            raise StageNotAllowed(f"an opportunity reaches {stage} only by being closed: POST .../close with a summary")
+        if stage == self.stage:
+            raise StageNotAllowed(f"opportunity {self.id} is already in stage {stage}")
+        change = StageChange(self.stage, stage, self._seconds_in_stage(at))
+        return replace(self, stage=stage, stage_entered_at=at), change
+
+    def close(self, summary: CloseSummary, at: datetime) -> tuple["Opportunity", StageChange]:
+        self._require_open(f"close as {summary.outcome}")
+        to_stage = summary.outcome.value
+        change = StageChange(self.stage, to_stage, self._seconds_in_stage(at))
+        status = Status.WON if summary.outcome is Outcome.WON else Status.LOST
+        return replace(self, stage=to_stage, status=status, stage_entered_at=at), change
+
+    def suspend(self) -> "Opportunity":
+        self._require_open("suspend")
+        return replace(self, status=Status.SUSPENDED)
+
+    def reactivate(self) -> "Opportunity":
+        if self.status is not Status.SUSPENDED:
+            raise StatusNotAllowed(f"only a suspended opportunity can be reactivated; {self.id} is {self.status}")
+        return replace(self, status=Status.OPEN)
+
+    def terminate(self) -> "Opportunity":
+        if self.status not in (Status.OPEN, Status.SUSPENDED):
+            raise StatusNotAllowed(
+                f"only an open or suspended opportunity can be terminated; {self.id} is {self.status}"
+            )
+        return replace(self, status=Status.TERMINATED)
+
+    def archive(self) -> "Opportunity":
+        if self.status not in (Status.WON, Status.LOST):
+            raise StatusNotAllowed(f"only a closed (won or lost) opportunity can be archived; {self.id} is {self.status}")
+        return replace(self, status=Status.ARCHIVED)
+
+    def may_take_contract(self) -> None:
+        """A contract is drawn up for a won opportunity or one in the contract stage."""
+        if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
+            return
+        raise StatusNotAllowed(
+            f"a contract needs a won opportunity or one in the contract stage; {self.id} is {self.status} in {self.stage}"
+        )
+
+    def _seconds_in_stage(self, at: datetime) -> int:
+        if self.stage_entered_at is None:
+            return 0
+        return max(0, int((at - self.stage_entered_at).total_seconds()))
+
+
+def required_reason(reason: str | None, action: str) -> str:
+    if not reason or not reason.strip():
+        raise Unprocessable(f"{action} needs a reason")
+    return reason.strip()
+
+
+# --- contracts ----------------------------------------------------------------------------
+
+
+class ContractStatus(StrEnum):
+    DRAFT = "draft"
+    SIGNED = "signed"
+
+
+def check_credit(
+    *, account_id: str, credit_limit: Money | None, signed_total: Decimal, contract: Money
+) -> None:
+    """Refuse a signature that takes the account's signed total past its credit limit (None: no limit)."""
+    if credit_limit is None:
+        return
+    if contract.currency != credit_limit.currency:
+        raise CreditLimitExceeded(
+            f"account {account_id} has a credit limit in {credit_limit.currency}; "
+            f"a contract in {contract.currency} cannot be checked against it"
+        )
+    after = signed_total + contract.amount
+    if after > credit_limit.amount:
+        raise CreditLimitExceeded(
+            f"signing would take account {account_id}'s signed contracts to {after} {contract.currency}, "
+            f"past its credit limit of {credit_limit.amount} {credit_limit.currency} "
+            f"(already signed: {signed_total} {contract.currency})"
+        )

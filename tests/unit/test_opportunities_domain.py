@@ -1,0 +1,137 @@
+"""The opportunities domain (services/opportunities/domain.py): pipeline, moves, status, money, credit."""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.opportunities.domain import (
+    DEFAULT_PIPELINE,
+    CloseSummary,
+    CreditLimitExceeded,
+    Money,
+    Opportunity,
+    StageNotAllowed,
+    Status,
+    StatusNotAllowed,
+    check_credit,
+    normalise_name,
+    parse_money,
+)
+from shared.errors import Unprocessable
+
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def opportunity(**changes: object) -> Opportunity:
+    base = Opportunity("opp-1", "星河 CRM", "acc-1", "rep-1", Money(Decimal("1000.00")), stage_entered_at=T0)
+    return base.__class__(**{**base.__dict__, **changes})
+
+
+def test_the_default_pipeline_and_its_probabilities() -> None:
+    assert [(s.name, s.label_zh, s.probability) for s in DEFAULT_PIPELINE] == [
+        ("prospecting", "潜在客户跟踪", 10),
+        ("bidding", "项目投标", 30),
+        ("negotiation", "商务洽谈", 60),
+        ("contract", "签订合同", 80),
+        ("won", "赢单", 100),
+        ("lost", "输单", 0),
+    ]
+    assert opportunity().probability == 10
+
+
+def test_a_move_records_from_to_and_time_in_the_previous_stage() -> None:
+    moved, change = opportunity().move_to("bidding", T0 + timedelta(days=2))
+    assert (moved.stage, moved.probability, moved.stage_entered_at) == ("bidding", 30, T0 + timedelta(days=2))
+    assert (change.from_stage, change.to_stage, change.seconds_in_previous_stage) == ("prospecting", "bidding", 172800)
+    back, _ = moved.move_to("prospecting", T0 + timedelta(days=3))  # a slipping deal may move back
+    assert back.stage == "prospecting"
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [("closing", "unknown stage"), ("won", "only by being closed"), ("lost", "only by being closed"),
+     ("prospecting", "already in stage")],
+)
+def test_moves_the_pipeline_refuses(stage: str, message: str) -> None:
+    with pytest.raises(StageNotAllowed, match=message):
+        opportunity().move_to(stage, T0)
+
+
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [(Status.SUSPENDED, "suspended"), (Status.TERMINATED, "terminated"), (Status.WON, "closed won"),
+     (Status.LOST, "closed lost"), (Status.ARCHIVED, "archived")],
+)
+def test_only_an_open_opportunity_moves(status: Status, why: str) -> None:
+    with pytest.raises(StatusNotAllowed, match=why):
+        opportunity(status=status).move_to("bidding", T0)
+
+
+def test_closing_needs_a_summary() -> None:
+    with pytest.raises(Unprocessable, match="reason"):
+        CloseSummary.of("won", " ", None)
+    with pytest.raises(Unprocessable, match="competitor"):
+        CloseSummary.of("lost", "price", None)
+    with pytest.raises(Unprocessable, match="outcome"):
+        CloseSummary.of("maybe", "price", None)
+    won, change = opportunity(stage="contract").close(CloseSummary.of("won", "best fit", None), T0)
+    assert (won.stage, won.status, won.probability, change.to_stage) == ("won", Status.WON, 100, "won")
+    lost, _ = opportunity().close(CloseSummary.of("lost", "price", "Acme"), T0)
+    assert (lost.stage, lost.status, lost.probability) == ("lost", Status.LOST, 0)
+    with pytest.raises(StatusNotAllowed, match="closed lost"):
+        lost.close(CloseSummary.of("won", "changed our mind", None), T0)
+
+
+def test_suspend_reactivate_terminate_archive() -> None:
+    suspended = opportunity().suspend()
+    assert suspended.status is Status.SUSPENDED
+    with pytest.raises(StatusNotAllowed, match="suspended"):
+        suspended.suspend()
+    assert suspended.reactivate().status is Status.OPEN
+    with pytest.raises(StatusNotAllowed, match="only a suspended"):
+        opportunity().reactivate()
+    terminated = suspended.terminate()
+    assert terminated.status is Status.TERMINATED
+    for action in (terminated.reactivate, terminated.terminate, terminated.suspend):
+        with pytest.raises(StatusNotAllowed):
+            action()
+    with pytest.raises(StatusNotAllowed, match="only a closed"):
+        opportunity().archive()
+    lost, _ = opportunity().close(CloseSummary.of("lost", "price", "Acme"), T0)
+    assert lost.archive().status is Status.ARCHIVED
+
+
+def test_contracts_need_a_won_or_contract_stage_opportunity() -> None:
+    opportunity(stage="contract").may_take_contract()
+    opportunity(stage="won", status=Status.WON).may_take_contract()
+    with pytest.raises(StatusNotAllowed, match="contract stage"):
+        opportunity(stage="negotiation").may_take_contract()
+    with pytest.raises(StatusNotAllowed):
+        opportunity(stage="contract", status=Status.SUSPENDED).may_take_contract()
+
+
+def test_money_is_decimal_with_a_currency_never_a_float() -> None:
+    assert parse_money("120000", None) == Money(Decimal("120000.00"), "CNY")
+    assert parse_money("99.5", "USD") == Money(Decimal("99.50"), "USD")
+    assert parse_money(None, None) == Money(Decimal("0.00"), "CNY")
+    for bad_amount, currency in [(0.1, None), ("-1", None), ("1.001", None), ("abc", None), ("NaN", None),
+                                 ("1", "cny"), ("1", "RMB1")]:
+        with pytest.raises(Unprocessable):
+            parse_money(bad_amount, currency)  # type: ignore[arg-type]
+
+
+def test_account_names_match_when_normalised() -> None:
+    assert normalise_name("北京 星河科技有限公司") == normalise_name("（北京）星河科技有限公司") == "北京星河科技有限公司"
+    assert normalise_name("Acme, Inc.") == normalise_name("ACME Inc")
+    assert normalise_name("Acme") != normalise_name("Acme Two")
+
+
+def test_credit_limit_blocks_signing_past_it() -> None:
+    limit = Money(Decimal("1000.00"))
+    check_credit(account_id="a", credit_limit=None, signed_total=Decimal("5000"), contract=Money(Decimal("1")))
+    check_credit(account_id="a", credit_limit=limit, signed_total=Decimal("600"), contract=Money(Decimal("400")))
+    with pytest.raises(CreditLimitExceeded, match="past its credit limit of 1000.00 CNY"):
+        check_credit(account_id="a", credit_limit=limit, signed_total=Decimal("600"), contract=Money(Decimal("400.01")))
+    with pytest.raises(CreditLimitExceeded, match="in USD"):
+        check_credit(account_id="a", credit_limit=limit, signed_total=Decimal("0"), contract=Money(Decimal("1"), "USD"))
