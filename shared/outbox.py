@@ -13,7 +13,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -199,13 +199,13 @@ class OutboxRelay:
                 await conn.execute("SET LOCAL synchronous_commit = off")
                 await conn.execute(sql, positions)
 
-    async def _send(self, rows: list[asyncpg.Record]) -> None:
+    async def _send(self, rows: list[asyncpg.Record], to_topic: str | None = None) -> None:
         """Send rows as record batches per partition (far cheaper than a send() per row),
         keyed by aggregate id with Kafka's default partitioner, and wait for every ack."""
         batches: dict[tuple[str, int], BatchBuilder] = {}
         acks: list[asyncio.Future[Any]] = []
         for row in rows:
-            topic, key = row["topic"], row["aggregateid"].encode()
+            topic, key = to_topic or row["topic"], row["aggregateid"].encode()
             partition = _partitioner(key, await self._partitions(topic), [])
             batch = batches.get((topic, partition))
             if batch is None:
@@ -225,6 +225,38 @@ class OutboxRelay:
             partitions = sorted(await self.producer.partitions_for(topic))
             self._partition_cache[topic] = partitions
         return partitions
+
+    async def replay(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        event_types: Sequence[str] | None = None,
+        to_topic: str | None = None,
+        on_progress: Callable[[int], Awaitable[None]] | None = None,
+    ) -> int:
+        """Publish the history of [since, until) again, in commit order, to each event's own
+        topic or to `to_topic`; return how many events. The events are the same (same ids),
+        so consumers that saw them already skip them and a new subscriber gets the history."""
+        sent, after = 0, 0
+        while True:
+            rows = await self.pool.fetch(
+                "SELECT position, topic, aggregateid, payload FROM outbox"
+                " WHERE position > $1 AND created_at >= $2 AND ($3::timestamptz IS NULL OR created_at < $3)"
+                " AND ($4::text[] IS NULL OR type = ANY($4)) AND published_at IS NOT NULL"
+                " ORDER BY position LIMIT $5",
+                after,
+                since,
+                until,
+                list(event_types) if event_types else None,
+                self.batch_size,
+            )
+            if not rows:
+                return sent
+            await self._send(rows, to_topic)
+            sent += len(rows)
+            after = rows[-1]["position"]
+            if on_progress is not None:
+                await on_progress(sent)
 
     async def drain(self) -> None:
         while await self.publish_batch() == self.batch_size:

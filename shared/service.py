@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -27,7 +28,7 @@ from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
 from shared.logs import configure_logging
 from shared.org import cached_organisation
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, prune_history
 from shared.settings import Settings, get_settings
 from shared.streaming import StreamApp, create_stream_app, record_consumer_lag, subscribe
 from shared.topology import SERVICES
@@ -66,6 +67,7 @@ class ServiceRuntime:
         self.broker_connected = False
         self._connector: asyncio.Task[None] | None = None
         self._lag_reporter: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         name = self.definition.name
@@ -95,6 +97,19 @@ class ServiceRuntime:
             )
             subscribe(self.stream, processor, self.definition.consumed_topics)
         self._connector = asyncio.create_task(self._connect_broker(), name="connect-broker")
+        self._pruner = asyncio.create_task(self._prune_outbox_history(), name="prune-outbox")
+
+    async def _prune_outbox_history(self) -> None:
+        """Keep the outbox history for the configured retention; check hourly."""
+        assert self.db is not None
+        while True:
+            try:
+                pruned = await prune_history(self.db.pool, self.settings.outbox_retention_days)
+                if pruned:
+                    log.info("pruned %d published events past the retention", pruned)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not prune the outbox history: %s", exc)
+            await asyncio.sleep(3600)
 
     async def _connect_broker(self) -> None:
         backoff = 0.2
@@ -125,7 +140,7 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Finish in-flight work: stop consuming (offsets commit), flush the relay, close."""
-        for task in (self._lag_reporter, self._connector):
+        for task in (self._lag_reporter, self._connector, self._pruner):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

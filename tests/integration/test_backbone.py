@@ -11,36 +11,9 @@ from shared.db import Database
 from shared.events.envelope import InvalidEvent, parse_and_validate
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
+from tests.support.events import lead_captured, lead_contacted
 from tests.support.topics import read_topic
 from tests.support.waiting import eventually
-
-
-def lead_captured(lead_id: str) -> dict[str, object]:
-    return {
-        "lead_id": lead_id,
-        "source": "web_form",
-        "grade": "H",
-        "owner_id": "rep-1",
-        "campaign_id": None,
-        "region": "华东",
-        "contact": {"name": "王先生", "company": "上海某某科技", "phone": "+8613800000000", "email": None},
-        "captured_at": "2026-11-23T08:00:00Z",
-    }
-
-
-def lead_contacted(lead_id: str, n: int) -> dict[str, object]:
-    return {
-        "lead_id": lead_id,
-        "touch_id": f"touch-{n}",
-        "channel": "phone",
-        "contacted_at": "2026-11-23T09:00:00Z",
-        "contacted_by": "rep-1",
-        "note": f"call {n}",
-    }
-
-
-
-
 
 
 async def test_an_event_of_a_rolled_back_transaction_is_never_published(
