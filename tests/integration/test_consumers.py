@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from shared import metrics
 from shared.db import Database, Transaction
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.settings import Settings
-from shared.streaming import StreamApp, create_stream_app, subscribe
+from shared.streaming import StreamApp, create_stream_app, record_consumer_lag, subscribe
 from tests.support.topics import read_topic
 from tests.support.waiting import eventually
 
@@ -121,6 +122,15 @@ async def test_a_faust_agent_applies_events_once_and_dead_letters_poison(
     assert dead.value == b"{not json"
     assert dict(dead.headers)["dlq-error"].startswith(b"invalid event: not JSON")
     assert stream_app.agent_failure is None
+
+    record_consumer_lag(stream_app, stream_app.conf.id)
+    lag = {
+        sample.labels["partition"]: sample.value
+        for metric in metrics.consumer_lag.collect()
+        for sample in metric.samples
+        if sample.labels["group"] == stream_app.conf.id and sample.labels["topic"] == "sales.leads"
+    }
+    assert lag and all(behind >= 0 for behind in lag.values())
 
 
 async def test_faust_consumers_use_the_configured_fetch_wait(stream_app: StreamApp, settings: Settings) -> None:
