@@ -220,7 +220,9 @@ class Opportunity:
 
     def archive(self) -> "Opportunity":
         if self.status not in (Status.WON, Status.LOST):
-            raise StatusNotAllowed(f"only a closed (won or lost) opportunity can be archived; {self.id} is {self.status}")
+            raise StatusNotAllowed(
+                f"only a closed (won or lost) opportunity can be archived; {self.id} is {self.status}"
+            )
         return replace(self, status=Status.ARCHIVED)
 
     def may_take_contract(self) -> None:
@@ -228,7 +230,8 @@ class Opportunity:
         if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
             return
         raise StatusNotAllowed(
-            f"a contract needs a won opportunity or one in the contract stage; {self.id} is {self.status} in {self.stage}"
+            f"a contract needs a won opportunity or one in the contract stage; "
+            f"{self.id} is {self.status} in {self.stage}"
         )
 
     def _seconds_in_stage(self, at: datetime) -> int:

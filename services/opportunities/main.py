@@ -1,5 +1,14 @@
 """Wiring of the opportunities service."""
 
+from pathlib import Path
+
+from services.opportunities import handlers
+from services.opportunities.api import ROUTERS
 from shared.service import ServiceDefinition
 
-service = ServiceDefinition(name="opportunities")
+service = ServiceDefinition(
+    name="opportunities",
+    routers=ROUTERS,
+    migrations=Path(__file__).parent / "migrations",
+    handlers={"sales.lead.converted.v1": handlers.lead_converted},
+)

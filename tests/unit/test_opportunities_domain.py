@@ -122,7 +122,8 @@ def test_money_is_decimal_with_a_currency_never_a_float() -> None:
 
 
 def test_account_names_match_when_normalised() -> None:
-    assert normalise_name("北京 星河科技有限公司") == normalise_name("（北京）星河科技有限公司") == "北京星河科技有限公司"
+    expected = "北京星河科技有限公司"
+    assert normalise_name("北京 星河科技有限公司") == normalise_name("（北京）星河科技有限公司") == expected
     assert normalise_name("Acme, Inc.") == normalise_name("ACME Inc")
     assert normalise_name("Acme") != normalise_name("Acme Two")
 

@@ -1,0 +1,365 @@
+"""HTTP: parse, authorise, call a handler, shape the answer."""
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel, Field
+
+from services.opportunities import handlers, store
+from services.opportunities.domain import STAGES, CloseSummary, Money, Status, parse_money
+from services.opportunities.handlers import Actor
+from shared.auth import visible_owners
+from shared.errors import Forbidden, PreconditionFailed, Unprocessable
+from shared.org import Organisation, Role
+from shared.pagination import Page, clamp_limit, decode_cursor, encode_cursor
+from shared.service import ServiceDatabase
+from shared.web import CurrentPrincipal, organisation
+
+Org = Annotated[Organisation, Depends(organisation)]
+
+
+def current_actor(principal: CurrentPrincipal, org: Org) -> Actor:
+    owners = visible_owners(principal, org)
+    return Actor(principal.user_id, None if owners is None else frozenset(owners))
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+IfMatch = Annotated[str | None, Header(description='The ETag of the version the change is based on, e.g. "3"')]
+
+
+def _expected_version(if_match: str | None, body_version: int | None) -> int | None:
+    header_version = None
+    if if_match is not None and if_match.strip() != "*":
+        tag = if_match.strip().removeprefix("W/").strip('"')
+        if not tag.isdigit():
+            raise PreconditionFailed(f"If-Match {if_match!r} is not an ETag this service issued")
+        header_version = int(tag)
+    if header_version is not None and body_version is not None and header_version != body_version:
+        raise PreconditionFailed(f"If-Match names version {header_version} but the body says {body_version}")
+    return header_version if header_version is not None else body_version
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _after(cursor: str | None) -> tuple[datetime, str] | None:
+    if cursor is None:
+        return None
+    created_at, row_id = decode_cursor(cursor)
+    try:
+        return datetime.fromisoformat(str(created_at)), row_id
+    except ValueError:
+        raise Unprocessable("cursor is not one this service issued") from None
+
+
+def _next_cursor(rows: list[asyncpg.Record], limit: int) -> str | None:
+    if len(rows) < limit:
+        return None
+    return encode_cursor(rows[-1]["created_at"].isoformat(), rows[-1]["id"])
+
+
+def _known_owner(org: Organisation, owner_id: str) -> None:
+    if org.user(owner_id) is None:
+        raise Unprocessable(f"owner {owner_id!r} is not a user of the organisation")
+
+
+# --- opportunities ------------------------------------------------------------------------
+
+opportunities = APIRouter(prefix="/v1/opportunities", tags=["opportunities"])
+
+
+class OpportunityIn(BaseModel):
+    name: str = Field(min_length=1)
+    account_id: str | None = None
+    account_name: str | None = None
+    amount: str | None = Field(None, description='Decimal string, e.g. "120000.00"; never a float')
+    currency: str | None = Field(None, description="ISO 4217, CNY when absent")
+    owner_id: str | None = Field(None, description="The caller when absent")
+    expected_close_date: date | None = None
+    region: str | None = None
+    campaign_id: str | None = None
+
+
+class StageIn(BaseModel):
+    stage: str
+    version: int | None = None
+
+
+class CloseIn(BaseModel):
+    outcome: str
+    reason: str | None = None
+    competitor: str | None = None
+    version: int | None = None
+
+
+class StatusIn(BaseModel):
+    reason: str | None = None
+    version: int | None = None
+
+
+def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> dict[str, Any]:
+    stage = STAGES[row["stage"]]
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "name": row["name"],
+        "account_id": row["account_id"],
+        "contact_id": row["contact_id"],
+        "owner_id": row["owner_id"],
+        "region": row["region"],
+        "pipeline": row["pipeline"],
+        "stage": row["stage"],
+        "stage_label": {"zh-CN": stage.label_zh, "en": stage.label_en},
+        "status": row["status"],
+        "probability": row["probability"],
+        "amount": str(row["amount"]),
+        "currency": row["currency"],
+        "expected_close_date": row["expected_close_date"],
+        "stage_entered_at": row["stage_entered_at"],
+        "lead_id": row["lead_id"],
+        "campaign_id": row["campaign_id"],
+        "close_reason": row["close_reason"],
+        "competitor": row["competitor"],
+        "closed_at": row["closed_at"],
+        "status_reason": row["status_reason"],
+        "version": row["version"],
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+    if history is not None:
+        body["stage_history"] = [dict(h) for h in history]
+    return body
+
+
+@opportunities.post("", status_code=201)
+async def create_opportunity(
+    body: OpportunityIn, actor: CurrentActor, org: Org, db: ServiceDatabase, response: Response
+) -> dict[str, Any]:
+    """Open an opportunity in the first stage; the account is given by id, or by name (matched or created)."""
+    owner_id = body.owner_id or actor.user_id
+    _known_owner(org, owner_id)
+    row = await handlers.create_opportunity(
+        db, actor, name=body.name, account_id=body.account_id, account_name=body.account_name,
+        money=parse_money(body.amount, body.currency), owner_id=owner_id,
+        expected_close_date=body.expected_close_date, region=body.region, campaign_id=body.campaign_id,
+    )
+    response.headers["ETag"] = _etag(row["version"])
+    response.headers["Location"] = f"/v1/opportunities/{row['id']}"
+    return opportunity_json(row, [])
+
+
+@opportunities.get("")
+async def list_opportunities(
+    actor: CurrentActor,
+    org: Org,
+    db: ServiceDatabase,
+    stage: str | None = None,
+    status: Status | None = None,
+    owner_id: str | None = None,
+    team: str | None = None,
+    account_id: str | None = None,
+    region: str | None = None,
+    close_from: date | None = None,
+    close_to: date | None = None,
+    amount_min: Annotated[str | None, Query(description="decimal string")] = None,
+    amount_max: Annotated[str | None, Query(description="decimal string")] = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+) -> Page[dict[str, Any]]:
+    """Opportunities in the caller's scope, oldest first, filtered; `next_cursor` pages on."""
+    owners: set[str] | None = None
+    if owner_id is not None:
+        owners = {owner_id}
+    if team is not None:
+        members = {u.id for u in org.members(team)}
+        owners = members if owners is None else owners & members
+    where = store.OpportunityFilter(
+        owners=owners, stage=stage, status=str(status) if status else None, account_id=account_id, region=region,
+        close_from=close_from, close_to=close_to,
+        amount_min=parse_money(amount_min, None).amount if amount_min else None,
+        amount_max=parse_money(amount_max, None).amount if amount_max else None,
+    )
+    size = clamp_limit(limit)
+    rows = await handlers.list_opportunities(db, actor, where, after=_after(cursor), limit=size)
+    return Page(items=[opportunity_json(r) for r in rows], next_cursor=_next_cursor(rows, size))
+
+
+@opportunities.get("/{opportunity_id}")
+async def get_opportunity(
+    opportunity_id: str, actor: CurrentActor, db: ServiceDatabase, response: Response
+) -> dict[str, Any]:
+    """The opportunity with its stage history; the ETag is its version, for If-Match on changes."""
+    row, history = await handlers.get_opportunity(db, actor, opportunity_id)
+    response.headers["ETag"] = _etag(row["version"])
+    return opportunity_json(row, history)
+
+
+def _answer(row: asyncpg.Record, response: Response) -> dict[str, Any]:
+    response.headers["ETag"] = _etag(row["version"])
+    return opportunity_json(row)
+
+
+@opportunities.post("/{opportunity_id}/stage")
+async def change_stage(
+    opportunity_id: str, body: StageIn, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Move to another open stage (closing is POST .../close); a stale If-Match or version gets 412."""
+    expected = _expected_version(if_match, body.version)
+    return _answer(await handlers.change_stage(db, actor, opportunity_id, body.stage, expected), response)
+
+
+@opportunities.post("/{opportunity_id}/close")
+async def close(
+    opportunity_id: str, body: CloseIn, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Close won or lost with a summary: a reason, and the competitor that won when lost."""
+    expected = _expected_version(if_match, body.version)
+    summary = CloseSummary.of(body.outcome, body.reason, body.competitor)
+    return _answer(await handlers.close(db, actor, opportunity_id, summary, expected), response)
+
+
+def _status_route(action: str, doc: str) -> None:
+    async def route(
+        opportunity_id: str, actor: CurrentActor, db: ServiceDatabase, response: Response,
+        body: StatusIn | None = None, if_match: IfMatch = None,
+    ) -> dict[str, Any]:
+        body = body or StatusIn()
+        expected = _expected_version(if_match, body.version)
+        row = await handlers.set_status(db, actor, opportunity_id, action, body.reason, expected)
+        return _answer(row, response)
+
+    route.__doc__ = doc
+    route.__name__ = action
+    opportunities.post(f"/{{opportunity_id}}/{action}")(route)
+
+
+_status_route("suspend", "Suspend (中止) an open opportunity, with a reason; it can be reactivated.")
+_status_route("reactivate", "Reactivate a suspended opportunity.")
+_status_route("terminate", "Terminate (终止) an open or suspended opportunity, with a reason; it is final.")
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+accounts = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+_CREDIT_ROLES = (Role.MANAGER, Role.DIRECTOR, Role.ADMIN, Role.INTEGRATION)
+
+
+class AccountIn(BaseModel):
+    name: str = Field(min_length=1)
+    region: str | None = None
+    owner_id: str | None = None
+    parent_account_id: str | None = None
+    key_account: bool = False
+    credit_limit: str | None = Field(None, description="Decimal string; none means no limit")
+    credit_currency: str | None = None
+
+
+def account_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "region": row["region"],
+        "owner_id": row["owner_id"],
+        "parent_account_id": row["parent_account_id"],
+        "key_account": row["key_account"],
+        "value_tier": row["value_tier"],
+        "credit_limit": None if row["credit_limit"] is None else str(row["credit_limit"]),
+        "credit_currency": row["credit_currency"],
+        "lead_id": row["lead_id"],
+        "version": row["version"],
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+    }
+
+
+@accounts.post("", status_code=201)
+async def create_account(
+    body: AccountIn, principal: CurrentPrincipal, actor: CurrentActor, org: Org, db: ServiceDatabase
+) -> dict[str, Any]:
+    """Create an account; a name that matches an existing one once normalised gets 409 naming it.
+
+    A credit limit is set by a manager, director, admin or integration, not by a rep."""
+    credit: Money | None = None
+    if body.credit_limit is not None:
+        if principal.role not in _CREDIT_ROLES:
+            raise Forbidden("a credit limit is set by a manager, director, admin or integration")
+        credit = parse_money(body.credit_limit, body.credit_currency)
+    if body.owner_id is not None:
+        _known_owner(org, body.owner_id)
+    row = await handlers.create_account(
+        db, actor, name=body.name, region=body.region, owner_id=body.owner_id,
+        parent_account_id=body.parent_account_id, key_account=body.key_account, credit_limit=credit,
+    )
+    return account_json(row)
+
+
+@accounts.get("")
+async def list_accounts(
+    _: CurrentPrincipal, db: ServiceDatabase, name: str | None = None, cursor: str | None = None,
+    limit: int | None = None,
+) -> Page[dict[str, Any]]:
+    """Accounts, oldest first; `name` matches part of the name. Every role sees the whole customer list,
+    so that nobody creates a customer twice."""
+    size = clamp_limit(limit)
+    rows = await handlers.list_accounts(db, name=name, after=_after(cursor), limit=size)
+    return Page(items=[account_json(r) for r in rows], next_cursor=_next_cursor(rows, size))
+
+
+@accounts.get("/{account_id}")
+async def get_account(account_id: str, _: CurrentPrincipal, db: ServiceDatabase) -> dict[str, Any]:
+    return account_json(await handlers.get_account(db, account_id))
+
+
+# --- contracts ----------------------------------------------------------------------------
+
+contracts = APIRouter(prefix="/v1/contracts", tags=["contracts"])
+
+
+class ContractIn(BaseModel):
+    opportunity_id: str
+    amount: str | None = Field(None, description="Decimal string; the opportunity's amount when absent")
+    currency: str | None = None
+
+
+def contract_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "opportunity_id": row["opportunity_id"],
+        "account_id": row["account_id"],
+        "owner_id": row["owner_id"],
+        "amount": str(row["amount"]),
+        "currency": row["currency"],
+        "status": row["status"],
+        "campaign_id": row["campaign_id"],
+        "signed_by": row["signed_by"],
+        "signed_at": row["signed_at"],
+        "version": row["version"],
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+    }
+
+
+@contracts.post("", status_code=201)
+async def create_contract(body: ContractIn, actor: CurrentActor, db: ServiceDatabase) -> dict[str, Any]:
+    """Draw up a contract (合同) for a won opportunity or one in the contract stage."""
+    money = None if body.amount is None else parse_money(body.amount, body.currency)
+    return contract_json(await handlers.create_contract(db, actor, opportunity_id=body.opportunity_id, money=money))
+
+
+@contracts.get("/{contract_id}")
+async def get_contract(contract_id: str, actor: CurrentActor, db: ServiceDatabase) -> dict[str, Any]:
+    return contract_json(await handlers.get_contract(db, actor, contract_id))
+
+
+@contracts.post("/{contract_id}/sign")
+async def sign_contract(contract_id: str, actor: CurrentActor, db: ServiceDatabase) -> dict[str, Any]:
+    """Sign; refused (409) when it would take the customer's signed total past its credit limit."""
+    return contract_json(await handlers.sign_contract(db, actor, contract_id))
+
+
+ROUTERS = (opportunities, accounts, contracts)

@@ -1,0 +1,435 @@
+"""One function per command or consumed event: load, apply the domain, save and publish in one transaction."""
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from services.opportunities import store
+from services.opportunities.domain import (
+    FIRST_STAGE,
+    STAGES,
+    CloseSummary,
+    ContractStatus,
+    Money,
+    Opportunity,
+    Outcome,
+    StageChange,
+    Status,
+    check_credit,
+    normalise_name,
+    parse_money,
+    required_reason,
+)
+from shared.db import Database, Transaction
+from shared.errors import DomainError, Forbidden, NotFound, PreconditionFailed, Unprocessable
+from shared.events.envelope import CloudEvent
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, and whose records they may act on (None: everyone's)."""
+
+    user_id: str
+    owners: frozenset[str] | None
+
+    def check(self, owner_id: str | None, what: str) -> None:
+        if self.owners is not None and owner_id not in self.owners:
+            raise Forbidden(f"{what} belongs to {owner_id}, outside {self.user_id}'s scope")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _day(value: date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+def _account_data(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "account_id": row["id"],
+        "name": row["name"],
+        "region": row["region"],
+        "owner_id": row["owner_id"],
+        "parent_account_id": row["parent_account_id"],
+        "key_account": row["key_account"],
+        "value_tier": row["value_tier"],
+        "lead_id": row["lead_id"],
+        "created_by": row["created_by"],
+        "created_at": _ts(row["created_at"]),
+    }
+
+
+async def _new_account(
+    tx: Transaction, *, name: str, region: str | None, owner_id: str | None, created_by: str,
+    lead_id: str | None = None, parent_account_id: str | None = None, key_account: bool = False,
+    credit_limit: Money | None = None,
+) -> asyncpg.Record | None:
+    """Insert and announce an account; None when its normalised name is taken."""
+    if not name.strip() or not normalise_name(name):
+        raise Unprocessable("an account needs a name")
+    if parent_account_id is not None and await store.account(tx.conn, parent_account_id) is None:
+        raise Unprocessable(f"parent account {parent_account_id} does not exist")
+    row = await store.insert_account(
+        tx.conn,
+        id=_new_id("acc"), name=name.strip(), normalised_name=normalise_name(name), region=region,
+        owner_id=owner_id, parent_account_id=parent_account_id, key_account=key_account,
+        credit_limit=credit_limit.amount if credit_limit else None,
+        credit_currency=credit_limit.currency if credit_limit else "CNY",
+        lead_id=lead_id, created_by=created_by, created_at=_now(),
+    )
+    if row is not None:
+        tx.publish("sales.account.created.v1", row["id"], _account_data(row), sequence=row["version"])
+    return row
+
+
+async def _account_named(tx: Transaction, name: str, **new: Any) -> asyncpg.Record:
+    """The account with this normalised name, created (and announced) when there is none."""
+    existing = await store.account_by_normalised_name(tx.conn, normalise_name(name))
+    if existing is not None:
+        return existing
+    created = await _new_account(tx, name=name, **new)
+    if created is None:  # created concurrently between the look-up and the insert
+        created = await store.account_by_normalised_name(tx.conn, normalise_name(name))
+    assert created is not None
+    return created
+
+
+async def create_account(
+    db: Database, actor: Actor, *, name: str, region: str | None, owner_id: str | None,
+    parent_account_id: str | None, key_account: bool, credit_limit: Money | None,
+) -> asyncpg.Record:
+    if owner_id is not None:
+        actor.check(owner_id, "the account's owner")
+    async with db.transaction() as tx:
+        row = await _new_account(
+            tx, name=name, region=region, owner_id=owner_id, created_by=actor.user_id,
+            parent_account_id=parent_account_id, key_account=key_account, credit_limit=credit_limit,
+        )
+        if row is None:
+            existing = await store.account_by_normalised_name(tx.conn, normalise_name(name))
+            assert existing is not None
+            raise DomainError(f"an account named like {name!r} exists already: {existing['id']} ({existing['name']})")
+        return row
+
+
+async def get_account(db: Database, account_id: str) -> asyncpg.Record:
+    async with db.pool.acquire() as conn:
+        row = await store.account(conn, account_id)
+    if row is None:
+        raise NotFound(f"no account {account_id}")
+    return row
+
+
+async def list_accounts(
+    db: Database, *, name: str | None, after: tuple[datetime, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    async with db.pool.acquire() as conn:
+        return await store.list_accounts(conn, name=name, after=after, limit=limit)
+
+
+# --- opportunities ------------------------------------------------------------------------
+
+
+def _created_data(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "opportunity_id": row["id"],
+        "name": row["name"],
+        "account_id": row["account_id"],
+        "contact_id": row["contact_id"],
+        "stage": row["stage"],
+        "status": row["status"],
+        "probability": row["probability"],
+        "amount": str(row["amount"]),
+        "currency": row["currency"],
+        "owner_id": row["owner_id"],
+        "expected_close_date": _day(row["expected_close_date"]),
+        "region": row["region"],
+        "lead_id": row["lead_id"],
+        "campaign_id": row["campaign_id"],
+        "pipeline": row["pipeline"],
+        "created_by": row["created_by"],
+        "created_at": _ts(row["created_at"]),
+    }
+
+
+async def _open_opportunity(
+    tx: Transaction, *, name: str, account_id: str, owner_id: str, money: Money, expected_close_date: date | None,
+    region: str | None, created_by: str, campaign_id: str | None = None, lead_id: str | None = None,
+    contact_id: str | None = None,
+) -> asyncpg.Record | None:
+    if not name.strip():
+        raise Unprocessable("an opportunity needs a name")
+    now = _now()
+    row = await store.insert_opportunity(
+        tx.conn,
+        id=_new_id("opp"), name=name.strip(), account_id=account_id, contact_id=contact_id, owner_id=owner_id,
+        region=region, stage=FIRST_STAGE, status=str(Status.OPEN), probability=STAGES[FIRST_STAGE].probability,
+        amount=money.amount, currency=money.currency, expected_close_date=expected_close_date,
+        stage_entered_at=now, lead_id=lead_id, campaign_id=campaign_id, created_by=created_by, created_at=now,
+        updated_at=now,
+    )
+    if row is not None:
+        tx.publish("sales.opportunity.created.v1", row["id"], _created_data(row), sequence=row["version"])
+    return row
+
+
+async def create_opportunity(
+    db: Database, actor: Actor, *, name: str, account_id: str | None, account_name: str | None, money: Money,
+    owner_id: str, expected_close_date: date | None, region: str | None, campaign_id: str | None,
+) -> asyncpg.Record:
+    actor.check(owner_id, "the new opportunity's owner")
+    if (account_id is None) == (account_name is None or not account_name.strip()):
+        raise Unprocessable("give either account_id or account_name")
+    async with db.transaction() as tx:
+        if account_id is not None:
+            account = await store.account(tx.conn, account_id)
+            if account is None:
+                raise Unprocessable(f"account {account_id} does not exist")
+        else:
+            assert account_name is not None
+            account = await _account_named(
+                tx, account_name, region=region, owner_id=owner_id, created_by=actor.user_id
+            )
+        row = await _open_opportunity(
+            tx, name=name, account_id=account["id"], owner_id=owner_id, money=money,
+            expected_close_date=expected_close_date, region=region or account["region"], created_by=actor.user_id,
+            campaign_id=campaign_id,
+        )
+        assert row is not None  # no lead_id, so no conflict
+        return row
+
+
+async def get_opportunity(db: Database, actor: Actor, opportunity_id: str) -> tuple[asyncpg.Record, list[Any]]:
+    async with db.pool.acquire() as conn:
+        row = await store.opportunity(conn, opportunity_id)
+        if row is None:
+            raise NotFound(f"no opportunity {opportunity_id}")
+        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        return row, await store.stage_history(conn, opportunity_id)
+
+
+async def list_opportunities(
+    db: Database, actor: Actor, where: store.OpportunityFilter, *, after: tuple[datetime, str] | None, limit: int
+) -> list[asyncpg.Record]:
+    owners = where.owners
+    if actor.owners is not None:
+        owners = set(actor.owners) if owners is None else owners & actor.owners
+    async with db.pool.acquire() as conn:
+        return await store.list_opportunities(
+            conn, store.OpportunityFilter(**{**where.__dict__, "owners": owners}), after=after, limit=limit
+        )
+
+
+# A change of one opportunity: the changed opportunity, the stage move (if any), extra columns, event.
+Change = tuple[Opportunity, StageChange | None, dict[str, Any], str, dict[str, Any]]
+
+
+async def _change(
+    db: Database, actor: Actor, opportunity_id: str, expected_version: int | None,
+    apply: Callable[[Opportunity, datetime], Change],
+) -> asyncpg.Record:
+    """Load, check scope and version, apply the domain, save only if the version is unchanged, publish."""
+    async with db.transaction() as tx:
+        row = await store.opportunity(tx.conn, opportunity_id)
+        if row is None:
+            raise NotFound(f"no opportunity {opportunity_id}")
+        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        if expected_version is not None and expected_version != row["version"]:
+            raise PreconditionFailed(
+                f"opportunity {opportunity_id} is at version {row['version']}, not {expected_version}: "
+                "reload it and apply your change again"
+            )
+        now = _now()
+        changed, move, extra, event_type, event_data = apply(store.to_domain(row), now)
+        saved = await store.save_opportunity(tx.conn, changed, expected_version=row["version"], **extra)
+        if saved is None:
+            raise PreconditionFailed(
+                f"opportunity {opportunity_id} was changed by someone else at the same time: reload it and retry"
+            )
+        if move is not None:
+            await store.record_stage_change(tx.conn, opportunity_id, move, actor.user_id, now)
+        tx.publish(event_type, opportunity_id, _common(saved) | event_data, sequence=saved["version"])
+        return saved
+
+
+def _common(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "opportunity_id": row["id"],
+        "owner_id": row["owner_id"],
+        "account_id": row["account_id"],
+        "stage": row["stage"],
+        "amount": str(row["amount"]),
+        "currency": row["currency"],
+    }
+
+
+async def change_stage(
+    db: Database, actor: Actor, opportunity_id: str, stage: str, expected_version: int | None
+) -> asyncpg.Record:
+    def apply(current: Opportunity, now: datetime) -> Change:
+        moved, move = current.move_to(stage, now)
+        data = {
+            "from_stage": move.from_stage, "to_stage": move.to_stage, "probability": moved.probability,
+            "expected_close_date": _day(moved.expected_close_date), "changed_by": actor.user_id,
+            "changed_at": _ts(now), "seconds_in_previous_stage": move.seconds_in_previous_stage,
+        }
+        return moved, move, {}, "sales.opportunity.stage_changed.v1", data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+async def close(
+    db: Database, actor: Actor, opportunity_id: str, summary: CloseSummary, expected_version: int | None
+) -> asyncpg.Record:
+    def apply(current: Opportunity, now: datetime) -> Change:
+        closed, move = current.close(summary, now)
+        extra = {"close_reason": summary.reason, "competitor": summary.competitor, "closed_at": now}
+        data: dict[str, Any] = {
+            "stage": move.from_stage,  # the stage it was in when closed
+            "reason": summary.reason, "closed_by": actor.user_id, "closed_at": _ts(now),
+        }
+        if summary.outcome is Outcome.LOST:
+            data["competitor"] = summary.competitor
+        type_ = "sales.opportunity.won.v1" if summary.outcome is Outcome.WON else "sales.opportunity.lost.v1"
+        return closed, move, extra, type_, data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+_STATUS_EVENTS = {
+    "suspend": "sales.opportunity.suspended.v1",
+    "reactivate": "sales.opportunity.reactivated.v1",
+    "terminate": "sales.opportunity.terminated.v1",
+}
+
+
+async def set_status(
+    db: Database, actor: Actor, opportunity_id: str, action: str, reason: str | None, expected_version: int | None
+) -> asyncpg.Record:
+    """suspend (中止), reactivate, terminate (终止); suspending and terminating need a reason."""
+
+    def apply(current: Opportunity, now: datetime) -> Change:
+        why: str | None
+        if action == "suspend":
+            changed, why = current.suspend(), required_reason(reason, "suspending")
+        elif action == "terminate":
+            changed, why = current.terminate(), required_reason(reason, "terminating")
+        else:
+            changed, why = current.reactivate(), (reason.strip() if reason and reason.strip() else None)
+        data = {"by": actor.user_id, "reason": why, "at": _ts(now)}
+        return changed, None, {"status_reason": why}, _STATUS_EVENTS[action], data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+# --- contracts ----------------------------------------------------------------------------
+
+
+async def create_contract(
+    db: Database, actor: Actor, *, opportunity_id: str, money: Money | None
+) -> asyncpg.Record:
+    async with db.transaction() as tx:
+        row = await store.opportunity(tx.conn, opportunity_id)
+        if row is None:
+            raise Unprocessable(f"opportunity {opportunity_id} does not exist")
+        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        store.to_domain(row).may_take_contract()
+        money = money or Money(row["amount"], row["currency"])
+        return await store.insert_contract(
+            tx.conn,
+            id=_new_id("ctr"), opportunity_id=opportunity_id, account_id=row["account_id"], owner_id=row["owner_id"],
+            amount=money.amount, currency=money.currency, status=str(ContractStatus.DRAFT),
+            campaign_id=row["campaign_id"], created_by=actor.user_id,
+        )
+
+
+async def get_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:
+    async with db.pool.acquire() as conn:
+        row = await store.contract(conn, contract_id)
+    if row is None:
+        raise NotFound(f"no contract {contract_id}")
+    actor.check(row["owner_id"], f"contract {contract_id}")
+    return row
+
+
+async def sign_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:
+    async with db.transaction() as tx:
+        row = await store.contract(tx.conn, contract_id, for_update=True)
+        if row is None:
+            raise NotFound(f"no contract {contract_id}")
+        actor.check(row["owner_id"], f"contract {contract_id}")
+        if row["status"] != ContractStatus.DRAFT:
+            raise DomainError(f"contract {contract_id} is {row['status']} already")
+        # The account's row lock serialises signatures against one credit limit.
+        account = await store.account(tx.conn, row["account_id"], for_update=True)
+        assert account is not None
+        limit = None if account["credit_limit"] is None else Money(account["credit_limit"], account["credit_currency"])
+        amount = Money(row["amount"], row["currency"])
+        signed_total: Decimal = await store.signed_total(tx.conn, account["id"], row["currency"])
+        check_credit(account_id=account["id"], credit_limit=limit, signed_total=signed_total, contract=amount)
+        now = _now()
+        signed = await store.mark_signed(tx.conn, contract_id, actor.user_id, now)
+        tx.publish(
+            "sales.contract.signed.v1",
+            contract_id,
+            {
+                "contract_id": contract_id, "opportunity_id": signed["opportunity_id"],
+                "account_id": signed["account_id"], "amount": str(signed["amount"]), "currency": signed["currency"],
+                "owner_id": signed["owner_id"], "campaign_id": signed["campaign_id"], "signed_by": actor.user_id,
+                "signed_at": _ts(now), "starts_on": None, "ends_on": None,
+            },
+            sequence=signed["version"],
+        )
+        return signed
+
+
+# --- consumed events ----------------------------------------------------------------------
+
+
+async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
+    """sales.lead.converted.v1: the account (created, or linked by id or normalised name), contact, opportunity.
+
+    The inbox applies each event once; the unique lead_id on opportunities and contacts also
+    keeps a second event for the same lead (a re-conversion, a replay) from opening a second one.
+    """
+    data = event.data
+    lead_id = data["lead_id"]
+    if await tx.conn.fetchval("SELECT 1 FROM opportunities WHERE lead_id = $1", lead_id):
+        return
+    account = await store.account(tx.conn, data["account_id"]) if data.get("account_id") else None
+    if account is None:
+        account = await _account_named(
+            tx, data["account_name"], region=data.get("region"), owner_id=data["owner_id"],
+            created_by=data["converted_by"], lead_id=lead_id,
+        )
+    person = data["contact"]
+    contact = await store.insert_contact(
+        tx.conn, id=_new_id("con"), account_id=account["id"], name=person["name"], phone=person.get("phone"),
+        email=person.get("email"), lead_id=lead_id,
+    )
+    offered = data["opportunity"]
+    await _open_opportunity(
+        tx, name=offered["name"], account_id=account["id"], owner_id=data["owner_id"],
+        money=parse_money(offered.get("amount"), offered.get("currency")),
+        expected_close_date=date.fromisoformat(offered["expected_close_date"])
+        if offered.get("expected_close_date") else None,
+        region=data.get("region"), created_by=data["converted_by"], campaign_id=data.get("campaign_id"),
+        lead_id=lead_id, contact_id=contact["id"] if contact is not None else None,
+    )

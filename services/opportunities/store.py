@@ -1,0 +1,227 @@
+"""asyncpg queries for the opportunities service's tables (migrations/ beside this file)."""
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.opportunities.domain import Money, Opportunity, StageChange, Status
+
+Row = asyncpg.Record
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+async def insert_account(conn: Conn, **fields: Any) -> Row | None:
+    """The new account, or None when one with the same normalised name exists."""
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    return await conn.fetchrow(
+        f"INSERT INTO accounts ({columns}) VALUES ({placeholders})"  # noqa: S608 - column names are ours
+        " ON CONFLICT (normalised_name) DO NOTHING RETURNING *",
+        *fields.values(),
+    )
+
+
+async def account(conn: Conn, account_id: str, *, for_update: bool = False) -> Row | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT * FROM accounts WHERE id = $1{lock}", account_id)  # noqa: S608
+
+
+async def account_by_normalised_name(conn: Conn, normalised_name: str) -> Row | None:
+    return await conn.fetchrow("SELECT * FROM accounts WHERE normalised_name = $1", normalised_name)
+
+
+async def list_accounts(
+    conn: Conn, *, name: str | None, after: tuple[datetime, str] | None, limit: int
+) -> list[Row]:
+    clauses, args = _keyset(after)
+    if name:
+        args.append(f"%{name}%")
+        clauses.append(f"name ILIKE ${len(args)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit)
+    return await conn.fetch(
+        f"SELECT * FROM accounts {where} ORDER BY created_at, id LIMIT ${len(args)}",  # noqa: S608
+        *args,
+    )
+
+
+# --- contacts -----------------------------------------------------------------------------
+
+
+async def insert_contact(conn: Conn, **fields: Any) -> Row | None:
+    """The new contact, or None when the lead's contact exists already."""
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    return await conn.fetchrow(
+        f"INSERT INTO contacts ({columns}) VALUES ({placeholders})"  # noqa: S608
+        " ON CONFLICT (lead_id) DO NOTHING RETURNING *",
+        *fields.values(),
+    )
+
+
+# --- opportunities ------------------------------------------------------------------------
+
+
+async def insert_opportunity(conn: Conn, **fields: Any) -> Row | None:
+    """The new opportunity, or None when one was already opened from the same lead."""
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    return await conn.fetchrow(
+        f"INSERT INTO opportunities ({columns}) VALUES ({placeholders})"  # noqa: S608
+        " ON CONFLICT (lead_id) DO NOTHING RETURNING *",
+        *fields.values(),
+    )
+
+
+async def opportunity(conn: Conn, opportunity_id: str) -> Row | None:
+    return await conn.fetchrow("SELECT * FROM opportunities WHERE id = $1", opportunity_id)
+
+
+def to_domain(row: Row) -> Opportunity:
+    return Opportunity(
+        id=row["id"],
+        name=row["name"],
+        account_id=row["account_id"],
+        owner_id=row["owner_id"],
+        money=Money(row["amount"], row["currency"]),
+        stage=row["stage"],
+        status=Status(row["status"]),
+        expected_close_date=row["expected_close_date"],
+        stage_entered_at=row["stage_entered_at"],
+        version=row["version"],
+    )
+
+
+async def save_opportunity(
+    conn: Conn, changed: Opportunity, *, expected_version: int, **extra: Any
+) -> Row | None:
+    """Write the changed opportunity if nobody changed it since `expected_version`; None if someone did.
+
+    The version check is in the UPDATE itself: of two concurrent writers holding one version,
+    the second waits for the first's row lock, then finds the version moved and changes nothing.
+    """
+    sets = ["stage = $3", "status = $4", "probability = $5", "stage_entered_at = $6"]
+    args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status), changed.probability,
+                       changed.stage_entered_at]
+    for column, value in extra.items():
+        args.append(value)
+        sets.append(f"{column} = ${len(args)}")
+    return await conn.fetchrow(
+        f"UPDATE opportunities SET {', '.join(sets)}, version = version + 1, updated_at = now()"  # noqa: S608
+        " WHERE id = $1 AND version = $2 RETURNING *",
+        *args,
+    )
+
+
+async def record_stage_change(
+    conn: Conn, opportunity_id: str, change: StageChange, changed_by: str, changed_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO stage_history"
+        " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        opportunity_id, change.from_stage, change.to_stage, changed_by, changed_at,
+        change.seconds_in_previous_stage,
+    )
+
+
+async def stage_history(conn: Conn, opportunity_id: str) -> list[Row]:
+    return await conn.fetch(
+        "SELECT from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage"
+        " FROM stage_history WHERE opportunity_id = $1 ORDER BY id",
+        opportunity_id,
+    )
+
+
+@dataclass(frozen=True)
+class OpportunityFilter:
+    owners: set[str] | None = None  # None: every owner (the caller's scope and the owner filter, combined)
+    stage: str | None = None
+    status: str | None = None
+    account_id: str | None = None
+    region: str | None = None
+    close_from: date | None = None
+    close_to: date | None = None
+    amount_min: Decimal | None = None
+    amount_max: Decimal | None = None
+
+
+async def list_opportunities(
+    conn: Conn, where: OpportunityFilter, *, after: tuple[datetime, str] | None, limit: int
+) -> list[Row]:
+    clauses, args = _keyset(after)
+
+    def add(condition: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(condition.replace("?", f"${len(args)}"))
+
+    if where.owners is not None:
+        add("owner_id = ANY(?::text[])", sorted(where.owners))
+    for column in ("stage", "status", "account_id", "region"):
+        value = getattr(where, column)
+        if value is not None:
+            add(f"{column} = ?", value)
+    if where.close_from is not None:
+        add("expected_close_date >= ?", where.close_from)
+    if where.close_to is not None:
+        add("expected_close_date <= ?", where.close_to)
+    if where.amount_min is not None:
+        add("amount >= ?", where.amount_min)
+    if where.amount_max is not None:
+        add("amount <= ?", where.amount_max)
+    condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit)
+    return await conn.fetch(
+        f"SELECT * FROM opportunities {condition} ORDER BY created_at, id LIMIT ${len(args)}",  # noqa: S608
+        *args,
+    )
+
+
+def _keyset(after: tuple[datetime, str] | None) -> tuple[list[str], list[Any]]:
+    if after is None:
+        return [], []
+    return ["(created_at, id) > ($1, $2)"], [after[0], after[1]]
+
+
+# --- contracts ----------------------------------------------------------------------------
+
+
+async def insert_contract(conn: Conn, **fields: Any) -> Row:
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
+    row = await conn.fetchrow(
+        f"INSERT INTO contracts ({columns}) VALUES ({placeholders}) RETURNING *",  # noqa: S608
+        *fields.values(),
+    )
+    assert row is not None
+    return row
+
+
+async def contract(conn: Conn, contract_id: str, *, for_update: bool = False) -> Row | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT * FROM contracts WHERE id = $1{lock}", contract_id)  # noqa: S608
+
+
+async def signed_total(conn: Conn, account_id: str, currency: str) -> Decimal:
+    total: Decimal = await conn.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM contracts WHERE account_id = $1 AND status = 'signed' AND currency = $2",
+        account_id, currency,
+    )
+    return total
+
+
+async def mark_signed(conn: Conn, contract_id: str, signed_by: str, signed_at: datetime) -> Row:
+    row = await conn.fetchrow(
+        "UPDATE contracts SET status = 'signed', signed_by = $2, signed_at = $3, version = version + 1"
+        " WHERE id = $1 RETURNING *",
+        contract_id, signed_by, signed_at,
+    )
+    assert row is not None
+    return row
