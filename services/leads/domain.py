@@ -1,0 +1,228 @@
+"""The lead (线索): lifecycle, intent grade and follow-up SLA, contact normalisation, round robin.
+
+Plain Python, no I/O: handlers load a `Lead`, call these rules, save it and publish the events.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import phonenumbers
+
+from shared.errors import DomainError, Unprocessable
+
+DEFAULT_PHONE_REGION = "CN"
+
+
+class Status(StrEnum):
+    NEW = "new"
+    CONTACTED = "contacted"
+    QUALIFIED = "qualified"
+    CONVERTED = "converted"
+    DISQUALIFIED = "disqualified"
+
+
+class Grade(StrEnum):
+    """Intent grade of the tracking card: how soon the customer means to buy."""
+
+    H = "H"  # within 5 days
+    A = "A"  # within 15 days
+    B = "B"  # within 1 month
+    C = "C"  # about 2 months
+
+
+SOURCES = ("web_form", "phone", "email", "sms", "im", "walk_in", "event", "referral", "campaign", "import", "api")
+TOUCH_CHANNELS = ("email", "sms", "im", "phone", "visit", "meeting", "other")
+
+# Follow-up is due this long after capture; an ungraded lead must be called within a week to grade it.
+FOLLOW_UP_AFTER: dict[Grade | None, timedelta] = {
+    Grade.H: timedelta(days=5),
+    Grade.A: timedelta(days=15),
+    Grade.B: timedelta(days=30),
+    Grade.C: timedelta(days=60),
+    None: timedelta(days=7),
+}
+
+_NEXT: dict[Status, tuple[Status, ...]] = {
+    Status.NEW: (Status.CONTACTED, Status.DISQUALIFIED),
+    Status.CONTACTED: (Status.QUALIFIED, Status.DISQUALIFIED),
+    Status.QUALIFIED: (Status.CONVERTED, Status.DISQUALIFIED),
+    Status.CONVERTED: (),
+    Status.DISQUALIFIED: (),
+}
+
+
+class TransitionNotAllowed(DomainError):
+    """409: the lead's status does not allow this step."""
+
+
+class InvalidContact(Unprocessable):
+    """422: a contact field that cannot be normalised."""
+
+
+def follow_up_due(grade: Grade | None, captured_at: datetime) -> datetime:
+    return captured_at + FOLLOW_UP_AFTER[grade]
+
+
+def normalise_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
+    """E.164 (`+8613800138000`); numbers without a country code are read as Chinese."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidContact(f"contact.phone: {raw!r} is not a phone number ({exc})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidContact(f"contact.phone: {raw!r} is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_email(raw: str) -> str:
+    email = raw.strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in email):
+        raise InvalidContact(f"contact.email: {raw!r} is not an e-mail address")
+    return email
+
+
+def normalise_company(raw: str | None) -> str | None:
+    company = " ".join(raw.split()) if raw else ""
+    return company or None
+
+
+def next_in_round_robin(reps: Sequence[str], last_assigned: str | None) -> str:
+    """The rep after the last one assigned, wrapping; the first rep when the last is unknown."""
+    if not reps:
+        raise ValueError("round robin needs at least one rep")
+    if last_assigned not in reps:
+        return reps[0]
+    return reps[(reps.index(last_assigned) + 1) % len(reps)]
+
+
+@dataclass(frozen=True)
+class Contact:
+    name: str
+    company: str | None = None
+    phone: str | None = None  # E.164
+    email: str | None = None  # lower-cased
+
+    @classmethod
+    def normalised(cls, name: str, company: str | None, phone: str | None, email: str | None) -> "Contact":
+        name = " ".join(name.split())
+        if not name:
+            raise InvalidContact("contact.name: a name is required")
+        phone = normalise_phone(phone) if phone and phone.strip() else None
+        email = normalise_email(email) if email and email.strip() else None
+        if phone is None and email is None:
+            raise InvalidContact("contact: a phone or an e-mail is required")
+        return cls(name=name, company=normalise_company(company), phone=phone, email=email)
+
+    def as_event(self) -> dict[str, Any]:
+        return {"name": self.name, "company": self.company, "phone": self.phone, "email": self.email}
+
+
+@dataclass
+class Lead:
+    id: str
+    contact: Contact
+    source: str
+    grade: Grade | None
+    region: str | None
+    team: str | None
+    owner_id: str | None
+    campaign_id: str | None
+    attributes: dict[str, str]
+    captured_at: datetime
+    captured_by: str | None
+    follow_up_due_at: datetime
+    status: Status = Status.NEW
+    first_response_at: datetime | None = None
+    last_contacted_at: datetime | None = None
+    touch_count: int = 0
+    disqualify_reason: str | None = None
+    converted_at: datetime | None = None
+    version: int = 0
+
+    @classmethod
+    def capture(
+        cls,
+        lead_id: str,
+        contact: Contact,
+        *,
+        source: str,
+        grade: Grade | None,
+        region: str | None,
+        campaign_id: str | None,
+        attributes: dict[str, str],
+        captured_at: datetime,
+        captured_by: str | None,
+    ) -> "Lead":
+        return cls(
+            id=lead_id,
+            contact=contact,
+            source=source,
+            grade=grade,
+            region=region,
+            team=None,
+            owner_id=None,
+            campaign_id=campaign_id,
+            attributes=dict(attributes),
+            captured_at=captured_at,
+            captured_by=captured_by,
+            follow_up_due_at=follow_up_due(grade, captured_at),
+        )
+
+    def next_version(self) -> int:
+        """Every event on the lead takes the next version: its CloudEvent `sequence`."""
+        self.version += 1
+        return self.version
+
+    def assign(self, owner_id: str, team: str | None) -> str | None:
+        """Give the lead to an owner; returns the previous owner."""
+        self._require_open("assigned")
+        previous, self.owner_id, self.team = self.owner_id, owner_id, team
+        return previous
+
+    def record_touch(self, at: datetime) -> int:
+        """Log a contact; the first one moves a new lead to contacted. Returns the touch's number."""
+        self._require_open("touched")
+        if self.status is Status.NEW:
+            self.status = Status.CONTACTED
+        if self.first_response_at is None:
+            self.first_response_at = at
+        if self.last_contacted_at is None or at > self.last_contacted_at:
+            self.last_contacted_at = at
+        self.touch_count += 1
+        return self.touch_count
+
+    def qualify(self) -> None:
+        self._move_to(Status.QUALIFIED)
+
+    def disqualify(self, reason: str) -> None:
+        if not reason or not reason.strip():
+            raise Unprocessable("reason: disqualifying a lead needs a reason")
+        self._move_to(Status.DISQUALIFIED)
+        self.disqualify_reason = reason.strip()
+
+    def convert(self, at: datetime) -> None:
+        if self.owner_id is None:
+            raise TransitionNotAllowed("the lead has no owner: assign it before converting")
+        self._move_to(Status.CONVERTED)
+        self.converted_at = at
+
+    @property
+    def is_closed(self) -> bool:
+        return not _NEXT[self.status]
+
+    def _require_open(self, what: str) -> None:
+        if self.is_closed:
+            raise TransitionNotAllowed(f"a {self.status} lead is closed: it cannot be {what}")
+
+    def _move_to(self, target: Status) -> None:
+        allowed = _NEXT[self.status]
+        if target not in allowed:
+            if not allowed:
+                raise TransitionNotAllowed(f"a {self.status} lead is closed: it cannot become {target}")
+            names = ", ".join(str(s) for s in allowed)
+            raise TransitionNotAllowed(f"a {self.status} lead can only become {names}, not {target}")
+        self.status = target

@@ -1,0 +1,366 @@
+"""One function per command: load, apply the domain's rules, save, publish in the same transaction.
+
+These are the only places that open a transaction; a command that fails rolls back its change and
+the events it had queued, so a refused request publishes nothing.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from services.leads import store
+from services.leads.domain import Contact, Grade, Lead, next_in_round_robin
+from shared.auth import Principal, may_act_on
+from shared.db import Database, Transaction
+from shared.errors import Forbidden, NotFound, Unprocessable
+from shared.org import Organisation, Role
+
+SYSTEM = "system"
+_CAPTURE_ATTEMPTS = 3
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class CaptureLead:
+    contact: Contact
+    source: str = "api"
+    grade: Grade | None = None
+    region: str | None = None
+    owner_id: str | None = None
+    campaign_id: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    captured_at: datetime | None = None
+    left_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Captured:
+    lead: Lead
+    duplicate_of: str | None = None
+    matched_on: tuple[str, ...] = ()
+
+
+class _LostRace(Exception):
+    """A concurrent capture took the same phone or e-mail first: retry as a duplicate."""
+
+
+async def capture_lead(db: Database, org: Organisation, actor: Principal | None, cmd: CaptureLead) -> Captured:
+    """Capture a lead, or, when its phone or e-mail is already known, note the contact on that lead."""
+    for _ in range(_CAPTURE_ATTEMPTS):
+        try:
+            async with db.transaction() as tx:
+                found = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
+                if found is not None:
+                    existing, matched_on = found
+                    await _note_duplicate(tx.conn, existing, matched_on, actor, cmd)
+                    return Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
+                return Captured(await _capture_new(tx, org, actor, cmd))
+        except _LostRace:
+            continue
+    raise RuntimeError("capture kept colliding with concurrent captures of the same contact")
+
+
+async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | None, cmd: CaptureLead) -> Lead:
+    lead = Lead.capture(
+        str(uuid.uuid4()),
+        cmd.contact,
+        source=cmd.source,
+        grade=cmd.grade,
+        region=cmd.region,
+        campaign_id=cmd.campaign_id,
+        attributes=cmd.attributes,
+        captured_at=cmd.captured_at or datetime.now(UTC),
+        captured_by=actor.user_id if actor else None,
+    )
+    owner, team, method = await _choose_owner(tx.conn, org, actor, cmd)
+    if owner is not None:
+        lead.assign(owner, team)
+    captured_sequence = lead.next_version()
+    assigned_sequence = lead.next_version() if owner is not None else None
+    if not await store.insert_if_unique(tx.conn, lead):
+        raise _LostRace()
+    tx.publish(
+        "sales.lead.captured.v1",
+        lead.id,
+        {
+            "lead_id": lead.id,
+            "source": lead.source,
+            "grade": lead.grade and str(lead.grade),
+            "owner_id": lead.owner_id,
+            "campaign_id": lead.campaign_id,
+            "region": lead.region,
+            "contact": lead.contact.as_event(),
+            "captured_at": _ts(lead.captured_at),
+            "left_at": _ts(cmd.left_at),
+            "attributes": lead.attributes,
+            "captured_by": lead.captured_by,
+            "follow_up_due_at": _ts(lead.follow_up_due_at),
+        },
+        sequence=captured_sequence,
+    )
+    if owner is not None:
+        tx.publish(
+            "sales.lead.assigned.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "owner_id": owner,
+                "previous_owner_id": None,
+                "team": team,
+                "region": lead.region,
+                "grade": lead.grade and str(lead.grade),
+                "method": method,
+                "assigned_by": SYSTEM if method == "round_robin" else (actor.user_id if actor else SYSTEM),
+                "reason": None,
+                "assigned_at": _ts(lead.captured_at),
+                "follow_up_due_at": _ts(lead.follow_up_due_at),
+            },
+            sequence=assigned_sequence,
+        )
+    return lead
+
+
+async def _choose_owner(
+    conn: store.Connection, org: Organisation, actor: Principal | None, cmd: CaptureLead
+) -> tuple[str | None, str | None, str | None]:
+    """Explicit owner; else the region's team by round robin; else a capturing rep; else nobody."""
+    if cmd.owner_id is not None:
+        user = org.user(cmd.owner_id)
+        if user is None or user.role not in (Role.REP, Role.MANAGER):
+            raise Unprocessable(f"owner_id: {cmd.owner_id!r} is not a rep or manager of the organisation")
+        if actor is not None and not may_act_on(actor, user.id, org):
+            raise Forbidden(f"owner_id: {actor.user_id} may not give leads to {user.id}")
+        return user.id, user.team, "explicit"
+    if cmd.region is not None:
+        for team in org.teams_in_region(cmd.region):
+            reps = [u.id for u in org.members(team.id)]
+            if not reps:
+                continue
+            # The cursor row stays locked until commit: parallel captures for the team take turns.
+            owner = next_in_round_robin(reps, await store.next_cursor_owner(conn, team.id))
+            await store.move_cursor(conn, team.id, owner)
+            return owner, team.id, "round_robin"
+    if actor is not None and actor.role is Role.REP:
+        return actor.user_id, actor.team, "explicit"
+    return None, None, None
+
+
+async def _note_duplicate(
+    conn: store.Connection, existing: Lead, matched_on: list[str], actor: Principal | None, cmd: CaptureLead
+) -> None:
+    await store.add_note(
+        conn,
+        str(uuid.uuid4()),
+        existing.id,
+        "duplicate_capture",
+        {
+            "matched_on": matched_on,
+            "source": cmd.source,
+            "contact": cmd.contact.as_event(),
+            "grade": cmd.grade and str(cmd.grade),
+            "region": cmd.region,
+            "campaign_id": cmd.campaign_id,
+            "attributes": cmd.attributes,
+            "captured_at": _ts(cmd.captured_at or datetime.now(UTC)),
+        },
+        actor.user_id if actor else None,
+    )
+
+
+async def _load_in_scope(conn: store.Connection, lead_id: str, actor: Principal, org: Organisation) -> Lead:
+    """The lead, locked for this transaction; out of the caller's scope it does not exist (404)."""
+    lead = await store.get(conn, lead_id, for_update=True)
+    if lead is None or not may_act_on(actor, lead.owner_id, org):
+        raise NotFound(f"there is no lead {lead_id} that you can see")
+    return lead
+
+
+async def get_lead(db: Database, org: Organisation, actor: Principal, lead_id: str) -> Lead:
+    async with db.pool.acquire() as conn:
+        lead = await store.get(conn, lead_id)
+    if lead is None or not may_act_on(actor, lead.owner_id, org):
+        raise NotFound(f"there is no lead {lead_id} that you can see")
+    return lead
+
+
+@dataclass(frozen=True)
+class LogTouch:
+    channel: str
+    note: str | None = None
+    outcome: str | None = None
+    contacted_at: datetime | None = None
+
+
+async def log_touch(
+    db: Database, org: Organisation, actor: Principal, lead_id: str, cmd: LogTouch
+) -> tuple[Lead, dict[str, Any]]:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        at = cmd.contacted_at or datetime.now(UTC)
+        number = lead.record_touch(at)
+        touch_id = str(uuid.uuid4())
+        touch: dict[str, Any] = {
+            "id": touch_id,
+            "number": number,
+            "channel": cmd.channel,
+            "outcome": cmd.outcome,
+            "note": cmd.note,
+            "contacted_at": _ts(at),
+            "contacted_by": actor.user_id,
+        }
+        await store.add_touch(
+            tx.conn, touch_id, lead.id, number, cmd.channel, cmd.outcome, cmd.note, at, actor.user_id
+        )
+        tx.publish(
+            "sales.lead.contacted.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "touch_id": touch_id,
+                "channel": cmd.channel,
+                "contacted_at": _ts(at),
+                "contacted_by": actor.user_id,
+                "touch_number": number,
+                "outcome": cmd.outcome,
+                "note": cmd.note,
+                "owner_id": lead.owner_id,
+                "status": str(lead.status),
+                "first_response_at": _ts(lead.first_response_at),
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead, touch
+
+
+async def qualify(db: Database, org: Organisation, actor: Principal, lead_id: str, note: str | None) -> Lead:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        lead.qualify()
+        tx.publish(
+            "sales.lead.qualified.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "owner_id": lead.owner_id,
+                "grade": lead.grade and str(lead.grade),
+                "qualified_by": actor.user_id,
+                "qualified_at": _ts(datetime.now(UTC)),
+                "note": note,
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead
+
+
+async def disqualify(
+    db: Database, org: Organisation, actor: Principal, lead_id: str, reason: str, note: str | None
+) -> Lead:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        lead.disqualify(reason)
+        tx.publish(
+            "sales.lead.disqualified.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "reason": lead.disqualify_reason,
+                "owner_id": lead.owner_id,
+                "disqualified_by": actor.user_id,
+                "disqualified_at": _ts(datetime.now(UTC)),
+                "note": note,
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead
+
+
+@dataclass(frozen=True)
+class ConvertLead:
+    account_name: str | None = None
+    account_id: str | None = None
+    opportunity_name: str | None = None
+    amount: Decimal | None = None
+    currency: str = "CNY"
+    expected_close_date: date | None = None
+
+
+async def convert(db: Database, org: Organisation, actor: Principal, lead_id: str, cmd: ConvertLead) -> Lead:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        now = datetime.now(UTC)
+        lead.convert(now)
+        # An individual buyer without a company becomes an account in their own name.
+        account_name = cmd.account_name or lead.contact.company or lead.contact.name
+        tx.publish(
+            "sales.lead.converted.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "contact": lead.contact.as_event(),
+                "account_name": account_name,
+                "account_id": cmd.account_id,
+                "owner_id": lead.owner_id,
+                "team": lead.team,
+                "region": lead.region,
+                "campaign_id": lead.campaign_id,
+                "source": lead.source,
+                "grade": lead.grade and str(lead.grade),
+                "attributes": lead.attributes,
+                "opportunity": {
+                    "name": cmd.opportunity_name or account_name,
+                    "amount": str(cmd.amount) if cmd.amount is not None else None,
+                    "currency": cmd.currency,
+                    "expected_close_date": cmd.expected_close_date.isoformat() if cmd.expected_close_date else None,
+                },
+                "converted_by": actor.user_id,
+                "converted_at": _ts(now),
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead
+
+
+@dataclass(frozen=True)
+class RecordEngagement:
+    visits: int
+    time_on_site_s: float
+    page_views: int
+    activity: str | None = None
+    observed_at: datetime | None = None
+
+
+async def record_engagement(
+    db: Database, org: Organisation, actor: Principal, lead_id: str, cmd: RecordEngagement
+) -> Lead:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        at = cmd.observed_at or datetime.now(UTC)
+        await store.add_engagement(
+            tx.conn, lead.id, cmd.visits, cmd.time_on_site_s, cmd.page_views, cmd.activity, actor.user_id, at
+        )
+        tx.publish(
+            "sales.lead.engaged.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "visits": cmd.visits,
+                "time_on_site_s": cmd.time_on_site_s,
+                "page_views": cmd.page_views,
+                "activity": cmd.activity,
+                "observed_at": _ts(at),
+                "reported_by": actor.user_id,
+                "owner_id": lead.owner_id,
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead

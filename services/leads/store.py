@@ -1,0 +1,253 @@
+"""asyncpg queries for the leads service's tables (schema in migrations/).
+
+SQL text is assembled only from this module's constant column names (the S608 waivers); every
+value travels as a bind parameter.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.leads.domain import Contact, Grade, Lead, Status
+
+# A plain connection or one borrowed from the pool: the queries work on either.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+_COLUMNS = (
+    "id, status, grade, source, region, team, owner_id, campaign_id, contact_name, company, phone, email,"
+    " attributes, captured_at, captured_by, follow_up_due_at, first_response_at, last_contacted_at,"
+    " touch_count, disqualify_reason, converted_at, version"
+)
+
+
+def _lead(row: asyncpg.Record) -> Lead:
+    return Lead(
+        id=row["id"],
+        contact=Contact(name=row["contact_name"], company=row["company"], phone=row["phone"], email=row["email"]),
+        source=row["source"],
+        grade=Grade(row["grade"]) if row["grade"] else None,
+        region=row["region"],
+        team=row["team"],
+        owner_id=row["owner_id"],
+        campaign_id=row["campaign_id"],
+        attributes=json.loads(row["attributes"]),
+        captured_at=row["captured_at"],
+        captured_by=row["captured_by"],
+        follow_up_due_at=row["follow_up_due_at"],
+        status=Status(row["status"]),
+        first_response_at=row["first_response_at"],
+        last_contacted_at=row["last_contacted_at"],
+        touch_count=row["touch_count"],
+        disqualify_reason=row["disqualify_reason"],
+        converted_at=row["converted_at"],
+        version=row["version"],
+    )
+
+
+async def insert_if_unique(conn: Connection, lead: Lead) -> bool:
+    """Insert a new lead; False when another lead already holds its phone or e-mail."""
+    inserted = await conn.fetchval(
+        f"INSERT INTO leads ({_COLUMNS}) VALUES"  # noqa: S608
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        *_values(lead),
+    )
+    return bool(inserted)
+
+
+async def save(conn: Connection, lead: Lead) -> None:
+    await conn.execute(
+        "UPDATE leads SET status = $2, grade = $3, team = $4, owner_id = $5, follow_up_due_at = $6,"
+        " first_response_at = $7, last_contacted_at = $8, touch_count = $9, disqualify_reason = $10,"
+        " converted_at = $11, version = $12, updated_at = now() WHERE id = $1",
+        lead.id,
+        str(lead.status),
+        lead.grade and str(lead.grade),
+        lead.team,
+        lead.owner_id,
+        lead.follow_up_due_at,
+        lead.first_response_at,
+        lead.last_contacted_at,
+        lead.touch_count,
+        lead.disqualify_reason,
+        lead.converted_at,
+        lead.version,
+    )
+
+
+def _values(lead: Lead) -> tuple[Any, ...]:
+    c = lead.contact
+    return (
+        lead.id,
+        str(lead.status),
+        lead.grade and str(lead.grade),
+        lead.source,
+        lead.region,
+        lead.team,
+        lead.owner_id,
+        lead.campaign_id,
+        c.name,
+        c.company,
+        c.phone,
+        c.email,
+        json.dumps(lead.attributes, ensure_ascii=False),
+        lead.captured_at,
+        lead.captured_by,
+        lead.follow_up_due_at,
+        lead.first_response_at,
+        lead.last_contacted_at,
+        lead.touch_count,
+        lead.disqualify_reason,
+        lead.converted_at,
+        lead.version,
+    )
+
+
+async def get(conn: Connection, lead_id: str, *, for_update: bool = False) -> Lead | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM leads WHERE id = $1{lock}", lead_id)  # noqa: S608
+    return _lead(row) if row else None
+
+
+async def find_duplicate(
+    conn: Connection, phone: str | None, email: str | None
+) -> tuple[Lead, list[str]] | None:
+    """The oldest lead sharing the normalised phone or e-mail, and what matched."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM leads WHERE (phone = $1) OR (email = $2) ORDER BY captured_at, id LIMIT 1",  # noqa: S608
+        phone,
+        email,
+    )
+    if row is None:
+        return None
+    lead = _lead(row)
+    matched = [
+        name for name, mine in (("phone", phone), ("email", email)) if mine and getattr(lead.contact, name) == mine
+    ]
+    return lead, matched
+
+
+async def next_cursor_owner(conn: Connection, team: str) -> str | None:
+    """Lock the team's round-robin cursor for this transaction; the last rep it gave a lead to."""
+    await conn.execute("INSERT INTO assignment_cursors (team) VALUES ($1) ON CONFLICT DO NOTHING", team)
+    owner: str | None = await conn.fetchval(
+        "SELECT last_owner_id FROM assignment_cursors WHERE team = $1 FOR UPDATE", team
+    )
+    return owner
+
+
+async def move_cursor(conn: Connection, team: str, owner_id: str) -> None:
+    await conn.execute("UPDATE assignment_cursors SET last_owner_id = $2 WHERE team = $1", team, owner_id)
+
+
+async def add_note(
+    conn: Connection, note_id: str, lead_id: str, kind: str, body: dict[str, Any], created_by: str | None
+) -> None:
+    await conn.execute(
+        "INSERT INTO lead_notes (id, lead_id, kind, body, created_by) VALUES ($1, $2, $3, $4::jsonb, $5)",
+        note_id,
+        lead_id,
+        kind,
+        json.dumps(body, ensure_ascii=False, default=str),
+        created_by,
+    )
+
+
+async def add_touch(
+    conn: Connection,
+    touch_id: str,
+    lead_id: str,
+    number: int,
+    channel: str,
+    outcome: str | None,
+    note: str | None,
+    contacted_at: datetime,
+    contacted_by: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO lead_touches (id, lead_id, number, channel, outcome, note, contacted_at, contacted_by)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        touch_id,
+        lead_id,
+        number,
+        channel,
+        outcome,
+        note,
+        contacted_at,
+        contacted_by,
+    )
+
+
+async def add_engagement(
+    conn: Connection,
+    lead_id: str,
+    visits: int,
+    time_on_site_s: float,
+    page_views: int,
+    activity: str | None,
+    reported_by: str,
+    observed_at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO lead_engagements"
+        " (lead_id, visits, time_on_site_s, page_views, activity, reported_by, observed_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        lead_id,
+        visits,
+        time_on_site_s,
+        page_views,
+        activity,
+        reported_by,
+        observed_at,
+    )
+
+
+@dataclass(frozen=True)
+class LeadFilter:
+    owners: set[str] | None = None  # the caller's scope; None = every lead
+    status: str | None = None
+    grade: str | None = None
+    owner_id: str | None = None
+    region: str | None = None
+    source: str | None = None
+    campaign_id: str | None = None
+    team: str | None = None
+    captured_from: datetime | None = None
+    captured_to: datetime | None = None
+    overdue_at: datetime | None = None  # leads still new whose follow-up was due before this time
+
+
+async def list_leads(
+    conn: Connection, where: LeadFilter, after: tuple[datetime, str] | None, limit: int
+) -> list[Lead]:
+    """Newest first by capture time, then id (keyset pagination: rows after `after`)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def add(clause: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(clause.format(f"${len(args)}"))
+
+    if where.owners is not None:
+        add("owner_id = ANY({}::text[])", sorted(where.owners))
+    for column in ("status", "grade", "owner_id", "region", "source", "campaign_id", "team"):
+        value = getattr(where, column)
+        if value is not None:
+            add(f"{column} = {{}}", value)
+    if where.captured_from is not None:
+        add("captured_at >= {}", where.captured_from)
+    if where.captured_to is not None:
+        add("captured_at < {}", where.captured_to)
+    if where.overdue_at is not None:
+        add("status = 'new' AND follow_up_due_at < {}", where.overdue_at)
+    if after is not None:
+        args.extend(after)
+        clauses.append(f"(captured_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    where_sql = " WHERE " + " AND ".join(clauses) if clauses else ""
+    sql = f"SELECT {_COLUMNS} FROM leads{where_sql} ORDER BY captured_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608
+    return [_lead(r) for r in await conn.fetch(sql, *args)]

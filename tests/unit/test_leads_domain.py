@@ -1,0 +1,145 @@
+"""The lead's rules without I/O: lifecycle, grade SLA, normalisation, round robin."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.leads.domain import (
+    Contact,
+    Grade,
+    InvalidContact,
+    Lead,
+    Status,
+    TransitionNotAllowed,
+    follow_up_due,
+    next_in_round_robin,
+    normalise_company,
+    normalise_email,
+    normalise_phone,
+)
+from shared.errors import Unprocessable
+
+CAPTURED = datetime(2026, 11, 3, 2, 15, tzinfo=UTC)
+
+
+def new_lead(grade: Grade | None = Grade.A, owner: str | None = "rep-1") -> Lead:
+    lead = Lead.capture(
+        "lead-1",
+        Contact.normalised("王伟", " 星河科技 ", "138 0013 8000", None),
+        source="api",
+        grade=grade,
+        region="华东",
+        campaign_id=None,
+        attributes={},
+        captured_at=CAPTURED,
+        captured_by="rep-1",
+    )
+    if owner:
+        lead.assign(owner, "east")
+    return lead
+
+
+@pytest.mark.parametrize(
+    ("grade", "days"), [(Grade.H, 5), (Grade.A, 15), (Grade.B, 30), (Grade.C, 60), (None, 7)]
+)
+def test_follow_up_is_due_after_the_grades_window(grade, days):
+    assert follow_up_due(grade, CAPTURED) == CAPTURED + timedelta(days=days)
+    assert new_lead(grade).follow_up_due_at == CAPTURED + timedelta(days=days)
+
+
+@pytest.mark.parametrize(
+    "raw", ["13800138000", "138 0013 8000", "+86 138-0013-8000", "0086 13800138000", "+8613800138000"]
+)
+def test_chinese_mobiles_normalise_to_e164(raw):
+    assert normalise_phone(raw) == "+8613800138000"
+
+
+def test_a_number_with_its_country_code_keeps_it():
+    assert normalise_phone("+1 650 253 0000") == "+16502530000"
+
+
+@pytest.mark.parametrize("raw", ["12345", "not a phone", "+86 1"])
+def test_a_non_number_is_refused_naming_the_field(raw):
+    with pytest.raises(InvalidContact, match="contact.phone"):
+        normalise_phone(raw)
+
+
+def test_email_is_lower_cased_and_trimmed():
+    assert normalise_email("  Wang.Wei@XingHe.CN ") == "wang.wei@xinghe.cn"
+    with pytest.raises(InvalidContact, match="contact.email"):
+        normalise_email("wang.wei")
+
+
+def test_company_is_trimmed_and_inner_spaces_collapsed():
+    assert normalise_company("  上海  星河科技 ") == "上海 星河科技"
+    assert normalise_company("   ") is None
+
+
+def test_a_contact_needs_a_phone_or_an_email():
+    with pytest.raises(InvalidContact, match="phone or an e-mail"):
+        Contact.normalised("王伟", None, "  ", None)
+    assert Contact.normalised("王伟", None, None, "A@B.cn").email == "a@b.cn"
+
+
+def test_round_robin_takes_the_next_rep_and_wraps():
+    reps = ["rep-1", "rep-2", "rep-3"]
+    assert next_in_round_robin(reps, None) == "rep-1"
+    assert next_in_round_robin(reps, "rep-1") == "rep-2"
+    assert next_in_round_robin(reps, "rep-3") == "rep-1"
+    assert next_in_round_robin(reps, "someone-who-left") == "rep-1"
+    with pytest.raises(ValueError):
+        next_in_round_robin([], None)
+
+
+def test_the_first_touch_moves_a_new_lead_to_contacted_and_records_the_first_response():
+    lead = new_lead()
+    first = CAPTURED + timedelta(hours=1)
+    assert lead.record_touch(first) == 1
+    assert lead.status is Status.CONTACTED
+    assert lead.first_response_at == first
+    assert lead.record_touch(first + timedelta(days=1)) == 2
+    assert lead.first_response_at == first
+    assert lead.last_contacted_at == first + timedelta(days=1)
+
+
+def test_the_happy_path_to_converted():
+    lead = new_lead()
+    lead.record_touch(CAPTURED)
+    lead.qualify()
+    lead.convert(CAPTURED)
+    assert lead.status is Status.CONVERTED
+    assert lead.converted_at == CAPTURED
+
+
+def test_qualifying_a_new_lead_says_what_is_allowed():
+    with pytest.raises(TransitionNotAllowed, match="a new lead can only become contacted, disqualified, not qualified"):
+        new_lead().qualify()
+
+
+def test_converting_needs_a_qualified_lead_with_an_owner():
+    lead = new_lead()
+    lead.record_touch(CAPTURED)
+    with pytest.raises(TransitionNotAllowed, match="can only become qualified, disqualified"):
+        lead.convert(CAPTURED)
+    unowned = new_lead(owner=None)
+    unowned.record_touch(CAPTURED)
+    unowned.qualify()
+    with pytest.raises(TransitionNotAllowed, match="no owner"):
+        unowned.convert(CAPTURED)
+
+
+def test_disqualifying_needs_a_reason_and_closes_the_lead():
+    lead = new_lead()
+    with pytest.raises(Unprocessable, match="reason"):
+        lead.disqualify("  ")
+    lead.disqualify("no_budget")
+    assert lead.status is Status.DISQUALIFIED and lead.disqualify_reason == "no_budget"
+    with pytest.raises(TransitionNotAllowed, match="closed"):
+        lead.qualify()
+    with pytest.raises(TransitionNotAllowed, match="closed"):
+        lead.record_touch(CAPTURED)
+
+
+def test_every_event_takes_the_next_version():
+    lead = new_lead()
+    assert [lead.next_version() for _ in range(3)] == [1, 2, 3]
