@@ -5,6 +5,7 @@ contracts with the credit limit, the events it publishes, and lead conversion un
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.opportunities import store
 from services.opportunities.main import service
 from shared.auth import issue_token
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
@@ -39,7 +41,7 @@ async def http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 async def tables(settings: Settings, http: httpx.AsyncClient) -> AsyncIterator[asyncpg.Pool]:
     """The service's own database, to look at what it stored."""
-    pool = await asyncpg.create_pool(settings.database_url_for("opportunities"), min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(settings.database_url_for("opportunities"), min_size=1, max_size=3)
     yield pool
     await pool.close()
 
@@ -224,6 +226,29 @@ async def test_two_concurrent_updates_one_wins_the_other_gets_412(
         assert len(got["stage_history"]) == 1
         events = await tables.fetchval("SELECT count(*) FROM outbox WHERE aggregateid = $1", opp["id"])
         assert events == 2  # created + the one stage change
+
+
+async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient, settings: Settings,
+                                                         tables: asyncpg.Pool) -> None:
+    """Two writers that both read version 1: the second waits on the first's row lock, then changes nothing."""
+    opp = await open_opportunity(http, settings)
+    now = datetime.now(UTC)
+    async with tables.acquire() as first, tables.acquire() as second:
+        current = store.to_domain(await store.opportunity(first, opp["id"]))
+        to_bidding, _ = current.move_to("bidding", now)
+        to_negotiation, _ = current.move_to("negotiation", now)
+        async with first.transaction():
+            assert await store.save_opportunity(first, to_bidding, expected_version=1) is not None
+            late = asyncio.create_task(store.save_opportunity(second, to_negotiation, expected_version=1))
+
+            async def waiting_on_the_lock() -> bool:
+                return bool(await tables.fetchval(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+
+            await eventually(waiting_on_the_lock)
+        assert await late is None
+    got = (await http.get(f"/v1/opportunities/{opp['id']}", headers=as_(settings, "rep-1"))).json()
+    assert (got["stage"], got["version"]) == ("bidding", 2)
 
 
 # --- scope and listing --------------------------------------------------------------------
