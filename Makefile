@@ -22,7 +22,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy shared
 
-test: install
+test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test-unit: install
