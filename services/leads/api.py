@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from services.leads import handlers, store
 from services.leads.domain import (
@@ -94,11 +94,13 @@ class LeadIn(BaseModel):
     def _utc(cls, value: datetime | None) -> datetime | None:
         return _as_utc(value)
 
-    @model_validator(mode="after")
-    def _order(self) -> "LeadIn":
-        if self.left_at and self.captured_at and self.left_at < self.captured_at:
-            raise ValueError("left_at is before captured_at")
-        return self
+    @field_validator("left_at")
+    @classmethod
+    def _after_arrival(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        arrived = info.data.get("captured_at")
+        if value and arrived and value < arrived:
+            raise ValueError("the visitor left before arriving (captured_at)")
+        return value
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -135,15 +137,14 @@ def lead_json(lead: Lead) -> dict[str, Any]:
     }
 
 
-@router.post("", status_code=201, summary="Capture a lead (201), or name the existing one it duplicates (200)")
-async def capture_lead(body: LeadIn, principal: CurrentPrincipal, db: ServiceDatabase, org: Org) -> JSONResponse:
+def capture_command(body: LeadIn) -> handlers.CaptureLead:
     contact = Contact(
         name=" ".join(body.contact.name.split()),
         company=body.contact.company,
         phone=body.contact.phone,
         email=body.contact.email,
     )
-    command = handlers.CaptureLead(
+    return handlers.CaptureLead(
         contact=contact,
         source=body.source,
         grade=Grade(body.grade) if body.grade else None,
@@ -154,7 +155,11 @@ async def capture_lead(body: LeadIn, principal: CurrentPrincipal, db: ServiceDat
         captured_at=body.captured_at,
         left_at=body.left_at,
     )
-    result = await handlers.capture_lead(db, org, principal, command)
+
+
+@router.post("", status_code=201, summary="Capture a lead (201), or name the existing one it duplicates (200)")
+async def capture_lead(body: LeadIn, principal: CurrentPrincipal, db: ServiceDatabase, org: Org) -> JSONResponse:
+    result = await handlers.capture_lead(db, org, principal, capture_command(body))
     if result.duplicate_of is None:
         return JSONResponse(lead_json(result.lead), status_code=201)
     return JSONResponse(

@@ -5,7 +5,8 @@ Plain Python, no I/O: handlers load a `Lead`, call these rules, save it and publ
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -226,3 +227,82 @@ class Lead:
             names = ", ".join(str(s) for s in allowed)
             raise TransitionNotAllowed(f"a {self.status} lead can only become {names}, not {target}")
         self.status = target
+
+
+class CampaignStatus(StrEnum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+_CAMPAIGN_NEXT: dict[CampaignStatus, tuple[CampaignStatus, ...]] = {
+    CampaignStatus.PLANNED: (CampaignStatus.RUNNING, CampaignStatus.COMPLETED),
+    CampaignStatus.RUNNING: (CampaignStatus.COMPLETED,),
+    CampaignStatus.COMPLETED: (),
+}
+CAMPAIGN_FIELDS = ("name", "channel", "status", "budget", "actual_cost", "starts_on", "ends_on", "owner_id")
+_CENTS = Decimal("0.01")
+
+
+def money(amount: Decimal) -> str:
+    """A decimal string with two places (`"50000.00"`), never exponent notation."""
+    return str(amount.quantize(_CENTS))
+
+
+@dataclass
+class Campaign:
+    """A marketing campaign (市场活动): plan, period, budget and actual cost, status."""
+
+    id: str
+    name: str
+    channel: str
+    budget: Decimal
+    actual_cost: Decimal
+    currency: str
+    starts_on: date | None
+    ends_on: date | None
+    owner_id: str | None
+    status: CampaignStatus = CampaignStatus.PLANNED
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def next_version(self) -> int:
+        self.version += 1
+        return self.version
+
+    def change(self, **changes: Any) -> list[str]:
+        """Apply the given fields; returns the names that really changed (status only moves forward)."""
+        unknown = set(changes) - set(CAMPAIGN_FIELDS)
+        if unknown:
+            raise Unprocessable(f"{', '.join(sorted(unknown))}: not a field of a campaign")
+        if self.status is CampaignStatus.COMPLETED and changes.keys() - {"actual_cost"}:
+            # the final bill can still arrive after the campaign ended
+            raise TransitionNotAllowed("a completed campaign is closed: only its actual_cost can change")
+        status = changes.get("status")
+        if status is not None and CampaignStatus(status) is not self.status:
+            target = CampaignStatus(status)
+            if target not in _CAMPAIGN_NEXT[self.status]:
+                names = ", ".join(str(s) for s in _CAMPAIGN_NEXT[self.status]) or "nothing"
+                raise TransitionNotAllowed(f"a {self.status} campaign can only become {names}, not {target}")
+            changes["status"] = target
+        changed = [name for name, value in changes.items() if getattr(self, name) != value]
+        previous = {name: getattr(self, name) for name in changed}
+        for name in changed:
+            setattr(self, name, changes[name])
+        try:
+            self._check()
+        except Unprocessable:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
+        return changed
+
+    def _check(self) -> None:
+        if self.budget < 0:
+            raise Unprocessable("budget: must not be negative")
+        if self.actual_cost < 0:
+            raise Unprocessable("actual_cost: must not be negative")
+        if self.starts_on and self.ends_on and self.ends_on < self.starts_on:
+            raise Unprocessable("ends_on: the campaign ends before it starts")

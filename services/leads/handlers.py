@@ -5,16 +5,17 @@ the events it had queued, so a refused request publishes nothing.
 """
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from services.leads import store
-from services.leads.domain import Contact, Grade, Lead, next_in_round_robin
+from services.leads import metrics, store
+from services.leads.domain import Campaign, Contact, Grade, Lead, money, next_in_round_robin
 from shared.auth import Principal, may_act_on
 from shared.db import Database, Transaction
-from shared.errors import Forbidden, NotFound, Unprocessable
+from shared.errors import DomainError, Forbidden, NotFound, Unprocessable
 from shared.org import Organisation, Role
 
 SYSTEM = "system"
@@ -58,10 +59,16 @@ async def capture_lead(db: Database, org: Organisation, actor: Principal | None,
                 if found is not None:
                     existing, matched_on = found
                     await _note_duplicate(tx.conn, existing, matched_on, actor, cmd)
-                    return Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
-                return Captured(await _capture_new(tx, org, actor, cmd))
+                    result = Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
+                else:
+                    result = Captured(await _capture_new(tx, org, actor, cmd))
         except _LostRace:
             continue
+        if result.duplicate_of is None:
+            metrics.leads_captured.labels(cmd.source, str(cmd.grade) if cmd.grade else "none").inc()
+        else:
+            metrics.lead_duplicates.labels(cmd.source, "+".join(result.matched_on)).inc()
+        return result
     raise RuntimeError("capture kept colliding with concurrent captures of the same contact")
 
 
@@ -77,6 +84,8 @@ async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | No
         captured_at=cmd.captured_at or datetime.now(UTC),
         captured_by=actor.user_id if actor else None,
     )
+    if cmd.campaign_id is not None and not await store.campaign_exists(tx.conn, cmd.campaign_id):
+        raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
     owner, team, method = await _choose_owner(tx.conn, org, actor, cmd)
     if owner is not None:
         lead.assign(owner, team)
@@ -364,3 +373,106 @@ async def record_engagement(
         )
         await store.save(tx.conn, lead)
     return lead
+
+
+@dataclass
+class ImportReport:
+    created: list[str] = field(default_factory=list)
+    duplicates: list[tuple[int, str]] = field(default_factory=list)  # (line, existing lead id)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+
+
+async def import_leads(
+    db: Database,
+    org: Organisation,
+    actor: Principal,
+    rows: Sequence[tuple[int, CaptureLead]],
+    *,
+    chunk_size: int = 500,
+) -> ImportReport:
+    """Capture the rows of an import, `chunk_size` rows per transaction.
+
+    A row matching a known lead (or an earlier row) creates nothing and leaves no note, so importing
+    the same file again creates nothing; a row the domain refuses (e.g. an unknown owner) is reported
+    with its line and the rest go on.
+    """
+    report = ImportReport()
+    for start in range(0, len(rows), chunk_size):
+        created: list[Lead] = []
+        async with db.transaction() as tx:
+            for line, cmd in rows[start : start + chunk_size]:
+                found = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
+                if found is not None:
+                    report.duplicates.append((line, found[0].id))
+                    continue
+                try:
+                    # the owner is checked before anything is written, so a refusal leaves no trace
+                    created.append(await _capture_new(tx, org, actor, cmd))
+                except _LostRace:
+                    existing = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
+                    report.duplicates.append((line, existing[0].id if existing else ""))
+                except DomainError as exc:
+                    report.rejected.append((line, str(exc)))
+        for lead in created:
+            report.created.append(lead.id)
+            metrics.leads_captured.labels(lead.source, str(lead.grade) if lead.grade else "none").inc()
+    return report
+
+
+def _campaign_event(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign.id,
+        "name": campaign.name,
+        "channel": campaign.channel,
+        "status": str(campaign.status),
+        "budget": money(campaign.budget),
+        "actual_cost": money(campaign.actual_cost),
+        "currency": campaign.currency,
+        "starts_on": campaign.starts_on.isoformat() if campaign.starts_on else None,
+        "ends_on": campaign.ends_on.isoformat() if campaign.ends_on else None,
+        "owner_id": campaign.owner_id,
+    }
+
+
+async def create_campaign(db: Database, org: Organisation, actor: Principal, campaign: Campaign) -> store.CampaignRow:
+    if campaign.owner_id is not None and org.user(campaign.owner_id) is None:
+        raise Unprocessable(f"owner_id: {campaign.owner_id!r} is not a user of the organisation")
+    now = datetime.now(UTC)
+    async with db.transaction() as tx:
+        sequence = campaign.next_version()
+        await store.insert_campaign(tx.conn, campaign, actor.user_id, now)
+        tx.publish(
+            "sales.campaign.created.v1",
+            campaign.id,
+            {**_campaign_event(campaign), "created_by": actor.user_id, "created_at": _ts(now)},
+            sequence=sequence,
+        )
+    return store.CampaignRow(campaign, actor.user_id, now)
+
+
+async def update_campaign(
+    db: Database, org: Organisation, actor: Principal, campaign_id: str, changes: dict[str, Any]
+) -> store.CampaignRow:
+    owner = changes.get("owner_id")
+    if owner is not None and org.user(owner) is None:
+        raise Unprocessable(f"owner_id: {owner!r} is not a user of the organisation")
+    async with db.transaction() as tx:
+        found = await store.get_campaign(tx.conn, campaign_id, for_update=True)
+        if found is None:
+            raise NotFound(f"there is no campaign {campaign_id}")
+        campaign = found.campaign
+        changed = campaign.change(**changes)
+        if changed:
+            tx.publish(
+                "sales.campaign.updated.v1",
+                campaign.id,
+                {
+                    **_campaign_event(campaign),
+                    "changed_fields": changed,
+                    "updated_by": actor.user_id,
+                    "updated_at": _ts(datetime.now(UTC)),
+                },
+                sequence=campaign.next_version(),
+            )
+            await store.save_campaign(tx.conn, campaign)
+    return found

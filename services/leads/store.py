@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.leads.domain import Contact, Grade, Lead, Status
+from services.leads.domain import Campaign, CampaignStatus, Contact, Grade, Lead, Status
 
 # A plain connection or one borrowed from the pool: the queries work on either.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -251,3 +251,105 @@ async def list_leads(
     where_sql = " WHERE " + " AND ".join(clauses) if clauses else ""
     sql = f"SELECT {_COLUMNS} FROM leads{where_sql} ORDER BY captured_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608
     return [_lead(r) for r in await conn.fetch(sql, *args)]
+
+
+_CAMPAIGN_COLUMNS = (
+    "id, name, channel, status, budget, actual_cost, currency, starts_on, ends_on, owner_id, version,"
+    " created_by, created_at"
+)
+
+
+def _campaign(row: asyncpg.Record) -> Campaign:
+    return Campaign(
+        id=row["id"],
+        name=row["name"],
+        channel=row["channel"],
+        budget=row["budget"],
+        actual_cost=row["actual_cost"],
+        currency=row["currency"],
+        starts_on=row["starts_on"],
+        ends_on=row["ends_on"],
+        owner_id=row["owner_id"],
+        status=CampaignStatus(row["status"]),
+        version=row["version"],
+    )
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    campaign: Campaign
+    created_by: str
+    created_at: datetime
+
+
+async def insert_campaign(conn: Connection, campaign: Campaign, created_by: str, created_at: datetime) -> None:
+    await conn.execute(
+        f"INSERT INTO campaigns ({_CAMPAIGN_COLUMNS})"  # noqa: S608
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        campaign.id,
+        campaign.name,
+        campaign.channel,
+        str(campaign.status),
+        campaign.budget,
+        campaign.actual_cost,
+        campaign.currency,
+        campaign.starts_on,
+        campaign.ends_on,
+        campaign.owner_id,
+        campaign.version,
+        created_by,
+        created_at,
+    )
+
+
+async def save_campaign(conn: Connection, campaign: Campaign) -> None:
+    await conn.execute(
+        "UPDATE campaigns SET name = $2, channel = $3, status = $4, budget = $5, actual_cost = $6,"
+        " starts_on = $7, ends_on = $8, owner_id = $9, version = $10, updated_at = now() WHERE id = $1",
+        campaign.id,
+        campaign.name,
+        campaign.channel,
+        str(campaign.status),
+        campaign.budget,
+        campaign.actual_cost,
+        campaign.starts_on,
+        campaign.ends_on,
+        campaign.owner_id,
+        campaign.version,
+    )
+
+
+async def get_campaign(conn: Connection, campaign_id: str, *, for_update: bool = False) -> CampaignRow | None:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1{lock}", campaign_id)  # noqa: S608
+    return CampaignRow(_campaign(row), row["created_by"], row["created_at"]) if row else None
+
+
+async def campaign_exists(conn: Connection, campaign_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM campaigns WHERE id = $1", campaign_id))
+
+
+async def list_campaigns(
+    conn: Connection, status: str | None, after: tuple[datetime, str] | None, limit: int
+) -> list[CampaignRow]:
+    rows = await conn.fetch(
+        f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns"  # noqa: S608
+        " WHERE ($1::text IS NULL OR status = $1)"
+        " AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))"
+        " ORDER BY created_at DESC, id DESC LIMIT $4",
+        status,
+        after[0] if after else None,
+        after[1] if after else "",
+        limit,
+    )
+    return [CampaignRow(_campaign(r), r["created_by"], r["created_at"]) for r in rows]
+
+
+async def campaign_lead_counts(conn: Connection, campaign_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Per campaign: leads attributed to it, and how many of them converted."""
+    rows = await conn.fetch(
+        "SELECT campaign_id, count(*) AS leads, count(*) FILTER (WHERE status = 'converted') AS converted"
+        " FROM leads WHERE campaign_id = ANY($1::text[]) GROUP BY campaign_id",
+        campaign_ids,
+    )
+    return {r["campaign_id"]: (r["leads"], r["converted"]) for r in rows}

@@ -318,7 +318,13 @@ async def test_a_rep_capturing_without_a_region_owns_the_lead_and_may_not_give_i
 
 
 async def test_listing_filters_and_pages_with_a_cursor(client, settings):
-    campaign = f"cmp-{uuid.uuid4().hex[:8]}"
+    fair = {"name": "秋季展会", "channel": "event", "budget": "50000"}
+    planned = await client.post("/v1/campaigns", json=fair, headers=auth(settings, "mgr-1"))
+    assert planned.status_code == 201, planned.text
+    campaign = planned.json()["id"]
+    admin = auth(settings, "admin-1")
+    unknown = await client.post("/v1/leads", json=lead_body(campaign_id="cmp-nope"), headers=admin)
+    assert "campaign_id" in assert_problem(unknown, 422)["detail"]
     made = [await capture(client, settings, campaign_id=campaign, grade=g, source="event") for g in "HABCH"]
     dir_ = auth(settings, "dir-1")
     seen: list[str] = []

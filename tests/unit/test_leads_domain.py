@@ -1,10 +1,12 @@
 """The lead's rules without I/O: lifecycle, grade SLA, normalisation, round robin."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from services.leads.domain import (
+    Campaign,
     Contact,
     Grade,
     InvalidContact,
@@ -12,6 +14,7 @@ from services.leads.domain import (
     Status,
     TransitionNotAllowed,
     follow_up_due,
+    money,
     next_in_round_robin,
     normalise_company,
     normalise_email,
@@ -143,3 +146,38 @@ def test_disqualifying_needs_a_reason_and_closes_the_lead():
 def test_every_event_takes_the_next_version():
     lead = new_lead()
     assert [lead.next_version() for _ in range(3)] == [1, 2, 3]
+
+
+def campaign(**overrides: object) -> Campaign:
+    fields: dict[str, object] = {
+        "id": "cmp-1", "name": "秋季展会", "channel": "event", "budget": Decimal("50000"), "actual_cost": Decimal(0),
+        "currency": "CNY", "starts_on": date(2026, 10, 20), "ends_on": date(2026, 11, 30), "owner_id": "mgr-1",
+    }
+    fields.update(overrides)
+    return Campaign(**fields)  # type: ignore[arg-type]
+
+
+def test_a_campaign_moves_planned_running_completed_and_never_back():
+    c = campaign()
+    assert c.change(status="running", actual_cost=Decimal("100")) == ["status", "actual_cost"]
+    assert c.change(status="running") == []
+    with pytest.raises(TransitionNotAllowed, match="a running campaign can only become completed, not planned"):
+        c.change(status="planned")
+    c.change(status="completed")
+    with pytest.raises(TransitionNotAllowed, match="only its actual_cost"):
+        c.change(name="x")
+    assert c.change(actual_cost=Decimal("48000")) == ["actual_cost"]
+
+
+def test_a_campaign_refuses_negative_money_and_a_period_ending_before_it_starts_and_keeps_its_state():
+    with pytest.raises(Unprocessable, match="budget"):
+        campaign(budget=Decimal(-1))
+    c = campaign()
+    with pytest.raises(Unprocessable, match="ends_on"):
+        c.change(ends_on=date(2026, 1, 1), name="新名字")
+    assert c.ends_on == date(2026, 11, 30) and c.name == "秋季展会"
+
+
+def test_money_is_a_two_place_decimal_string():
+    assert money(Decimal("5E+4")) == "50000.00"
+    assert money(Decimal("12000.5")) == "12000.50"
