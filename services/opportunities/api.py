@@ -1,5 +1,6 @@
 """HTTP: parse, authorise, call a handler, shape the answer."""
 
+import json
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from services.opportunities import handlers, store
-from services.opportunities.domain import STAGES, CloseSummary, Money, Status, parse_money
+from services.opportunities.domain import STAGES, Assessment, CloseSummary, Money, Status, parse_money
 from services.opportunities.handlers import Actor
 from shared.auth import visible_owners
 from shared.errors import Forbidden, PreconditionFailed, Unprocessable
@@ -95,6 +96,17 @@ class CloseIn(BaseModel):
     version: int | None = None
 
 
+class AssessmentIn(BaseModel):
+    need: str | None = Field(None, description="decided | planned | latent")
+    budget: str | None = Field(None, description="in_place | preliminary | none")
+    urgency: str | None = Field(None, description="driving | none")
+    timing: str | None = Field(None, description="fixed | flexible | none")
+    decision_maker_trust: str | None = Field(None, description="high | medium | low")
+    decision_process_knowledge: str | None = Field(None, description="high | medium | low")
+    leverage: str | None = Field(None, description="high | medium | low")
+    version: int | None = None
+
+
 class StatusIn(BaseModel):
     reason: str | None = None
     version: int | None = None
@@ -124,6 +136,8 @@ def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None =
         "competitor": row["competitor"],
         "closed_at": row["closed_at"],
         "status_reason": row["status_reason"],
+        "assessment": None if row["assessment"] is None else json.loads(row["assessment"]),
+        "maturity": row["maturity"],
         "version": row["version"],
         "created_by": row["created_by"],
         "created_at": row["created_at"],
@@ -221,6 +235,18 @@ async def close(
     expected = _expected_version(if_match, body.version)
     summary = CloseSummary.of(body.outcome, body.reason, body.competitor)
     return _answer(await handlers.close(db, actor, opportunity_id, summary, expected), response)
+
+
+@opportunities.put("/{opportunity_id}/assessment")
+async def assess(
+    opportunity_id: str, body: AssessmentIn, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Record the presales maturity assessment (成熟度评估): need, budget, urgency, timing and the
+    competitive position (decision makers' trust, knowledge of the decision process, leverage)."""
+    expected = _expected_version(if_match, body.version)
+    assessment = Assessment.of(body.model_dump(exclude={"version"}))
+    return _answer(await handlers.assess(db, actor, opportunity_id, assessment, expected), response)
 
 
 def _status_route(action: str, doc: str) -> None:

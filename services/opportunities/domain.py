@@ -225,6 +225,11 @@ class Opportunity:
             )
         return replace(self, status=Status.ARCHIVED)
 
+    def assess(self, assessment: "Assessment") -> "Opportunity":
+        """Assessing is part of working an open opportunity; the assessment itself is stored beside it."""
+        self._require_open("assess")
+        return self
+
     def may_take_contract(self) -> None:
         """A contract is drawn up for a won opportunity or one in the contract stage."""
         if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
@@ -238,6 +243,41 @@ class Opportunity:
         if self.stage_entered_at is None:
             return 0
         return max(0, int((at - self.stage_entered_at).total_seconds()))
+
+
+# --- presales maturity assessment (成熟度评估) ---------------------------------------------------
+
+# Each factor's scale, best first, with its points (2 best, 0 worst). `maturity` is the points
+# scored out of the maximum, in percent; scoring uses the factors themselves.
+ASSESSMENT_SCALES: dict[str, dict[str, int]] = {
+    "need": {"decided": 2, "planned": 1, "latent": 0},  # decided project / planned / latent need
+    "budget": {"in_place": 2, "preliminary": 1, "none": 0},
+    "urgency": {"driving": 2, "none": 0},  # a driving mechanism (deadline, mandate) or not
+    "timing": {"fixed": 2, "flexible": 1, "none": 0},  # fixed schedule / flexible / none
+    "decision_maker_trust": {"high": 2, "medium": 1, "low": 0},  # competitive position ...
+    "decision_process_knowledge": {"high": 2, "medium": 1, "low": 0},
+    "leverage": {"high": 2, "medium": 1, "low": 0},
+}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    factors: dict[str, str]
+
+    @classmethod
+    def of(cls, values: dict[str, str | None]) -> "Assessment":
+        problems = []
+        for factor, scale in ASSESSMENT_SCALES.items():
+            if values.get(factor) not in scale:
+                problems.append(f"{factor} must be one of {', '.join(scale)}")
+        if problems:
+            raise Unprocessable("; ".join(problems))
+        return cls({factor: str(values[factor]) for factor in ASSESSMENT_SCALES})
+
+    @property
+    def maturity(self) -> int:
+        points = sum(ASSESSMENT_SCALES[f][v] for f, v in self.factors.items())
+        return round(100 * points / (2 * len(ASSESSMENT_SCALES)))
 
 
 def required_reason(reason: str | None, action: str) -> str:

@@ -1,5 +1,6 @@
 """One function per command or consumed event: load, apply the domain, save and publish in one transaction."""
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from services.opportunities import store
 from services.opportunities.domain import (
     FIRST_STAGE,
     STAGES,
+    Assessment,
     CloseSummary,
     ContractStatus,
     Money,
@@ -309,6 +311,20 @@ async def close(
             data["competitor"] = summary.competitor
         type_ = "sales.opportunity.won.v1" if summary.outcome is Outcome.WON else "sales.opportunity.lost.v1"
         return closed, move, extra, type_, data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+async def assess(
+    db: Database, actor: Actor, opportunity_id: str, assessment: Assessment, expected_version: int | None
+) -> asyncpg.Record:
+    """Record the maturity assessment (成熟度评估) of an open opportunity; scoring reads the event."""
+
+    def apply(current: Opportunity, now: datetime) -> Change:
+        extra = {"assessment": json.dumps(assessment.factors), "maturity": assessment.maturity}
+        data = {"assessment": assessment.factors, "maturity": assessment.maturity, "assessed_by": actor.user_id,
+                "assessed_at": _ts(now)}
+        return current.assess(assessment), None, extra, "sales.opportunity.assessed.v1", data
 
     return await _change(db, actor, opportunity_id, expected_version, apply)
 

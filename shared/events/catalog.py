@@ -72,6 +72,11 @@ _EVENTS = (
     EventType(
         "sales.opportunity.terminated.v1", "sales.opportunities", "An opportunity was terminated (终止) for good."
     ),
+    EventType(
+        "sales.opportunity.assessed.v1",
+        "sales.opportunities",
+        "An opportunity's maturity assessment (成熟度评估) changed.",
+    ),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),

@@ -192,6 +192,38 @@ async def test_suspend_reactivate_terminate(http: httpx.AsyncClient, settings: S
     problem(await post(http, settings, f"{path}/stage", {"stage": "bidding"}), 409, "terminated")
 
 
+ASSESSMENT = {"need": "decided", "budget": "preliminary", "urgency": "driving", "timing": "flexible",
+              "decision_maker_trust": "high", "decision_process_knowledge": "medium", "leverage": "low"}
+
+
+async def test_the_maturity_assessment_is_kept_and_published(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    opp = await open_opportunity(http, settings)
+    path = f"/v1/opportunities/{opp['id']}/assessment"
+    headers = as_(settings, "rep-1")
+    problem(await http.put(path, json={**ASSESSMENT, "budget": "huge"}, headers=headers), 422, "budget must be one of")
+    assessed = await http.put(path, json=ASSESSMENT, headers=headers)
+    assert assessed.status_code == 200, assessed.text
+    assert (assessed.json()["assessment"], assessed.json()["maturity"], assessed.json()["version"]) == (
+        ASSESSMENT, 64, 2)  # 9 of 14 points
+    better = await http.put(path, json={**ASSESSMENT, "leverage": "high", "version": 2}, headers=headers)
+    assert better.json()["maturity"] == 79  # 11 of 14
+    problem(await http.put(path, json={**ASSESSMENT, "version": 2}, headers=headers), 412)
+    problem(await http.put(path, json=ASSESSMENT, headers=as_(settings, "rep-2")), 403)
+    got = (await http.get(f"/v1/opportunities/{opp['id']}", headers=headers)).json()
+    assert got["assessment"]["leverage"] == "high" and got["maturity"] == 79
+    await post(http, settings, f"/v1/opportunities/{opp['id']}/suspend", {"reason": "paused"})
+    problem(await http.put(path, json=ASSESSMENT, headers=headers), 409, "suspended")
+
+    records = await read_topic(settings, "sales.opportunities", count=4, match=opp["id"].encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [e.type for e in events][1:3] == ["sales.opportunity.assessed.v1"] * 2
+    assert [e.sequence for e in events] == [1, 2, 3, 4]
+    assert (events[2].data["assessment"]["leverage"], events[2].data["maturity"], events[2].data["assessed_by"]) == (
+        "high", 79, "rep-1")
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 

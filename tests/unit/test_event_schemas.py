@@ -144,6 +144,12 @@ EXAMPLES = {
         "opportunity_id": "opp-207", "owner_id": "rep-3", "by": "mgr-2", "reason": "project cancelled",
         "at": "2027-02-01T00:00:00Z",
     },
+    "sales.opportunity.assessed.v1": {
+        "opportunity_id": "opp-204", "owner_id": "rep-1", "stage": "bidding", "maturity": 71,
+        "assessment": {"need": "decided", "budget": "preliminary", "urgency": "driving", "timing": "flexible",
+                       "decision_maker_trust": "high", "decision_process_knowledge": "medium", "leverage": "medium"},
+        "assessed_by": "rep-1", "assessed_at": "2026-11-20T09:00:00Z",
+    },
     "sales.contract.signed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "signed_at": "2027-01-20T03:00:00Z",

@@ -7,6 +7,7 @@ import pytest
 
 from services.opportunities.domain import (
     DEFAULT_PIPELINE,
+    Assessment,
     CloseSummary,
     CreditLimitExceeded,
     Money,
@@ -136,3 +137,16 @@ def test_credit_limit_blocks_signing_past_it() -> None:
         check_credit(account_id="a", credit_limit=limit, signed_total=Decimal("600"), contract=Money(Decimal("400.01")))
     with pytest.raises(CreditLimitExceeded, match="in USD"):
         check_credit(account_id="a", credit_limit=limit, signed_total=Decimal("0"), contract=Money(Decimal("1"), "USD"))
+
+
+def test_the_maturity_assessment_and_its_scales() -> None:
+    best = Assessment.of({"need": "decided", "budget": "in_place", "urgency": "driving", "timing": "fixed",
+                          "decision_maker_trust": "high", "decision_process_knowledge": "high", "leverage": "high"})
+    assert best.maturity == 100
+    middling = Assessment.of({**best.factors, "need": "planned", "budget": "none", "urgency": "none"})
+    assert middling.maturity == round(100 * 9 / 14)
+    with pytest.raises(Unprocessable, match="budget must be one of in_place, preliminary, none; leverage"):
+        Assessment.of({**best.factors, "budget": "lots", "leverage": None})
+    assert opportunity().assess(best).status is Status.OPEN
+    with pytest.raises(StatusNotAllowed, match="suspended"):
+        opportunity(status=Status.SUSPENDED).assess(best)
