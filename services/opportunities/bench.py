@@ -1,0 +1,228 @@
+"""Benchmark: opportunity stage changes through the HTTP API (each one a transaction with its event in
+the outbox, relayed to the broker), beside the bare Postgres outbox-transaction rate of the same run.
+
+Starts its own embedded Postgres and Tansu and `--processes` service processes (uvicorn, loopback),
+opens `--opportunities` opportunities, then:
+- throughput: `--changes` stage changes, `--concurrency` in flight, as fast as they are answered;
+- latency: stage changes sent open-loop at `--rate`/s for `--seconds`, p50 / p95 / p99;
+- the bare rate: one-event outbox transactions (Database.transaction + publish) on `--concurrency`
+  connections, no HTTP;
+and checks that the relay published every event.
+
+Run: .venv/bin/python -m services.opportunities.bench [--processes 2] [--changes 20000] [--rate 500]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.harness import embedded_stack, percentiles
+from shared import kafka
+from shared.auth import issue_token
+from shared.db import SHARED_MIGRATIONS, Database, migrate
+from shared.settings import Settings, with_database
+from tests.support.waiting import eventually, free_port
+
+STAGES = ("bidding", "prospecting")  # back and forth: every change is a real move
+
+
+@contextlib.contextmanager
+def service_processes(settings: Settings, count: int) -> Iterator[list[str]]:
+    """`count` opportunities service processes on loopback; their base URLs."""
+    ports = [free_port() for _ in range(count)]
+    procs = []
+    for port in ports:
+        env = {
+            **os.environ,
+            "FUNNELCAST_DATABASE_URL": settings.server_url,
+            "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
+            "FUNNELCAST_OPPORTUNITIES_PORT": str(port),
+            "FUNNELCAST_LOG_LEVEL": "WARNING",
+            "FUNNELCAST_HOME": str(settings.home),
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "services.opportunities"], env=env))  # noqa: S603
+    try:
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def clients(urls: list[str], settings: Settings, connections: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    token = issue_token("dir-1", "director", settings.signing_secret, 3600)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    made = [httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)
+            for url in urls]
+    try:
+        for client in made:
+            async def ready(client: httpx.AsyncClient = client) -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await client.get("/readyz")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=60, interval=0.2)
+        yield made
+    finally:
+        for client in made:
+            await client.aclose()
+
+
+class Opportunities:
+    """The benchmark's opportunities, each changed by one request at a time, moving back and forth."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.free: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        for opportunity_id in ids:
+            self.free.put_nowait((opportunity_id, 0))
+
+    async def change(self, client: httpx.AsyncClient) -> float:
+        opportunity_id, moves = await self.free.get()
+        started = time.perf_counter()
+        response = await client.post(f"/v1/opportunities/{opportunity_id}/stage",
+                                     json={"stage": STAGES[moves % 2]})
+        elapsed = time.perf_counter() - started
+        self.free.put_nowait((opportunity_id, moves + 1))
+        if response.status_code != 200:
+            raise RuntimeError(f"stage change answered {response.status_code}: {response.text}")
+        return elapsed
+
+
+async def open_opportunities(client: httpx.AsyncClient, count: int) -> list[str]:
+    async def one(n: int) -> str:
+        response = await client.post("/v1/opportunities", json={
+            "name": f"bench {n}", "account_name": f"bench account {n % 50}", "amount": "1000.00", "owner_id": "rep-1"})
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    ids: list[str] = []
+    for start in range(0, count, 50):
+        ids += await asyncio.gather(*(one(n) for n in range(start, min(count, start + 50))))
+    return ids
+
+
+async def throughput(pool: Opportunities, http: list[httpx.AsyncClient], changes: int, concurrency: int) -> float:
+    spread = itertools.cycle(http)
+    remaining = iter(range(changes))
+
+    async def worker() -> None:
+        for _ in remaining:
+            await pool.change(next(spread))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return changes / (time.perf_counter() - started)
+
+
+async def latency_at(pool: Opportunities, http: list[httpx.AsyncClient], rate: float, seconds: float) -> list[float]:
+    """Open loop: request i leaves at start + i / rate, whatever the answers before it."""
+    spread = itertools.cycle(http)
+    total = int(rate * seconds)
+    started = time.perf_counter()
+    tasks = []
+    for i in range(total):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(pool.change(next(spread))))
+    return list(await asyncio.gather(*tasks))
+
+
+async def bare_outbox_rate(settings: Settings, seconds: float, connections: int) -> float:
+    """One-event outbox transactions through shared.db, no HTTP: the ceiling of the API's path."""
+    admin = await asyncpg.connect(with_database(settings.server_url, "postgres"))
+    await admin.execute("DROP DATABASE IF EXISTS bench_bare_outbox")
+    await admin.execute("CREATE DATABASE bench_bare_outbox")
+    await admin.close()
+    db = await Database.open(with_database(settings.server_url, "bench_bare_outbox"), "/funnelcast/opportunities",
+                             pool_size=connections)
+    async with db.pool.acquire() as conn:
+        await migrate(conn, SHARED_MIGRATIONS)
+    data: dict[str, Any] = {
+        "opportunity_id": "opp-bare", "from_stage": "prospecting", "to_stage": "bidding", "probability": 30,
+        "amount": "1000.00", "currency": "CNY", "owner_id": "rep-1", "changed_by": "rep-1",
+        "changed_at": "2026-11-23T09:00:00Z",
+    }
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            async with db.transaction() as tx:
+                await tx.conn.execute("SELECT 1")
+                tx.publish("sales.opportunity.stage_changed.v1", "opp-bare", data, sequence=count + 1)
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    rate = count / (time.perf_counter() - started)
+    await db.close()
+    return rate
+
+
+async def outbox_drained(settings: Settings) -> bool:
+    conn = await asyncpg.connect(settings.database_url_for("opportunities"))
+    try:
+        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await conn.close()
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    await kafka.ensure_topics(settings)
+    with service_processes(settings, args.processes) as urls:
+        async with clients(urls, settings, args.concurrency) as http:
+            pool = Opportunities(await open_opportunities(http[0], args.opportunities))
+            rate = await throughput(pool, http, args.changes, args.concurrency)
+            latencies = await latency_at(pool, http, args.rate, args.seconds)
+        await eventually(lambda: outbox_drained(settings), timeout=120, interval=0.5)
+    bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
+    return {"changes_per_s": rate, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> str:
+    p = result["latency"]
+    return "\n".join([
+        f"stage changes via API:   {result['changes_per_s']:8,.0f} /s   ({args.changes:,} changes, "
+        f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
+        f"latency at {args.rate:,.0f}/s:        p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
+        f"  ({result['samples']:,} changes; target p99 <= 50 ms)",
+        f"bare outbox transactions: {result['bare']:8,.0f} /s   (shared.db, {args.concurrency} connections, no HTTP)",
+        "every event was relayed to the broker (outbox drained)",
+    ])
+
+
+def parser() -> argparse.ArgumentParser:
+    parsed = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parsed.add_argument("--processes", type=int, default=2)
+    parsed.add_argument("--opportunities", type=int, default=1000)
+    parsed.add_argument("--changes", type=int, default=20_000)
+    parsed.add_argument("--concurrency", type=int, default=32)
+    parsed.add_argument("--rate", type=float, default=500.0)
+    parsed.add_argument("--seconds", type=float, default=10.0)
+    return parsed
+
+
+def main() -> None:
+    args = parser().parse_args()
+    with embedded_stack() as stack:
+        result = asyncio.run(run(stack.settings, args))
+    print(report(result, args))
+
+
+if __name__ == "__main__":
+    main()
