@@ -9,7 +9,15 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, Field
 
 from services.opportunities import handlers, store
-from services.opportunities.domain import STAGES, Assessment, CloseSummary, Money, Status, parse_money
+from services.opportunities.domain import (
+    STAGES,
+    Assessment,
+    CloseSummary,
+    Money,
+    Status,
+    owner_splits,
+    parse_money,
+)
 from services.opportunities.handlers import Actor
 from shared.auth import visible_owners
 from shared.errors import Forbidden, PreconditionFailed, Unprocessable
@@ -107,6 +115,16 @@ class AssessmentIn(BaseModel):
     version: int | None = None
 
 
+class OwnerIn(BaseModel):
+    owner_id: str
+    split: int
+
+
+class OwnersIn(BaseModel):
+    owners: list[OwnerIn] = Field(description="The first is the primary owner; whole-percent splits summing to 100")
+    version: int | None = None
+
+
 class StatusIn(BaseModel):
     reason: str | None = None
     version: int | None = None
@@ -120,6 +138,7 @@ def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None =
         "account_id": row["account_id"],
         "contact_id": row["contact_id"],
         "owner_id": row["owner_id"],
+        "owners": handlers.owners_of(row),
         "region": row["region"],
         "pipeline": row["pipeline"],
         "stage": row["stage"],
@@ -247,6 +266,20 @@ async def assess(
     expected = _expected_version(if_match, body.version)
     assessment = Assessment.of(body.model_dump(exclude={"version"}))
     return _answer(await handlers.assess(db, actor, opportunity_id, assessment, expected), response)
+
+
+@opportunities.put("/{opportunity_id}/owners")
+async def change_owners(
+    opportunity_id: str, body: OwnersIn, actor: CurrentActor, org: Org, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Set the owners and their splits; one owner at 100 is a transfer. Every owner must be in the caller's
+    scope (a manager shares or transfers within the team)."""
+    expected = _expected_version(if_match, body.version)
+    for owner in body.owners:
+        _known_owner(org, owner.owner_id)
+    owners = owner_splits([(o.owner_id, o.split) for o in body.owners])
+    return _answer(await handlers.change_owners(db, actor, opportunity_id, owners, expected), response)
 
 
 def _status_route(action: str, doc: str) -> None:

@@ -230,6 +230,12 @@ class Opportunity:
         self._require_open("assess")
         return self
 
+    def change_owners(self, owners: "tuple[OwnerSplit, ...]") -> "Opportunity":
+        """New owners and splits; the first is the primary owner (a transfer is one owner at 100 %)."""
+        if self.status in (Status.TERMINATED, Status.ARCHIVED):
+            raise StatusNotAllowed(f"cannot change the owners of opportunity {self.id}: it is {self.status}")
+        return replace(self, owner_id=owners[0].owner_id)
+
     def may_take_contract(self) -> None:
         """A contract is drawn up for a won opportunity or one in the contract stage."""
         if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
@@ -243,6 +249,30 @@ class Opportunity:
         if self.stage_entered_at is None:
             return 0
         return max(0, int((at - self.stage_entered_at).total_seconds()))
+
+
+# --- owners and splits ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnerSplit:
+    owner_id: str
+    split: int  # percent of the amount credited to this owner
+
+
+def owner_splits(entries: list[tuple[str, int]]) -> tuple[OwnerSplit, ...]:
+    """Owners with whole-percent splits that sum to 100, each owner once; the first is the primary."""
+    if not entries:
+        raise Unprocessable("an opportunity needs at least one owner")
+    owners = [owner for owner, _ in entries]
+    if len(set(owners)) != len(owners):
+        raise Unprocessable("each owner may appear once")
+    if any(not 1 <= split <= 100 for _, split in entries):
+        raise Unprocessable("each split is a whole percent between 1 and 100")
+    total = sum(split for _, split in entries)
+    if total != 100:
+        raise Unprocessable(f"the splits must sum to 100, not {total}")
+    return tuple(OwnerSplit(owner, split) for owner, split in entries)
 
 
 # --- presales maturity assessment (成熟度评估) ---------------------------------------------------

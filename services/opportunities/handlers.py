@@ -20,6 +20,7 @@ from services.opportunities.domain import (
     Money,
     Opportunity,
     Outcome,
+    OwnerSplit,
     StageChange,
     Status,
     check_credit,
@@ -325,6 +326,31 @@ async def assess(
         data = {"assessment": assessment.factors, "maturity": assessment.maturity, "assessed_by": actor.user_id,
                 "assessed_at": _ts(now)}
         return current.assess(assessment), None, extra, "sales.opportunity.assessed.v1", data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+def owners_of(row: asyncpg.Record) -> list[dict[str, Any]]:
+    if row["owners"] is None:
+        return [{"owner_id": row["owner_id"], "split": 100}]
+    owners: list[dict[str, Any]] = json.loads(row["owners"])
+    return owners
+
+
+async def change_owners(
+    db: Database, actor: Actor, opportunity_id: str, owners: tuple[OwnerSplit, ...], expected_version: int | None
+) -> asyncpg.Record:
+    """New owners with their splits (a transfer is one new owner at 100 %); the first is the primary."""
+    for owner in owners:
+        actor.check(owner.owner_id, f"new owner {owner.owner_id}")
+    listed = [{"owner_id": o.owner_id, "split": o.split} for o in owners]
+
+    def apply(current: Opportunity, now: datetime) -> Change:
+        changed = current.change_owners(owners)
+        extra = {"owner_id": changed.owner_id, "owners": json.dumps(listed)}
+        data = {"previous_owner_id": current.owner_id, "owners": listed, "changed_by": actor.user_id,
+                "changed_at": _ts(now)}
+        return changed, None, extra, "sales.opportunity.owners_changed.v1", data
 
     return await _change(db, actor, opportunity_id, expected_version, apply)
 

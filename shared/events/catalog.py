@@ -77,6 +77,11 @@ _EVENTS = (
         "sales.opportunities",
         "An opportunity's maturity assessment (成熟度评估) changed.",
     ),
+    EventType(
+        "sales.opportunity.owners_changed.v1",
+        "sales.opportunities",
+        "An opportunity's owners or their splits changed, or it was transferred.",
+    ),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),

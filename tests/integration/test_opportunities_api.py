@@ -224,6 +224,33 @@ async def test_the_maturity_assessment_is_kept_and_published(
         "high", 79, "rep-1")
 
 
+async def test_owners_with_splits_and_transfer(http: httpx.AsyncClient, settings: Settings) -> None:
+    opp = await open_opportunity(http, settings, user="rep-1")
+    path = f"/v1/opportunities/{opp['id']}/owners"
+    assert opp["owners"] == [{"owner_id": "rep-1", "split": 100}]
+    split = {"owners": [{"owner_id": "rep-1", "split": 70}, {"owner_id": "rep-2", "split": 30}]}
+    problem(await http.put(path, json=split, headers=as_(settings, "rep-1")), 403, "rep-2")  # a rep cannot share
+    problem(await http.put(path, json={"owners": [{"owner_id": "rep-1", "split": 70}]}, headers=as_(settings, "mgr-1")),
+            422, "sum to 100")
+    problem(await http.put(path, json={"owners": [{"owner_id": "rep-3", "split": 100}]},
+                           headers=as_(settings, "mgr-1")), 403)  # rep-3 is not in mgr-1's team
+    shared = await http.put(path, json=split, headers=as_(settings, "mgr-1"))
+    assert shared.status_code == 200, shared.text
+    assert (shared.json()["owner_id"], shared.json()["owners"]) == ("rep-1", split["owners"])
+    transferred = await http.put(path, json={"owners": [{"owner_id": "rep-2", "split": 100}], "version": 2},
+                                 headers=as_(settings, "mgr-1"))
+    assert (transferred.json()["owner_id"], transferred.json()["version"]) == ("rep-2", 3)
+    assert (await http.get(f"/v1/opportunities/{opp['id']}", headers=as_(settings, "rep-1"))).status_code == 403
+    assert (await http.get(f"/v1/opportunities/{opp['id']}", headers=as_(settings, "rep-2"))).status_code == 200
+
+    records = await read_topic(settings, "sales.opportunities", count=3, match=opp["id"].encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [e.type for e in events][1:] == ["sales.opportunity.owners_changed.v1"] * 2
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert (events[2].data["previous_owner_id"], events[2].data["owner_id"], events[2].data["changed_by"]) == (
+        "rep-1", "rep-2", "mgr-1")
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 

@@ -150,6 +150,12 @@ EXAMPLES = {
                        "decision_maker_trust": "high", "decision_process_knowledge": "medium", "leverage": "medium"},
         "assessed_by": "rep-1", "assessed_at": "2026-11-20T09:00:00Z",
     },
+    "sales.opportunity.owners_changed.v1": {
+        "opportunity_id": "opp-204", "owner_id": "rep-2", "previous_owner_id": "rep-1",
+        "owners": [{"owner_id": "rep-2", "split": 60}, {"owner_id": "rep-1", "split": 40}],
+        "amount": "365000.00", "currency": "CNY", "stage": "negotiation", "changed_by": "mgr-1",
+        "changed_at": "2026-11-20T09:00:00Z",
+    },
     "sales.contract.signed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "signed_at": "2027-01-20T03:00:00Z",

@@ -17,6 +17,7 @@ from services.opportunities.domain import (
     StatusNotAllowed,
     check_credit,
     normalise_name,
+    owner_splits,
     parse_money,
 )
 from shared.errors import Unprocessable
@@ -150,3 +151,14 @@ def test_the_maturity_assessment_and_its_scales() -> None:
     assert opportunity().assess(best).status is Status.OPEN
     with pytest.raises(StatusNotAllowed, match="suspended"):
         opportunity(status=Status.SUSPENDED).assess(best)
+
+
+def test_owners_and_splits() -> None:
+    splits = owner_splits([("rep-2", 60), ("rep-1", 40)])
+    assert opportunity().change_owners(splits).owner_id == "rep-2"
+    for entries, message in [([], "at least one"), ([("a", 50), ("a", 50)], "once"),
+                             ([("a", 0), ("b", 100)], "between"), ([("a", 50), ("b", 40)], "sum to 100, not 90")]:
+        with pytest.raises(Unprocessable, match=message):
+            owner_splits(entries)
+    with pytest.raises(StatusNotAllowed, match="terminated"):
+        opportunity(status=Status.TERMINATED).change_owners(splits)
