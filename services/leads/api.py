@@ -20,7 +20,7 @@ from services.leads.domain import (
     normalise_email,
     normalise_phone,
 )
-from shared.auth import Principal, visible_owners
+from shared.auth import Principal, may_act_on, visible_owners
 from shared.errors import Unprocessable
 from shared.org import Organisation, Role
 from shared.pagination import Page, clamp_limit, decode_cursor, encode_cursor
@@ -133,6 +133,7 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "touch_count": lead.touch_count,
         "disqualify_reason": lead.disqualify_reason,
         "converted_at": _ts(lead.converted_at),
+        "merged_into": lead.merged_into,
         "version": lead.version,
     }
 
@@ -162,10 +163,10 @@ async def capture_lead(body: LeadIn, principal: CurrentPrincipal, db: ServiceDat
     result = await handlers.capture_lead(db, org, principal, capture_command(body))
     if result.duplicate_of is None:
         return JSONResponse(lead_json(result.lead), status_code=201)
-    return JSONResponse(
-        {**lead_json(result.lead), "duplicate_of": result.duplicate_of, "matched_on": list(result.matched_on)},
-        status_code=200,
-    )
+    duplicate = {"duplicate_of": result.duplicate_of, "matched_on": list(result.matched_on)}
+    if not may_act_on(principal, result.lead.owner_id, org):
+        return JSONResponse(duplicate, status_code=200)  # the id only: the lead itself is not the caller's to see
+    return JSONResponse({**lead_json(result.lead), **duplicate}, status_code=200)
 
 
 @router.get("/{lead_id}", summary="One lead (404 when it does not exist or is outside the caller's scope)")
@@ -178,7 +179,7 @@ async def list_leads(
     principal: CurrentPrincipal,
     db: ServiceDatabase,
     org: Org,
-    status: Literal["new", "contacted", "qualified", "converted", "disqualified"] | None = None,
+    status: Literal["new", "contacted", "qualified", "converted", "disqualified", "merged"] | None = None,
     grade: GradeName | None = None,
     owner_id: str | None = None,
     team: str | None = None,
@@ -322,3 +323,40 @@ async def record_engagement(
         observed_at=body.observed_at,
     )
     return lead_json(await handlers.record_engagement(db, org, principal, lead_id, command))
+
+
+class GradeIn(BaseModel):
+    grade: GradeName
+
+
+@router.post("/{lead_id}/grade", summary="Change the intent grade; the follow-up window restarts from now")
+async def change_grade(
+    lead_id: str, body: GradeIn, principal: CurrentPrincipal, db: ServiceDatabase, org: Org
+) -> dict[str, Any]:
+    return lead_json(await handlers.change_grade(db, org, principal, lead_id, Grade(body.grade)))
+
+
+class AssignIn(BaseModel):
+    owner_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    reason: Note | None = None
+
+
+Reassigner = Annotated[Principal, Depends(require_roles(Role.MANAGER, Role.DIRECTOR, Role.ADMIN))]
+
+
+@router.post("/{lead_id}/assign", summary="Reassign a lead (manager within their team; director, admin)")
+async def reassign(
+    lead_id: str, body: AssignIn, principal: Reassigner, db: ServiceDatabase, org: Org
+) -> dict[str, Any]:
+    return lead_json(await handlers.reassign(db, org, principal, lead_id, body.owner_id, body.reason))
+
+
+class MergeIn(BaseModel):
+    duplicate_id: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+@router.post("/{lead_id}/merge", summary="Merge the duplicate `duplicate_id` into this lead (both in scope)")
+async def merge(
+    lead_id: str, body: MergeIn, principal: CurrentPrincipal, db: ServiceDatabase, org: Org
+) -> dict[str, Any]:
+    return lead_json(await handlers.merge(db, org, principal, lead_id, body.duplicate_id))

@@ -23,6 +23,7 @@ class Status(StrEnum):
     QUALIFIED = "qualified"
     CONVERTED = "converted"
     DISQUALIFIED = "disqualified"
+    MERGED = "merged"  # a duplicate folded into another lead by hand; closed
 
 
 class Grade(StrEnum):
@@ -52,6 +53,7 @@ _NEXT: dict[Status, tuple[Status, ...]] = {
     Status.QUALIFIED: (Status.CONVERTED, Status.DISQUALIFIED),
     Status.CONVERTED: (),
     Status.DISQUALIFIED: (),
+    Status.MERGED: (),
 }
 
 
@@ -142,6 +144,7 @@ class Lead:
     touch_count: int = 0
     disqualify_reason: str | None = None
     converted_at: datetime | None = None
+    merged_into: str | None = None
     version: int = 0
 
     @classmethod
@@ -184,6 +187,15 @@ class Lead:
         previous, self.owner_id, self.team = self.owner_id, owner_id, team
         return previous
 
+    def change_grade(self, grade: Grade, at: datetime) -> bool:
+        """A new intent grade restarts the follow-up window from now; False when it is the same grade."""
+        self._require_open("regraded")
+        if grade is self.grade:
+            return False
+        self.grade = grade
+        self.follow_up_due_at = follow_up_due(grade, at)
+        return True
+
     def record_touch(self, at: datetime) -> int:
         """Log a contact; the first one moves a new lead to contacted. Returns the touch's number."""
         self._require_open("touched")
@@ -210,6 +222,21 @@ class Lead:
             raise TransitionNotAllowed("the lead has no owner: assign it before converting")
         self._move_to(Status.CONVERTED)
         self.converted_at = at
+
+    def merge_into(self, survivor: "Lead") -> list[str]:
+        """Close this lead as a duplicate of `survivor`; returns the contact fields they share."""
+        if survivor.id == self.id:
+            raise Unprocessable("duplicate_id: a lead cannot be merged into itself")
+        if survivor.status is Status.MERGED:
+            raise TransitionNotAllowed(f"lead {survivor.id} was itself merged into {survivor.merged_into}")
+        self._require_open("merged")
+        self.status = Status.MERGED
+        self.merged_into = survivor.id
+        return [
+            name
+            for name in ("phone", "email", "company")
+            if getattr(self.contact, name) and getattr(self.contact, name) == getattr(survivor.contact, name)
+        ]
 
     @property
     def is_closed(self) -> bool:

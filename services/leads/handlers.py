@@ -58,6 +58,7 @@ async def capture_lead(db: Database, org: Organisation, actor: Principal | None,
                 found = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
                 if found is not None:
                     existing, matched_on = found
+                    existing = await _survivor(tx.conn, existing)
                     await _note_duplicate(tx.conn, existing, matched_on, actor, cmd)
                     result = Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
                 else:
@@ -157,6 +158,18 @@ async def _choose_owner(
     if actor is not None and actor.role is Role.REP:
         return actor.user_id, actor.team, "explicit"
     return None, None, None
+
+
+async def _survivor(conn: store.Connection, lead: Lead) -> Lead:
+    """The lead a merged duplicate was folded into (following merges of merges)."""
+    for _ in range(10):
+        if lead.merged_into is None:
+            break
+        survivor = await store.get(conn, lead.merged_into)
+        if survivor is None:
+            break
+        lead = survivor
+    return lead
 
 
 async def _note_duplicate(
@@ -399,15 +412,24 @@ async def import_leads(
     report = ImportReport()
     for start in range(0, len(rows), chunk_size):
         created: list[Lead] = []
+        chunk = rows[start : start + chunk_size]
         async with db.transaction() as tx:
-            for line, cmd in rows[start : start + chunk_size]:
-                found = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
-                if found is not None:
-                    report.duplicates.append((line, found[0].id))
+            # one look-up for the chunk; rows created below join it, so a repeat within the file is caught
+            known = await store.known_contacts(
+                tx.conn,
+                [cmd.contact.phone for _, cmd in chunk if cmd.contact.phone],
+                [cmd.contact.email for _, cmd in chunk if cmd.contact.email],
+            )
+            for line, cmd in chunk:
+                match = known.get(cmd.contact.phone or "") or known.get(cmd.contact.email or "")
+                if match is not None:
+                    report.duplicates.append((line, match))
                     continue
                 try:
                     # the owner is checked before anything is written, so a refusal leaves no trace
-                    created.append(await _capture_new(tx, org, actor, cmd))
+                    lead = await _capture_new(tx, org, actor, cmd)
+                    created.append(lead)
+                    known.update({value: lead.id for value in (lead.contact.phone, lead.contact.email) if value})
                 except _LostRace:
                     existing = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
                     report.duplicates.append((line, existing[0].id if existing else ""))
@@ -476,3 +498,92 @@ async def update_campaign(
             )
             await store.save_campaign(tx.conn, campaign)
     return found
+
+
+async def change_grade(db: Database, org: Organisation, actor: Principal, lead_id: str, grade: Grade) -> Lead:
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        previous = lead.grade
+        now = datetime.now(UTC)
+        if lead.change_grade(grade, now):
+            tx.publish(
+                "sales.lead.grade_changed.v1",
+                lead.id,
+                {
+                    "lead_id": lead.id,
+                    "from_grade": previous and str(previous),
+                    "to_grade": str(grade),
+                    "follow_up_due_at": _ts(lead.follow_up_due_at),
+                    "owner_id": lead.owner_id,
+                    "changed_by": actor.user_id,
+                    "changed_at": _ts(now),
+                },
+                sequence=lead.next_version(),
+            )
+            await store.save(tx.conn, lead)
+    return lead
+
+
+async def reassign(
+    db: Database, org: Organisation, actor: Principal, lead_id: str, owner_id: str, reason: str | None
+) -> Lead:
+    """A manager (or director, admin) gives a lead in their scope to someone in their scope."""
+    user = org.user(owner_id)
+    if user is None or user.role not in (Role.REP, Role.MANAGER):
+        raise Unprocessable(f"owner_id: {owner_id!r} is not a rep or manager of the organisation")
+    if not may_act_on(actor, owner_id, org):
+        raise Forbidden(f"owner_id: {actor.user_id} may not give leads to {owner_id}")
+    async with db.transaction() as tx:
+        lead = await _load_in_scope(tx.conn, lead_id, actor, org)
+        if lead.owner_id == owner_id:
+            return lead
+        previous = lead.assign(owner_id, user.team)
+        tx.publish(
+            "sales.lead.assigned.v1",
+            lead.id,
+            {
+                "lead_id": lead.id,
+                "owner_id": owner_id,
+                "previous_owner_id": previous,
+                "team": user.team,
+                "region": lead.region,
+                "grade": lead.grade and str(lead.grade),
+                "method": "explicit",
+                "assigned_by": actor.user_id,
+                "reason": reason,
+                "assigned_at": _ts(datetime.now(UTC)),
+                "follow_up_due_at": _ts(lead.follow_up_due_at),
+            },
+            sequence=lead.next_version(),
+        )
+        await store.save(tx.conn, lead)
+    return lead
+
+
+async def merge(db: Database, org: Organisation, actor: Principal, survivor_id: str, duplicate_id: str) -> Lead:
+    """Fold a duplicate lead into another by hand: the duplicate is closed as merged, pointing at the survivor."""
+    async with db.transaction() as tx:
+        # lock in id order, so two merges of the same pair cannot deadlock
+        loaded = {
+            lead_id: await _load_in_scope(tx.conn, lead_id, actor, org)
+            for lead_id in sorted({survivor_id, duplicate_id})
+        }
+        survivor, duplicate = loaded[survivor_id], loaded[duplicate_id]
+        matched_on = duplicate.merge_into(survivor)
+        tx.publish(
+            "sales.lead.merged.v1",
+            survivor.id,
+            {
+                "lead_id": survivor.id,
+                "merged_lead_id": duplicate.id,
+                "matched_on": matched_on,
+                "merged_by": actor.user_id,
+                "merged_at": _ts(datetime.now(UTC)),
+                "owner_id": survivor.owner_id,
+                "merged_lead_owner_id": duplicate.owner_id,
+            },
+            sequence=survivor.next_version(),
+        )
+        await store.save(tx.conn, duplicate)
+        await store.save(tx.conn, survivor)
+    return survivor

@@ -20,7 +20,7 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 _COLUMNS = (
     "id, status, grade, source, region, team, owner_id, campaign_id, contact_name, company, phone, email,"
     " attributes, captured_at, captured_by, follow_up_due_at, first_response_at, last_contacted_at,"
-    " touch_count, disqualify_reason, converted_at, version"
+    " touch_count, disqualify_reason, converted_at, version, merged_into"
 )
 
 
@@ -44,6 +44,7 @@ def _lead(row: asyncpg.Record) -> Lead:
         touch_count=row["touch_count"],
         disqualify_reason=row["disqualify_reason"],
         converted_at=row["converted_at"],
+        merged_into=row["merged_into"],
         version=row["version"],
     )
 
@@ -52,7 +53,8 @@ async def insert_if_unique(conn: Connection, lead: Lead) -> bool:
     """Insert a new lead; False when another lead already holds its phone or e-mail."""
     inserted = await conn.fetchval(
         f"INSERT INTO leads ({_COLUMNS}) VALUES"  # noqa: S608
-        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16, $17, $18, $19, $20,"
+        " $21, $22, $23)"
         " ON CONFLICT DO NOTHING RETURNING true",
         *_values(lead),
     )
@@ -63,7 +65,7 @@ async def save(conn: Connection, lead: Lead) -> None:
     await conn.execute(
         "UPDATE leads SET status = $2, grade = $3, team = $4, owner_id = $5, follow_up_due_at = $6,"
         " first_response_at = $7, last_contacted_at = $8, touch_count = $9, disqualify_reason = $10,"
-        " converted_at = $11, version = $12, updated_at = now() WHERE id = $1",
+        " converted_at = $11, version = $12, merged_into = $13, updated_at = now() WHERE id = $1",
         lead.id,
         str(lead.status),
         lead.grade and str(lead.grade),
@@ -76,6 +78,7 @@ async def save(conn: Connection, lead: Lead) -> None:
         lead.disqualify_reason,
         lead.converted_at,
         lead.version,
+        lead.merged_into,
     )
 
 
@@ -104,6 +107,7 @@ def _values(lead: Lead) -> tuple[Any, ...]:
         lead.disqualify_reason,
         lead.converted_at,
         lead.version,
+        lead.merged_into,
     )
 
 
@@ -129,6 +133,19 @@ async def find_duplicate(
         name for name, mine in (("phone", phone), ("email", email)) if mine and getattr(lead.contact, name) == mine
     ]
     return lead, matched
+
+
+async def known_contacts(conn: Connection, phones: list[str], emails: list[str]) -> dict[str, str]:
+    """Of the given normalised phones and e-mails, those a lead already holds: value -> lead id."""
+    rows = await conn.fetch(
+        "SELECT id, phone, email FROM leads WHERE phone = ANY($1::text[]) OR email = ANY($2::text[])", phones, emails
+    )
+    known: dict[str, str] = {}
+    for row in rows:
+        for value in (row["phone"], row["email"]):
+            if value is not None:
+                known.setdefault(value, row["id"])
+    return known
 
 
 async def next_cursor_owner(conn: Connection, team: str) -> str | None:

@@ -353,3 +353,80 @@ async def test_listing_filters_and_pages_with_a_cursor(client, settings):
     assert [item["id"] for item in window.json()["items"]] == [made[3]["id"], made[2]["id"]]
     assert_problem(await client.get("/v1/leads", params={"status": "lost"}, headers=dir_), 422)
     assert_problem(await client.get("/v1/leads", params={"cursor": "garbage"}, headers=dir_), 422)
+
+
+async def test_a_grade_change_restarts_the_follow_up_and_is_an_event(client, settings, leads_db):
+    lead = await capture(client, settings, owner_id="rep-1", grade="C")
+    lid, rep = lead["id"], auth(settings, "rep-1")
+    upgraded = await client.post(f"/v1/leads/{lid}/grade", json={"grade": "H"}, headers=rep)
+    assert upgraded.status_code == 200, upgraded.text
+    assert upgraded.json()["grade"] == "H" and upgraded.json()["follow_up_due_at"] < lead["follow_up_due_at"]
+    same = await client.post(f"/v1/leads/{lid}/grade", json={"grade": "H"}, headers=rep)
+    assert same.json()["version"] == 3  # no change, no event
+    bad = await client.post(f"/v1/leads/{lid}/grade", json={"grade": "Q"}, headers=rep)
+    assert "grade" in assert_problem(bad, 422)["detail"]
+    records = await read_topic(settings, "sales.leads", count=3, match=lid.encode())
+    changed = parse_and_validate(records[-1].value)
+    assert changed.type == "sales.lead.grade_changed.v1" and changed.sequence == 3
+    assert (changed.data["from_grade"], changed.data["to_grade"]) == ("C", "H")
+    assert changed.data["follow_up_due_at"] == upgraded.json()["follow_up_due_at"]
+
+
+async def test_a_manager_reassigns_within_the_team_and_the_event_names_both_owners(client, settings, leads_db):
+    lead = await capture(client, settings, owner_id="rep-1")
+    lid = lead["id"]
+    manager = auth(settings, "mgr-1")
+    path = f"/v1/leads/{lid}/assign"
+    assert_problem(await client.post(path, json={"owner_id": "rep-2"}, headers=auth(settings, "rep-1")), 403)
+    assert_problem(await client.post(path, json={"owner_id": "rep-3"}, headers=manager), 403)
+    assert_problem(await client.post(path, json={"owner_id": "dir-1"}, headers=manager), 422)
+    moved = await client.post(path, json={"owner_id": "rep-2", "reason": "rep-1 on leave"}, headers=manager)
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["owner_id"] == "rep-2" and moved.json()["version"] == 3
+    assert (await client.get(f"/v1/leads/{lid}", headers=auth(settings, "rep-1"))).status_code == 404
+    assert (await client.get(f"/v1/leads/{lid}", headers=auth(settings, "rep-2"))).status_code == 200
+    records = await read_topic(settings, "sales.leads", count=3, match=lid.encode())
+    event = parse_and_validate(records[-1].value)
+    assert event.type == "sales.lead.assigned.v1" and event.sequence == 3
+    owners = (event.data["previous_owner_id"], event.data["owner_id"], event.data["assigned_by"])
+    assert owners == ("rep-1", "rep-2", "mgr-1")
+    assert event.data["reason"] == "rep-1 on leave"
+
+
+async def test_merging_by_hand_closes_the_duplicate_and_later_captures_land_on_the_survivor(client, settings):
+    company = f"合并测试 {uuid.uuid4().hex[:6]}"
+    survivor = await capture(client, settings, owner_id="rep-1", contact={"name": "王伟", "company": company,
+                                                                           "phone": fresh_phone()})
+    duplicate = await capture(client, settings, owner_id="rep-2", contact={"name": "王 伟", "company": company,
+                                                                            "email": fresh_email()})
+    sid, did = survivor["id"], duplicate["id"]
+    path = f"/v1/leads/{sid}/merge"
+    assert_problem(await client.post(path, json={"duplicate_id": did}, headers=auth(settings, "rep-1")), 404)
+    assert_problem(await client.post(path, json={"duplicate_id": sid}, headers=auth(settings, "mgr-1")), 422)
+    merged = await client.post(path, json={"duplicate_id": did}, headers=auth(settings, "mgr-1"))
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["id"] == sid and merged.json()["version"] == 3
+    closed = (await client.get(f"/v1/leads/{did}", headers=auth(settings, "mgr-1"))).json()
+    assert closed["status"] == "merged" and closed["merged_into"] == sid
+    again = await client.post(path, json={"duplicate_id": did}, headers=auth(settings, "mgr-1"))
+    assert "closed" in assert_problem(again, 409)["detail"]
+    # a later capture with the merged lead's e-mail is a duplicate of the survivor
+    repeat = await client.post(
+        "/v1/leads", json=lead_body(contact={"name": "王伟", "email": duplicate["contact"]["email"]}),
+        headers=auth(settings, "admin-1"),
+    )
+    assert repeat.status_code == 200 and repeat.json()["duplicate_of"] == sid
+    records = await read_topic(settings, "sales.leads", count=3, match=sid.encode())
+    event = parse_and_validate(records[-1].value)
+    assert (event.type, event.sequence) == ("sales.lead.merged.v1", 3)
+    assert event.data["merged_lead_id"] == did and event.data["matched_on"] == ["company"]
+
+
+async def test_a_duplicate_of_a_lead_outside_the_callers_scope_is_named_but_not_shown(client, settings):
+    phone = fresh_phone()
+    theirs = await capture(client, settings, owner_id="rep-1", contact={"name": "王伟", "phone": phone})
+    response = await client.post(
+        "/v1/leads", json=lead_body(contact={"name": "王伟", "phone": phone}), headers=auth(settings, "rep-2")
+    )
+    assert response.status_code == 200
+    assert response.json() == {"duplicate_of": theirs["id"], "matched_on": ["phone"]}

@@ -181,3 +181,27 @@ def test_a_campaign_refuses_negative_money_and_a_period_ending_before_it_starts_
 def test_money_is_a_two_place_decimal_string():
     assert money(Decimal("5E+4")) == "50000.00"
     assert money(Decimal("12000.5")) == "12000.50"
+
+
+def test_a_new_grade_restarts_the_follow_up_window_from_the_change():
+    lead = new_lead(Grade.C)
+    later = CAPTURED + timedelta(days=20)
+    assert lead.change_grade(Grade.H, later) is True
+    assert lead.follow_up_due_at == later + timedelta(days=5)
+    assert lead.change_grade(Grade.H, later) is False
+    lead.disqualify("no_budget")
+    with pytest.raises(TransitionNotAllowed, match="closed"):
+        lead.change_grade(Grade.A, later)
+
+
+def test_a_merged_duplicate_is_closed_and_points_at_its_survivor():
+    survivor, duplicate = new_lead(), new_lead()
+    duplicate.id = "lead-2"
+    with pytest.raises(Unprocessable, match="itself"):
+        survivor.merge_into(survivor)
+    assert duplicate.merge_into(survivor) == ["phone", "company"]
+    assert duplicate.status is Status.MERGED and duplicate.merged_into == survivor.id
+    with pytest.raises(TransitionNotAllowed, match="closed"):
+        duplicate.merge_into(survivor)
+    with pytest.raises(TransitionNotAllowed, match="was itself merged"):
+        new_lead().merge_into(duplicate)

@@ -1,0 +1,224 @@
+"""Benchmark: lead captures through the HTTP API (each a transaction: duplicate check, round-robin
+cursor, the lead, `captured` + `assigned` in the outbox, relayed to the broker), beside the bare
+Postgres outbox-transaction rate of the same run.
+
+Starts its own embedded Postgres and Tansu and `--processes` leads service processes (uvicorn,
+loopback), then:
+- throughput: `--captures` new leads (fresh phone numbers), `--concurrency` in flight, regions
+  alternating 华东 / 华北 (two teams, so two round-robin cursors), as fast as they are answered;
+- latency: captures sent open-loop at `--rate`/s for `--seconds`, p50 / p95 / p99;
+- the bare rate: two-event outbox transactions (Database.transaction + publish) on `--concurrency`
+  connections, no HTTP;
+and checks that the relay published every event.
+
+Run: .venv/bin/python -m services.leads.bench [--processes 2] [--captures 20000] [--rate 500]
+"""
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.harness import embedded_stack, percentiles
+from shared import kafka
+from shared.auth import issue_token
+from shared.db import SHARED_MIGRATIONS, Database, migrate
+from shared.settings import Settings, with_database
+from tests.support.waiting import eventually, free_port
+
+REGIONS = ("华东", "华北")
+
+
+@contextlib.contextmanager
+def service_processes(settings: Settings, count: int) -> Iterator[list[str]]:
+    """`count` leads service processes on loopback; their base URLs."""
+    ports = [free_port() for _ in range(count)]
+    procs = []
+    for port in ports:
+        env = {
+            **os.environ,
+            "FUNNELCAST_DATABASE_URL": settings.server_url,
+            "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
+            "FUNNELCAST_LEADS_PORT": str(port),
+            "FUNNELCAST_LOG_LEVEL": "WARNING",
+            "FUNNELCAST_HOME": str(settings.home),
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "services.leads"], env=env))  # noqa: S603
+    try:
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def clients(urls: list[str], settings: Settings, connections: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    token = issue_token("admin-1", "admin", settings.signing_secret, 3600)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    made = [
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)
+        for url in urls
+    ]
+    try:
+        for client in made:
+
+            async def ready(client: httpx.AsyncClient = client) -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await client.get("/readyz")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=60, interval=0.2)
+        yield made
+    finally:
+        for client in made:
+            await client.aclose()
+
+
+_serial = itertools.count(10_000_000)
+
+
+async def capture(client: httpx.AsyncClient) -> float:
+    n = next(_serial)
+    body = {
+        "contact": {"name": f"访客{n}", "company": f"公司{n % 500}", "phone": f"139{n:08d}"},
+        "source": "web_form",
+        "grade": "HABC"[n % 4],
+        "region": REGIONS[n % 2],
+        "attributes": {"utm_source": "bench"},
+    }
+    started = time.perf_counter()
+    response = await client.post("/v1/leads", json=body)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 201:
+        raise RuntimeError(f"capture answered {response.status_code}: {response.text}")
+    return elapsed
+
+
+async def throughput(http: list[httpx.AsyncClient], captures: int, concurrency: int) -> float:
+    spread = itertools.cycle(http)
+    remaining = iter(range(captures))
+
+    async def worker() -> None:
+        for _ in remaining:
+            await capture(next(spread))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return captures / (time.perf_counter() - started)
+
+
+async def latency_at(http: list[httpx.AsyncClient], rate: float, seconds: float) -> list[float]:
+    """Open loop: request i leaves at start + i / rate, whatever the answers before it."""
+    spread = itertools.cycle(http)
+    started = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(capture(next(spread))))
+    return list(await asyncio.gather(*tasks))
+
+
+async def bare_outbox_rate(settings: Settings, seconds: float, connections: int) -> float:
+    """Two-event outbox transactions through shared.db, no HTTP: the ceiling of the capture path."""
+    admin = await asyncpg.connect(with_database(settings.server_url, "postgres"))
+    await admin.execute("DROP DATABASE IF EXISTS bench_bare_lead_outbox")
+    await admin.execute("CREATE DATABASE bench_bare_lead_outbox")
+    await admin.close()
+    db = await Database.open(
+        with_database(settings.server_url, "bench_bare_lead_outbox"), "/funnelcast/leads", pool_size=connections
+    )
+    async with db.pool.acquire() as conn:
+        await migrate(conn, SHARED_MIGRATIONS)
+    captured: dict[str, Any] = {
+        "lead_id": "lead-bare", "source": "web_form", "grade": "H", "owner_id": "rep-1", "campaign_id": None,
+        "region": "华东", "contact": {"name": "王伟", "company": None, "phone": "+8613900000000", "email": None},
+        "captured_at": "2026-11-23T09:00:00Z",
+    }
+    assigned: dict[str, Any] = {
+        "lead_id": "lead-bare", "owner_id": "rep-1", "previous_owner_id": None, "grade": "H",
+        "assigned_by": "system", "assigned_at": "2026-11-23T09:00:00Z",
+    }
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            async with db.transaction() as tx:
+                await tx.conn.execute("SELECT 1")
+                tx.publish("sales.lead.captured.v1", "lead-bare", captured, sequence=1)
+                tx.publish("sales.lead.assigned.v1", "lead-bare", assigned, sequence=2)
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    rate = count / (time.perf_counter() - started)
+    await db.close()
+    return rate
+
+
+async def outbox_drained(settings: Settings) -> bool:
+    conn = await asyncpg.connect(settings.database_url_for("leads"))
+    try:
+        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await conn.close()
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    await kafka.ensure_topics(settings)
+    with service_processes(settings, args.processes) as urls:
+        async with clients(urls, settings, args.concurrency) as http:
+            rate = await throughput(http, args.captures, args.concurrency)
+            latencies = await latency_at(http, args.rate, args.seconds)
+        await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
+    bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
+    return {"captures_per_s": rate, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> str:
+    p = result["latency"]
+    return "\n".join([
+        f"lead captures via API:    {result['captures_per_s']:8,.0f} /s   ({args.captures:,} captures, "
+        f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
+        f"latency at {args.rate:,.0f}/s:         p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
+        f"  ({result['samples']:,} captures; target p99 <= 50 ms)",
+        f"bare outbox transactions: {result['bare']:8,.0f} /s   (2 events each, shared.db, {args.concurrency}"
+        " connections, no HTTP)",
+        "every event was relayed to the broker (outbox drained)",
+    ])
+
+
+def parser() -> argparse.ArgumentParser:
+    parsed = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parsed.add_argument("--processes", type=int, default=2)
+    parsed.add_argument("--captures", type=int, default=20_000)
+    parsed.add_argument("--concurrency", type=int, default=32)
+    parsed.add_argument("--rate", type=float, default=500.0)
+    parsed.add_argument("--seconds", type=float, default=10.0)
+    return parsed
+
+
+def main() -> None:
+    args = parser().parse_args()
+    with embedded_stack() as stack:
+        result = asyncio.run(run(stack.settings, args))
+    print(report(result, args))
+
+
+if __name__ == "__main__":
+    main()
