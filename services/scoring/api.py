@@ -1,0 +1,117 @@
+"""HTTP: the current score of a lead or an opportunity, and a lead's score history; scoped by owner."""
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from services.scoring import store
+from shared.auth import may_act_on
+from shared.errors import Forbidden, NotFound
+from shared.org import Organisation
+from shared.service import ServiceDatabase
+from shared.web import CurrentPrincipal, organisation
+
+Org = Annotated[Organisation, Depends(organisation)]
+
+
+class FactorOut(BaseModel):
+    feature: str
+    contribution: float
+    label_en: str
+    label_zh: str
+
+
+class ScoreOut(BaseModel):
+    score: int
+    model_version: str
+    factors: list[FactorOut]
+    scored_at: datetime
+    owner_id: str | None
+
+
+class LeadScoreOut(ScoreOut):
+    lead_id: str
+
+
+class OpportunityScoreOut(ScoreOut):
+    opportunity_id: str
+
+
+class HistoryEntry(BaseModel):
+    score: int
+    model_version: str
+    factors: list[FactorOut]
+    scored_at: datetime
+    cause_type: str
+
+
+class LeadScoreHistory(BaseModel):
+    lead_id: str
+    items: list[HistoryEntry]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+def _fields(scored: store.Scored) -> dict[str, Any]:
+    return {"score": scored.score, "model_version": scored.model_version, "factors": scored.factors,
+            "scored_at": _utc(scored.scored_at), "owner_id": scored.owner_id}
+
+
+def _check_scope(principal: CurrentPrincipal, org: Organisation, scored: store.Scored, what: str) -> None:
+    if not may_act_on(principal, scored.owner_id, org):
+        raise Forbidden(f"{what} belongs to {scored.owner_id or 'nobody yet'}, outside {principal.user_id}'s scope")
+
+
+router = APIRouter(tags=["scores"])
+
+
+@router.get("/v1/leads/{lead_id}/score", response_model=LeadScoreOut)
+async def get_lead_score(lead_id: str, principal: CurrentPrincipal, org: Org, db: ServiceDatabase) -> LeadScoreOut:
+    """The lead's current score, the model that produced it and its top factors (en and zh-CN)."""
+    async with db.pool.acquire() as conn:
+        scored = await store.lead_score(conn, lead_id)
+    if scored is None:
+        raise NotFound(f"no score for lead {lead_id}: the scoring service has not seen it")
+    _check_scope(principal, org, scored, f"lead {lead_id}")
+    return LeadScoreOut(lead_id=lead_id, **_fields(scored))
+
+
+@router.get("/v1/leads/{lead_id}/score/history", response_model=LeadScoreHistory)
+async def get_lead_score_history(
+    lead_id: str, principal: CurrentPrincipal, org: Org, db: ServiceDatabase,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> LeadScoreHistory:
+    """Every score computed for the lead, newest first, with the event type that caused it."""
+    async with db.pool.acquire() as conn:
+        scored = await store.lead_score(conn, lead_id)
+        if scored is None:
+            raise NotFound(f"no score for lead {lead_id}: the scoring service has not seen it")
+        _check_scope(principal, org, scored, f"lead {lead_id}")
+        rows = await store.lead_history(conn, lead_id, limit)
+    items = [
+        HistoryEntry(score=r["score"], model_version=r["model_version"], factors=json.loads(r["factors"]),
+                     scored_at=_utc(r["scored_at"]), cause_type=r["cause_type"])
+        for r in rows
+    ]
+    return LeadScoreHistory(lead_id=lead_id, items=items)
+
+
+@router.get("/v1/opportunities/{opportunity_id}/score", response_model=OpportunityScoreOut)
+async def get_opportunity_score(
+    opportunity_id: str, principal: CurrentPrincipal, org: Org, db: ServiceDatabase
+) -> OpportunityScoreOut:
+    """The opportunity's win probability in percent, the model that produced it and its top factors."""
+    async with db.pool.acquire() as conn:
+        scored = await store.opportunity_score(conn, opportunity_id)
+    if scored is None:
+        raise NotFound(f"no win probability for opportunity {opportunity_id}: the scoring service has not seen it")
+    _check_scope(principal, org, scored, f"opportunity {opportunity_id}")
+    return OpportunityScoreOut(opportunity_id=opportunity_id, **_fields(scored))
+
+
+ROUTERS = [router]

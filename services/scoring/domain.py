@@ -1,0 +1,314 @@
+"""Lead scores and opportunity win probabilities by documented rules, with no I/O.
+
+Both scores explain themselves: every rule that moved the score is a `Factor` with its signed
+contribution in score points and a label in English and Chinese that a rep understands; the top
+factors (largest effect first) travel with the score. `MODEL_VERSION` names the rule set, so a
+score always says what produced it.
+
+Lead score (0-100), `rules-v1`: a base of 30 points, plus
+- intent grade (tracking card): H buys within 5 days +30, A within 15 days +20, B within a month +8,
+  C in about two months -5, no grade 0;
+- source: referral +12, walk-in +10, trade show / event +6, phone +6, web form +4, campaign +3,
+  e-mail / SMS / IM +2, API 0, CSV import -4;
+- contact completeness: company +4, phone +4, e-mail +2;
+- touches logged: one +4, two +7, three or more +10;
+- recency of contact: last touch within 7 days 0, 8-30 days ago -5, over 30 days -10; never touched
+  and captured over 3 days ago -8;
+- engagement: site visits 2 points each, at most +8; time on site 10 minutes or more +10, 3 minutes
+  +5, any +2; page views 10 or more +5, 3 or more +2; each marketing activity (webinar, download ...)
+  +2, at most +6;
+clamped to 0-100. Engagement reports add up: each `sales.lead.engaged.v1` reports the activity since
+the last report.
+
+Opportunity win probability (percent), `rules-v1`: the stage's default probability (as the
+opportunities service announces it in its events: prospecting 10, bidding 30, negotiation 60,
+contract 80) adjusted by
+- maturity assessment (成熟度评估): (maturity % - 50) x 0.3, so -15 .. +15;
+- age in stage: longer than the stage's usual time (prospecting 30 days, bidding 30, negotiation 21,
+  contract 14) -5, longer than twice that -10;
+- competitor presence: a named competitor (a `competitor` field on an opportunity event) -8;
+clamped to 1-99 while open; closed won is 100 and closed lost 0.
+"""
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+MODEL_VERSION = "rules-v1"
+TOP_FACTORS = 5
+LEAD_BASE = 30
+
+
+@dataclass(frozen=True)
+class Factor:
+    feature: str
+    contribution: float
+    label_en: str
+    label_zh: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Score:
+    score: int
+    model_version: str
+    factors: tuple[Factor, ...]
+
+
+def _top(factors: list[Factor]) -> tuple[Factor, ...]:
+    moving = [f for f in factors if f.contribution != 0]
+    return tuple(sorted(moving, key=lambda f: abs(f.contribution), reverse=True)[:TOP_FACTORS])
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return int(max(low, min(high, round(value))))
+
+
+# --- leads ------------------------------------------------------------------------------------
+
+GRADE_POINTS: dict[str, tuple[int, str, str]] = {
+    "H": (30, "Intent grade H: plans to buy within 5 days", "意向等级 H：5天内购买"),
+    "A": (20, "Intent grade A: plans to buy within 15 days", "意向等级 A：15天内购买"),
+    "B": (8, "Intent grade B: plans to buy within a month", "意向等级 B：1个月内购买"),
+    "C": (-5, "Intent grade C: about two months from buying", "意向等级 C：约2个月后购买"),
+}
+
+SOURCE_POINTS: dict[str, tuple[int, str, str]] = {
+    "referral": (12, "Came by referral", "转介绍来源"),
+    "walk_in": (10, "Walked into the showroom", "到店来访"),
+    "event": (6, "Met at a trade show or event", "展会/活动获取"),
+    "phone": (6, "Called in by phone", "电话来电"),
+    "web_form": (4, "Filled in the web form", "网站表单留资"),
+    "campaign": (3, "Came from a campaign", "市场活动获取"),
+    "email": (2, "Wrote by e-mail", "邮件来源"),
+    "sms": (2, "Came by SMS", "短信来源"),
+    "im": (2, "Came by instant message", "即时通讯来源"),
+    "api": (0, "Entered by an integration", "系统接口录入"),
+    "import": (-4, "Imported from a list", "名单导入"),
+}
+
+
+@dataclass(frozen=True)
+class LeadFeatures:
+    """What the events have told about a lead so far."""
+
+    owner_id: str | None = None
+    grade: str | None = None
+    source: str | None = None
+    has_company: bool = False
+    has_phone: bool = False
+    has_email: bool = False
+    captured_at: datetime | None = None
+    touches: int = 0
+    last_contacted_at: datetime | None = None
+    visits: int = 0
+    time_on_site_s: float = 0.0
+    page_views: int = 0
+    activities: tuple[str, ...] = field(default_factory=tuple)
+
+    def captured(self, data: dict[str, Any], at: datetime) -> "LeadFeatures":
+        contact = data.get("contact") or {}
+        return replace(
+            self,
+            owner_id=data.get("owner_id") or self.owner_id,
+            grade=data.get("grade"),
+            source=data.get("source"),
+            has_company=bool(contact.get("company")),
+            has_phone=bool(contact.get("phone")),
+            has_email=bool(contact.get("email")),
+            captured_at=at,
+        )
+
+    def engaged(self, visits: int, time_on_site_s: float, page_views: int, activity: Any) -> "LeadFeatures":
+        if isinstance(activity, str):
+            new: tuple[str, ...] = (activity,)
+        elif isinstance(activity, list):
+            new = tuple(str(a) for a in activity)
+        else:
+            new = ()
+        return replace(
+            self,
+            visits=self.visits + max(0, visits),
+            time_on_site_s=self.time_on_site_s + max(0.0, time_on_site_s),
+            page_views=self.page_views + max(0, page_views),
+            activities=self.activities + new,
+        )
+
+    def contacted(self, at: datetime, touch_number: int | None) -> "LeadFeatures":
+        latest = at if self.last_contacted_at is None else max(at, self.last_contacted_at)
+        touches = max(self.touches + 1, touch_number or 0)
+        return replace(self, touches=touches, last_contacted_at=latest)
+
+    def regraded(self, grade: str | None) -> "LeadFeatures":
+        return replace(self, grade=grade)
+
+    def assigned(self, owner_id: str, grade: str | None) -> "LeadFeatures":
+        return replace(self, owner_id=owner_id, grade=grade if grade is not None else self.grade)
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        for name in ("captured_at", "last_contacted_at"):
+            values[name] = None if values[name] is None else values[name].isoformat()
+        values["activities"] = list(self.activities)
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "LeadFeatures":
+        values = dict(values)
+        for name in ("captured_at", "last_contacted_at"):
+            if values.get(name) is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        values["activities"] = tuple(values.get("activities") or ())
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _grade(features: LeadFeatures) -> Factor | None:
+    if features.grade not in GRADE_POINTS:
+        return None
+    points, en, zh = GRADE_POINTS[features.grade]
+    return Factor("grade", points, en, zh)
+
+
+def _source(features: LeadFeatures) -> Factor | None:
+    if features.source not in SOURCE_POINTS:
+        return None
+    points, en, zh = SOURCE_POINTS[features.source]
+    return Factor("source", points, en, zh)
+
+
+def _completeness(features: LeadFeatures) -> Factor:
+    points = 4 * features.has_company + 4 * features.has_phone + 2 * features.has_email
+    missing_en = [n for n, has in (("company", features.has_company), ("phone", features.has_phone),
+                                   ("e-mail", features.has_email)) if not has]
+    missing_zh = [n for n, has in (("公司", features.has_company), ("电话", features.has_phone),
+                                   ("邮箱", features.has_email)) if not has]
+    if not missing_en:
+        return Factor("completeness", points, "Complete contact details (company, phone, e-mail)",
+                      "联系信息完整（公司、电话、邮箱）")
+    return Factor("completeness", points, f"Contact details lack: {', '.join(missing_en)}",
+                  f"联系信息缺少：{'、'.join(missing_zh)}")
+
+
+def _touches(features: LeadFeatures) -> Factor | None:
+    if features.touches <= 0:
+        return None
+    points = 4 if features.touches == 1 else 7 if features.touches == 2 else 10
+    return Factor("touches", points, f"Contacted {features.touches} time(s)", f"已跟进 {features.touches} 次")
+
+
+def _recency(features: LeadFeatures, now: datetime) -> Factor | None:
+    if features.last_contacted_at is None:
+        if features.captured_at is not None and now - features.captured_at > timedelta(days=3):
+            days = (now - features.captured_at).days
+            return Factor("recency", -8, f"Not contacted in the {days} days since capture",
+                          f"录入后 {days} 天未跟进")
+        return None
+    days = (now - features.last_contacted_at).days
+    if days > 30:
+        return Factor("recency", -10, f"Last contacted {days} days ago", f"最近一次跟进在 {days} 天前")
+    if days > 7:
+        return Factor("recency", -5, f"Last contacted {days} days ago", f"最近一次跟进在 {days} 天前")
+    return None
+
+
+def _engagement(features: LeadFeatures) -> list[Factor]:
+    factors = []
+    if features.visits > 0:
+        factors.append(Factor("visits", min(8, 2 * features.visits), f"Visited the site {features.visits} time(s)",
+                              f"访问网站 {features.visits} 次"))
+    minutes = features.time_on_site_s / 60
+    if minutes > 0:
+        points = 10 if minutes >= 10 else 5 if minutes >= 3 else 2
+        factors.append(Factor("time_on_site", points, f"Spent {minutes:.0f} minute(s) on the site",
+                              f"网站停留 {minutes:.0f} 分钟"))
+    if features.page_views >= 3:
+        points = 5 if features.page_views >= 10 else 2
+        factors.append(Factor("page_views", points, f"Viewed {features.page_views} pages",
+                              f"浏览 {features.page_views} 个页面"))
+    if features.activities:
+        count = len(features.activities)
+        factors.append(Factor("activity", min(6, 2 * count), f"Took part in {count} marketing activit(ies)",
+                              f"参与 {count} 次营销活动"))
+    return factors
+
+
+def score_lead(features: LeadFeatures, now: datetime) -> Score:
+    """The rule-based lead score (see the module's table) as of `now`."""
+    factors = [f for f in (_grade(features), _source(features), _completeness(features), _touches(features),
+                           _recency(features, now)) if f is not None]
+    factors += _engagement(features)
+    total = LEAD_BASE + sum(f.contribution for f in factors)
+    return Score(_clamp(total, 0, 100), MODEL_VERSION, _top(factors))
+
+
+# --- opportunities ----------------------------------------------------------------------------
+
+# The opportunities service's default pipeline; its events carry the probability it uses, which wins.
+STAGE_PROBABILITY = {"prospecting": 10, "bidding": 30, "negotiation": 60, "contract": 80, "won": 100, "lost": 0}
+STAGE_LABELS = {"prospecting": ("Prospecting", "潜在客户跟踪"), "bidding": ("Bidding", "项目投标"),
+                "negotiation": ("Negotiation", "商务洽谈"), "contract": ("Contract", "签订合同"),
+                "won": ("Closed won", "赢单"), "lost": ("Closed lost", "输单")}
+USUAL_DAYS_IN_STAGE = {"prospecting": 30, "bidding": 30, "negotiation": 21, "contract": 14}
+
+
+@dataclass(frozen=True)
+class OpportunityFeatures:
+    owner_id: str | None = None
+    stage: str = "prospecting"
+    stage_probability: float | None = None
+    stage_entered_at: datetime | None = None
+    status: str = "open"
+    maturity: int | None = None
+    competitor: str | None = None
+
+    def moved(self, stage: str, probability: float | None, at: datetime) -> "OpportunityFeatures":
+        return replace(self, stage=stage, stage_probability=probability, stage_entered_at=at)
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        if self.stage_entered_at is not None:
+            values["stage_entered_at"] = self.stage_entered_at.isoformat()
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "OpportunityFeatures":
+        values = dict(values)
+        if values.get("stage_entered_at") is not None:
+            values["stage_entered_at"] = datetime.fromisoformat(values["stage_entered_at"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def score_opportunity(features: OpportunityFeatures, now: datetime) -> Score:
+    """The rule-based win probability (see the module's table) as of `now`."""
+    stage = features.stage
+    en, zh = STAGE_LABELS.get(stage, (stage, stage))
+    if features.status == "won" or stage == "won":
+        return Score(100, MODEL_VERSION, (Factor("stage", 100, "Closed won", "已赢单"),))
+    if features.status == "lost" or stage == "lost":
+        return Score(0, MODEL_VERSION, (Factor("stage", 0, "Closed lost", "已输单"),))
+    base = features.stage_probability
+    if base is None:
+        base = STAGE_PROBABILITY.get(stage, 10)
+    factors = [Factor("stage", base, f"Stage {en}: {base:g}% by default", f"阶段「{zh}」默认赢率 {base:g}%")]
+    if features.maturity is not None:
+        points = round((features.maturity - 50) * 0.3, 1)
+        word_en = "strong" if points > 0 else "weak"
+        word_zh = "较高" if points > 0 else "较低"
+        factors.append(Factor("maturity", points, f"Presales maturity {features.maturity}% is {word_en}",
+                              f"售前成熟度 {features.maturity}%，{word_zh}"))
+    usual = USUAL_DAYS_IN_STAGE.get(stage)
+    if usual is not None and features.stage_entered_at is not None:
+        days = (now - features.stage_entered_at).days
+        if days > usual:
+            points = -10 if days > 2 * usual else -5
+            factors.append(Factor("age_in_stage", points, f"{days} days in {en}, usually {usual}",
+                                  f"在「{zh}」阶段已 {days} 天（通常 {usual} 天）"))
+    if features.competitor:
+        factors.append(Factor("competitor", -8, f"Competing against {features.competitor}",
+                              f"存在竞争对手：{features.competitor}"))
+    total = sum(f.contribution for f in factors)
+    return Score(_clamp(total, 1, 99), MODEL_VERSION, _top(factors))

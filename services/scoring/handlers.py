@@ -1,0 +1,223 @@
+"""One function per consumed event: load the features, apply the event, re-score, save and publish.
+
+Every handler runs in the transaction the framework opened for the event (which also records the
+event in the inbox), so a redelivered event re-scores nothing and publishes nothing twice. Events
+about a lead or opportunity this service has not seen yet (it joined late, or an event overtook
+another) start from empty features rather than failing.
+"""
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from services.scoring import store
+from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead, score_opportunity
+from shared.db import Transaction
+from shared.events.envelope import CloudEvent
+
+LEAD_SCORED = "sales.lead.scored.v1"
+OPPORTUNITY_SCORED = "sales.opportunity.scored.v1"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _time(value: Any, fallback: datetime) -> datetime:
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return fallback
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return fallback
+
+
+# --- leads ------------------------------------------------------------------------------------
+
+
+async def _rescore_lead(
+    tx: Transaction, event: CloudEvent, change: Callable[[LeadFeatures], LeadFeatures]
+) -> None:
+    lead_id = str(event.data.get("lead_id") or event.subject)
+    features, current = await store.lock_lead(tx.conn, lead_id)
+    features = change(features)
+    now = _now()
+    result = score_lead(features, now)
+    sequence = (current.sequence if current else 0) + 1
+    await store.save_lead(tx.conn, lead_id, features, result, now, sequence, event.id, event.type)
+    tx.publish(
+        LEAD_SCORED,
+        lead_id,
+        {
+            "lead_id": lead_id,
+            "score": result.score,
+            "previous_score": current.score if current else None,
+            "model_version": result.model_version,
+            "factors": [f.as_dict() for f in result.factors],
+            "scored_at": _ts(now),
+            "owner_id": features.owner_id,
+        },
+        sequence=sequence,
+    )
+
+
+async def lead_captured(tx: Transaction, event: CloudEvent) -> None:
+    at = _time(event.data.get("captured_at"), event.time)
+    await _rescore_lead(tx, event, lambda f: f.captured(event.data, at))
+
+
+async def lead_engaged(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await _rescore_lead(
+        tx, event,
+        lambda f: f.engaged(int(data.get("visits") or 0), float(data.get("time_on_site_s") or 0),
+                            int(data.get("page_views") or 0), data.get("activity")),
+    )
+
+
+async def lead_contacted(tx: Transaction, event: CloudEvent) -> None:
+    at = _time(event.data.get("contacted_at"), event.time)
+    number = event.data.get("touch_number")
+    await _rescore_lead(tx, event, lambda f: f.contacted(at, number if isinstance(number, int) else None))
+
+
+async def lead_grade_changed(tx: Transaction, event: CloudEvent) -> None:
+    def regrade(features: LeadFeatures) -> LeadFeatures:
+        owner = event.data.get("owner_id")
+        changed = features.regraded(event.data.get("to_grade"))
+        return changed.assigned(owner, None) if owner else changed
+
+    await _rescore_lead(tx, event, regrade)
+
+
+async def lead_assigned(tx: Transaction, event: CloudEvent) -> None:
+    await _rescore_lead(tx, event, lambda f: f.assigned(str(event.data["owner_id"]), event.data.get("grade")))
+
+
+async def _lead_outcome(tx: Transaction, event: CloudEvent, outcome: str, positive: bool, at_field: str) -> None:
+    lead_id = str(event.data.get("lead_id") or event.subject)
+    features, current = await store.lock_lead(tx.conn, lead_id)
+    known = features.to_json() if current else None
+    await store.record_outcome(tx.conn, "lead", lead_id, outcome, positive, known,
+                               _time(event.data.get(at_field), event.time), event.id)
+    await store.set_lead_status(tx.conn, lead_id, outcome)
+
+
+async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
+    await _lead_outcome(tx, event, "converted", True, "converted_at")
+
+
+async def lead_disqualified(tx: Transaction, event: CloudEvent) -> None:
+    await _lead_outcome(tx, event, "disqualified", False, "disqualified_at")
+
+
+# --- opportunities ----------------------------------------------------------------------------
+
+
+def _opportunity_id(event: CloudEvent) -> str:
+    return str(event.data.get("opportunity_id") or event.subject)
+
+
+def _competitor(data: dict[str, Any], features: OpportunityFeatures) -> str | None:
+    named = data.get("competitor")
+    return str(named) if isinstance(named, str) and named else features.competitor
+
+
+async def _rescore_opportunity(
+    tx: Transaction, event: CloudEvent, change: Callable[[OpportunityFeatures], OpportunityFeatures]
+) -> OpportunityFeatures:
+    opportunity_id = _opportunity_id(event)
+    features, current = await store.lock_opportunity(tx.conn, opportunity_id)
+    features = change(features)
+    owner = event.data.get("owner_id")
+    if isinstance(owner, str) and owner:
+        features = replace(features, owner_id=owner)
+    competitor = _competitor(event.data, features)
+    if competitor != features.competitor:
+        features = replace(features, competitor=competitor)
+    now = _now()
+    result = score_opportunity(features, now)
+    sequence = (current.sequence if current else 0) + 1
+    await store.save_opportunity(tx.conn, opportunity_id, features, result, now, sequence, event.id, event.type)
+    tx.publish(
+        OPPORTUNITY_SCORED,
+        opportunity_id,
+        {
+            "opportunity_id": opportunity_id,
+            "score": result.score,
+            "previous_score": current.score if current else None,
+            "model_version": result.model_version,
+            "factors": [f.as_dict() for f in result.factors],
+            "scored_at": _ts(now),
+            "owner_id": features.owner_id,
+        },
+        sequence=sequence,
+    )
+    return features
+
+
+def _probability(data: dict[str, Any]) -> float | None:
+    value = data.get("probability")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+async def opportunity_created(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    at = _time(data.get("created_at"), event.time)
+    await _rescore_opportunity(
+        tx, event,
+        lambda f: replace(f.moved(str(data.get("stage") or "prospecting"), _probability(data), at),
+                          status=str(data.get("status") or "open")),
+    )
+
+
+async def opportunity_stage_changed(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    at = _time(data.get("changed_at"), event.time)
+    await _rescore_opportunity(tx, event, lambda f: f.moved(str(data["to_stage"]), _probability(data), at))
+
+
+async def opportunity_assessed(tx: Transaction, event: CloudEvent) -> None:
+    maturity = event.data.get("maturity")
+    await _rescore_opportunity(
+        tx, event,
+        lambda f: replace(f, maturity=maturity if isinstance(maturity, int) else None),
+    )
+
+
+async def _opportunity_closed(tx: Transaction, event: CloudEvent, outcome: str) -> None:
+    features = await _rescore_opportunity(
+        tx, event, lambda f: replace(f, status=outcome)
+    )
+    await store.record_outcome(tx.conn, "opportunity", _opportunity_id(event), outcome, outcome == "won",
+                               features.to_json(), _time(event.data.get("closed_at"), event.time), event.id)
+
+
+async def opportunity_won(tx: Transaction, event: CloudEvent) -> None:
+    await _opportunity_closed(tx, event, "won")
+
+
+async def opportunity_lost(tx: Transaction, event: CloudEvent) -> None:
+    await _opportunity_closed(tx, event, "lost")
+
+
+HANDLERS = {
+    "sales.lead.captured.v1": lead_captured,
+    "sales.lead.engaged.v1": lead_engaged,
+    "sales.lead.contacted.v1": lead_contacted,
+    "sales.lead.grade_changed.v1": lead_grade_changed,
+    "sales.lead.assigned.v1": lead_assigned,
+    "sales.lead.converted.v1": lead_converted,
+    "sales.lead.disqualified.v1": lead_disqualified,
+    "sales.opportunity.created.v1": opportunity_created,
+    "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
+    "sales.opportunity.assessed.v1": opportunity_assessed,
+    "sales.opportunity.won.v1": opportunity_won,
+    "sales.opportunity.lost.v1": opportunity_lost,
+}

@@ -1,0 +1,139 @@
+"""asyncpg queries for the scoring service's tables (migrations/ beside this file)."""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.scoring.domain import LeadFeatures, OpportunityFeatures, Score
+from shared.db import Connection
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A subject's current score as kept, with the sequence of its last scored event."""
+
+    subject_id: str
+    owner_id: str | None
+    score: int
+    model_version: str
+    factors: list[dict[str, Any]]
+    scored_at: datetime
+    sequence: int
+
+
+def _factors(score: Score) -> str:
+    return json.dumps([f.as_dict() for f in score.factors], ensure_ascii=False)
+
+
+def _scored(row: asyncpg.Record, id_column: str) -> Scored:
+    return Scored(row[id_column], row["owner_id"], row["score"], row["model_version"], json.loads(row["factors"]),
+                  row["scored_at"], row["sequence"])
+
+
+# --- leads ------------------------------------------------------------------------------------
+
+
+async def lock_lead(conn: Connection, lead_id: str) -> tuple[LeadFeatures, Scored | None]:
+    """The lead's features and current score, locked for this transaction (defaults when unknown)."""
+    row = await conn.fetchrow("SELECT * FROM lead_scores WHERE lead_id = $1 FOR UPDATE", lead_id)
+    if row is None:
+        return LeadFeatures(), None
+    return LeadFeatures.from_json(json.loads(row["features"])), _scored(row, "lead_id")
+
+
+async def save_lead(
+    conn: Connection, lead_id: str, features: LeadFeatures, score: Score, scored_at: datetime, sequence: int,
+    cause_event_id: str, cause_type: str,
+) -> None:
+    factors = _factors(score)
+    await conn.execute(
+        "INSERT INTO lead_scores (lead_id, owner_id, features, score, model_version, factors, scored_at, sequence)"
+        " VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
+        " ON CONFLICT (lead_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
+        " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
+        " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence",
+        lead_id, features.owner_id, json.dumps(features.to_json(), ensure_ascii=False), score.score,
+        score.model_version, factors, scored_at, sequence,
+    )
+    await conn.execute(
+        "INSERT INTO lead_score_history (lead_id, score, model_version, factors, scored_at, cause_event_id,"
+        " cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7) ON CONFLICT (cause_event_id) DO NOTHING",
+        lead_id, score.score, score.model_version, factors, scored_at, cause_event_id, cause_type,
+    )
+
+
+async def set_lead_status(conn: Connection, lead_id: str, status: str) -> None:
+    await conn.execute("UPDATE lead_scores SET status = $2 WHERE lead_id = $1", lead_id, status)
+
+
+async def lead_score(conn: Connection, lead_id: str) -> Scored | None:
+    row = await conn.fetchrow("SELECT * FROM lead_scores WHERE lead_id = $1", lead_id)
+    return None if row is None else _scored(row, "lead_id")
+
+
+async def lead_history(conn: Connection, lead_id: str, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT score, model_version, factors, scored_at, cause_type FROM lead_score_history"
+        " WHERE lead_id = $1 ORDER BY id DESC LIMIT $2",
+        lead_id, limit,
+    )
+    return rows
+
+
+# --- opportunities ----------------------------------------------------------------------------
+
+
+async def lock_opportunity(conn: Connection, opportunity_id: str) -> tuple[OpportunityFeatures, Scored | None]:
+    row = await conn.fetchrow("SELECT * FROM opportunity_scores WHERE opportunity_id = $1 FOR UPDATE", opportunity_id)
+    if row is None:
+        return OpportunityFeatures(), None
+    return OpportunityFeatures.from_json(json.loads(row["features"])), _scored(row, "opportunity_id")
+
+
+async def save_opportunity(
+    conn: Connection, opportunity_id: str, features: OpportunityFeatures, score: Score, scored_at: datetime,
+    sequence: int, cause_event_id: str, cause_type: str,
+) -> None:
+    factors = _factors(score)
+    await conn.execute(
+        "INSERT INTO opportunity_scores (opportunity_id, owner_id, features, score, model_version, factors,"
+        " scored_at, sequence) VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
+        " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
+        " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
+        " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence",
+        opportunity_id, features.owner_id, json.dumps(features.to_json(), ensure_ascii=False), score.score,
+        score.model_version, factors, scored_at, sequence,
+    )
+    await conn.execute(
+        "INSERT INTO opportunity_score_history (opportunity_id, score, model_version, factors, scored_at,"
+        " cause_event_id, cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
+        " ON CONFLICT (cause_event_id) DO NOTHING",
+        opportunity_id, score.score, score.model_version, factors, scored_at, cause_event_id, cause_type,
+    )
+
+
+async def opportunity_score(conn: Connection, opportunity_id: str) -> Scored | None:
+    row = await conn.fetchrow("SELECT * FROM opportunity_scores WHERE opportunity_id = $1", opportunity_id)
+    return None if row is None else _scored(row, "opportunity_id")
+
+
+# --- outcomes ---------------------------------------------------------------------------------
+
+
+async def record_outcome(
+    conn: Connection, kind: str, subject_id: str, outcome: str, positive: bool, features: dict[str, Any] | None,
+    observed_at: datetime, cause_event_id: str,
+) -> None:
+    """Keep what became of a lead or opportunity; the latest outcome wins (a reopened deal can close again)."""
+    await conn.execute(
+        "INSERT INTO outcomes (subject_kind, subject_id, positive, outcome, features, observed_at, cause_event_id)"
+        " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)"
+        " ON CONFLICT (subject_kind, subject_id) DO UPDATE SET positive = EXCLUDED.positive,"
+        " outcome = EXCLUDED.outcome, features = EXCLUDED.features, observed_at = EXCLUDED.observed_at,"
+        " cause_event_id = EXCLUDED.cause_event_id",
+        kind, subject_id, positive, outcome, None if features is None else json.dumps(features, ensure_ascii=False),
+        observed_at, cause_event_id,
+    )

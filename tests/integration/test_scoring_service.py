@@ -1,0 +1,251 @@
+"""The scoring service on the real runtime: lead and opportunity events in on sales.leads /
+sales.opportunities, scored events out on sales.scores, scores over HTTP, idempotent under redelivery."""
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.scoring.main import service
+from shared.auth import issue_token
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
+from shared.org import Role
+from shared.service import create_service_app
+from shared.settings import Settings
+from tests.support.topics import read_topic
+from tests.support.waiting import eventually
+
+# The consumer group starts from the beginning of the topics, behind every event earlier test
+# modules produced (thousands from the import and replay tests): the first wait is generous.
+BACKLOG_TIMEOUT = 180.0
+ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "mgr-1": Role.MANAGER, "dir-1": Role.DIRECTOR}
+
+
+@pytest.fixture(scope="module")
+async def http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_service_app(service, settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+async def tables(settings: Settings, http: httpx.AsyncClient) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.database_url_for("scoring"), min_size=1, max_size=3)
+    yield pool
+    await pool.close()
+
+
+def as_(settings: Settings, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(user, ROLES[user], settings.signing_secret, 600)}"}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def new_lead() -> str:
+    return f"lead-{uuid.uuid4()}"
+
+
+def captured(lead_id: str, grade: str | None = "H", source: str = "referral", owner: str = "rep-1") -> CloudEvent:
+    data = {
+        "lead_id": lead_id, "source": source, "grade": grade, "owner_id": owner, "campaign_id": None,
+        "region": "华东", "captured_at": now(),
+        "contact": {"name": "王先生", "company": "上海某某科技", "phone": "+8613800000000", "email": None},
+    }
+    return CloudEvent(type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead_id, data=data,
+                      sequence=1)
+
+
+def contacted(lead_id: str, n: int) -> CloudEvent:
+    data = {"lead_id": lead_id, "touch_id": f"touch-{uuid.uuid4()}", "channel": "phone", "contacted_at": now(),
+            "contacted_by": "rep-1", "touch_number": n}
+    return CloudEvent(type="sales.lead.contacted.v1", source="/funnelcast/leads", subject=lead_id, data=data,
+                      sequence=n + 1)
+
+
+async def send(producer: AIOKafkaProducer, event: CloudEvent) -> None:
+    await producer.send_and_wait(event.topic, event.to_bytes(), key=event.subject.encode(),
+                                 headers=[CONTENT_TYPE_HEADER])
+
+
+async def history_rows(tables: asyncpg.Pool, lead_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await tables.fetch(
+        "SELECT * FROM lead_score_history WHERE lead_id = $1 ORDER BY id", lead_id)
+    return rows
+
+
+async def lead_score(http: httpx.AsyncClient, settings: Settings, lead_id: str, timeout: float = 30.0,
+                     user: str = "rep-1") -> dict[str, Any]:
+    async def scored() -> dict[str, Any] | None:
+        response = await http.get(f"/v1/leads/{lead_id}/score", headers=as_(settings, user))
+        return dict(response.json()) if response.status_code == 200 else None
+
+    return await eventually(scored, timeout=timeout)
+
+
+async def test_a_captured_lead_gets_a_scored_event_and_a_score_over_the_api(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    lead = new_lead()
+    event = captured(lead)
+    await send(producer, event)
+    score = await lead_score(http, settings, lead, timeout=BACKLOG_TIMEOUT)
+    assert score["lead_id"] == lead and score["model_version"] == "rules-v1" and score["owner_id"] == "rep-1"
+    assert 0 <= score["score"] <= 100 and score["scored_at"]
+    top = score["factors"][0]
+    assert (top["feature"], top["contribution"]) == ("grade", 30)
+    assert top["label_en"] and "意向等级" in top["label_zh"]
+
+    [record] = await read_topic(settings, "sales.scores", count=1, match=lead.encode())
+    scored = parse_and_validate(record.value)
+    assert (scored.type, scored.subject, scored.sequence) == ("sales.lead.scored.v1", lead, 1)
+    assert scored.data["score"] == score["score"] and scored.data["previous_score"] is None
+    assert scored.data["factors"] == score["factors"]
+    assert scored.causationid == event.id and scored.source == "/funnelcast/scoring"
+
+
+async def test_an_h_grade_lead_from_a_strong_source_outranks_a_c_grade_one(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    hot, cold = new_lead(), new_lead()
+    await send(producer, captured(hot, "H", "referral"))
+    await send(producer, captured(cold, "C", "import"))
+    hot_score = await lead_score(http, settings, hot, timeout=BACKLOG_TIMEOUT)
+    cold_score = await lead_score(http, settings, cold, timeout=BACKLOG_TIMEOUT)
+    assert hot_score["score"] > cold_score["score"] + 40
+    assert any(f["feature"] == "grade" and f["contribution"] < 0 for f in cold_score["factors"])
+
+
+async def test_a_touch_re_scores_the_lead(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    lead = new_lead()
+    await send(producer, captured(lead, "B", "web_form"))
+    first = await lead_score(http, settings, lead, timeout=BACKLOG_TIMEOUT)
+    await send(producer, contacted(lead, 1))
+
+    async def rescored() -> bool:
+        return len(await history_rows(tables, lead)) == 2
+
+    await eventually(rescored, timeout=BACKLOG_TIMEOUT)
+    second = await lead_score(http, settings, lead)
+    assert second["score"] == first["score"] + 4
+    assert any(f["feature"] == "touches" and "跟进" in f["label_zh"] for f in second["factors"])
+    history = await http.get(f"/v1/leads/{lead}/score/history", headers=as_(settings, "rep-1"))
+    assert [(i["score"], i["cause_type"]) for i in history.json()["items"]] == [
+        (second["score"], "sales.lead.contacted.v1"), (first["score"], "sales.lead.captured.v1")]
+    records = await read_topic(settings, "sales.scores", count=2, match=lead.encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [(e.sequence, e.data["score"], e.data["previous_score"]) for e in events] == [
+        (1, first["score"], None), (2, second["score"], first["score"])]
+
+
+async def test_a_redelivered_event_does_not_create_a_duplicate_score(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    lead = new_lead()
+    event = captured(lead)
+    await send(producer, event)
+    await send(producer, event)  # redelivery: the same event id
+    # Same key, so same partition: once the touch is applied, both copies before it were processed.
+    await send(producer, contacted(lead, 1))
+
+    async def touch_applied() -> bool:
+        rows = await history_rows(tables, lead)
+        return any(r["cause_type"] == "sales.lead.contacted.v1" for r in rows)
+
+    await eventually(touch_applied, timeout=BACKLOG_TIMEOUT)
+    rows = await history_rows(tables, lead)
+    assert [r["cause_type"] for r in rows] == ["sales.lead.captured.v1", "sales.lead.contacted.v1"]
+    assert await tables.fetchval("SELECT sequence FROM lead_scores WHERE lead_id = $1", lead) == 2
+    records = await read_topic(settings, "sales.scores", count=3, match=lead.encode(), timeout=3)
+    assert [parse_and_validate(r.value).sequence for r in records] == [1, 2]
+
+
+async def test_scores_are_scoped_by_the_leads_owner(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    lead = new_lead()
+    await send(producer, captured(lead, owner="rep-1"))
+    await lead_score(http, settings, lead, timeout=BACKLOG_TIMEOUT)
+    assert (await lead_score(http, settings, lead, user="mgr-1"))["lead_id"] == lead
+    assert (await lead_score(http, settings, lead, user="dir-1"))["lead_id"] == lead
+    foreign = await http.get(f"/v1/leads/{lead}/score", headers=as_(settings, "rep-2"))
+    assert foreign.status_code == 403 and foreign.headers["content-type"].startswith("application/problem+json")
+    unknown = await http.get(f"/v1/leads/{new_lead()}/score", headers=as_(settings, "rep-1"))
+    assert unknown.status_code == 404
+    assert (await http.get(f"/v1/leads/{lead}/score")).status_code == 401
+
+
+async def test_outcomes_are_recorded_for_the_learned_model(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    won_lead, lost_lead = new_lead(), new_lead()
+    await send(producer, captured(won_lead))
+    await send(producer, CloudEvent(
+        type="sales.lead.disqualified.v1", source="/funnelcast/leads", subject=lost_lead,
+        data={"lead_id": lost_lead, "reason": "no_budget", "disqualified_by": "rep-1", "disqualified_at": now()}))
+    await lead_score(http, settings, won_lead, timeout=BACKLOG_TIMEOUT)
+    await send(producer, CloudEvent(
+        type="sales.lead.converted.v1", source="/funnelcast/leads", subject=won_lead, data={
+            "lead_id": won_lead, "contact": {"name": "王先生"}, "account_name": "上海某某科技", "account_id": None,
+            "owner_id": "rep-1", "region": "华东", "campaign_id": None,
+            "opportunity": {"name": "项目", "amount": None, "currency": "CNY", "expected_close_date": None},
+            "converted_by": "rep-1", "converted_at": now()}))
+
+    async def both() -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await tables.fetch(
+            "SELECT * FROM outcomes WHERE subject_id = ANY($1::text[]) ORDER BY positive", [won_lead, lost_lead])
+        return rows if len(rows) == 2 else []
+
+    lost, won = await eventually(both, timeout=BACKLOG_TIMEOUT)
+    assert (lost["outcome"], lost["positive"], lost["features"]) == ("disqualified", False, None)
+    assert (won["outcome"], won["positive"]) == ("converted", True)
+    assert '"grade": "H"' in won["features"]
+
+
+def opportunity_event(type_: str, opportunity_id: str, sequence: int, **data: Any) -> CloudEvent:
+    return CloudEvent(type=type_, source="/funnelcast/opportunities", subject=opportunity_id,
+                      data={"opportunity_id": opportunity_id, **data}, sequence=sequence)
+
+
+async def test_an_opportunity_gets_a_win_probability_from_stage_and_maturity(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    opp = f"opp-{uuid.uuid4()}"
+    money = {"amount": "120000.00", "currency": "CNY", "owner_id": "rep-1"}
+    await send(producer, opportunity_event(
+        "sales.opportunity.created.v1", opp, 1, name="项目", account_id="acc-1", stage="prospecting",
+        status="open", probability=10, expected_close_date=None, created_at=now(), lead_id=None, campaign_id=None,
+        **money))
+    await send(producer, opportunity_event(
+        "sales.opportunity.stage_changed.v1", opp, 2, from_stage="prospecting", to_stage="negotiation",
+        probability=60, changed_by="rep-1", changed_at=now(), **money))
+    await send(producer, opportunity_event(
+        "sales.opportunity.assessed.v1", opp, 3, owner_id="rep-1", stage="negotiation", maturity=100,
+        assessment={"need": "decided", "budget": "in_place", "urgency": "driving", "timing": "fixed",
+                    "decision_maker_trust": "high", "decision_process_knowledge": "high", "leverage": "high"},
+        assessed_by="rep-1", assessed_at=now()))
+
+    async def assessed() -> dict[str, Any] | None:
+        response = await http.get(f"/v1/opportunities/{opp}/score", headers=as_(settings, "rep-1"))
+        body = dict(response.json()) if response.status_code == 200 else {}
+        return body if any(f["feature"] == "maturity" for f in body.get("factors", [])) else None
+
+    score = await eventually(assessed, timeout=BACKLOG_TIMEOUT)
+    assert (score["score"], score["model_version"], score["opportunity_id"]) == (75, "rules-v1", opp)
+    assert score["factors"][0]["feature"] == "stage" and "商务洽谈" in score["factors"][0]["label_zh"]
+    records = await read_topic(settings, "sales.scores", count=3, match=opp.encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [(e.type, e.sequence, e.data["score"]) for e in events] == [
+        ("sales.opportunity.scored.v1", 1, 10), ("sales.opportunity.scored.v1", 2, 60),
+        ("sales.opportunity.scored.v1", 3, 75)]
+    assert (await http.get(f"/v1/opportunities/{opp}/score", headers=as_(settings, "rep-2"))).status_code == 403

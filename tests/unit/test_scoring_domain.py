@@ -1,0 +1,109 @@
+"""The scoring rules: lead scores and win probabilities, with their explaining factors."""
+
+from datetime import UTC, datetime, timedelta
+
+from services.scoring.domain import (
+    MODEL_VERSION,
+    LeadFeatures,
+    OpportunityFeatures,
+    score_lead,
+    score_opportunity,
+)
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def captured(grade: str | None, source: str, **contact: str | None) -> LeadFeatures:
+    person = {"name": "王先生", "company": "上海某某科技", "phone": "+8613800000000", "email": None, **contact}
+    return LeadFeatures().captured({"grade": grade, "source": source, "owner_id": "rep-1", "contact": person}, NOW)
+
+
+def test_an_h_grade_referral_outranks_a_c_grade_import() -> None:
+    hot = score_lead(captured("H", "referral"), NOW)
+    cold = score_lead(captured("C", "import"), NOW)
+    assert hot.score > cold.score
+    assert hot.model_version == cold.model_version == MODEL_VERSION == "rules-v1"
+    assert (hot.score, cold.score) == (30 + 30 + 12 + 8, 30 - 5 - 4 + 8)
+
+
+def test_factors_are_signed_ranked_and_bilingual() -> None:
+    result = score_lead(captured("C", "import", company=None), NOW)
+    contributions = [f.contribution for f in result.factors]
+    assert contributions == sorted(contributions, key=abs, reverse=True)
+    grade = next(f for f in result.factors if f.feature == "grade")
+    assert grade.contribution == -5 and "C" in grade.label_en and "意向等级" in grade.label_zh
+    completeness = next(f for f in result.factors if f.feature == "completeness")
+    assert "company" in completeness.label_en and "公司" in completeness.label_zh
+    assert len(result.factors) <= 5
+
+
+def test_touches_raise_the_score_and_staleness_lowers_it() -> None:
+    lead = captured("B", "web_form")
+    untouched = score_lead(lead, NOW).score
+    touched = lead.contacted(NOW - timedelta(hours=1), 1)
+    assert score_lead(touched, NOW).score == untouched + 4
+    twice = touched.contacted(NOW, 2)
+    assert twice.touches == 2 and score_lead(twice, NOW).score == untouched + 7
+    # the same lead seen a month and a half later: the last touch is stale
+    assert score_lead(twice, NOW + timedelta(days=45)).score == untouched + 7 - 10
+    # never touched four days after capture
+    neglected = score_lead(lead, NOW + timedelta(days=4))
+    assert neglected.score == untouched - 8
+    assert any(f.feature == "recency" and "未跟进" in f.label_zh for f in neglected.factors)
+
+
+def test_engagement_adds_up_and_is_capped() -> None:
+    lead = captured(None, "web_form")
+    base = score_lead(lead, NOW).score
+    engaged = lead.engaged(2, 120, 4, "webinar_attended").engaged(1, 600, 8, ["whitepaper_downloaded"])
+    assert (engaged.visits, engaged.time_on_site_s, engaged.page_views) == (3, 720, 12)
+    assert score_lead(engaged, NOW).score == base + 6 + 10 + 5 + 4
+    flooded = lead.engaged(1000, 100_000, 1000, ["a", "b", "c", "d", "e"])
+    assert score_lead(flooded, NOW).score == base + 8 + 10 + 5 + 6
+
+
+def test_a_score_stays_within_0_and_100() -> None:
+    best = captured("H", "referral", email="a@example.com").contacted(NOW, 3).engaged(50, 5000, 50, ["a", "b", "c"])
+    assert score_lead(best, NOW).score == 100
+    assert 0 <= score_lead(LeadFeatures(), NOW).score <= 100
+
+
+def test_features_survive_their_json_form() -> None:
+    lead = captured("A", "phone").contacted(NOW, 1).engaged(1, 30.5, 2, "x").assigned("rep-2", None)
+    assert LeadFeatures.from_json(lead.to_json()) == lead
+    assert lead.grade == "A" and lead.owner_id == "rep-2"
+    assert lead.regraded("H").grade == "H"
+    opp = OpportunityFeatures(owner_id="rep-1").moved("bidding", 30, NOW)
+    assert OpportunityFeatures.from_json(opp.to_json()) == opp
+
+
+def test_win_probability_starts_from_the_stage() -> None:
+    opp = OpportunityFeatures(owner_id="rep-1").moved("negotiation", 60, NOW)
+    result = score_opportunity(opp, NOW)
+    assert result.score == 60 and result.model_version == "rules-v1"
+    assert result.factors[0].feature == "stage" and "商务洽谈" in result.factors[0].label_zh
+    # no probability in the event: the default pipeline's
+    assert score_opportunity(OpportunityFeatures().moved("bidding", None, NOW), NOW).score == 30
+
+
+def test_maturity_age_and_competitor_adjust_the_probability() -> None:
+    opp = OpportunityFeatures(owner_id="rep-1").moved("bidding", 30, NOW)
+    assert score_opportunity(OpportunityFeatures(maturity=100, stage="bidding", stage_probability=30), NOW).score == 45
+    mature = OpportunityFeatures(**{**opp.__dict__, "maturity": 100})
+    assert score_opportunity(mature, NOW).score == 45
+    immature = OpportunityFeatures(**{**opp.__dict__, "maturity": 0})
+    assert score_opportunity(immature, NOW).score == 15
+    assert score_opportunity(opp, NOW + timedelta(days=31)).score == 25
+    assert score_opportunity(opp, NOW + timedelta(days=61)).score == 20
+    contested = OpportunityFeatures(**{**opp.__dict__, "competitor": "华为"})
+    result = score_opportunity(contested, NOW)
+    assert result.score == 22
+    assert any(f.feature == "competitor" and f.contribution == -8 and "华为" in f.label_zh for f in result.factors)
+
+
+def test_closed_opportunities_are_certain_and_open_ones_never() -> None:
+    assert score_opportunity(OpportunityFeatures(status="won", stage="contract"), NOW).score == 100
+    assert score_opportunity(OpportunityFeatures(status="lost", stage="bidding"), NOW).score == 0
+    weak = OpportunityFeatures(stage="prospecting", stage_probability=10, maturity=0, competitor="X",
+                               stage_entered_at=NOW - timedelta(days=100))
+    assert score_opportunity(weak, NOW).score == 1
