@@ -318,6 +318,17 @@ class AccountIn(BaseModel):
     credit_currency: str | None = None
 
 
+class AccountChange(BaseModel):
+    name: str | None = Field(None, min_length=1)
+    region: str | None = None
+    owner_id: str | None = None
+    parent_account_id: str | None = None
+    key_account: bool | None = None
+    credit_limit: str | None = Field(None, description="Decimal string; null removes the limit")
+    credit_currency: str | None = None
+    version: int | None = None
+
+
 def account_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -354,6 +365,32 @@ async def create_account(
         db, actor, name=body.name, region=body.region, owner_id=body.owner_id,
         parent_account_id=body.parent_account_id, key_account=body.key_account, credit_limit=credit,
     )
+    return account_json(row)
+
+
+@accounts.patch("/{account_id}")
+async def update_account(
+    account_id: str, body: AccountChange, principal: CurrentPrincipal, actor: CurrentActor, org: Org,
+    db: ServiceDatabase, response: Response, if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Change the fields given (region, owner, parent, key-account flag, name, credit limit); `version` or
+    If-Match guards against lost updates. The credit limit is changed by a manager, director, admin or
+    integration only."""
+    expected = _expected_version(if_match, body.version)
+    changes = body.model_dump(exclude_unset=True, exclude={"version"})
+    if "credit_limit" in changes or "credit_currency" in changes:
+        if principal.role not in _CREDIT_ROLES:
+            raise Forbidden("a credit limit is set by a manager, director, admin or integration")
+        if changes.get("credit_limit") is not None:
+            credit = parse_money(changes["credit_limit"], changes.get("credit_currency"))
+            changes["credit_limit"], changes["credit_currency"] = credit.amount, credit.currency
+    if changes.get("owner_id") is not None:
+        _known_owner(org, changes["owner_id"])
+    for required in ("name", "key_account", "credit_currency"):
+        if required in changes and changes[required] is None:
+            raise Unprocessable(f"{required} cannot be null")
+    row = await handlers.update_account(db, actor, account_id, changes, expected)
+    response.headers["ETag"] = _etag(row["version"])
     return account_json(row)
 
 

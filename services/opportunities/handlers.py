@@ -132,6 +132,52 @@ async def create_account(
         return row
 
 
+_ACCOUNT_FIELDS = ("name", "region", "owner_id", "parent_account_id", "key_account", "credit_limit", "credit_currency")
+
+
+async def update_account(
+    db: Database, actor: Actor, account_id: str, changes: dict[str, Any], expected_version: int | None
+) -> asyncpg.Record:
+    """Change some of an account's details; publishes sales.account.updated.v1 with the changed fields."""
+    async with db.transaction() as tx:
+        row = await store.account(tx.conn, account_id)
+        if row is None:
+            raise NotFound(f"no account {account_id}")
+        if row["owner_id"] is not None:
+            actor.check(row["owner_id"], f"account {account_id}")
+        if changes.get("owner_id") is not None:
+            actor.check(changes["owner_id"], "the account's new owner")
+        if expected_version is not None and expected_version != row["version"]:
+            raise PreconditionFailed(
+                f"account {account_id} is at version {row['version']}, not {expected_version}: reload it and retry"
+            )
+        columns = {k: v for k, v in changes.items() if k in _ACCOUNT_FIELDS and row[k] != v}
+        if "name" in columns:
+            if not normalise_name(columns["name"]):
+                raise Unprocessable("an account needs a name")
+            taken = await store.account_by_normalised_name(tx.conn, normalise_name(columns["name"]))
+            if taken is not None and taken["id"] != account_id:
+                raise DomainError(f"an account named like {columns['name']!r} exists already: {taken['id']}")
+            columns["normalised_name"] = normalise_name(columns["name"])
+        parent = columns.get("parent_account_id")
+        if parent is not None:
+            if await store.account(tx.conn, parent) is None:
+                raise Unprocessable(f"parent account {parent} does not exist")
+            if account_id in await store.ancestors(tx.conn, parent):
+                raise Unprocessable(f"account {parent} is {account_id} or one of its subsidiaries: no cycles")
+        if not columns:
+            return row
+        saved = await store.update_account(tx.conn, account_id, row["version"], **columns)
+        if saved is None:
+            raise PreconditionFailed(f"account {account_id} was changed by someone else at the same time: retry")
+        data = _account_data(saved)
+        del data["created_by"], data["created_at"]
+        data |= {"changed_fields": sorted(c for c in columns if c != "normalised_name"), "updated_by": actor.user_id,
+                 "updated_at": _ts(_now())}
+        tx.publish("sales.account.updated.v1", account_id, data, sequence=saved["version"])
+        return saved
+
+
 async def get_account(db: Database, account_id: str) -> asyncpg.Record:
     async with db.pool.acquire() as conn:
         row = await store.account(conn, account_id)

@@ -37,6 +37,28 @@ async def account_by_normalised_name(conn: Conn, normalised_name: str) -> Row | 
     return await conn.fetchrow("SELECT * FROM accounts WHERE normalised_name = $1", normalised_name)
 
 
+async def update_account(conn: Conn, account_id: str, expected_version: int, **fields: Any) -> Row | None:
+    """Change the account if it is still at `expected_version`; None if someone changed it meanwhile."""
+    sets = [f"{column} = ${i}" for i, column in enumerate(fields, start=3)]
+    return await conn.fetchrow(
+        f"UPDATE accounts SET {', '.join(sets + ['version = version + 1'])}"  # noqa: S608 - column names are ours
+        " WHERE id = $1 AND version = $2 RETURNING *",
+        account_id, expected_version, *fields.values(),
+    )
+
+
+async def ancestors(conn: Conn, account_id: str) -> list[str]:
+    """The account's parent, the parent's parent, ... (ids)."""
+    rows = await conn.fetch(
+        "WITH RECURSIVE up(id, parent) AS ("
+        " SELECT id, parent_account_id FROM accounts WHERE id = $1"
+        " UNION SELECT a.id, a.parent_account_id FROM accounts a JOIN up ON a.id = up.parent)"
+        " SELECT id FROM up",
+        account_id,
+    )
+    return [r["id"] for r in rows]
+
+
 async def list_accounts(
     conn: Conn, *, name: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[Row]:

@@ -109,6 +109,34 @@ async def test_an_account_named_twice_is_one_account(http: httpx.AsyncClient, se
     assert by_id["account_id"] == first["account_id"]
 
 
+async def test_updating_an_account(http: httpx.AsyncClient, settings: Settings) -> None:
+    parent = (await post(http, settings, "/v1/accounts", {"name": unique("集团")})).json()
+    child = (await post(http, settings, "/v1/accounts", {"name": unique("子公司"), "owner_id": "rep-1"})).json()
+    path = f"/v1/accounts/{child['id']}"
+    headers = as_(settings, "rep-1")
+    changed = await http.patch(path, json={"parent_account_id": parent["id"], "key_account": True, "region": "华东",
+                                           "version": 1}, headers=headers)
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["parent_account_id"], changed.json()["key_account"], changed.json()["version"]) == (
+        parent["id"], True, 2)
+    assert changed.headers["etag"] == '"2"'
+    problem(await http.patch(path, json={"region": "华北", "version": 1}, headers=headers), 412)
+    problem(await http.patch(f"/v1/accounts/{parent['id']}", json={"parent_account_id": child["id"]},
+                             headers=headers), 422, "no cycles")
+    problem(await http.patch(path, json={"credit_limit": "5000"}, headers=headers), 403, "credit")
+    problem(await http.patch(path, json={"region": "华南"}, headers=as_(settings, "rep-2")), 403)
+    problem(await http.patch(path, json={"name": parent["name"].lower()}, headers=headers), 409, parent["id"])
+    limited = await http.patch(path, json={"credit_limit": "5000"}, headers=as_(settings, "mgr-1"))
+    assert (limited.json()["credit_limit"], limited.json()["version"]) == ("5000.00", 3)
+
+    records = await read_topic(settings, "sales.accounts", count=3, match=child["id"].encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [(e.type, e.sequence) for e in events] == [
+        ("sales.account.created.v1", 1), ("sales.account.updated.v1", 2), ("sales.account.updated.v1", 3)]
+    assert events[1].data["changed_fields"] == ["key_account", "parent_account_id", "region"]
+    assert events[2].data["changed_fields"] == ["credit_limit"] and events[2].data["updated_by"] == "mgr-1"
+
+
 async def test_creating_refuses_bad_input_and_foreign_owners(http: httpx.AsyncClient, settings: Settings) -> None:
     base = {"name": "x", "account_name": unique("客户")}
     for body, status, word in [
