@@ -189,17 +189,24 @@ async def list_leads(
     captured_from: datetime | None = None,
     captured_to: datetime | None = None,
     overdue: bool = Query(False, description="only new leads whose follow-up is past due"),
+    sort: Literal["-captured_at", "captured_at", "follow_up_due_at", "-follow_up_due_at"] = Query(
+        "-captured_at", description="a field, `-` first for descending; ties are broken by id"
+    ),
     limit: int | None = None,
     cursor: str | None = None,
 ) -> Page[dict[str, Any]]:
     size = clamp_limit(limit)
+    column = sort.lstrip("-")
     after = None
     if cursor is not None:
-        captured_at, last_id = decode_cursor(cursor)
+        position, last_id = decode_cursor(cursor)
         try:
-            after = (datetime.fromisoformat(captured_at), last_id)
+            cursor_sort, value = position
+            if cursor_sort != sort:
+                raise ValueError(sort)
+            after = (datetime.fromisoformat(value), last_id)
         except (TypeError, ValueError):
-            raise Unprocessable("cursor is not one this service issued") from None
+            raise Unprocessable("cursor is not one this service issued for this sort") from None
     where = store.LeadFilter(
         owners=visible_owners(principal, org),
         status=status,
@@ -214,9 +221,14 @@ async def list_leads(
         overdue_at=datetime.now(UTC) if overdue else None,
     )
     async with db.pool.acquire() as conn:
-        rows = await store.list_leads(conn, where, after, size + 1)
+        rows = await store.list_leads(
+            conn, where, after, size + 1, sort=column, descending=sort.startswith("-")
+        )
     items = rows[:size]
-    next_cursor = encode_cursor(items[-1].captured_at.isoformat(), items[-1].id) if len(rows) > size else None
+    next_cursor = None
+    if len(rows) > size:
+        last = items[-1]
+        next_cursor = encode_cursor([sort, getattr(last, column).isoformat()], last.id)
     return Page(items=[lead_json(lead) for lead in items], next_cursor=next_cursor)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from services.leads import handlers
 from services.leads.api import LeadIn, Org, capture_command
@@ -87,6 +88,17 @@ def _row_body(row: dict[str, str], mapping: dict[str, str]) -> dict[str, Any]:
     return {**body, "contact": contact}
 
 
+async def _file(request: Request) -> bytes:
+    """The CSV: the body itself, or the first file of a multipart form (a browser's file field)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await request.body()
+    form = await request.form(max_files=1, max_fields=10)
+    for _, value in form.multi_items():
+        if isinstance(value, StarletteUploadFile):
+            return await value.read()
+    raise Unprocessable("file: the form carries no file")
+
+
 def _reason(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}" for e in exc.errors()
@@ -101,7 +113,7 @@ async def import_leads(
     org: Org,
     map: str | None = Query(None, description="extra column mappings, `column:field,...`"),  # noqa: A002
 ) -> dict[str, Any]:
-    text = _decode(await request.body())
+    text = _decode(await _file(request))
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if not header:

@@ -238,10 +238,22 @@ class LeadFilter:
     overdue_at: datetime | None = None  # leads still new whose follow-up was due before this time
 
 
+SORTS = {"captured_at", "follow_up_due_at"}  # the lead columns a listing may be ordered by
+
+
 async def list_leads(
-    conn: Connection, where: LeadFilter, after: tuple[datetime, str] | None, limit: int
+    conn: Connection,
+    where: LeadFilter,
+    after: tuple[datetime, str] | None,
+    limit: int,
+    *,
+    sort: str = "captured_at",
+    descending: bool = True,
 ) -> list[Lead]:
-    """Newest first by capture time, then id (keyset pagination: rows after `after`)."""
+    """Ordered by `sort` then id, both descending or both ascending (keyset: rows after `after`)."""
+    if sort not in SORTS:
+        raise ValueError(f"cannot sort leads by {sort!r}")
+    direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
     clauses: list[str] = []
     args: list[Any] = []
 
@@ -263,10 +275,11 @@ async def list_leads(
         add("status = 'new' AND follow_up_due_at < {}", where.overdue_at)
     if after is not None:
         args.extend(after)
-        clauses.append(f"(captured_at, id) < (${len(args) - 1}, ${len(args)})")
+        clauses.append(f"({sort}, id) {beyond} (${len(args) - 1}, ${len(args)})")
     args.append(limit)
     where_sql = " WHERE " + " AND ".join(clauses) if clauses else ""
-    sql = f"SELECT {_COLUMNS} FROM leads{where_sql} ORDER BY captured_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608
+    order = f"{sort} {direction}, id {direction}"
+    sql = f"SELECT {_COLUMNS} FROM leads{where_sql} ORDER BY {order} LIMIT ${len(args)}"  # noqa: S608
     return [_lead(r) for r in await conn.fetch(sql, *args)]
 
 

@@ -430,3 +430,28 @@ async def test_a_duplicate_of_a_lead_outside_the_callers_scope_is_named_but_not_
     )
     assert response.status_code == 200
     assert response.json() == {"duplicate_of": theirs["id"], "matched_on": ["phone"]}
+
+
+async def test_listing_sorts_by_follow_up_due_with_cursors_bound_to_the_sort(client, settings):
+    fair = {"name": "排序", "channel": "event", "budget": "1"}
+    campaign = (await client.post("/v1/campaigns", json=fair, headers=auth(settings, "mgr-1"))).json()["id"]
+    made = [await capture(client, settings, campaign_id=campaign, grade=g) for g in "CHBA"]
+    dir_ = auth(settings, "dir-1")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"campaign_id": campaign, "sort": "follow_up_due_at", "limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get("/v1/leads", params=params, headers=dir_)).json()
+        seen += [item["grade"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        mixed = await client.get(
+            "/v1/leads", params={"campaign_id": campaign, "cursor": cursor}, headers=dir_
+        )
+        assert_problem(mixed, 422)
+    assert seen == ["H", "A", "B", "C"]
+    newest = await client.get("/v1/leads", params={"campaign_id": campaign, "sort": "captured_at"}, headers=dir_)
+    assert [item["id"] for item in newest.json()["items"]] == [lead["id"] for lead in made]
