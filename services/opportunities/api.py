@@ -29,7 +29,7 @@ from shared.web import CurrentPrincipal, organisation
 Org = Annotated[Organisation, Depends(organisation)]
 
 
-def current_actor(principal: CurrentPrincipal, org: Org) -> Actor:
+async def current_actor(principal: CurrentPrincipal, org: Org) -> Actor:
     owners = visible_owners(principal, org)
     return Actor(principal.user_id, None if owners is None else frozenset(owners))
 
@@ -300,6 +300,7 @@ def _status_route(action: str, doc: str) -> None:
 _status_route("suspend", "Suspend (中止) an open opportunity, with a reason; it can be reactivated.")
 _status_route("reactivate", "Reactivate a suspended opportunity.")
 _status_route("terminate", "Terminate (终止) an open or suspended opportunity, with a reason; it is final.")
+_status_route("archive", "Archive a closed (won or lost) opportunity; the reason is optional.")
 
 
 # --- accounts -----------------------------------------------------------------------------

@@ -405,16 +405,21 @@ _STATUS_EVENTS = {
     "suspend": "sales.opportunity.suspended.v1",
     "reactivate": "sales.opportunity.reactivated.v1",
     "terminate": "sales.opportunity.terminated.v1",
+    "archive": "sales.opportunity.archived.v1",
 }
 
 
 async def set_status(
     db: Database, actor: Actor, opportunity_id: str, action: str, reason: str | None, expected_version: int | None
 ) -> asyncpg.Record:
-    """suspend (中止), reactivate, terminate (终止); suspending and terminating need a reason."""
+    """suspend (中止), reactivate, terminate (终止), archive; suspending and terminating need a reason."""
 
     def apply(current: Opportunity, now: datetime) -> Change:
         why: str | None
+        if action == "archive":
+            changed, why = current.archive(), (reason.strip() if reason and reason.strip() else None)
+            data = {"outcome": current.status.value, "by": actor.user_id, "reason": why, "at": _ts(now)}
+            return changed, None, {"status_reason": why}, _STATUS_EVENTS[action], data
         if action == "suspend":
             changed, why = current.suspend(), required_reason(reason, "suspending")
         elif action == "terminate":

@@ -82,6 +82,7 @@ _EVENTS = (
         "sales.opportunities",
         "An opportunity's owners or their splits changed, or it was transferred.",
     ),
+    EventType("sales.opportunity.archived.v1", "sales.opportunities", "A closed opportunity was archived."),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),

@@ -279,6 +279,23 @@ async def test_owners_with_splits_and_transfer(http: httpx.AsyncClient, settings
         "rep-1", "rep-2", "mgr-1")
 
 
+async def test_only_closed_opportunities_are_archived(http: httpx.AsyncClient, settings: Settings) -> None:
+    opp = await open_opportunity(http, settings)
+    path = f"/v1/opportunities/{opp['id']}"
+    problem(await post(http, settings, f"{path}/archive"), 409, "only a closed")
+    await post(http, settings, f"{path}/close", {"outcome": "lost", "reason": "price", "competitor": "Acme"})
+    archived = await post(http, settings, f"{path}/archive", user="mgr-1")
+    assert (archived.json()["status"], archived.json()["stage"], archived.json()["version"]) == ("archived", "lost", 3)
+    problem(await post(http, settings, f"{path}/archive"), 409, "archived")
+    problem(await post(http, settings, f"{path}/stage", {"stage": "bidding"}), 409, "archived")
+    listed = (await http.get("/v1/opportunities?status=archived&limit=500", headers=as_(settings, "rep-1"))).json()
+    assert opp["id"] in [o["id"] for o in listed["items"]]
+    [*_, event] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.opportunities", count=3, match=opp["id"].encode())]
+    assert (event.type, event.sequence, event.data["outcome"], event.data["by"]) == (
+        "sales.opportunity.archived.v1", 3, "lost", "mgr-1")
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 

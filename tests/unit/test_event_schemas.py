@@ -156,6 +156,10 @@ EXAMPLES = {
         "amount": "365000.00", "currency": "CNY", "stage": "negotiation", "changed_by": "mgr-1",
         "changed_at": "2026-11-20T09:00:00Z",
     },
+    "sales.opportunity.archived.v1": {
+        "opportunity_id": "opp-205", "owner_id": "rep-2", "outcome": "lost", "stage": "lost", "amount": "120000",
+        "currency": "CNY", "by": "mgr-1", "reason": None, "at": "2027-03-01T00:00:00Z",
+    },
     "sales.contract.signed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "signed_at": "2027-01-20T03:00:00Z",
