@@ -127,7 +127,7 @@ async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | No
                 "method": method,
                 "assigned_by": SYSTEM if method == "round_robin" else (actor.user_id if actor else SYSTEM),
                 "reason": None,
-                "assigned_at": _ts(lead.captured_at),
+                "assigned_at": _ts(datetime.now(UTC)),  # captured_at may be a walk-in's earlier arrival
                 "follow_up_due_at": _ts(lead.follow_up_due_at),
             },
             sequence=assigned_sequence,

@@ -2,29 +2,59 @@
 line-numbered errors, idempotent re-import, column mapping and the limits."""
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import httpx
 import pytest
 
 from services.leads.main import service
+from shared import kafka
 from shared.auth import issue_token
 from shared.events.envelope import parse_and_validate
+from shared.runtime.broker import TansuBroker
 from shared.service import create_service_app
 from shared.settings import Settings
 from tests.support.topics import read_topic
+from tests.support.waiting import eventually, free_port
 
 CSV = {"Content-Type": "text/csv; charset=utf-8"}
 
 
 @pytest.fixture(scope="module")
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_service_app(service, settings)
+def import_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A broker of this module's own: the import's 10,000s of events stay off the session broker,
+    where other services' consumers would have to read through them."""
+    server = TansuBroker(free_port(), tmp_path_factory.mktemp("import-broker") / "tansu.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def import_settings(settings: Settings, import_broker: TansuBroker) -> Settings:
+    own = settings.model_copy(update={"kafka_bootstrap": import_broker.bootstrap})
+    await kafka.ensure_topics(own)
+    return own
+
+
+@pytest.fixture(scope="module")
+async def client(import_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_service_app(service, import_settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as http:
             yield http
+        # every event reaches this module's broker before the app stops, none is left for the next app
+        await eventually(lambda: outbox_drained(import_settings), timeout=120, interval=0.2)
+
+
+async def outbox_drained(settings: Settings) -> bool:
+    conn = await asyncpg.connect(settings.database_url_for("leads"))
+    try:
+        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +68,10 @@ def headers(settings: Settings, user: str = "admin-1", role: str = "admin") -> d
     return {**CSV, "Authorization": f"Bearer {issue_token(user, role, settings.signing_secret, 600)}"}
 
 
-async def test_a_10000_row_file_with_3_bad_rows_imports_9997_and_again_nothing(client, settings, leads_db):
+async def test_a_10000_row_file_with_3_bad_rows_imports_9997_and_again_nothing(
+    client, import_settings, leads_db
+):
+    settings = import_settings
     batch = uuid.uuid4().hex[:8]
     lines = ["name,company,email,grade,utm_source"]
     bad_lines = {2 + 1234: "email", 2 + 5000: "grade", 2 + 9998: "contact"}
@@ -118,3 +151,13 @@ async def test_a_rep_may_not_import_and_an_oversized_file_is_a_413(client, setti
     assert rep.status_code == 403
     huge = b"name,email\n" + b"x,y@z.cn\n" * (settings.max_body_bytes // 9 + 1)
     assert (await client.post("/v1/leads/import", content=huge, headers=headers(settings))).status_code == 413
+
+
+async def test_a_browser_file_upload_imports_too(client, settings, leads_db):
+    email = f"upload.{uuid.uuid4().hex[:10]}@example.cn"
+    token = headers(settings)["Authorization"]
+    files = {"file": ("leads.csv", f"姓名,邮箱\n赵六,{email}\n".encode("gb18030"), "text/csv")}
+    response = await client.post("/v1/leads/import", files=files, headers={"Authorization": token})
+    assert response.status_code == 200, response.text
+    assert response.json()["imported"] == 1
+    assert await leads_db.fetchval("SELECT contact_name FROM leads WHERE email = $1", email) == "赵六"
