@@ -435,10 +435,17 @@ def contract_json(row: asyncpg.Record) -> dict[str, Any]:
         "campaign_id": row["campaign_id"],
         "signed_by": row["signed_by"],
         "signed_at": row["signed_at"],
+        "executed_at": row["executed_at"],
+        "terminated_at": row["terminated_at"],
+        "termination_reason": row["termination_reason"],
         "version": row["version"],
         "created_by": row["created_by"],
         "created_at": row["created_at"],
     }
+
+
+class ContractEnd(BaseModel):
+    reason: str | None = None
 
 
 @contracts.post("", status_code=201)
@@ -457,6 +464,22 @@ async def get_contract(contract_id: str, actor: CurrentActor, db: ServiceDatabas
 async def sign_contract(contract_id: str, actor: CurrentActor, db: ServiceDatabase) -> dict[str, Any]:
     """Sign; refused (409) when it would take the customer's signed total past its credit limit."""
     return contract_json(await handlers.sign_contract(db, actor, contract_id))
+
+
+
+
+@contracts.post("/{contract_id}/execute")
+async def execute_contract(contract_id: str, actor: CurrentActor, db: ServiceDatabase) -> dict[str, Any]:
+    """Record a signed contract as executed (fulfilled); it stops counting against the credit limit."""
+    return contract_json(await handlers.end_contract(db, actor, contract_id, "execute", None))
+
+
+@contracts.post("/{contract_id}/terminate")
+async def terminate_contract(
+    contract_id: str, body: ContractEnd, actor: CurrentActor, db: ServiceDatabase
+) -> dict[str, Any]:
+    """Terminate a draft or signed contract, with a reason; a signed one stops counting against the limit."""
+    return contract_json(await handlers.end_contract(db, actor, contract_id, "terminate", body.reason))
 
 
 ROUTERS = (opportunities, accounts, contracts)

@@ -321,7 +321,24 @@ def required_reason(reason: str | None, action: str) -> str:
 
 class ContractStatus(StrEnum):
     DRAFT = "draft"
-    SIGNED = "signed"
+    SIGNED = "signed"  # booked; counts against the customer's credit limit
+    EXECUTED = "executed"  # fulfilled; no longer counts against the credit limit
+    TERMINATED = "terminated"  # ended before execution; no longer counts either
+
+
+def contract_transition(contract_id: str, status: str, action: str) -> ContractStatus:
+    """draft -> signed -> executed; draft or signed -> terminated. The new status, or why not."""
+    allowed = {
+        "sign": ({ContractStatus.DRAFT}, ContractStatus.SIGNED),
+        "execute": ({ContractStatus.SIGNED}, ContractStatus.EXECUTED),
+        "terminate": ({ContractStatus.DRAFT, ContractStatus.SIGNED}, ContractStatus.TERMINATED),
+    }
+    sources, target = allowed[action]
+    if ContractStatus(status) not in sources:
+        raise StatusNotAllowed(
+            f"cannot {action} contract {contract_id}: it is {status}; only a {' or '.join(sorted(sources))} one can"
+        )
+    return target
 
 
 def check_credit(

@@ -24,6 +24,7 @@ from services.opportunities.domain import (
     StageChange,
     Status,
     check_credit,
+    contract_transition,
     normalise_name,
     parse_money,
     required_reason,
@@ -468,8 +469,9 @@ async def sign_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg
         if row is None:
             raise NotFound(f"no contract {contract_id}")
         actor.check(row["owner_id"], f"contract {contract_id}")
-        if row["status"] != ContractStatus.DRAFT:
-            raise DomainError(f"contract {contract_id} is {row['status']} already")
+        if row["status"] == ContractStatus.SIGNED:
+            raise DomainError(f"contract {contract_id} is signed already")
+        contract_transition(contract_id, row["status"], "sign")
         # The account's row lock serialises signatures against one credit limit.
         account = await store.account(tx.conn, row["account_id"], for_update=True)
         assert account is not None
@@ -491,6 +493,36 @@ async def sign_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg
             sequence=signed["version"],
         )
         return signed
+
+
+async def end_contract(
+    db: Database, actor: Actor, contract_id: str, action: str, reason: str | None
+) -> asyncpg.Record:
+    """execute a signed contract, or terminate a draft or signed one (with a reason)."""
+    async with db.transaction() as tx:
+        row = await store.contract(tx.conn, contract_id, for_update=True)
+        if row is None:
+            raise NotFound(f"no contract {contract_id}")
+        actor.check(row["owner_id"], f"contract {contract_id}")
+        status = contract_transition(contract_id, row["status"], action)
+        now = _now()
+        data: dict[str, Any] = {
+            "contract_id": contract_id, "opportunity_id": row["opportunity_id"], "account_id": row["account_id"],
+            "amount": str(row["amount"]), "currency": row["currency"], "owner_id": row["owner_id"],
+            "campaign_id": row["campaign_id"],
+        }
+        if action == "execute":
+            saved = await store.set_contract_status(tx.conn, contract_id, str(status), executed_at=now)
+            data |= {"executed_by": actor.user_id, "executed_at": _ts(now)}
+        else:
+            why = required_reason(reason, "terminating a contract")
+            saved = await store.set_contract_status(
+                tx.conn, contract_id, str(status), terminated_at=now, termination_reason=why
+            )
+            data |= {"reason": why, "was_signed": row["status"] == ContractStatus.SIGNED,
+                     "terminated_by": actor.user_id, "terminated_at": _ts(now)}
+        tx.publish(f"sales.contract.{action}d.v1", contract_id, data, sequence=saved["version"])
+        return saved
 
 
 # --- consumed events ----------------------------------------------------------------------

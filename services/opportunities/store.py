@@ -239,6 +239,16 @@ async def signed_total(conn: Conn, account_id: str, currency: str) -> Decimal:
     return total
 
 
+async def set_contract_status(conn: Conn, contract_id: str, status: str, **fields: Any) -> Row:
+    sets = ["status = $2", "version = version + 1"] + [f"{c} = ${i}" for i, c in enumerate(fields, start=3)]
+    row = await conn.fetchrow(
+        f"UPDATE contracts SET {', '.join(sets)} WHERE id = $1 RETURNING *",  # noqa: S608 - column names are ours
+        contract_id, status, *fields.values(),
+    )
+    assert row is not None
+    return row
+
+
 async def mark_signed(conn: Conn, contract_id: str, signed_by: str, signed_at: datetime) -> Row:
     row = await conn.fetchrow(
         "UPDATE contracts SET status = 'signed', signed_by = $2, signed_at = $3, version = version + 1"

@@ -84,6 +84,8 @@ _EVENTS = (
     ),
     EventType("sales.opportunity.archived.v1", "sales.opportunities", "A closed opportunity was archived."),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
+    EventType("sales.contract.executed.v1", "sales.contracts", "A signed contract was executed (fulfilled)."),
+    EventType("sales.contract.terminated.v1", "sales.contracts", "A contract was terminated before execution."),
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),
     EventType("sales.opportunity.scored.v1", "sales.scores", "An opportunity's win probability was (re)computed."),

@@ -439,6 +439,34 @@ async def test_contracts_and_the_credit_limit(http: httpx.AsyncClient, settings:
     assert (await post(http, settings, f"/v1/contracts/{free.json()['id']}/sign")).status_code == 200
 
 
+async def test_contracts_are_executed_or_terminated(http: httpx.AsyncClient, settings: Settings) -> None:
+    account = await post(http, settings, "/v1/accounts", {"name": unique("履约客户"), "credit_limit": "1000"},
+                         user="mgr-1")
+    opp = await open_opportunity(http, settings, account_id=account.json()["id"], amount="1000.00")
+    await post(http, settings, f"/v1/opportunities/{opp['id']}/close", {"outcome": "won", "reason": "fit"})
+    first = (await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"]})).json()
+    problem(await post(http, settings, f"/v1/contracts/{first['id']}/execute"), 409, "only a signed")
+    await post(http, settings, f"/v1/contracts/{first['id']}/sign")
+    second = (await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"], "amount": "500"})).json()
+    problem(await post(http, settings, f"/v1/contracts/{second['id']}/sign"), 409, "credit limit")
+    executed = await post(http, settings, f"/v1/contracts/{first['id']}/execute")
+    assert (executed.json()["status"], executed.json()["version"]) == ("executed", 2)
+    assert (await post(http, settings, f"/v1/contracts/{second['id']}/sign")).status_code == 200  # credit released
+    problem(await post(http, settings, f"/v1/contracts/{second['id']}/terminate", {}), 422, "reason")
+    ended = await post(http, settings, f"/v1/contracts/{second['id']}/terminate", {"reason": "customer withdrew"})
+    assert (ended.json()["status"], ended.json()["termination_reason"]) == ("terminated", "customer withdrew")
+    for action in ("sign", "execute"):
+        problem(await post(http, settings, f"/v1/contracts/{second['id']}/{action}"), 409, "terminated")
+    events = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.contracts", count=2, match=second["id"].encode())]
+    assert [(e.type, e.sequence) for e in events] == [("sales.contract.signed.v1", 1),
+                                                      ("sales.contract.terminated.v1", 2)]
+    assert events[1].data["was_signed"] is True and events[1].data["terminated_by"] == "rep-1"
+    [signed, done] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.contracts", count=2, match=first["id"].encode())]
+    assert (done.type, done.sequence, done.data["executed_by"]) == ("sales.contract.executed.v1", 2, "rep-1")
+
+
 # --- events -------------------------------------------------------------------------------
 
 

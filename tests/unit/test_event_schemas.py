@@ -160,6 +160,15 @@ EXAMPLES = {
         "opportunity_id": "opp-205", "owner_id": "rep-2", "outcome": "lost", "stage": "lost", "amount": "120000",
         "currency": "CNY", "by": "mgr-1", "reason": None, "at": "2027-03-01T00:00:00Z",
     },
+    "sales.contract.executed.v1": {
+        "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
+        "currency": "CNY", "owner_id": "rep-1", "executed_by": "rep-1", "executed_at": "2027-06-30T00:00:00Z",
+    },
+    "sales.contract.terminated.v1": {
+        "contract_id": "ctr-89", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "10000.00",
+        "currency": "CNY", "owner_id": "rep-1", "reason": "customer withdrew", "was_signed": True,
+        "terminated_by": "mgr-1", "terminated_at": "2027-01-10T00:00:00Z",
+    },
     "sales.contract.signed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "signed_at": "2027-01-20T03:00:00Z",

@@ -16,6 +16,7 @@ from services.opportunities.domain import (
     Status,
     StatusNotAllowed,
     check_credit,
+    contract_transition,
     normalise_name,
     owner_splits,
     parse_money,
@@ -162,3 +163,12 @@ def test_owners_and_splits() -> None:
             owner_splits(entries)
     with pytest.raises(StatusNotAllowed, match="terminated"):
         opportunity(status=Status.TERMINATED).change_owners(splits)
+
+
+def test_the_contract_lifecycle() -> None:
+    assert contract_transition("c", "draft", "sign") == "signed"
+    assert contract_transition("c", "signed", "execute") == "executed"
+    assert contract_transition("c", "draft", "terminate") == contract_transition("c", "signed", "terminate")
+    for status, action in [("draft", "execute"), ("executed", "terminate"), ("terminated", "sign")]:
+        with pytest.raises(StatusNotAllowed, match=f"it is {status}"):
+            contract_transition("c", status, action)
