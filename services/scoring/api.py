@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from services.scoring import store
-from shared.auth import may_act_on
+from services.scoring import handlers, store
+from services.scoring.domain import MODEL_VERSION
+from shared.auth import Principal, may_act_on
 from shared.errors import Forbidden, NotFound
-from shared.org import Organisation
+from shared.org import Organisation, Role
 from shared.service import ServiceDatabase
-from shared.web import CurrentPrincipal, organisation
+from shared.web import CurrentPrincipal, organisation, require_roles
 
 Org = Annotated[Organisation, Depends(organisation)]
 
@@ -51,6 +52,19 @@ class HistoryEntry(BaseModel):
 class LeadScoreHistory(BaseModel):
     lead_id: str
     items: list[HistoryEntry]
+
+
+class OpportunityScoreHistory(BaseModel):
+    opportunity_id: str
+    items: list[HistoryEntry]
+
+
+def _history(rows: list[Any]) -> list[HistoryEntry]:
+    return [
+        HistoryEntry(score=r["score"], model_version=r["model_version"], factors=json.loads(r["factors"]),
+                     scored_at=_utc(r["scored_at"]), cause_type=r["cause_type"])
+        for r in rows
+    ]
 
 
 def _utc(moment: datetime) -> datetime:
@@ -93,12 +107,7 @@ async def get_lead_score_history(
             raise NotFound(f"no score for lead {lead_id}: the scoring service has not seen it")
         _check_scope(principal, org, scored, f"lead {lead_id}")
         rows = await store.lead_history(conn, lead_id, limit)
-    items = [
-        HistoryEntry(score=r["score"], model_version=r["model_version"], factors=json.loads(r["factors"]),
-                     scored_at=_utc(r["scored_at"]), cause_type=r["cause_type"])
-        for r in rows
-    ]
-    return LeadScoreHistory(lead_id=lead_id, items=items)
+    return LeadScoreHistory(lead_id=lead_id, items=_history(rows))
 
 
 @router.get("/v1/opportunities/{opportunity_id}/score", response_model=OpportunityScoreOut)
@@ -114,4 +123,68 @@ async def get_opportunity_score(
     return OpportunityScoreOut(opportunity_id=opportunity_id, **_fields(scored))
 
 
-ROUTERS = [router]
+@router.get("/v1/opportunities/{opportunity_id}/score/history", response_model=OpportunityScoreHistory)
+async def get_opportunity_score_history(
+    opportunity_id: str, principal: CurrentPrincipal, org: Org, db: ServiceDatabase,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> OpportunityScoreHistory:
+    """Every win probability computed for the opportunity, newest first, with the event type that caused it."""
+    async with db.pool.acquire() as conn:
+        scored = await store.opportunity_score(conn, opportunity_id)
+        if scored is None:
+            raise NotFound(f"no win probability for opportunity {opportunity_id}: the scoring service has not seen it")
+        _check_scope(principal, org, scored, f"opportunity {opportunity_id}")
+        rows = await store.opportunity_history(conn, opportunity_id, limit)
+    return OpportunityScoreHistory(opportunity_id=opportunity_id, items=_history(rows))
+
+
+class ModelOut(BaseModel):
+    version: str
+    kind: str
+    algorithm: str
+    trained_at: datetime
+    window_from: datetime
+    window_to: datetime
+    n_train: int
+    n_holdout: int
+    auc: float
+    brier: float
+    current_version: str
+    current_auc: float
+    promoted: bool
+    active: bool
+
+
+class ModelList(BaseModel):
+    active_version: str
+    items: list[ModelOut]
+
+
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+models = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@models.post("/lead/train", response_model=ModelOut, status_code=201)
+async def train_lead_model(_: Admin, db: ServiceDatabase) -> ModelOut:
+    """Train a candidate lead model on the outcomes so far (admin); it becomes active only if it beats the
+    active model (or the rules) on the newest 20 % of the outcomes. 409 while there are too few outcomes."""
+    return ModelOut(**await handlers.train_lead_model(db))
+
+
+@models.post("/lead/{version}/activate", status_code=204)
+async def activate_lead_model(version: str, _: Admin, db: ServiceDatabase) -> None:
+    """Roll back (or forward) to a model version; `rules-v1` returns to the rule-based score (admin)."""
+    await handlers.activate_lead_model(db, version)
+
+
+@models.get("/lead", response_model=ModelList)
+async def list_lead_models(_: CurrentPrincipal, db: ServiceDatabase) -> ModelList:
+    """Every lead model trained, newest first, with its training window and held-out evaluation."""
+    async with db.pool.acquire() as conn:
+        rows = await store.models(conn, "lead")
+    items = [ModelOut(**dict(r)) for r in rows]
+    active = next((m.version for m in items if m.active), MODEL_VERSION)
+    return ModelList(active_version=active, items=items)
+
+
+ROUTERS = [router, models]

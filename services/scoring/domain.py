@@ -107,6 +107,8 @@ class LeadFeatures:
     time_on_site_s: float = 0.0
     page_views: int = 0
     activities: tuple[str, ...] = field(default_factory=tuple)
+    # the lead's attributes (UTM parameters, form answers ...) as sorted pairs: features for the learned model
+    attributes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def captured(self, data: dict[str, Any], at: datetime) -> "LeadFeatures":
         contact = data.get("contact") or {}
@@ -119,6 +121,7 @@ class LeadFeatures:
             has_phone=bool(contact.get("phone")),
             has_email=bool(contact.get("email")),
             captured_at=at,
+            attributes=tuple(sorted((str(k), str(v)) for k, v in (data.get("attributes") or {}).items())),
         )
 
     def engaged(self, visits: int, time_on_site_s: float, page_views: int, activity: Any) -> "LeadFeatures":
@@ -152,6 +155,7 @@ class LeadFeatures:
         for name in ("captured_at", "last_contacted_at"):
             values[name] = None if values[name] is None else values[name].isoformat()
         values["activities"] = list(self.activities)
+        values["attributes"] = dict(self.attributes)
         return values
 
     @classmethod
@@ -161,6 +165,7 @@ class LeadFeatures:
             if values.get(name) is not None:
                 values[name] = datetime.fromisoformat(values[name])
         values["activities"] = tuple(values.get("activities") or ())
+        values["attributes"] = tuple(sorted((values.get("attributes") or {}).items()))
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in values.items() if k in known})
 

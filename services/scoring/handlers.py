@@ -6,14 +6,26 @@ about a lead or opportunity this service has not seen yet (it joined late, or an
 another) start from empty features rather than failing.
 """
 
+import asyncio
+import json
+import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from services.scoring import store
-from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead, score_opportunity
-from shared.db import Transaction
+from services.scoring import metrics, store
+from services.scoring.domain import (
+    MODEL_VERSION,
+    LeadFeatures,
+    OpportunityFeatures,
+    Score,
+    score_lead,
+    score_opportunity,
+)
+from services.scoring.learning import Example, LinearModel, NotEnoughOutcomes, train
+from shared.db import Connection, Database, Transaction
+from shared.errors import DomainError, NotFound
 from shared.events.envelope import CloudEvent
 
 LEAD_SCORED = "sales.lead.scored.v1"
@@ -40,6 +52,24 @@ def _time(value: Any, fallback: datetime) -> datetime:
 
 # --- leads ------------------------------------------------------------------------------------
 
+_loaded_models: dict[str, LinearModel] = {}  # version -> model: parameters never change once stored
+
+
+async def _active_lead_model(conn: Connection) -> LinearModel | None:
+    row = await store.active_model(conn, "lead")
+    if row is None:
+        return None
+    model = _loaded_models.get(row["version"])
+    if model is None:
+        model = _loaded_models[row["version"]] = LinearModel.from_json(row["version"], json.loads(row["parameters"]))
+    return model
+
+
+async def _score_lead(conn: Connection, features: LeadFeatures, now: datetime) -> Score:
+    """The active learned model's score when one was promoted, else the rules'."""
+    model = await _active_lead_model(conn)
+    return model.score(features) if model is not None else score_lead(features, now)
+
 
 async def _rescore_lead(
     tx: Transaction, event: CloudEvent, change: Callable[[LeadFeatures], LeadFeatures]
@@ -48,9 +78,11 @@ async def _rescore_lead(
     features, current = await store.lock_lead(tx.conn, lead_id)
     features = change(features)
     now = _now()
-    result = score_lead(features, now)
+    result = await _score_lead(tx.conn, features, now)
     sequence = (current.sequence if current else 0) + 1
     await store.save_lead(tx.conn, lead_id, features, result, now, sequence, event.id, event.type)
+    metrics.scores_computed.labels("lead", result.model_version).inc()
+    metrics.scoring_latency.labels("lead").observe(max(0.0, (now - event.time).total_seconds()))
     tx.publish(
         LEAD_SCORED,
         lead_id,
@@ -145,6 +177,8 @@ async def _rescore_opportunity(
     result = score_opportunity(features, now)
     sequence = (current.sequence if current else 0) + 1
     await store.save_opportunity(tx.conn, opportunity_id, features, result, now, sequence, event.id, event.type)
+    metrics.scores_computed.labels("opportunity", result.model_version).inc()
+    metrics.scoring_latency.labels("opportunity").observe(max(0.0, (now - event.time).total_seconds()))
     tx.publish(
         OPPORTUNITY_SCORED,
         opportunity_id,
@@ -205,6 +239,53 @@ async def opportunity_won(tx: Transaction, event: CloudEvent) -> None:
 
 async def opportunity_lost(tx: Transaction, event: CloudEvent) -> None:
     await _opportunity_closed(tx, event, "lost")
+
+
+# --- the learned lead model -------------------------------------------------------------------
+
+
+async def train_lead_model(db: Database) -> dict[str, Any]:
+    """Train a candidate on the lead outcomes; promote it only if it beats the active model on the held-out slice.
+
+    The fit runs in a worker thread, so event handling and HTTP go on meanwhile.
+    """
+    async with db.pool.acquire() as conn:
+        rows = await store.lead_examples(conn)
+        current_model = await _active_lead_model(conn)
+    examples = [Example(LeadFeatures.from_json(json.loads(r["features"])), r["positive"], r["observed_at"])
+                for r in rows]
+
+    def current(example: Example) -> float:
+        if current_model is not None:
+            return current_model.probability(example.features)
+        return score_lead(example.features, example.observed_at).score
+
+    trained_at = _now()
+    version = f"lr-{trained_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
+    try:
+        model, evaluation = await asyncio.to_thread(train, examples, version, current)
+    except NotEnoughOutcomes as exc:
+        metrics.training_runs.labels("lead", "not_enough_outcomes").inc()
+        raise DomainError(f"not trained: {exc}") from None
+    current_version = current_model.version if current_model is not None else MODEL_VERSION
+    async with db.transaction() as tx:
+        await store.save_model(tx.conn, version, "lead", "logistic_regression", model.to_json(), trained_at,
+                               asdict(evaluation), current_version, evaluation.beats_current)
+    metrics.training_runs.labels("lead", "promoted" if evaluation.beats_current else "kept_current").inc()
+    if evaluation.beats_current:
+        metrics.model_auc.labels("lead").set(evaluation.auc)
+    async with db.pool.acquire() as conn:
+        [entry] = [r for r in await store.models(conn, "lead") if r["version"] == version]
+    return dict(entry)
+
+
+async def activate_lead_model(db: Database, version: str) -> None:
+    """Roll forward or back: make `version` active; `rules-v1` goes back to the rules."""
+    async with db.transaction() as tx:
+        if not await store.activate_model(tx.conn, "lead", None if version == MODEL_VERSION else version):
+            raise NotFound(f"no lead model {version}")
+        auc = await tx.conn.fetchval("SELECT auc FROM models WHERE version = $1", version)
+    metrics.model_auc.labels("lead").set(float("nan") if auc is None else auc)
 
 
 HANDLERS = {

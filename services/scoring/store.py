@@ -115,6 +115,15 @@ async def save_opportunity(
     )
 
 
+async def opportunity_history(conn: Connection, opportunity_id: str, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT score, model_version, factors, scored_at, cause_type FROM opportunity_score_history"
+        " WHERE opportunity_id = $1 ORDER BY id DESC LIMIT $2",
+        opportunity_id, limit,
+    )
+    return rows
+
+
 async def opportunity_score(conn: Connection, opportunity_id: str) -> Scored | None:
     row = await conn.fetchrow("SELECT * FROM opportunity_scores WHERE opportunity_id = $1", opportunity_id)
     return None if row is None else _scored(row, "opportunity_id")
@@ -137,3 +146,56 @@ async def record_outcome(
         kind, subject_id, positive, outcome, None if features is None else json.dumps(features, ensure_ascii=False),
         observed_at, cause_event_id,
     )
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+async def lead_examples(conn: Connection) -> list[asyncpg.Record]:
+    """Lead outcomes with the features known when they happened (the training data)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT features, positive, observed_at FROM outcomes"
+        " WHERE subject_kind = 'lead' AND features IS NOT NULL ORDER BY observed_at, subject_id"
+    )
+    return rows
+
+
+async def active_model(conn: Connection, kind: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT version, parameters FROM models WHERE kind = $1 AND active", kind)
+    return row
+
+
+async def save_model(
+    conn: Connection, version: str, kind: str, algorithm: str, parameters: dict[str, Any], trained_at: datetime,
+    evaluation: dict[str, Any], current_version: str, promoted: bool,
+) -> None:
+    if promoted:
+        await conn.execute("UPDATE models SET active = false WHERE kind = $1 AND active", kind)
+    await conn.execute(
+        "INSERT INTO models (version, kind, algorithm, parameters, trained_at, window_from, window_to, n_train,"
+        " n_holdout, auc, brier, current_version, current_auc, promoted, active)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+        version, kind, algorithm, json.dumps(parameters), trained_at, evaluation["window_from"],
+        evaluation["window_to"], evaluation["n_train"], evaluation["n_holdout"], evaluation["auc"],
+        evaluation["brier"], current_version, evaluation["current_auc"], promoted,
+    )
+
+
+async def activate_model(conn: Connection, kind: str, version: str | None) -> bool:
+    """Make `version` the active model of its kind (None: back to the rules); False if there is no such model."""
+    if version is not None and not await conn.fetchval(
+            "SELECT 1 FROM models WHERE kind = $1 AND version = $2", kind, version):
+        return False
+    await conn.execute("UPDATE models SET active = false WHERE kind = $1 AND active", kind)
+    if version is not None:
+        await conn.execute("UPDATE models SET active = true WHERE version = $1", version)
+    return True
+
+
+async def models(conn: Connection, kind: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT version, kind, algorithm, trained_at, window_from, window_to, n_train, n_holdout, auc, brier,"
+        " current_version, current_auc, promoted, active FROM models WHERE kind = $1 ORDER BY trained_at DESC",
+        kind)
+    return rows
