@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from services.scoring import handlers, store
 from services.scoring.domain import MODEL_VERSION
+from services.scoring.schedule import scheduled_training
 from shared.auth import Principal, may_act_on
 from shared.errors import Forbidden, NotFound
 from shared.org import Organisation, Role
@@ -161,7 +162,7 @@ class ModelList(BaseModel):
 
 
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
-models = APIRouter(prefix="/v1/models", tags=["models"])
+models = APIRouter(prefix="/v1/models", tags=["models"], lifespan=scheduled_training)
 
 
 @models.post("/lead/train", response_model=ModelOut, status_code=201)

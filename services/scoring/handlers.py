@@ -279,6 +279,18 @@ async def train_lead_model(db: Database) -> dict[str, Any]:
     return dict(entry)
 
 
+async def train_lead_model_if_due(db: Database, min_new_outcomes: int) -> dict[str, Any] | None:
+    """Train (as on demand) when at least `min_new_outcomes` lead outcomes arrived since the newest model."""
+    async with db.pool.acquire() as conn:
+        new = await store.outcomes_since_last_model(conn, "lead")
+    if new < max(1, min_new_outcomes):
+        return None
+    try:
+        return await train_lead_model(db)
+    except DomainError:
+        return None  # not enough outcomes of both kinds yet: counted in the training-runs metric
+
+
 async def activate_lead_model(db: Database, version: str) -> None:
     """Roll forward or back: make `version` active; `rules-v1` goes back to the rules."""
     async with db.transaction() as tx:

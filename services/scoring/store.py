@@ -160,6 +160,15 @@ async def lead_examples(conn: Connection) -> list[asyncpg.Record]:
     return rows
 
 
+async def outcomes_since_last_model(conn: Connection, kind: str) -> int:
+    """Outcomes with features observed after the newest model's training window (all of them before any model)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM outcomes WHERE subject_kind = $1 AND features IS NOT NULL"
+        " AND observed_at > coalesce((SELECT max(window_to) FROM models WHERE kind = $1), '-infinity')",
+        kind)
+    return count
+
+
 async def active_model(conn: Connection, kind: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
         "SELECT version, parameters FROM models WHERE kind = $1 AND active", kind)

@@ -11,8 +11,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.scoring import handlers
 from services.scoring.main import service
 from shared.auth import issue_token
+from shared.db import Database
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
 from shared.org import Role
 from shared.service import create_service_app
@@ -324,3 +326,25 @@ async def test_a_model_trained_on_outcomes_replaces_the_rules_once_it_beats_them
     assert 'funnelcast_model_training_runs_total{kind="lead",result="promoted"} 1.0' in exposition
     assert 'funnelcast_scoring_latency_seconds_bucket{kind="lead"' in exposition
     assert 'funnelcast_model_auc{kind="lead"} NaN' in exposition
+
+
+async def test_scheduled_training_waits_for_new_outcomes(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    db = Database(tables, "/funnelcast/scoring")
+    assert await handlers.train_lead_model_if_due(db, 1) is None  # nothing observed since the last model
+    lead = new_lead()
+    await send(producer, captured(lead, "C", "web_form"))
+    await send(producer, outcome(lead, True))
+
+    async def observed() -> bool:
+        return bool(await tables.fetchval("SELECT 1 FROM outcomes WHERE subject_id = $1", lead))
+
+    await eventually(observed, timeout=30)
+    assert await handlers.train_lead_model_if_due(db, 2) is None  # one new outcome, two needed
+    model = await handlers.train_lead_model_if_due(db, 1)
+    assert model is not None and model["window_to"] >= await tables.fetchval(
+        "SELECT observed_at FROM outcomes WHERE subject_id = $1", lead)
+    listed = (await http.get("/v1/models/lead", headers=as_(settings, "admin-1"))).json()
+    assert model["version"] in [m["version"] for m in listed["items"]]
+    assert (await http.post("/v1/models/lead/rules-v1/activate", headers=as_(settings, "admin-1"))).status_code == 204
