@@ -2,7 +2,7 @@
 sales.opportunities, scored events out on sales.scores, scores over HTTP, idempotent under redelivery."""
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,19 +13,41 @@ from aiokafka import AIOKafkaProducer
 
 from services.scoring import handlers
 from services.scoring.main import service
+from shared import kafka
 from shared.auth import issue_token
 from shared.db import Database
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
 from shared.org import Role
+from shared.runtime.broker import TansuBroker
+from shared.runtime.postgres import EmbeddedPostgres
 from shared.service import create_service_app
 from shared.settings import Settings
+from tests.conftest import settings_for
 from tests.support.topics import read_topic
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, free_port
 
-# The consumer group starts from the beginning of the topics, behind every event earlier test
-# modules produced (thousands from the import and replay tests): the first wait is generous.
-BACKLOG_TIMEOUT = 180.0
+# The first wait covers the consumer group's join (about 3 s on Tansu) and its first fetches.
+BACKLOG_TIMEOUT = 60.0
 ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "mgr-1": Role.MANAGER, "dir-1": Role.DIRECTOR, "admin-1": Role.ADMIN}
+
+
+@pytest.fixture(scope="module")
+def scoring_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A broker of this module's own: a new consumer group reads its topics from the start,
+    and the session broker's hold every event earlier modules produced."""
+    server = TansuBroker(free_port(), tmp_path_factory.mktemp("scoring-broker") / "tansu.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def settings(
+    postgres: EmbeddedPostgres, scoring_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    configured = settings_for(postgres, scoring_broker, tmp_path_factory.mktemp("scoring-home"))
+    await kafka.ensure_topics(configured)
+    return configured
 
 
 @pytest.fixture(scope="module")
