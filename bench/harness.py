@@ -1,16 +1,22 @@
 """What every benchmark needs: its own embedded Postgres and broker, and percentiles."""
 
 import contextlib
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from shared.auth import issue_token
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
-from tests.support.waiting import free_port
+from tests.support.waiting import eventually, free_port
 
 
 @dataclass
@@ -43,3 +49,54 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     """p50 / p95 / p99 in milliseconds."""
     cuts = statistics.quantiles(samples_s, n=100, method="inclusive")
     return {"p50": cuts[49] * 1000, "p95": cuts[94] * 1000, "p99": cuts[98] * 1000}
+
+
+@contextlib.contextmanager
+def service_processes(settings: Settings, service: str, count: int) -> Iterator[list[str]]:
+    """`count` processes of one service on loopback, as `funnelcast up --replicas` runs them; their URLs."""
+    ports = [free_port() for _ in range(count)]
+    procs = []
+    for port in ports:
+        env = {
+            **os.environ,
+            "FUNNELCAST_DATABASE_URL": settings.server_url,
+            "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap_servers,
+            "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
+            f"FUNNELCAST_{service.upper()}_PORT": str(port),
+            "FUNNELCAST_LOG_LEVEL": "WARNING",
+            "FUNNELCAST_HOME": str(settings.home),
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env))
+    try:
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def ready_clients(
+    urls: list[str], settings: Settings, connections: int
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """An admin's HTTP client per URL, each returned once its service answers /readyz."""
+    token = issue_token("admin-1", "admin", settings.signing_secret, 3600)
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    made = [
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)
+        for url in urls
+    ]
+    try:
+        for client in made:
+
+            async def ready(client: httpx.AsyncClient = client) -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await client.get("/readyz")).status_code == 200
+                return False
+
+            await eventually(ready, timeout=60, interval=0.2)
+        yield made
+    finally:
+        for client in made:
+            await client.aclose()

@@ -11,79 +11,25 @@ loopback), then:
   connections, no HTTP;
 and checks that the relay published every event.
 
-Run: .venv/bin/python -m services.leads.bench [--processes 2] [--captures 20000] [--rate 500]
+Run: .venv/bin/python -m bench.leads [--processes 2] [--captures 20000] [--rate 500]
 """
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 
-from bench.harness import embedded_stack, percentiles
+from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
 from shared import kafka
-from shared.auth import issue_token
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
-from tests.support.waiting import eventually, free_port
+from tests.support.waiting import eventually
 
 REGIONS = ("华东", "华北")
-
-
-@contextlib.contextmanager
-def service_processes(settings: Settings, count: int) -> Iterator[list[str]]:
-    """`count` leads service processes on loopback; their base URLs."""
-    ports = [free_port() for _ in range(count)]
-    procs = []
-    for port in ports:
-        env = {
-            **os.environ,
-            "FUNNELCAST_DATABASE_URL": settings.server_url,
-            "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-            "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
-            "FUNNELCAST_LEADS_PORT": str(port),
-            "FUNNELCAST_LOG_LEVEL": "WARNING",
-            "FUNNELCAST_HOME": str(settings.home),
-        }
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.leads"], env=env))  # noqa: S603
-    try:
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-
-
-@contextlib.asynccontextmanager
-async def clients(urls: list[str], settings: Settings, connections: int) -> AsyncIterator[list[httpx.AsyncClient]]:
-    token = issue_token("admin-1", "admin", settings.signing_secret, 3600)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    made = [
-        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)
-        for url in urls
-    ]
-    try:
-        for client in made:
-
-            async def ready(client: httpx.AsyncClient = client) -> bool:
-                with contextlib.suppress(httpx.HTTPError):
-                    return (await client.get("/readyz")).status_code == 200
-                return False
-
-            await eventually(ready, timeout=60, interval=0.2)
-        yield made
-    finally:
-        for client in made:
-            await client.aclose()
 
 
 _serial = itertools.count(10_000_000)
@@ -144,13 +90,22 @@ async def bare_outbox_rate(settings: Settings, seconds: float, connections: int)
     async with db.pool.acquire() as conn:
         await migrate(conn, SHARED_MIGRATIONS)
     captured: dict[str, Any] = {
-        "lead_id": "lead-bare", "source": "web_form", "grade": "H", "owner_id": "rep-1", "campaign_id": None,
-        "region": "华东", "contact": {"name": "王伟", "company": None, "phone": "+8613900000000", "email": None},
+        "lead_id": "lead-bare",
+        "source": "web_form",
+        "grade": "H",
+        "owner_id": "rep-1",
+        "campaign_id": None,
+        "region": "华东",
+        "contact": {"name": "王伟", "company": None, "phone": "+8613900000000", "email": None},
         "captured_at": "2026-11-23T09:00:00Z",
     }
     assigned: dict[str, Any] = {
-        "lead_id": "lead-bare", "owner_id": "rep-1", "previous_owner_id": None, "grade": "H",
-        "assigned_by": "system", "assigned_at": "2026-11-23T09:00:00Z",
+        "lead_id": "lead-bare",
+        "owner_id": "rep-1",
+        "previous_owner_id": None,
+        "grade": "H",
+        "assigned_by": "system",
+        "assigned_at": "2026-11-23T09:00:00Z",
     }
     count = 0
     deadline = time.perf_counter() + seconds
@@ -181,8 +136,8 @@ async def outbox_drained(settings: Settings) -> bool:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
-    with service_processes(settings, args.processes) as urls:
-        async with clients(urls, settings, args.concurrency) as http:
+    with service_processes(settings, "leads", args.processes) as urls:
+        async with ready_clients(urls, settings, args.concurrency) as http:
             rate = await throughput(http, args.captures, args.concurrency)
             latencies = await latency_at(http, args.rate, args.seconds)
         await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
@@ -192,15 +147,18 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     p = result["latency"]
-    return "\n".join([
-        f"lead captures via API:    {result['captures_per_s']:8,.0f} /s   ({args.captures:,} captures, "
-        f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
-        f"latency at {args.rate:,.0f}/s:         p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
-        f"  ({result['samples']:,} captures; target p99 <= 50 ms)",
-        f"bare outbox transactions: {result['bare']:8,.0f} /s   (2 events each, shared.db, {args.concurrency}"
-        " connections, no HTTP)",
-        "every event was relayed to the broker (outbox drained)",
-    ])
+    return "\n".join(
+        [
+            f"lead captures via API:    {result['captures_per_s']:8,.0f} /s   ({args.captures:,} captures, "
+            f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
+            f"latency at {args.rate:,.0f}/s:         p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms"
+            f"  p99 {p['p99']:.1f} ms"
+            f"  ({result['samples']:,} captures; target p99 <= 50 ms)",
+            f"bare outbox transactions: {result['bare']:8,.0f} /s   (2 events each, shared.db, {args.concurrency}"
+            " connections, no HTTP)",
+            "every event was relayed to the broker (outbox drained)",
+        ]
+    )
 
 
 def parser() -> argparse.ArgumentParser:
