@@ -219,7 +219,7 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
     return app
 
 
-def database(request: Request) -> Database:
+async def database(request: Request) -> Database:
     db: Database | None = request.app.state.runtime.db
     assert db is not None, "the service has not started"
     return db

@@ -66,12 +66,14 @@ def install_error_handlers(app: FastAPI) -> None:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def organisation(request: Request) -> Organisation:
+# Dependencies are async: FastAPI runs a plain `def` dependency on its threadpool, a thread
+# hop per request for work that never blocks.
+async def organisation(request: Request) -> Organisation:
     org: Organisation = request.app.state.org
     return org
 
 
-def current_principal(
+async def current_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
     if credentials is None:
@@ -85,8 +87,8 @@ def current_principal(
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
-    def check(principal: CurrentPrincipal) -> Principal:
+def require_roles(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: CurrentPrincipal) -> Principal:
         if principal.role not in roles:
             allowed = ", ".join(roles)
             raise HTTPException(403, f"this action needs one of the roles: {allowed}")
