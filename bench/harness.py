@@ -78,10 +78,10 @@ def service_processes(settings: Settings, service: str, count: int) -> Iterator[
 
 @contextlib.asynccontextmanager
 async def ready_clients(
-    urls: list[str], settings: Settings, connections: int
+    urls: list[str], settings: Settings, connections: int, user: str = "admin-1", role: str = "admin"
 ) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """An admin's HTTP client per URL, each returned once its service answers /readyz."""
-    token = issue_token("admin-1", "admin", settings.signing_secret, 3600)
+    """A client per URL acting as `user`, each returned once its service answers /readyz."""
+    token = issue_token(user, role, settings.signing_secret, 3600)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     made = [
         httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)

@@ -1,7 +1,7 @@
-"""The stage-change benchmark (services/opportunities/bench.py) runs end to end, in miniature:
+"""The stage-change benchmark (bench/opportunities.py) runs end to end, in miniature:
 real service processes on loopback, the session's Postgres and Tansu, every event relayed."""
 
-from services.opportunities.bench import parser, report, run
+from bench.opportunities import parser, report, run
 from shared.settings import Settings
 
 

@@ -9,76 +9,25 @@ opens `--opportunities` opportunities, then:
   connections, no HTTP;
 and checks that the relay published every event.
 
-Run: .venv/bin/python -m services.opportunities.bench [--processes 2] [--changes 20000] [--rate 500]
+Run: .venv/bin/python -m bench.opportunities [--processes 2] [--changes 20000] [--rate 500]
 """
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import os
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 
-from bench.harness import embedded_stack, percentiles
+from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
 from shared import kafka
-from shared.auth import issue_token
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
-from tests.support.waiting import eventually, free_port
+from tests.support.waiting import eventually
 
 STAGES = ("bidding", "prospecting")  # back and forth: every change is a real move
-
-
-@contextlib.contextmanager
-def service_processes(settings: Settings, count: int) -> Iterator[list[str]]:
-    """`count` opportunities service processes on loopback; their base URLs."""
-    ports = [free_port() for _ in range(count)]
-    procs = []
-    for port in ports:
-        env = {
-            **os.environ,
-            "FUNNELCAST_DATABASE_URL": settings.server_url,
-            "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-            "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
-            "FUNNELCAST_OPPORTUNITIES_PORT": str(port),
-            "FUNNELCAST_LOG_LEVEL": "WARNING",
-            "FUNNELCAST_HOME": str(settings.home),
-        }
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.opportunities"], env=env))  # noqa: S603
-    try:
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
-
-
-@contextlib.asynccontextmanager
-async def clients(urls: list[str], settings: Settings, connections: int) -> AsyncIterator[list[httpx.AsyncClient]]:
-    token = issue_token("dir-1", "director", settings.signing_secret, 3600)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    made = [httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30)
-            for url in urls]
-    try:
-        for client in made:
-            async def ready(client: httpx.AsyncClient = client) -> bool:
-                with contextlib.suppress(httpx.HTTPError):
-                    return (await client.get("/readyz")).status_code == 200
-                return False
-
-            await eventually(ready, timeout=60, interval=0.2)
-        yield made
-    finally:
-        for client in made:
-            await client.aclose()
 
 
 class Opportunities:
@@ -92,8 +41,7 @@ class Opportunities:
     async def change(self, client: httpx.AsyncClient) -> float:
         opportunity_id, moves = await self.free.get()
         started = time.perf_counter()
-        response = await client.post(f"/v1/opportunities/{opportunity_id}/stage",
-                                     json={"stage": STAGES[moves % 2]})
+        response = await client.post(f"/v1/opportunities/{opportunity_id}/stage", json={"stage": STAGES[moves % 2]})
         elapsed = time.perf_counter() - started
         self.free.put_nowait((opportunity_id, moves + 1))
         if response.status_code != 200:
@@ -103,8 +51,15 @@ class Opportunities:
 
 async def open_opportunities(client: httpx.AsyncClient, count: int) -> list[str]:
     async def one(n: int) -> str:
-        response = await client.post("/v1/opportunities", json={
-            "name": f"bench {n}", "account_name": f"bench account {n % 50}", "amount": "1000.00", "owner_id": "rep-1"})
+        response = await client.post(
+            "/v1/opportunities",
+            json={
+                "name": f"bench {n}",
+                "account_name": f"bench account {n % 50}",
+                "amount": "1000.00",
+                "owner_id": "rep-1",
+            },
+        )
         response.raise_for_status()
         return str(response.json()["id"])
 
@@ -147,13 +102,20 @@ async def bare_outbox_rate(settings: Settings, seconds: float, connections: int)
     await admin.execute("DROP DATABASE IF EXISTS bench_bare_outbox")
     await admin.execute("CREATE DATABASE bench_bare_outbox")
     await admin.close()
-    db = await Database.open(with_database(settings.server_url, "bench_bare_outbox"), "/funnelcast/opportunities",
-                             pool_size=connections)
+    db = await Database.open(
+        with_database(settings.server_url, "bench_bare_outbox"), "/funnelcast/opportunities", pool_size=connections
+    )
     async with db.pool.acquire() as conn:
         await migrate(conn, SHARED_MIGRATIONS)
     data: dict[str, Any] = {
-        "opportunity_id": "opp-bare", "from_stage": "prospecting", "to_stage": "bidding", "probability": 30,
-        "amount": "1000.00", "currency": "CNY", "owner_id": "rep-1", "changed_by": "rep-1",
+        "opportunity_id": "opp-bare",
+        "from_stage": "prospecting",
+        "to_stage": "bidding",
+        "probability": 30,
+        "amount": "1000.00",
+        "currency": "CNY",
+        "owner_id": "rep-1",
+        "changed_by": "rep-1",
         "changed_at": "2026-11-23T09:00:00Z",
     }
     count = 0
@@ -184,8 +146,8 @@ async def outbox_drained(settings: Settings) -> bool:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
-    with service_processes(settings, args.processes) as urls:
-        async with clients(urls, settings, args.concurrency) as http:
+    with service_processes(settings, "opportunities", args.processes) as urls:
+        async with ready_clients(urls, settings, args.concurrency, user="dir-1", role="director") as http:
             pool = Opportunities(await open_opportunities(http[0], args.opportunities))
             rate = await throughput(pool, http, args.changes, args.concurrency)
             latencies = await latency_at(pool, http, args.rate, args.seconds)
@@ -196,14 +158,17 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     p = result["latency"]
-    return "\n".join([
-        f"stage changes via API:   {result['changes_per_s']:8,.0f} /s   ({args.changes:,} changes, "
-        f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
-        f"latency at {args.rate:,.0f}/s:        p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
-        f"  ({result['samples']:,} changes; target p99 <= 50 ms)",
-        f"bare outbox transactions: {result['bare']:8,.0f} /s   (shared.db, {args.concurrency} connections, no HTTP)",
-        "every event was relayed to the broker (outbox drained)",
-    ])
+    return "\n".join(
+        [
+            f"stage changes via API:   {result['changes_per_s']:8,.0f} /s   ({args.changes:,} changes, "
+            f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
+            f"latency at {args.rate:,.0f}/s:        p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
+            f"  ({result['samples']:,} changes; target p99 <= 50 ms)",
+            f"bare outbox transactions: {result['bare']:8,.0f} /s   "
+            f"(shared.db, {args.concurrency} connections, no HTTP)",
+            "every event was relayed to the broker (outbox drained)",
+        ]
+    )
 
 
 def parser() -> argparse.ArgumentParser:
