@@ -61,6 +61,8 @@ def create_stream_app(service: str, settings: Settings) -> StreamApp:
         f"funnelcast-{service}",
         broker=f"funnelcast://{servers}",
         store="memory://",
+        # Tables live in memory, but Faust still creates its data directory: keep it in the state home.
+        datadir=str(settings.home / "faust" / service),
         web_enabled=False,
         autodiscover=False,
         # Topics are created by shared.kafka.ensure_topics with their partition counts.
