@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	if command -v npm >/dev/null; then npm ci --prefix examples/subscriber-node --no-audit --no-fund --silent; fi
+	if command -v npm >/dev/null; then npm ci --prefix docs/tooling --no-audit --no-fund --silent; fi
 	touch $(STAMP)
 
 run: install

@@ -42,6 +42,7 @@ SERVICES: dict[str, Service] = {
 class Topic:
     name: str
     partitions: int
+    publisher: str  # the one service whose outbox feeds this topic
 
     @property
     def dead_letters(self) -> str:
@@ -53,16 +54,21 @@ class Topic:
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        Topic("sales.leads", 6),
-        Topic("sales.campaigns", 3),
-        Topic("sales.accounts", 6),
-        Topic("sales.opportunities", 6),
-        Topic("sales.contracts", 6),
-        Topic("sales.scores", 6),
-        Topic("sales.forecasts", 3),
-        Topic("sales.notifications", 3),
+        Topic("sales.leads", 6, "leads"),
+        Topic("sales.campaigns", 3, "leads"),
+        Topic("sales.accounts", 6, "opportunities"),
+        Topic("sales.opportunities", 6, "opportunities"),
+        Topic("sales.contracts", 6, "opportunities"),
+        Topic("sales.scores", 6, "scoring"),
+        Topic("sales.forecasts", 3, "forecasting"),
+        Topic("sales.notifications", 3, "notifications"),
     )
 }
+
+
+def published_topics(service: str) -> list[str]:
+    """The topics a service publishes to (each topic has one publishing service)."""
+    return [t.name for t in TOPICS.values() if t.publisher == service]
 
 
 def all_topic_names() -> list[str]:

@@ -4,6 +4,7 @@
     funnelcast down                                       stop everything `up` started
     funnelcast status [--json]                            services, ports, readiness, broker, database
     funnelcast token --user USER_ID [--role ROLE]         a bearer token for local use and tests
+    funnelcast asyncapi [--check] [--docs DIR]            write (or check) docs/asyncapi.yaml and docs/events.md
 """
 
 import argparse
@@ -12,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -205,6 +207,30 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- asyncapi ------------------------------------------------------------------------------------
+
+DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def cmd_asyncapi(args: argparse.Namespace, _settings: Settings) -> int:
+    from shared.events.asyncapi import render, render_catalogue
+
+    docs = Path(args.docs)
+    outputs = {docs / "asyncapi.yaml": render(), docs / "events.md": render_catalogue()}
+    stale = [path for path, text in outputs.items() if not path.exists() or path.read_text("utf-8") != text]
+    if args.check:
+        for path in stale:
+            _complain(f"{path} does not match the event registry; run `funnelcast asyncapi`")
+        return 1 if stale else 0
+    docs.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        path.write_text(outputs[path], encoding="utf-8")
+        _say(f"wrote {path}")
+    if not stale:
+        _say("docs/asyncapi.yaml and docs/events.md are up to date")
+    return 0
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
@@ -245,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the role to claim (default: the user's role in the organisation file)")
     token.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default FUNNELCAST_TOKEN_TTL_S)")
     token.set_defaults(handler=cmd_token)
+
+    asyncapi = commands.add_parser(
+        "asyncapi", help="write docs/asyncapi.yaml and docs/events.md from the event registry",
+        description="Generate the AsyncAPI 3.0 document and the readable event catalogue from "
+        "shared/events/catalog.py and its JSON Schemas. With --check, change nothing and exit 1 when "
+        "either file differs from what the registry gives.",
+    )
+    asyncapi.add_argument("--check", action="store_true", help="only check that the files are current")
+    asyncapi.add_argument("--docs", default=str(DEFAULT_DOCS), metavar="DIR", help="where to write (default docs/)")
+    asyncapi.set_defaults(handler=cmd_asyncapi)
     return parser
 
 
