@@ -6,12 +6,19 @@ event changes nothing. A message that cannot be decoded, fails its schema, or ma
 handler fail goes to `<topic>.dlq` with the error and its original headers, and
 consumption moves on. Database outages are not the message's fault: those are retried
 with back-off, holding the partition, so nothing is skipped while Postgres is away.
+
+`EventProcessor.process_batch` applies the records one fetch handed over in ONE transaction
+(one commit instead of one per event): the batch's event ids go into the inbox with one
+statement, and only those not seen before reach their handlers, in the order given (so each
+key's order is kept). When a handler fails, the whole transaction rolls back and the batch is
+applied again one event at a time through `process`, which dead-letters the failing event and
+applies the others.
 """
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -104,19 +111,93 @@ class EventProcessor:
         handler = self.handlers.get(event.type)
         if handler is None:
             return Outcome.IGNORED
-        cause_token = current_cause.set(
-            Cause(
-                correlation_id=event.correlationid or event.id,
-                causation_id=event.id,
-                traceparent=child_traceparent(event.traceparent),
-            )
-        )
+        cause_token = current_cause.set(_cause_of(event))
         event_token = current_event_id.set(event.id)
         try:
             return await self._apply_with_retry(message, event, handler)
         finally:
             current_event_id.reset(event_token)
             current_cause.reset(cause_token)
+
+    async def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Apply `messages` in one transaction; their outcomes, in order (see the module docstring)."""
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        pending: list[tuple[int, CloudEvent, Handler]] = []
+        for i, message in enumerate(messages):
+            try:
+                event = parse_and_validate(message.value or b"")
+            except InvalidEvent as exc:
+                metrics.events_failed.labels("invalid", self.group).inc()
+                await self.dead_letters.send(message, f"invalid event: {exc}")
+                outcomes[i] = Outcome.DEAD_LETTERED
+                continue
+            handler = self.handlers.get(event.type)
+            if handler is None:
+                outcomes[i] = Outcome.IGNORED
+            else:
+                pending.append((i, event, handler))
+        if len(pending) == 1:
+            [(i, _, _)] = pending
+            outcomes[i] = await self.process(messages[i])
+        elif pending:
+            applied = await self._apply_batch_with_retry(pending)
+            if applied is None:  # a handler failed: one at a time, so only that event is dead-lettered
+                for i, _, _ in pending:
+                    outcomes[i] = await self.process(messages[i])
+            else:
+                for (i, _, _), outcome in zip(pending, applied, strict=True):
+                    outcomes[i] = outcome
+        return [outcome or Outcome.IGNORED for outcome in outcomes]
+
+    async def _apply_batch_with_retry(self, pending: list[tuple[int, CloudEvent, Handler]]) -> list[Outcome] | None:
+        backoff = 0.1
+        while True:
+            try:
+                return await self._apply_batch(pending)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("cannot apply a batch of %d yet (%r); retrying in %.1fs", len(pending), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception:  # noqa: BLE001 - some event's failure: the caller retries them one by one
+                log.warning("a batch of %d failed; applying its events one at a time", len(pending), exc_info=True)
+                return None
+
+    async def _apply_batch(self, pending: list[tuple[int, CloudEvent, Handler]]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        durations: list[float] = []
+        async with self.db.transaction() as tx:
+            rows = await tx.conn.fetch(
+                "INSERT INTO inbox (consumer_group, event_id, event_type)"
+                " SELECT $1, e.id, e.type FROM unnest($2::text[], $3::text[]) AS e(id, type)"
+                " ON CONFLICT DO NOTHING RETURNING event_id",
+                self.group,
+                [event.id for _, event, _ in pending],
+                [event.type for _, event, _ in pending],
+            )
+            first_time = {row["event_id"] for row in rows}
+            for _, event, handler in pending:
+                if event.id not in first_time:  # seen before, or earlier in this batch
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                first_time.discard(event.id)
+                started = time.perf_counter()
+                cause_token = current_cause.set(_cause_of(event))
+                event_token = current_event_id.set(event.id)
+                try:
+                    await handler(tx, event)
+                finally:
+                    current_event_id.reset(event_token)
+                    current_cause.reset(cause_token)
+                durations.append(time.perf_counter() - started)
+                outcomes.append(Outcome.APPLIED)
+        applied = iter(durations)
+        for (_, event, _), outcome in zip(pending, outcomes, strict=True):
+            if outcome is Outcome.APPLIED:
+                metrics.events_consumed.labels(event.type, self.group).inc()
+                metrics.handler_duration.labels(event.type, self.group).observe(next(applied))
+            else:
+                metrics.events_duplicate.labels(event.type, self.group).inc()
+        return outcomes
 
     async def _apply_with_retry(self, message: Message, event: CloudEvent, handler: Handler) -> Outcome:
         backoff = 0.1
@@ -150,3 +231,12 @@ class EventProcessor:
         metrics.events_consumed.labels(event.type, self.group).inc()
         metrics.handler_duration.labels(event.type, self.group).observe(time.perf_counter() - started)
         return Outcome.APPLIED
+
+
+def _cause_of(event: CloudEvent) -> Cause:
+    """What the events a handler publishes carry about the event that caused them."""
+    return Cause(
+        correlation_id=event.correlationid or event.id,
+        causation_id=event.id,
+        traceparent=child_traceparent(event.traceparent),
+    )

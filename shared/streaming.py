@@ -2,8 +2,12 @@
 
 `create_stream_app` builds a faust-streaming app from settings; `subscribe` adds an agent
 that feeds every record of some topics through an `EventProcessor` (decode, dedupe,
-handle, dead-letter). The app runs inside the service's uvicorn loop
-(faust.contrib.asgi.faust_app_running), so one process serves HTTP and consumes.
+handle, dead-letter). The agent takes the records in batches (Faust's `Stream.take_events`:
+up to FUNNELCAST_CONSUMER_BATCH_MAX records, or whatever arrived within
+FUNNELCAST_CONSUMER_BATCH_WAIT_MS) and applies each batch in one transaction
+(`EventProcessor.process_batch`); Faust acks a batch's records only once it is applied.
+The app runs inside the service's uvicorn loop (faust.contrib.asgi.faust_app_running), so
+one process serves HTTP and consumes.
 
 Faust 0.15 hard-codes `fetch_max_wait_ms=1500` for its worker consumer. Tansu answers a
 fetch only when that wait runs out, so every hop would cost up to 1.5 s (DESIGN.md section 5).
@@ -53,16 +57,20 @@ class StreamApp(faust.App):
     # Not `crashed`: mode.Service already owns that name (a bool it acts on).
     agent_failure: str | None = None
     processed_offsets: dict[tuple[str, int], int]
+    batch_max: int = 1
+    batch_wait_s: float = 0.005
 
 
 def create_stream_app(service: str, settings: Settings) -> StreamApp:
     servers = ";".join(settings.kafka_bootstrap_servers.split(","))
+    datadir = settings.home / "faust" / service
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = StreamApp(
         f"funnelcast-{service}",
         broker=f"funnelcast://{servers}",
         store="memory://",
         # Tables live in memory, but Faust still creates its data directory: keep it in the state home.
-        datadir=str(settings.home / "faust" / service),
+        datadir=str(datadir),
         web_enabled=False,
         autodiscover=False,
         # Topics are created by shared.kafka.ensure_topics with their partition counts.
@@ -79,28 +87,32 @@ def create_stream_app(service: str, settings: Settings) -> StreamApp:
     )
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     app.processed_offsets = {}
+    app.batch_max = max(1, settings.consumer_batch_max)
+    app.batch_wait_s = max(0.001, settings.consumer_batch_wait_ms / 1000)
     return app
 
 
 def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> None:
-    """Feed every record of `topics` through the processor, one agent for them all."""
+    """Feed every record of `topics` through the processor, in batches, one agent for them all."""
     channel = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     async def apply_events(stream: Any) -> None:
         try:
-            async for record in stream.events():
-                message = record.message
-                await processor.process(
+            async for records in stream.take_events(app.batch_max, within=app.batch_wait_s):
+                messages = [
                     Message(
-                        topic=message.topic,
-                        partition=message.partition,
-                        offset=message.offset,
-                        key=message.key,
-                        value=message.value,
-                        headers=_headers(message.headers),
+                        topic=record.message.topic,
+                        partition=record.message.partition,
+                        offset=record.message.offset,
+                        key=record.message.key,
+                        value=record.message.value,
+                        headers=_headers(record.message.headers),
                     )
-                )
-                app.processed_offsets[(message.topic, message.partition)] = message.offset
+                    for record in records
+                ]
+                await processor.process_batch(messages)
+                for message in messages:
+                    app.processed_offsets[(message.topic, message.partition)] = message.offset
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
