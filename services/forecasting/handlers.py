@@ -1,0 +1,330 @@
+"""One function per consumed event: update the deal, recompute the periods it touches, publish what moved.
+
+Every handler runs in the transaction the framework opened for the event (which also records the
+event in the inbox), so a redelivered event changes nothing and publishes nothing twice. Events
+about an opportunity not seen yet (the service joined late, or a score overtook the opportunity's
+creation) start from an empty deal rather than failing.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from services.forecasting import metrics, store
+from services.forecasting.config import forecast_settings
+from services.forecasting.domain import (
+    By,
+    DealState,
+    Figures,
+    Period,
+    PeriodKind,
+    Placement,
+    affected_periods,
+    money,
+    periods_of,
+    quota_for,
+    rolled_quota,
+)
+from shared.db import Connection, Database, Transaction
+from shared.events.envelope import CloudEvent
+from shared.org import Organisation, cached_organisation
+from shared.settings import get_settings
+
+FORECAST_UPDATED = "sales.forecast.updated.v1"
+# sales.forecast.updated.v1 names months and quarters; yearly figures are served, not published.
+PUBLISHED_KINDS = (PeriodKind.MONTH, PeriodKind.QUARTER)
+STAGE_PROBABILITY = {"prospecting": 10, "bidding": 30, "negotiation": 60, "contract": 80, "won": 100, "lost": 0}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def organisation() -> Organisation:
+    return cached_organisation(get_settings().org_file)
+
+
+def placement(org: Organisation, owner_id: str) -> Placement:
+    user = org.user(owner_id)
+    if user is None:
+        return Placement(None, None)
+    team = org.teams.get(user.team) if user.team else None
+    return Placement(user.team, user.region or (team.region if team else None))
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def _day(value: Any) -> date | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _time(value: Any, fallback: datetime) -> datetime:
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return fallback
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return fallback
+
+
+# --- the forecast rows ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    figures: Figures
+    quota: Decimal | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "open_amount": money(self.figures.open_amount),
+            "weighted_pipeline": money(self.figures.weighted_pipeline),
+            "best_case": money(self.figures.best_case),
+            "commit": money(self.figures.commit),
+            "closed_won": money(self.figures.closed_won),
+            "quota": None if self.quota is None else money(self.quota),
+            "booked": money(self.figures.booked),
+            "deals": self.figures.deals,
+        }
+
+
+async def all_quotas(conn: Connection, org: Organisation) -> dict[tuple[str, str], Decimal]:
+    """The organisation file's quotas, overridden by those set over the API."""
+    quotas = {(q.user, q.period): q.amount for q in org.quotas}
+    quotas.update(await store.quotas(conn))
+    return quotas
+
+
+async def forecast_rows(
+    conn: Connection, org: Organisation, period: Period, by: By, visible: set[str] | None,
+    keys: set[str] | None = None,
+) -> list[Row]:
+    """The rows of a period rolled up by owner, team or region, over the owners in `visible` (None: all).
+
+    A row exists for every key with a deal or a quota in the period; `keys` narrows them. The quota of
+    a team or region is the sum of its owners' quotas.
+    """
+    per_owner = await store.figures_per_owner(conn, period)
+    quotas = await all_quotas(conn, org)
+    with_quota = {o for o, _ in quotas if quota_for(o, period, quotas) is not None}
+    owners = set(per_owner) | with_quota
+    if visible is not None:
+        owners &= visible
+    members: dict[str, set[str]] = {}
+    for owner in owners:
+        members.setdefault(placement(org, owner).key(by, owner), set()).add(owner)
+    rows = [
+        Row(key, sum((per_owner.get(o, Figures()) for o in sorted(of_key)), Figures()),
+            rolled_quota(of_key, period, quotas))
+        for key, of_key in members.items()
+        if keys is None or key in keys
+    ]
+    return sorted(rows, key=lambda r: r.key)
+
+
+async def refresh(
+    tx: Transaction, owners: Iterable[str | None], periods: Iterable[Period], cause: CloudEvent | None
+) -> int:
+    """Recompute the rows of these owners (and their teams and regions) in these periods; publish those
+    whose figures moved since last published. Returns how many rows were published."""
+    org = organisation()
+    named = {o for o in owners if o}
+    published = 0
+    now = _now()
+    for period in sorted(p for p in set(periods) if p.kind in PUBLISHED_KINDS):
+        metrics.recomputations.inc()
+        for by in By:
+            keys = {placement(org, o).key(by, o) for o in named}
+            rows = {r.key: r for r in await forecast_rows(tx.conn, org, period, by, None, keys)}
+            for key in sorted(keys):
+                published += await _publish_if_moved(tx, period, by, rows.get(key, Row(key, Figures(), None)),
+                                                      now, cause)
+    if cause is not None:
+        metrics.update_lag.observe(max(0.0, (_now() - cause.time).total_seconds()))
+    return published
+
+
+async def _publish_if_moved(
+    tx: Transaction, period: Period, by: By, row: Row, now: datetime, cause: CloudEvent | None
+) -> int:
+    figures = row.as_dict()
+    last = await store.published_row(tx.conn, period.name, by.value, row.key)
+    if last is None and row.figures == Figures() and row.quota is None:
+        return 0  # nothing to say about a row never published that is still empty
+    if last is not None and {k: v for k, v in last[0].items() if k != "updated_at"} == figures:
+        return 0
+    sequence = (last[1] if last else 0) + 1
+    data = {"period": period.name, "by": by.value, **figures, "currency": forecast_settings().currency,
+            "updated_at": now.isoformat().replace("+00:00", "Z")}
+    await store.save_published_row(tx.conn, period.name, by.value, row.key, figures, sequence, now,
+                                   cause.id if cause else None)
+    tx.publish(FORECAST_UPDATED, f"{period.name}/{by.value}/{row.key}", data, sequence=sequence)
+    metrics.rows_published.labels(by.value).inc()
+    return 1
+
+
+# --- opportunities ----------------------------------------------------------------------------
+
+
+def _opportunity_id(event: CloudEvent) -> str:
+    return str(event.data.get("opportunity_id") or event.subject)
+
+
+def _with_common_fields(deal: DealState, data: dict[str, Any]) -> DealState:
+    """Amount, currency, owner, expected close date and stage when the event carries them."""
+    changes: dict[str, Any] = {}
+    amount = _decimal(data.get("amount"))
+    if amount is not None:
+        changes["amount"] = amount
+    if isinstance(data.get("currency"), str):
+        changes["currency"] = data["currency"]
+    if isinstance(data.get("owner_id"), str) and data["owner_id"]:
+        changes["owner_id"] = data["owner_id"]
+    if "expected_close_date" in data:
+        changes["expected_close_date"] = _day(data["expected_close_date"])
+    return deal.changed(**changes) if changes else deal
+
+
+def _staged(deal: DealState, stage: str | None, probability: Any) -> DealState:
+    if not stage:
+        return deal
+    given = _decimal(probability)
+    default = Decimal(STAGE_PROBABILITY.get(stage, int(deal.stage_probability)))
+    return deal.changed(stage=stage, stage_probability=given if given is not None else default)
+
+
+async def _apply(
+    tx: Transaction, event: CloudEvent, change: Callable[[DealState], DealState], *, created: bool = False,
+    fields: dict[str, Any] | None = None,
+) -> DealState:
+    """Apply an opportunity event to its deal: the common `fields` (default: the event's data), then `change`."""
+    opportunity_id = _opportunity_id(event)
+    before = await store.lock_deal(tx.conn, opportunity_id)
+    common = event.data if fields is None else fields
+    after = change(_with_common_fields(before or DealState(opportunity_id), common))
+    settings = forecast_settings()
+    amount = settings.conversion().convert(after.amount, after.currency)
+    category = settings.category_rules().category(after.status, after.stage, after.probability)
+    await store.save_deal(tx.conn, after, amount, category, _now(), event.time if created else None)
+    if before is None or before.stage != after.stage:
+        await store.record_transition(tx.conn, event.id, opportunity_id, after.owner_id,
+                                      before.stage if before else None, after.stage, event.time)
+    owners = {after.owner_id, before.owner_id if before else None}
+    await refresh(tx, owners, affected_periods(before, after), event)
+    return after
+
+
+async def opportunity_created(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await _apply(tx, event, lambda d: _staged(d, str(data.get("stage") or "prospecting"), data.get("probability"))
+                 .changed(status=str(data.get("status") or "open")), created=True)
+
+
+async def opportunity_stage_changed(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await _apply(tx, event, lambda d: _staged(d, str(data["to_stage"]), data.get("probability")))
+
+
+def _closed(outcome: str, event: CloudEvent) -> Callable[[DealState], DealState]:
+    closed_on = _time(event.data.get("closed_at"), event.time).date()
+    return lambda d: _staged(d, outcome, None).changed(status=outcome, closed_on=closed_on)
+
+
+async def opportunity_won(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, _closed("won", event))
+
+
+async def opportunity_lost(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, _closed("lost", event))
+
+
+def _status(status: str) -> Callable[[DealState], DealState]:
+    return lambda d: d.changed(status=status)
+
+
+async def opportunity_suspended(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, _status("suspended"))
+
+
+async def opportunity_reactivated(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, _status("open"))
+
+
+async def opportunity_terminated(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, _status("terminated"))
+
+
+async def opportunity_owners_changed(tx: Transaction, event: CloudEvent) -> None:
+    await _apply(tx, event, lambda d: d)  # the primary owner is in the common fields
+
+
+async def opportunity_scored(tx: Transaction, event: CloudEvent) -> None:
+    score = _decimal(event.data.get("score"))
+    # A score carries the owner and the probability only: not the amount or the dates.
+    owner = event.data.get("owner_id")
+    await _apply(tx, event, lambda d: d.changed(scored_probability=score),
+                 fields={"owner_id": owner} if owner else {})
+
+
+# --- contracts --------------------------------------------------------------------------------
+
+
+async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    amount = _decimal(data.get("amount")) or Decimal(0)
+    currency = str(data.get("currency") or "CNY")
+    signed_on = _time(data.get("signed_at"), event.time).date()
+    owner = data.get("owner_id")
+    await store.save_booking(tx.conn, str(data.get("contract_id") or event.subject), data.get("opportunity_id"),
+                             owner, amount, currency, forecast_settings().conversion().convert(amount, currency),
+                             signed_on)
+    await refresh(tx, [owner], periods_of(signed_on), event)
+
+
+async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
+    booking = await store.terminate_booking(tx.conn, str(event.data.get("contract_id") or event.subject))
+    if booking is not None:
+        await refresh(tx, [booking["owner_id"]], periods_of(booking["signed_on"]), event)
+
+
+HANDLERS = {
+    "sales.opportunity.created.v1": opportunity_created,
+    "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
+    "sales.opportunity.won.v1": opportunity_won,
+    "sales.opportunity.lost.v1": opportunity_lost,
+    "sales.opportunity.suspended.v1": opportunity_suspended,
+    "sales.opportunity.reactivated.v1": opportunity_reactivated,
+    "sales.opportunity.terminated.v1": opportunity_terminated,
+    "sales.opportunity.owners_changed.v1": opportunity_owners_changed,
+    "sales.opportunity.scored.v1": opportunity_scored,
+    "sales.contract.signed.v1": contract_signed,
+    "sales.contract.terminated.v1": contract_terminated,
+}
+
+
+# --- quotas -----------------------------------------------------------------------------------
+
+
+async def set_quota(db: Database, owner_id: str, period: Period, amount: Decimal, set_by: str) -> int:
+    """Set an owner's quota for a period; republish the rows whose quota moved (that period, the periods
+    it lies in and its parts). Returns how many rows were published."""
+    async with db.transaction() as tx:
+        await store.set_quota(tx.conn, owner_id, period.name, amount, set_by, _now())
+        return await refresh(tx, [owner_id], [period, *period.parents, *period.children], None)

@@ -1,0 +1,157 @@
+"""asyncpg queries for the forecasting service's tables (migrations/ beside this file)."""
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from services.forecasting.domain import Category, DealState, Figures, Period
+from shared.db import Connection
+
+_OPEN = [Category.PIPELINE.value, Category.BEST_CASE.value, Category.COMMIT.value]
+
+
+def _deal(row: asyncpg.Record) -> DealState:
+    return DealState(
+        opportunity_id=row["opportunity_id"], owner_id=row["owner_id"], amount=row["amount"],
+        currency=row["currency"], expected_close_date=row["expected_close_date"], stage=row["stage"],
+        status=row["status"], stage_probability=row["stage_probability"],
+        scored_probability=row["scored_probability"], closed_on=row["closed_on"],
+    )
+
+
+async def lock_deal(conn: Connection, opportunity_id: str) -> DealState | None:
+    row = await conn.fetchrow("SELECT * FROM deals WHERE opportunity_id = $1 FOR UPDATE", opportunity_id)
+    return None if row is None else _deal(row)
+
+
+async def save_deal(
+    conn: Connection, deal: DealState, amount_reporting: Decimal | None, category: Category, at: datetime,
+    created_at: datetime | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO deals (opportunity_id, owner_id, amount, currency, amount_reporting, expected_close_date,"
+        " stage, status, stage_probability, scored_probability, probability, category, closed_on, forecast_on,"
+        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, amount = EXCLUDED.amount,"
+        " currency = EXCLUDED.currency, amount_reporting = EXCLUDED.amount_reporting,"
+        " expected_close_date = EXCLUDED.expected_close_date, stage = EXCLUDED.stage, status = EXCLUDED.status,"
+        " stage_probability = EXCLUDED.stage_probability, scored_probability = EXCLUDED.scored_probability,"
+        " probability = EXCLUDED.probability, category = EXCLUDED.category, closed_on = EXCLUDED.closed_on,"
+        " forecast_on = EXCLUDED.forecast_on, created_at = coalesce(deals.created_at, EXCLUDED.created_at),"
+        " updated_at = EXCLUDED.updated_at",
+        deal.opportunity_id, deal.owner_id, deal.amount, deal.currency, amount_reporting, deal.expected_close_date,
+        deal.stage, deal.status, deal.stage_probability, deal.scored_probability, deal.probability, category.value,
+        deal.closed_on, deal.forecast_date(), created_at, at,
+    )
+
+
+async def record_transition(
+    conn: Connection, event_id: str, opportunity_id: str, owner_id: str | None, from_stage: str | None,
+    to_stage: str, at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO deal_transitions (event_id, opportunity_id, owner_id, from_stage, to_stage, at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        event_id, opportunity_id, owner_id, from_stage, to_stage, at,
+    )
+
+
+async def save_booking(
+    conn: Connection, contract_id: str, opportunity_id: str | None, owner_id: str | None, amount: Decimal,
+    currency: str, amount_reporting: Decimal | None, signed_on: date,
+) -> None:
+    await conn.execute(
+        "INSERT INTO bookings (contract_id, opportunity_id, owner_id, amount, currency, amount_reporting, signed_on,"
+        " status) VALUES ($1, $2, $3, $4, $5, $6, $7, 'signed') ON CONFLICT (contract_id) DO UPDATE SET"
+        " owner_id = EXCLUDED.owner_id, amount = EXCLUDED.amount, currency = EXCLUDED.currency,"
+        " amount_reporting = EXCLUDED.amount_reporting, signed_on = EXCLUDED.signed_on, status = 'signed'",
+        contract_id, opportunity_id, owner_id, amount, currency, amount_reporting, signed_on,
+    )
+
+
+async def terminate_booking(conn: Connection, contract_id: str) -> asyncpg.Record | None:
+    """Mark a booking terminated; the booking as it was, or None when it was never signed."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE bookings SET status = 'terminated' WHERE contract_id = $1 AND status = 'signed'"
+        " RETURNING owner_id, signed_on", contract_id)
+    return row
+
+
+async def figures_per_owner(conn: Connection, period: Period) -> dict[str, Figures]:
+    """Every owner's figures for the period: open deals by expected close date, won ones by close day."""
+    rows = await conn.fetch(
+        "SELECT owner_id,"
+        " coalesce(sum(amount_reporting) FILTER (WHERE category = ANY($3)), 0) AS open_amount,"
+        " coalesce(sum(amount_reporting * probability / 100) FILTER (WHERE category = ANY($3)), 0) AS weighted,"
+        " coalesce(sum(amount_reporting) FILTER (WHERE category = 'commit'), 0) AS commit_open,"
+        " coalesce(sum(amount_reporting) FILTER (WHERE category = 'best_case'), 0) AS best_case_open,"
+        " coalesce(sum(amount_reporting) FILTER (WHERE category = 'closed_won'), 0) AS closed_won,"
+        " count(*) AS deals"
+        " FROM deals WHERE forecast_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL"
+        " AND category <> 'omitted' AND owner_id IS NOT NULL GROUP BY owner_id",
+        period.start, period.end, _OPEN,
+    )
+    figures = {
+        r["owner_id"]: Figures(r["open_amount"], r["weighted"], r["commit_open"], r["best_case_open"],
+                               r["closed_won"], Decimal(0), r["deals"])
+        for r in rows
+    }
+    booked = await conn.fetch(
+        "SELECT owner_id, sum(amount_reporting) AS booked FROM bookings WHERE signed_on BETWEEN $1 AND $2"
+        " AND status = 'signed' AND amount_reporting IS NOT NULL AND owner_id IS NOT NULL GROUP BY owner_id",
+        period.start, period.end,
+    )
+    for r in booked:
+        figures[r["owner_id"]] = figures.get(r["owner_id"], Figures()) + Figures(booked=r["booked"])
+    return figures
+
+
+async def quotas(conn: Connection) -> dict[tuple[str, str], Decimal]:
+    rows = await conn.fetch("SELECT owner_id, period, amount FROM quotas")
+    return {(r["owner_id"], r["period"]): r["amount"] for r in rows}
+
+
+async def set_quota(conn: Connection, owner_id: str, period: str, amount: Decimal, set_by: str, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO quotas (owner_id, period, amount, set_by, set_at) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (owner_id, period) DO UPDATE SET amount = EXCLUDED.amount, set_by = EXCLUDED.set_by,"
+        " set_at = EXCLUDED.set_at",
+        owner_id, period, amount, set_by, at,
+    )
+
+
+async def published_row(conn: Connection, period: str, by: str, key: str) -> tuple[dict[str, Any], int] | None:
+    row = await conn.fetchrow(
+        "SELECT figures, sequence FROM forecast_rows WHERE period = $1 AND by = $2 AND key = $3 FOR UPDATE",
+        period, by, key)
+    return None if row is None else (json.loads(row["figures"]), row["sequence"])
+
+
+async def save_published_row(
+    conn: Connection, period: str, by: str, key: str, figures: dict[str, Any], sequence: int, at: datetime,
+    cause_event_id: str | None,
+) -> None:
+    text = json.dumps(figures, ensure_ascii=False)
+    await conn.execute(
+        "INSERT INTO forecast_rows (period, by, key, figures, sequence, updated_at) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (period, by, key) DO UPDATE SET figures = EXCLUDED.figures, sequence = EXCLUDED.sequence,"
+        " updated_at = EXCLUDED.updated_at",
+        period, by, key, text, sequence, at,
+    )
+    await conn.execute(
+        "INSERT INTO forecast_history (period, by, key, figures, computed_at, cause_event_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        period, by, key, text, at, cause_event_id,
+    )
+
+
+async def history(conn: Connection, period: str, by: str, keys: list[str] | None, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT key, figures, computed_at FROM forecast_history WHERE period = $1 AND by = $2"
+        " AND ($3::text[] IS NULL OR key = ANY($3)) ORDER BY id DESC LIMIT $4",
+        period, by, keys, limit,
+    )
+    return rows
