@@ -28,7 +28,7 @@ from services.forecasting.domain import (
     rolled_quota,
 )
 from shared.db import Connection, Database, Transaction
-from shared.events.envelope import CloudEvent
+from shared.events.envelope import CloudEvent, data_time
 from shared.org import Organisation, cached_organisation
 from shared.settings import get_settings
 
@@ -70,16 +70,6 @@ def _day(value: Any) -> date | None:
         return date.fromisoformat(value[:10])
     except ValueError:
         return None
-
-
-def _time(value: Any, fallback: datetime) -> datetime:
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return fallback
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return fallback
 
 
 # --- the forecast rows ------------------------------------------------------------------------
@@ -243,7 +233,7 @@ async def opportunity_stage_changed(tx: Transaction, event: CloudEvent) -> None:
 
 
 def _closed(outcome: str, event: CloudEvent) -> Callable[[DealState], DealState]:
-    closed_on = _time(event.data.get("closed_at"), event.time).date()
+    closed_on = data_time(event.data.get("closed_at"), event.time).date()
     return lambda d: _staged(d, outcome, None).changed(status=outcome, closed_on=closed_on)
 
 
@@ -290,7 +280,7 @@ async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
     data = event.data
     amount = _decimal(data.get("amount")) or Decimal(0)
     currency = str(data.get("currency") or "CNY")
-    signed_on = _time(data.get("signed_at"), event.time).date()
+    signed_on = data_time(data.get("signed_at"), event.time).date()
     owner = data.get("owner_id")
     await store.save_booking(tx.conn, str(data.get("contract_id") or event.subject), data.get("opportunity_id"),
                              owner, amount, currency, forecast_settings().conversion().convert(amount, currency),

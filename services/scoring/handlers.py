@@ -26,7 +26,7 @@ from services.scoring.domain import (
 from services.scoring.learning import Example, LinearModel, NotEnoughOutcomes, train
 from shared.db import Connection, Database, Transaction
 from shared.errors import DomainError, NotFound
-from shared.events.envelope import CloudEvent
+from shared.events.envelope import CloudEvent, data_time
 
 LEAD_SCORED = "sales.lead.scored.v1"
 OPPORTUNITY_SCORED = "sales.opportunity.scored.v1"
@@ -38,16 +38,6 @@ def _now() -> datetime:
 
 def _ts(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _time(value: Any, fallback: datetime) -> datetime:
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return fallback
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return fallback
 
 
 # --- leads ------------------------------------------------------------------------------------
@@ -100,7 +90,7 @@ async def _rescore_lead(
 
 
 async def lead_captured(tx: Transaction, event: CloudEvent) -> None:
-    at = _time(event.data.get("captured_at"), event.time)
+    at = data_time(event.data.get("captured_at"), event.time)
     await _rescore_lead(tx, event, lambda f: f.captured(event.data, at))
 
 
@@ -114,7 +104,7 @@ async def lead_engaged(tx: Transaction, event: CloudEvent) -> None:
 
 
 async def lead_contacted(tx: Transaction, event: CloudEvent) -> None:
-    at = _time(event.data.get("contacted_at"), event.time)
+    at = data_time(event.data.get("contacted_at"), event.time)
     number = event.data.get("touch_number")
     await _rescore_lead(tx, event, lambda f: f.contacted(at, number if isinstance(number, int) else None))
 
@@ -137,7 +127,7 @@ async def _lead_outcome(tx: Transaction, event: CloudEvent, outcome: str, positi
     features, current = await store.lock_lead(tx.conn, lead_id)
     known = features.to_json() if current else None
     await store.record_outcome(tx.conn, "lead", lead_id, outcome, positive, known,
-                               _time(event.data.get(at_field), event.time), event.id)
+                               data_time(event.data.get(at_field), event.time), event.id)
     await store.set_lead_status(tx.conn, lead_id, outcome)
 
 
@@ -203,7 +193,7 @@ def _probability(data: dict[str, Any]) -> float | None:
 
 async def opportunity_created(tx: Transaction, event: CloudEvent) -> None:
     data = event.data
-    at = _time(data.get("created_at"), event.time)
+    at = data_time(data.get("created_at"), event.time)
     await _rescore_opportunity(
         tx, event,
         lambda f: replace(f.moved(str(data.get("stage") or "prospecting"), _probability(data), at),
@@ -213,7 +203,7 @@ async def opportunity_created(tx: Transaction, event: CloudEvent) -> None:
 
 async def opportunity_stage_changed(tx: Transaction, event: CloudEvent) -> None:
     data = event.data
-    at = _time(data.get("changed_at"), event.time)
+    at = data_time(data.get("changed_at"), event.time)
     await _rescore_opportunity(tx, event, lambda f: f.moved(str(data["to_stage"]), _probability(data), at))
 
 
@@ -230,7 +220,7 @@ async def _opportunity_closed(tx: Transaction, event: CloudEvent, outcome: str) 
         tx, event, lambda f: replace(f, status=outcome)
     )
     await store.record_outcome(tx.conn, "opportunity", _opportunity_id(event), outcome, outcome == "won",
-                               features.to_json(), _time(event.data.get("closed_at"), event.time), event.id)
+                               features.to_json(), data_time(event.data.get("closed_at"), event.time), event.id)
 
 
 async def opportunity_won(tx: Transaction, event: CloudEvent) -> None:

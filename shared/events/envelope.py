@@ -139,3 +139,14 @@ def parse_and_validate(raw: bytes | str) -> CloudEvent:
     event = parse(raw)
     validate(event)
     return event
+
+
+def data_time(value: Any, fallback: datetime) -> datetime:
+    """A time field of an event's data (RFC 3339), timezone-aware; `fallback` when absent or malformed."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return fallback
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return fallback
