@@ -230,6 +230,10 @@ class Opportunity:
         self._require_open("assess")
         return self
 
+    def may_quote(self) -> None:
+        """Quotes are drawn up, revised and submitted while the opportunity is open."""
+        self._require_open("quote on")
+
     def change_owners(self, owners: "tuple[OwnerSplit, ...]") -> "Opportunity":
         """New owners and splits; the first is the primary owner (a transfer is one owner at 100 %)."""
         if self.status in (Status.TERMINATED, Status.ARCHIVED):

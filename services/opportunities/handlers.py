@@ -62,6 +62,19 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4()}"
 
 
+def check_version(what: str, current: int, expected: int | None) -> None:
+    """412 when the caller's change was based on another version than the stored one (None: not checked)."""
+    if expected is not None and expected != current:
+        raise PreconditionFailed(
+            f"{what} is at version {current}, not {expected}: reload it and apply your change again"
+        )
+
+
+def changed_meanwhile(what: str) -> PreconditionFailed:
+    """The UPDATE ... WHERE version = $n found the version moved: another writer got there first."""
+    return PreconditionFailed(f"{what} was changed by someone else at the same time: reload it and retry")
+
+
 # --- accounts -----------------------------------------------------------------------------
 
 
@@ -148,10 +161,7 @@ async def update_account(
             actor.check(row["owner_id"], f"account {account_id}")
         if changes.get("owner_id") is not None:
             actor.check(changes["owner_id"], "the account's new owner")
-        if expected_version is not None and expected_version != row["version"]:
-            raise PreconditionFailed(
-                f"account {account_id} is at version {row['version']}, not {expected_version}: reload it and retry"
-            )
+        check_version(f"account {account_id}", row["version"], expected_version)
         columns = {k: v for k, v in changes.items() if k in _ACCOUNT_FIELDS and row[k] != v}
         if "name" in columns:
             if not normalise_name(columns["name"]):
@@ -170,7 +180,7 @@ async def update_account(
             return row
         saved = await store.update_account(tx.conn, account_id, row["version"], **columns)
         if saved is None:
-            raise PreconditionFailed(f"account {account_id} was changed by someone else at the same time: retry")
+            raise changed_meanwhile(f"account {account_id}")
         data = _account_data(saved)
         del data["created_by"], data["created_at"]
         data |= {"changed_fields": sorted(c for c in columns if c != "normalised_name"), "updated_by": actor.user_id,
@@ -301,18 +311,12 @@ async def _change(
         if row is None:
             raise NotFound(f"no opportunity {opportunity_id}")
         actor.check(row["owner_id"], f"opportunity {opportunity_id}")
-        if expected_version is not None and expected_version != row["version"]:
-            raise PreconditionFailed(
-                f"opportunity {opportunity_id} is at version {row['version']}, not {expected_version}: "
-                "reload it and apply your change again"
-            )
+        check_version(f"opportunity {opportunity_id}", row["version"], expected_version)
         now = _now()
         changed, move, extra, event_type, event_data = apply(store.to_domain(row), now)
         saved = await store.save_opportunity(tx.conn, changed, expected_version=row["version"], **extra)
         if saved is None:
-            raise PreconditionFailed(
-                f"opportunity {opportunity_id} was changed by someone else at the same time: reload it and retry"
-            )
+            raise changed_meanwhile(f"opportunity {opportunity_id}")
         if move is not None:
             await store.record_stage_change(tx.conn, opportunity_id, move, actor.user_id, now)
         tx.publish(event_type, opportunity_id, _common(saved) | event_data, sequence=saved["version"])

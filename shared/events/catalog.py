@@ -83,6 +83,17 @@ _EVENTS = (
         "An opportunity's owners or their splits changed, or it was transferred.",
     ),
     EventType("sales.opportunity.archived.v1", "sales.opportunities", "A closed opportunity was archived."),
+    EventType("sales.quote.created.v1", "sales.opportunities", "A draft quote was drawn up for an opportunity."),
+    EventType("sales.quote.revised.v1", "sales.opportunities", "A draft or rejected quote was revised."),
+    EventType(
+        "sales.quote.submitted.v1",
+        "sales.opportunities",
+        "A quote was submitted; approval_required and approver_id say whether a manager must decide.",
+    ),
+    EventType(
+        "sales.quote.approved.v1", "sales.opportunities", "A quote was approved (by a manager or automatically)."
+    ),
+    EventType("sales.quote.rejected.v1", "sales.opportunities", "A quote pending approval was rejected."),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     EventType("sales.contract.executed.v1", "sales.contracts", "A signed contract was executed (fulfilled)."),
     EventType("sales.contract.terminated.v1", "sales.contracts", "A contract was terminated before execution."),

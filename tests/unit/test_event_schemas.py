@@ -31,13 +31,22 @@ CONTRACT_MINIMUM = {
 }
 
 AMOUNT_FIELDS = {
-    "amount", "budget", "actual_cost", "open_amount", "weighted_pipeline", "best_case", "commit", "closed_won", "quota",
+    "amount", "list_total", "subtotal", "total",
+    "budget", "actual_cost", "open_amount", "weighted_pipeline", "best_case", "commit", "closed_won", "quota",
 }
 
 FACTORS = [
     {"feature": "grade", "contribution": 22.5, "label_en": "Intent grade H", "label_zh": "意向等级 H"},
     {"feature": "source", "contribution": -3, "label_en": "Came from a trade show", "label_zh": "来自展会"},
 ]
+
+QUOTE = {
+    "quote_id": "quo-7", "opportunity_id": "opp-204", "account_id": "acc-51", "owner_id": "rep-1",
+    "currency": "CNY", "discount": "5.00", "list_total": "250000.00", "subtotal": "237500.00",
+    "total": "225625.00", "effective_discount": "9.75", "valid_until": "2026-12-31",
+    "lines": [{"product": "数据平台 license", "quantity": "10", "unit_price": "25000.00", "discount": "5.00",
+               "net": "237500.00"}],
+}
 
 # One realistic payload per event type.
 EXAMPLES = {
@@ -172,6 +181,24 @@ EXAMPLES = {
     "sales.contract.signed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "signed_at": "2027-01-20T03:00:00Z",
+    },
+    "sales.quote.created.v1": {
+        **QUOTE, "status": "draft", "created_by": "rep-1", "created_at": "2026-12-01T02:00:00Z",
+    },
+    "sales.quote.revised.v1": {
+        **QUOTE, "status": "draft", "revised_by": "rep-1", "revised_at": "2026-12-01T02:30:00Z",
+    },
+    "sales.quote.submitted.v1": {
+        **QUOTE, "status": "pending_approval", "submitted_by": "rep-1", "submitted_at": "2026-12-01T03:00:00Z",
+        "approval_required": True, "approval_threshold": "10.00", "approver_id": "mgr-1",
+    },
+    "sales.quote.approved.v1": {
+        **QUOTE, "status": "approved", "approved_by": "mgr-1", "approved_at": "2026-12-01T04:00:00Z",
+        "automatic": False, "reason": None,
+    },
+    "sales.quote.rejected.v1": {
+        **QUOTE, "status": "rejected", "rejected_by": "mgr-1", "rejected_at": "2026-12-01T04:00:00Z",
+        "reason": "折扣过大",
     },
     "sales.lead.scored.v1": {
         "lead_id": "lead-8f3a", "score": 83.4, "model_version": "rules-1", "factors": FACTORS,
