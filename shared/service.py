@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from shared import kafka
+from shared import kafka, replays
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
@@ -31,7 +31,7 @@ from shared.org import cached_organisation
 from shared.outbox import OutboxRelay, prune_history
 from shared.settings import Settings, get_settings
 from shared.streaming import StreamApp, create_stream_app, record_consumer_lag, subscribe
-from shared.topology import SERVICES
+from shared.topology import SERVICES, published_topics
 from shared.web import CurrentPrincipal, RequestContextMiddleware, install_error_handlers, install_probes
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,8 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
     install_error_handlers(app)
     install_probes(app, runtime.readiness)
     app.include_router(identity)
+    if published_topics(definition.name):  # its outbox history can be replayed to subscribers
+        app.include_router(replays.router)
     for router in definition.routers:
         app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
