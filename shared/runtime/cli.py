@@ -4,10 +4,12 @@
     funnelcast down                                       stop everything `up` started
     funnelcast status [--json]                            services, ports, readiness, broker, database
     funnelcast token --user USER_ID [--role ROLE]         a bearer token for local use and tests
+    funnelcast dlq list|show|replay TOPIC                 inspect and re-drive dead-lettered events
     funnelcast asyncapi [--check] [--docs DIR]            write (or check) docs/asyncapi.yaml and docs/events.md
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import signal
@@ -207,6 +209,57 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- dlq ---------------------------------------------------------------------------------------------
+
+
+def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.runtime.dlq import DeadLetterError, read_dead_letters, replay_dead_letters
+
+    try:
+        if args.action == "replay":
+            def sent(letter: Any) -> None:
+                _say(f"re-driven {letter.position} -> {letter.original_topic}  {letter.summary()['event_id'] or ''}")
+
+            letters = asyncio.run(replay_dead_letters(settings, args.topic, dry_run=args.dry_run, on_sent=sent))
+            verb = "would re-drive" if args.dry_run else "re-drove"
+            if args.dry_run:
+                for letter in letters:
+                    _say(f"would re-drive {letter.position} -> {letter.original_topic}")
+            _say(f"{verb} {len(letters)} dead letters" + ("" if letters else " (none pending)"))
+            return 0
+        letters = asyncio.run(read_dead_letters(settings, args.topic))
+    except DeadLetterError as exc:
+        _complain(str(exc))
+        return 1
+    if args.action == "list":
+        if args.json:
+            print(json.dumps([letter.summary() for letter in letters], indent=2, ensure_ascii=False))
+        else:
+            _print_dead_letters([letter.summary() for letter in letters])
+        return 0
+    chosen = [letter for letter in letters if args.which in (letter.position, letter.summary()["event_id"])]
+    if not chosen:
+        _complain(f"no dead letter {args.which!r} on {args.topic} (give PARTITION:OFFSET or an event id)")
+        return 1
+    for letter in chosen:
+        print(json.dumps(letter.details(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _print_dead_letters(summaries: list[dict[str, Any]]) -> None:
+    if not summaries:
+        _say("no dead letters")
+        return
+    columns = ("position", "state", "failed_at", "group", "type", "subject", "event_id", "error")
+    rows = [tuple(c.upper() for c in columns)]
+    rows += [tuple(str(s[c] or "-")[: 60 if c == "error" else 40] for c in columns) for s in summaries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        _say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    pending = sum(s["state"] == "pending" for s in summaries)
+    _say(f"{len(summaries)} dead letters, {pending} not re-driven yet")
+
+
 # --- asyncapi ------------------------------------------------------------------------------------
 
 DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -271,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the role to claim (default: the user's role in the organisation file)")
     token.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default FUNNELCAST_TOKEN_TTL_S)")
     token.set_defaults(handler=cmd_token)
+
+    dlq = commands.add_parser(
+        "dlq", help="list, show and re-drive dead-lettered events",
+        description="TOPIC is a topic (sales.leads) or its dead-letter topic (sales.leads.dlq). `replay` sends "
+        "every dead letter not re-driven yet back to its original topic, with its key and original headers; "
+        "consumers that had applied it skip it by event id, so fix the cause first, then replay.",
+    )
+    dlq_actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlq_list = dlq_actions.add_parser("list", help="every dead letter of TOPIC, pending or re-driven")
+    dlq_list.add_argument("topic", metavar="TOPIC")
+    dlq_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dlq_show = dlq_actions.add_parser("show", help="one dead letter: headers, error and the event")
+    dlq_show.add_argument("topic", metavar="TOPIC")
+    dlq_show.add_argument("which", metavar="PARTITION:OFFSET|EVENT_ID")
+    dlq_replay = dlq_actions.add_parser("replay", help="re-drive the pending dead letters to their topic")
+    dlq_replay.add_argument("topic", metavar="TOPIC")
+    dlq_replay.add_argument("--dry-run", action="store_true", help="list what would be re-driven, send nothing")
+    dlq.set_defaults(handler=cmd_dlq)
 
     asyncapi = commands.add_parser(
         "asyncapi", help="write docs/asyncapi.yaml and docs/events.md from the event registry",
