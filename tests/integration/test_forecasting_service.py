@@ -1,0 +1,333 @@
+"""The forecasting service on the real runtime, fed by the real opportunities and scoring services:
+weighted pipeline from their events, a stage move or a close updating the forecast and publishing
+sales.forecast.updated.v1, redelivery changing nothing, quotas and role scoping over HTTP."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.forecasting.main import service as forecasting
+from services.opportunities.main import service as opportunities
+from services.scoring.main import service as scoring
+from shared import kafka
+from shared.auth import issue_token
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
+from shared.org import Role
+from shared.runtime.broker import TansuBroker
+from shared.runtime.postgres import EmbeddedPostgres
+from shared.service import create_service_app
+from shared.settings import Settings
+from tests.conftest import settings_for
+from tests.support.topics import read_topic
+from tests.support.waiting import eventually, free_port
+
+# The first wait covers three consumer groups joining (about 3 s each on Tansu) and their first fetches.
+TIMEOUT = 60.0
+ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "rep-3": Role.REP, "mgr-1": Role.MANAGER, "mgr-2": Role.MANAGER,
+         "dir-1": Role.DIRECTOR, "admin-1": Role.ADMIN}
+
+
+@pytest.fixture(scope="module")
+def forecasting_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    """A broker of this module's own, so the new consumer groups do not read every earlier module's events."""
+    server = TansuBroker(free_port(), tmp_path_factory.mktemp("forecasting-broker") / "tansu.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def settings(
+    postgres: EmbeddedPostgres, forecasting_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    configured = settings_for(postgres, forecasting_broker, tmp_path_factory.mktemp("forecasting-home"))
+    await kafka.ensure_topics(configured)
+    return configured
+
+
+@pytest.fixture(scope="module")
+async def clients(settings: Settings) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """The three services in this process, each behind its own client."""
+    async with AsyncExitStack() as stack:
+        started = {}
+        for definition in (opportunities, scoring, forecasting):
+            app = create_service_app(definition, settings)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+            started[definition.name] = await stack.enter_async_context(client)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def http(clients: dict[str, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return clients["forecasting"]
+
+
+@pytest.fixture(scope="module")
+async def tables(settings: Settings, http: httpx.AsyncClient) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.database_url_for("forecasting"), min_size=1, max_size=3)
+    yield pool
+    await pool.close()
+
+
+def as_(settings: Settings, user: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(user, ROLES[user], settings.signing_secret, 600)}"}
+
+
+async def open_opportunity(
+    clients: dict[str, httpx.AsyncClient], settings: Settings, owner: str, amount: str, close: str
+) -> dict[str, Any]:
+    body = {"name": f"项目 {uuid.uuid4().hex[:8]}", "account_name": f"客户 {uuid.uuid4().hex[:8]}",
+            "amount": amount, "currency": "CNY", "expected_close_date": close}
+    response = await clients["opportunities"].post("/v1/opportunities", json=body, headers=as_(settings, owner))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def move(clients: dict[str, httpx.AsyncClient], settings: Settings, opp: dict[str, Any], stage: str) -> None:
+    response = await clients["opportunities"].post(
+        f"/v1/opportunities/{opp['id']}/stage", json={"stage": stage}, headers=as_(settings, opp["owner_id"]))
+    assert response.status_code == 200, response.text
+
+
+async def forecast(
+    http: httpx.AsyncClient, settings: Settings, period: str, by: str = "owner", user: str = "dir-1"
+) -> dict[str, dict[str, Any]]:
+    response = await http.get("/v1/forecast", params={"period": period, "by": by}, headers=as_(settings, user))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["period"], body["by"]) == (period, by)
+    return {row["key"]: row for row in body["rows"]}
+
+
+async def win_probability(clients: dict[str, httpx.AsyncClient], settings: Settings, opp_id: str) -> Decimal | None:
+    response = await clients["scoring"].get(f"/v1/opportunities/{opp_id}/score", headers=as_(settings, "dir-1"))
+    return Decimal(response.json()["score"]) if response.status_code == 200 else None
+
+
+def cents(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
+async def test_weighted_pipeline_is_the_sum_of_amount_times_the_scored_win_probability(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    period = "2031-03"
+    deals = [
+        await open_opportunity(clients, settings, "rep-1", "120000.00", "2031-03-05"),
+        await open_opportunity(clients, settings, "rep-1", "80000.00", "2031-03-28"),
+        await open_opportunity(clients, settings, "rep-2", "250000.00", "2031-03-15"),
+        await open_opportunity(clients, settings, "rep-3", "60000.00", "2031-03-31"),
+    ]
+    await move(clients, settings, deals[1], "bidding")
+    await move(clients, settings, deals[2], "bidding")
+    await move(clients, settings, deals[2], "negotiation")
+
+    async def settled() -> dict[str, dict[str, Any]] | None:
+        # The scoring service's current win probability of each deal; the forecast must weigh by it.
+        probabilities = [await win_probability(clients, settings, d["id"]) for d in deals]
+        if any(p is None for p in probabilities):
+            return None
+        expected: dict[str, Decimal] = {}
+        for deal, probability in zip(deals, probabilities, strict=True):
+            assert probability is not None
+            expected[deal["owner_id"]] = expected.get(deal["owner_id"], Decimal(0)) + (
+                Decimal(deal["amount"]) * probability / 100)
+        rows = await forecast(http, settings, period)
+        weighted = {k: rows[k]["weighted_pipeline"] for k in expected if k in rows}
+        return rows if weighted == {k: cents(v) for k, v in expected.items()} else None
+
+    rows = await eventually(settled, timeout=TIMEOUT, interval=0.2)
+    assert rows["rep-1"]["open_amount"] == "200000.00" and rows["rep-2"]["open_amount"] == "250000.00"
+    # negotiation is best case, nothing is in contract (commit) or won yet
+    assert (rows["rep-2"]["best_case"], rows["rep-2"]["commit"], rows["rep-2"]["closed_won"]) == (
+        "250000.00", "0.00", "0.00")
+    assert rows["rep-1"]["best_case"] == "0.00"
+    # the sample organisation's Q4 2026 quotas do not reach March 2031
+    assert rows["rep-1"]["quota"] is None
+    teams = await forecast(http, settings, period, "team")
+    assert Decimal(teams["east"]["weighted_pipeline"]) == (
+        Decimal(rows["rep-1"]["weighted_pipeline"]) + Decimal(rows["rep-2"]["weighted_pipeline"]))
+    regions = await forecast(http, settings, period, "region")
+    assert regions["华北"]["open_amount"] == "60000.00"
+    quarter = await forecast(http, settings, "2031-Q1")
+    assert quarter["rep-1"]["open_amount"] == "200000.00"
+    year = await forecast(http, settings, "2031", "region")
+    assert year["华东"]["open_amount"] == "450000.00"
+
+
+async def published(settings: Settings, subject: str, count: int) -> list[CloudEvent]:
+    records = await read_topic(settings, "sales.forecasts", count=count, match=subject.encode(), timeout=TIMEOUT)
+    return [parse_and_validate(r.value) for r in records]
+
+
+async def test_a_stage_move_and_a_close_update_the_forecast_and_publish_it(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    period, subject = "2031-05", "2031-05/owner/rep-2"
+    deal = await open_opportunity(clients, settings, "rep-2", "300000.00", "2031-05-20")
+
+    async def counted() -> bool:
+        return (await forecast(http, settings, period)).get("rep-2", {}).get("open_amount") == "300000.00"
+
+    await eventually(counted, timeout=TIMEOUT)
+    await move(clients, settings, deal, "bidding")
+    await move(clients, settings, deal, "negotiation")
+    await move(clients, settings, deal, "contract")
+
+    async def committed() -> bool:
+        return (await forecast(http, settings, period)).get("rep-2", {}).get("commit") == "300000.00"
+
+    await eventually(committed, timeout=TIMEOUT)
+    events = await published(settings, subject, 4)
+    assert [e.type for e in events] == ["sales.forecast.updated.v1"] * len(events)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    last = events[-1].data
+    assert (last["period"], last["by"], last["key"], last["currency"]) == (period, "owner", "rep-2", "CNY")
+    assert (last["open_amount"], last["commit"], last["best_case"]) == ("300000.00", "300000.00", "300000.00")
+    assert events[-1].source == "/funnelcast/forecasting"
+
+    won_before = Decimal((await forecast(http, settings, "2026-Q4")).get("rep-2", {}).get("closed_won", "0"))
+    closed = await clients["opportunities"].post(
+        f"/v1/opportunities/{deal['id']}/close", json={"outcome": "won", "reason": "价格与交付期占优"},
+        headers=as_(settings, "rep-2"))
+    assert closed.status_code == 200, closed.text
+
+    async def left_the_period() -> bool:
+        return "rep-2" not in await forecast(http, settings, period)  # no deal nor quota left there
+
+    await eventually(left_the_period, timeout=TIMEOUT)
+    # won today: it leaves May 2031 and counts as closed won in the period it was won
+    today = datetime.now(UTC).date()
+    quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
+    rows = await forecast(http, settings, quarter)
+    assert Decimal(rows["rep-2"]["closed_won"]) - (won_before if quarter == "2026-Q4" else 0) >= Decimal(300000)
+    emptied = await published(settings, subject, len(events) + 1)
+    assert emptied[-1].data["open_amount"] == "0.00" and emptied[-1].data["commit"] == "0.00"
+
+
+def opportunity_event(type_: str, opp_id: str, sequence: int, **data: Any) -> CloudEvent:
+    return CloudEvent(type=type_, source="/funnelcast/opportunities", subject=opp_id, data=data, sequence=sequence)
+
+
+def created(opp_id: str, owner: str, amount: str, close: str) -> CloudEvent:
+    return opportunity_event(
+        "sales.opportunity.created.v1", opp_id, 1, opportunity_id=opp_id, name="重放项目", account_id="acc-x",
+        stage="prospecting", status="open", probability=10, amount=amount, currency="CNY", owner_id=owner,
+        expected_close_date=close, created_at="2026-11-23T08:00:00Z", lead_id=None, campaign_id=None)
+
+
+def stage_changed(opp_id: str, owner: str, amount: str, to_stage: str, probability: int) -> CloudEvent:
+    return opportunity_event(
+        "sales.opportunity.stage_changed.v1", opp_id, 2, opportunity_id=opp_id, from_stage="prospecting",
+        to_stage=to_stage, probability=probability, amount=amount, currency="CNY", owner_id=owner,
+        changed_by=owner, changed_at="2026-11-23T08:05:00Z")
+
+
+async def send(producer: AIOKafkaProducer, event: CloudEvent) -> None:
+    await producer.send_and_wait(event.topic, event.to_bytes(), key=event.subject.encode(),
+                                 headers=[CONTENT_TYPE_HEADER])
+
+
+async def test_a_redelivered_event_changes_nothing(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    period, opp = "2031-07", f"opp-{uuid.uuid4()}"
+    first = created(opp, "rep-3", "500000.00", "2031-07-10")
+    await send(producer, first)
+    await send(producer, first)  # redelivered: same event id
+    # same key, same partition: once the move is applied, both copies before it were processed
+    await send(producer, stage_changed(opp, "rep-3", "500000.00", "bidding", 30))
+
+    async def moved() -> bool:
+        return await tables.fetchval("SELECT stage FROM deals WHERE opportunity_id = $1", opp) == "bidding"
+
+    await eventually(moved, timeout=TIMEOUT)
+    await send(producer, first)  # and once more, after everything
+    await send(producer, stage_changed(opp, "rep-3", "500000.00", "negotiation", 60))  # same key: after the copy
+
+    async def negotiating() -> bool:
+        return await tables.fetchval("SELECT stage FROM deals WHERE opportunity_id = $1", opp) == "negotiation"
+
+    await eventually(negotiating, timeout=TIMEOUT)
+    rows = await forecast(http, settings, period)
+    # counted once, and the late copy did not move it back to its first stage
+    assert (rows["rep-3"]["open_amount"], rows["rep-3"]["best_case"], rows["rep-3"]["deals"]) == (
+        "500000.00", "500000.00", 1)
+    assert await tables.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", first.id) == 1
+    causes = await tables.fetch(
+        "SELECT cause_event_id FROM forecast_history WHERE period = $1 AND by = 'owner' AND key = 'rep-3'", period)
+    assert [c["cause_event_id"] for c in causes].count(first.id) == 1  # the copies published nothing
+    events = await published(settings, f"{period}/owner/rep-3", len(causes))
+    assert [e.sequence for e in events] == list(range(1, len(causes) + 1))
+    assert {e.data["open_amount"] for e in events} == {"500000.00"}
+
+
+async def test_role_scoping_and_quotas(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    period = "2031-09"
+    for owner, amount in (("rep-1", "1000.00"), ("rep-2", "2000.00"), ("rep-3", "4000.00")):
+        await open_opportunity(clients, settings, owner, amount, "2031-09-15")
+
+    async def all_three() -> dict[str, dict[str, Any]] | None:
+        rows = await forecast(http, settings, period)
+        return rows if {"rep-1", "rep-2", "rep-3"} <= set(rows) else None
+
+    await eventually(all_three, timeout=TIMEOUT)
+    assert set(await forecast(http, settings, period, user="rep-1")) == {"rep-1"}
+    assert set(await forecast(http, settings, period, user="mgr-1")) == {"rep-1", "rep-2"}
+    assert set(await forecast(http, settings, period, user="mgr-2")) == {"rep-3"}
+    team_view = await forecast(http, settings, period, "team", user="mgr-1")
+    assert set(team_view) == {"east"} and team_view["east"]["open_amount"] == "3000.00"
+    own_region = await forecast(http, settings, period, "region", user="rep-1")
+    assert own_region["华东"]["open_amount"] == "1000.00"  # a rep's region row sums only their deals
+    assert (await forecast(http, settings, period, "region"))["华东"]["open_amount"] == "3000.00"
+
+    anonymous = await http.get("/v1/forecast", params={"period": period})
+    assert anonymous.status_code == 401
+    bad = await http.get("/v1/forecast", params={"period": "2031-13"}, headers=as_(settings, "dir-1"))
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+
+    quota = {"amount": "9000.00"}
+    by_rep = await http.put(f"/v1/quotas/rep-1/{period}", json=quota, headers=as_(settings, "rep-1"))
+    assert by_rep.status_code == 403
+    other_team = await http.put(f"/v1/quotas/rep-3/{period}", json=quota, headers=as_(settings, "mgr-1"))
+    assert other_team.status_code == 403
+    done = await http.put(f"/v1/quotas/rep-1/{period}", json=quota, headers=as_(settings, "mgr-1"))
+    assert done.status_code == 200 and done.json()["amount"] == "9000.00"
+    rows = await forecast(http, settings, period, user="mgr-1")
+    assert rows["rep-1"]["quota"] == "9000.00" and rows["rep-2"]["quota"] is None
+    assert (await forecast(http, settings, period, "team"))["east"]["quota"] == "9000.00"
+    events = await published(settings, f"{period}/owner/rep-1", 2)
+    assert events[-1].data["quota"] == "9000.00"
+    # the sample organisation's quarter quota shares down to its months
+    november = await forecast(http, settings, "2026-11", user="rep-3")
+    assert november.get("rep-3", {}).get("quota") == "333333.33"
+
+
+async def test_attainment_ranks_the_reps_against_their_quotas(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    period = "2026-Q4"
+    response = await http.get("/v1/attainment", params={"period": period}, headers=as_(settings, "dir-1"))
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [i["rank"] for i in items] == list(range(1, len(items) + 1))
+    by_owner = {i["owner_id"]: i for i in items}
+    assert {"rep-1", "rep-2", "rep-3"} <= set(by_owner)
+    rep1 = by_owner["rep-1"]
+    assert rep1["quota"] == "1500000.00"
+    expected = Decimal(rep1["closed_won"]) * 100 / Decimal(rep1["quota"])
+    assert Decimal(rep1["attainment_percent"]) == expected.quantize(Decimal("0.1"))
+    assert Decimal(rep1["gap_to_quota"]) == Decimal(1500000) - Decimal(rep1["closed_won"])
+    mine = await http.get("/v1/attainment", params={"period": period}, headers=as_(settings, "rep-2"))
+    assert [i["owner_id"] for i in mine.json()["items"]] == ["rep-2"]
