@@ -27,6 +27,7 @@ from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
 from shared.logs import configure_logging
+from shared.openapi import install_documented_problems
 from shared.org import cached_organisation
 from shared.outbox import OutboxRelay, prune_history
 from shared.settings import Settings, get_settings
@@ -211,6 +212,7 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
     app.state.org = cached_organisation(settings.org_file)
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_documented_problems(app)
     install_probes(app, runtime.readiness)
     app.include_router(identity)
     if published_topics(definition.name):  # its outbox history can be replayed to subscribers

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -45,6 +46,13 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         fields = ", ".join(e["field"] or "(body)" for e in errors)
         return problem(422, "Unprocessable Content", f"invalid fields: {fields}", errors=errors)
+
+    # PostgreSQL text cannot hold U+0000: a NUL anywhere in the input is the caller's error, found by the
+    # database before anything is written.
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    async def unstorable_text(_: Request, exc: asyncpg.DataError) -> JSONResponse:
+        return problem(422, "Unprocessable Content", "text must not contain the NUL character (U+0000)")
 
     # Starlette's class: the router raises it for unknown paths and methods (404, 405).
     @app.exception_handler(StarletteHTTPException)
@@ -107,12 +115,15 @@ def install_probes(app: FastAPI, readiness: Callable[[], Awaitable[dict[str, str
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         problems = await readiness()
+        metrics.ready.set(0 if problems else 1)
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> PlainTextResponse:
+        # Readiness as a metric, so an alert sees it wherever Prometheus scrapes (not only where probes run).
+        metrics.ready.set(0 if await readiness() else 1)
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

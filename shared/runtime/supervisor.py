@@ -302,7 +302,7 @@ class Stack:
             f"FUNNELCAST_{instance.name.upper()}_PORT": str(instance.port),
             "PYTHONUNBUFFERED": "1",
         }
-        if self.embedded_broker:
+        if self.embedded_broker or not self.settings.kafka_idempotence:
             env["FUNNELCAST_KAFKA_IDEMPOTENCE"] = "false"  # Tansu does not implement InitProducerId
         return env
 

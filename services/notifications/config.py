@@ -1,0 +1,27 @@
+"""The notifications service's own settings (FUNNELCAST_NOTIFICATIONS_*), with documented defaults."""
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NotificationsConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNNELCAST_NOTIFICATIONS_", extra="ignore")
+
+    # e-mail over SMTP; no host: the e-mail channel is off (e-mails stay queued as pending)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "Funnelcast <notifications@funnelcast.local>"
+    smtp_starttls: bool = False
+    smtp_max_attempts: int = 5
+
+    # webhooks: retry schedule, auto-disable, delivery concurrency
+    webhook_retry_base_s: float = 5.0
+    webhook_retry_cap_s: float = 3600.0
+    webhook_max_attempts: int = 8
+    webhook_disable_after: int = 5  # dead-lettered deliveries in a row
+    webhook_timeout_s: float = 5.0
+    webhook_concurrency: int = 64
+
+    # timers
+    poll_interval_s: float = 1.0
+    escalate_after_s: float = 4 * 3600  # after a missed follow-up, before the manager hears of it
+    opportunity_idle_days: int = 14

@@ -1,0 +1,213 @@
+"""One handler for every consumed event, and the work the background loops hand over.
+
+`on_event` runs in the transaction the framework opened for the event (the inbox row is written in
+it), and in that transaction: applies the rules (one notification per rule and recipient, kept
+unique by (cause, rule, recipient) in the store as well), queues the e-mails, queues a webhook
+delivery per matching subscription, and sets or cancels the timers the event concerns. A committed
+notification is announced to every instance with NOTIFY, so the one holding the rep's socket
+pushes it.
+"""
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.notifications import metrics, store
+from services.notifications.clock import Clock
+from services.notifications.config import NotificationsConfig
+from services.notifications.defaults import DEFAULT_RULES, SYSTEM_TEMPLATES
+from services.notifications.domain import (
+    Preferences,
+    Rule,
+    Template,
+    parse_rule,
+    render,
+    resolve_recipients,
+    template_context,
+)
+from shared.db import Connection, Transaction
+from shared.events.catalog import EVENT_TYPES
+from shared.events.envelope import CloudEvent
+from shared.org import Organisation, cached_organisation
+from shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+KNOWN_EVENT_TYPES = list(EVENT_TYPES)
+WEBHOOKS_DUE_CHANNEL = "funnelcast_webhooks_due"  # wakes the delivery loops at commit
+
+FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION, OPPORTUNITY_IDLE = (
+    "follow-up-reminder", "follow-up-escalation", "opportunity-idle")
+_LEAD_DONE = {"sales.lead.contacted.v1", "sales.lead.qualified.v1", "sales.lead.disqualified.v1",
+              "sales.lead.converted.v1", "sales.lead.merged.v1"}
+_OPPORTUNITY_ACTIVE = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
+                       "sales.opportunity.assessed.v1", "sales.opportunity.owners_changed.v1",
+                       "sales.opportunity.reactivated.v1"}
+_OPPORTUNITY_DONE = {"sales.opportunity.won.v1", "sales.opportunity.lost.v1", "sales.opportunity.terminated.v1",
+                     "sales.opportunity.archived.v1", "sales.opportunity.suspended.v1"}
+
+
+@dataclass
+class Context:
+    org: Organisation
+    config: NotificationsConfig = field(default_factory=NotificationsConfig)
+    clock: Clock = field(default_factory=Clock)
+
+
+_context: Context | None = None
+
+
+def configure(context: Context) -> None:
+    """Set by the service's start-up (main.py): the organisation, settings and clock handlers use."""
+    global _context
+    _context = context
+
+
+def current() -> Context:
+    global _context
+    if _context is None:
+        _context = Context(cached_organisation(get_settings().org_file))
+    return _context
+
+
+def default_rules() -> list[Rule]:
+    return [parse_rule(raw, KNOWN_EVENT_TYPES) for raw in DEFAULT_RULES]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What to send: a rule's (or a timer's) templates, channels and priority."""
+
+    rule_id: str
+    templates: Mapping[str, Template]
+    channels: Sequence[str]
+    priority: str = "normal"
+
+    @classmethod
+    def of(cls, rule: Rule) -> "Notice":
+        return cls(rule.id, rule.templates, rule.channels, rule.priority)
+
+    def template(self, language: str) -> Template:
+        return self.templates.get(language) or self.templates["zh-CN"]
+
+
+async def on_event(tx: Transaction, event: CloudEvent) -> None:
+    ctx = current()
+    rules = await store.rules(tx.conn, KNOWN_EVENT_TYPES, ctx.org.users)
+    for rule in rules:
+        if rule.applies_to(event.type, event.data):
+            recipients = resolve_recipients(rule, event.data, ctx.org)
+            await notify(tx.conn, ctx, Notice.of(rule), recipients, cause_id=event.id, event_type=event.type,
+                         subject=event.subject, data=event.data, cause_time=event.time)
+    await _queue_webhooks(tx.conn, event)
+    await _update_timers(tx.conn, ctx, event)
+
+
+HANDLERS = {t: on_event for t in KNOWN_EVENT_TYPES}
+
+
+async def notify(
+    conn: Connection, ctx: Context, notice: Notice, recipients: Sequence[str], *, cause_id: str, event_type: str,
+    subject: str, data: Mapping[str, Any], cause_time: datetime | None,
+) -> list[asyncpg.Record]:
+    """Store (and announce) one notification per recipient; recipients already notified for this
+    cause and rule are skipped. Returns the notifications created."""
+    if not recipients:
+        return []
+    now = ctx.clock.now()
+    context = template_context(event_type, subject, data, ctx.org)
+    prefs = await store.preferences_of(conn, recipients)
+    created = []
+    for user_id in recipients:
+        preference: Preferences = prefs[user_id]
+        channels = preference.channels(notice.channels)
+        quiet_until = preference.quiet_until(now)
+        if quiet_until is not None and notice.priority != "high" and "push" in channels:
+            channels.remove("push")  # quiet hours: it waits in the inbox; high priority still pushes
+            metrics.notifications.labels("push", "quiet_hours").inc()
+        title, body = render(notice.template(preference.language), context)
+        row = await store.add_notification(conn, store.NewNotification(
+            user_id, notice.rule_id, cause_id, event_type, subject, title, body, channels, notice.priority,
+            cause_time))
+        if row is None:
+            metrics.notifications.labels("inbox", "duplicate").inc()
+            continue
+        created.append(row)
+        metrics.notifications.labels("inbox", "stored").inc()
+        user = ctx.org.user(user_id)
+        if "email" in channels and user is not None and user.email:
+            await store.queue_email(conn, row["id"], user.email, title, body, quiet_until or now)
+            metrics.notifications.labels("email", "queued").inc()
+    return created
+
+
+async def _queue_webhooks(conn: Connection, event: CloudEvent) -> None:
+    subscriptions = await store.subscriptions_for(conn, event.type)
+    queued = 0
+    for subscription in subscriptions:
+        if await store.add_delivery(conn, subscription["id"], event.id, event.type, event.time, event.to_json()):
+            queued += 1
+    if queued:
+        await conn.execute("SELECT pg_notify($1, '')", WEBHOOKS_DUE_CHANNEL)
+
+
+async def _update_timers(conn: Connection, ctx: Context, event: CloudEvent) -> None:
+    data = event.data
+    owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
+    if event.type == "sales.lead.assigned.v1":
+        await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
+        due = _time(data.get("follow_up_due_at"))
+        if owner and due is not None:
+            await store.schedule_timer(conn, FOLLOW_UP_REMINDER, event.subject, owner, due, {
+                "lead_id": event.subject, "grade": data.get("grade"), "due_at": data.get("follow_up_due_at"),
+                "owner_id": owner})
+    elif event.type in _LEAD_DONE:
+        await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
+    elif event.type in _OPPORTUNITY_ACTIVE or event.type in _OPPORTUNITY_DONE:
+        await store.cancel_timers(conn, event.subject, [OPPORTUNITY_IDLE])
+        if event.type in _OPPORTUNITY_ACTIVE and owner:
+            days = ctx.config.opportunity_idle_days
+            await store.schedule_timer(conn, OPPORTUNITY_IDLE, event.subject, owner, event.time + timedelta(days=days),
+                                       {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner})
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+async def fire_timer(conn: Connection, ctx: Context, timer: asyncpg.Record) -> None:
+    """A due timer: its notification, and for a missed follow-up, the escalation to come."""
+    data = json.loads(timer["data"])
+    kind = timer["kind"]
+    await notify(conn, ctx, Notice(kind, SYSTEM_TEMPLATES[kind], ("inbox", "push", "email"), "high"),
+                 [timer["recipient"]], cause_id=f"timer:{timer['id']}", event_type=f"notifications.timer.{kind}",
+                 subject=timer["subject"], data=data, cause_time=timer["due_at"])
+    if kind == FOLLOW_UP_REMINDER:
+        manager = ctx.org.manager_of(timer["recipient"])
+        if manager:
+            await store.schedule_timer(conn, FOLLOW_UP_ESCALATION, timer["subject"], manager,
+                                       timer["due_at"] + timedelta(seconds=ctx.config.escalate_after_s), data)
+    await store.timer_fired(conn, timer["id"], ctx.clock.now())
+    metrics.timers_fired.labels(kind).inc()
+
+
+async def webhook_disabled(conn: Connection, ctx: Context, subscription: asyncpg.Record, failures: int) -> None:
+    reason = f"{failures} deliveries in a row were dead-lettered"
+    await store.set_enabled(conn, subscription["id"], False, reason)
+    subscription_id = str(subscription["id"])
+    data = {"url": subscription["url"], "subscription_id": subscription_id, "failures": failures}
+    await notify(conn, ctx, Notice("webhook-disabled", SYSTEM_TEMPLATES["webhook-disabled"],
+                                   ("inbox", "push", "email"), "high"),
+                 [subscription["owner_id"]], cause_id=f"webhook-disabled:{subscription_id}:{failures}",
+                 event_type="notifications.webhook.disabled", subject=subscription_id, data=data, cause_time=None)
+    log.warning("webhook subscription %s disabled: %s", subscription["id"], reason)

@@ -1,0 +1,483 @@
+"""asyncpg queries for the notifications service's tables (migrations/ beside this file)."""
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.notifications.domain import InvalidRule, Preferences, Rule, parse_rule
+from shared.db import Connection
+
+PUSH_CHANNEL = "funnelcast_notifications"  # LISTEN/NOTIFY channel: every instance hears every notification
+_NOTIFY_LIMIT = 7000  # Postgres refuses NOTIFY payloads of 8000 bytes or more
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+async def seed_rules(conn: Connection, rules: Sequence[Rule]) -> list[str]:
+    """Insert the shipped rules not seeded before; an admin's deletion or change is kept."""
+    seeded = []
+    for rule in rules:
+        first = await conn.fetchval(
+            "INSERT INTO seeded_rules (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", rule.id
+        )
+        if first:
+            await conn.execute(
+                "INSERT INTO rules (id, definition, updated_by) VALUES ($1, $2, 'system') ON CONFLICT DO NOTHING",
+                rule.id, json.dumps(rule.to_json(), ensure_ascii=False),
+            )
+            seeded.append(rule.id)
+    return seeded
+
+
+async def rules(conn: Connection, event_types: Iterable[str], users: Iterable[str]) -> list[Rule]:
+    """Every stored rule that is still valid (a rule naming a user who left is skipped)."""
+    known_types, known_users = list(event_types), list(users)
+    found = []
+    for row in await conn.fetch("SELECT definition FROM rules ORDER BY id"):
+        try:
+            found.append(parse_rule(json.loads(row["definition"]), known_types, known_users))
+        except InvalidRule:
+            continue
+    return found
+
+
+async def rule_definitions(conn: Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT definition, updated_at, updated_by FROM rules ORDER BY id")
+    return [{**json.loads(r["definition"]), "updated_at": r["updated_at"], "updated_by": r["updated_by"]} for r in rows]
+
+
+async def put_rule(conn: Connection, rule: Rule, by: str) -> bool:
+    """Create or replace a rule; True when it was created."""
+    created: bool = await conn.fetchval(
+        "INSERT INTO rules (id, definition, updated_by) VALUES ($1, $2, $3)"
+        " ON CONFLICT (id) DO UPDATE SET definition = excluded.definition, updated_at = now(),"
+        " updated_by = excluded.updated_by RETURNING xmax = 0",
+        rule.id, json.dumps(rule.to_json(), ensure_ascii=False), by,
+    )
+    return created
+
+
+async def delete_rule(conn: Connection, rule_id: str) -> bool:
+    return await conn.fetchval("DELETE FROM rules WHERE id = $1 RETURNING true", rule_id) is not None
+
+
+# --- notifications ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewNotification:
+    recipient: str
+    rule_id: str
+    cause_id: str
+    event_type: str
+    subject: str
+    title: str
+    body: str
+    channels: Sequence[str]
+    priority: str
+    cause_time: datetime | None
+
+
+
+
+async def add_notification(conn: Connection, n: NewNotification) -> asyncpg.Record | None:
+    """Store a notification; None when this cause already notified this recipient under this rule.
+    A committed notification meant for push is announced on PUSH_CHANNEL at commit (NOTIFY is
+    transactional), so whichever instance holds the recipient's socket pushes it."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "INSERT INTO notifications (id, recipient, rule_id, cause_id, event_type, subject, title, body, channels,"
+        " priority, cause_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (cause_id, rule_id, recipient) DO NOTHING RETURNING *",
+        uuid.uuid4(), n.recipient, n.rule_id, n.cause_id, n.event_type, n.subject, n.title, n.body,
+        list(n.channels), n.priority, n.cause_time,
+    )
+    if row is not None and "push" in n.channels:
+        payload = json.dumps(as_message(row), ensure_ascii=False, default=str)
+        if len(payload.encode()) > _NOTIFY_LIMIT:
+            payload = json.dumps({"id": str(row["id"]), "recipient": row["recipient"], "seq": row["seq"], "ref": True})
+        await conn.execute("SELECT pg_notify($1, $2)", PUSH_CHANNEL, payload)
+    return row
+
+
+def as_message(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """A notification as the inbox and the stream show it (CONTRACT.md names the first six fields)."""
+    return {
+        "id": str(row["id"]),
+        "title": row["title"],
+        "body": row["body"],
+        "created_at": _ts(row["created_at"]),
+        "subject": row["subject"],
+        "event_type": row["event_type"],
+        "seq": row["seq"],
+        "recipient": row["recipient"],
+        "rule_id": row["rule_id"],
+        "priority": row["priority"],
+        "channels": list(row["channels"]),
+        "cause_time": _ts(row["cause_time"]),
+        "read": row["read_at"] is not None,
+        "read_at": _ts(row["read_at"]),
+    }
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+async def notification(conn: Connection, notification_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM notifications WHERE id = $1", uuid.UUID(notification_id)
+    )
+    return row
+
+
+async def inbox(
+    conn: Connection, recipient: str, *, unread_only: bool, before_seq: int | None, limit: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM notifications WHERE recipient = $1"
+        " AND ($2::bool IS false OR read_at IS NULL) AND ($3::bigint IS NULL OR seq < $3)"
+        " ORDER BY seq DESC LIMIT $4",
+        recipient, unread_only, before_seq, limit,
+    )
+    return rows
+
+
+async def unread_count(conn: Connection, recipient: str) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM notifications WHERE recipient = $1 AND read_at IS NULL", recipient
+    )
+    return count
+
+
+async def since(conn: Connection, recipient: str, after_seq: int, limit: int = 1000) -> list[asyncpg.Record]:
+    """The recipient's push notifications after a cursor, oldest first (missed while away)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM notifications WHERE recipient = $1 AND seq > $2"
+        " AND 'push' = ANY(channels) ORDER BY seq LIMIT $3",
+        recipient, after_seq, limit,
+    )
+    return rows
+
+
+async def seq_of(conn: Connection, recipient: str, notification_id: str) -> int | None:
+    seq: int | None = await conn.fetchval(
+        "SELECT seq FROM notifications WHERE id = $1 AND recipient = $2", uuid.UUID(notification_id), recipient
+    )
+    return seq
+
+
+async def latest_seq(conn: Connection, recipient: str) -> int:
+    seq: int = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM notifications WHERE recipient = $1", recipient)
+    return seq
+
+
+async def mark_read(conn: Connection, recipient: str, ids: Sequence[str] | None) -> int:
+    """Mark some (or, with None, all) of the recipient's notifications read; how many changed."""
+    if ids is None:
+        result: str = await conn.execute(
+            "UPDATE notifications SET read_at = now() WHERE recipient = $1 AND read_at IS NULL", recipient
+        )
+    else:
+        result = await conn.execute(
+            "UPDATE notifications SET read_at = now() WHERE recipient = $1 AND id = ANY($2::uuid[])"
+            " AND read_at IS NULL",
+            recipient, [uuid.UUID(i) for i in ids],
+        )
+    return int(result.split()[-1])
+
+
+# --- preferences ------------------------------------------------------------------------------
+
+
+async def preferences(conn: Connection, user_id: str) -> Preferences:
+    row = await conn.fetchrow("SELECT * FROM preferences WHERE user_id = $1", user_id)
+    if row is None:
+        return Preferences()
+    return Preferences(row["language"], frozenset(row["opted_out"]), row["quiet_start"], row["quiet_end"],
+                       row["timezone"])
+
+
+async def preferences_of(conn: Connection, user_ids: Sequence[str]) -> dict[str, Preferences]:
+    rows = await conn.fetch("SELECT * FROM preferences WHERE user_id = ANY($1::text[])", list(user_ids))
+    found = {
+        r["user_id"]: Preferences(r["language"], frozenset(r["opted_out"]), r["quiet_start"], r["quiet_end"],
+                                  r["timezone"])
+        for r in rows
+    }
+    return {u: found.get(u, Preferences()) for u in user_ids}
+
+
+async def put_preferences(conn: Connection, user_id: str, prefs: Preferences) -> None:
+    await conn.execute(
+        "INSERT INTO preferences (user_id, language, opted_out, quiet_start, quiet_end, timezone)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO UPDATE SET language = excluded.language,"
+        " opted_out = excluded.opted_out, quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end,"
+        " timezone = excluded.timezone, updated_at = now()",
+        user_id, prefs.language, sorted(prefs.opted_out), prefs.quiet_start, prefs.quiet_end, prefs.timezone,
+    )
+
+
+# --- e-mail -----------------------------------------------------------------------------------
+
+
+async def queue_email(
+    conn: Connection, notification_id: str | uuid.UUID, to_address: str, subject: str, body: str, send_after: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO emails (notification_id, to_address, subject, body, send_after) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (notification_id) DO NOTHING",
+        _uuid(notification_id), to_address, subject, body, send_after,
+    )
+
+
+async def claim_emails(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[asyncpg.Record]:
+    """Due e-mails, leased to the caller until `lease_until` (as webhook deliveries are)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH due AS (SELECT id FROM emails WHERE status = 'pending' AND send_after <= $1 ORDER BY send_after"
+        " LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        " UPDATE emails e SET send_after = $2 FROM due WHERE e.id = due.id RETURNING e.*",
+        now, lease_until, limit,
+    )
+    return rows
+
+
+async def email_sent(conn: Connection, email_id: int) -> None:
+    await conn.execute(
+        "UPDATE emails SET status = 'sent', sent_at = now(), attempts = attempts + 1 WHERE id = $1", email_id
+    )
+
+
+async def email_failed(conn: Connection, email_id: int, error: str, retry_at: datetime | None) -> None:
+    await conn.execute(
+        "UPDATE emails SET attempts = attempts + 1, last_error = $2,"
+        " status = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,"
+        " send_after = coalesce($3, send_after) WHERE id = $1",
+        email_id, error[:2000], retry_at,
+    )
+
+
+# --- timers -----------------------------------------------------------------------------------
+
+
+async def schedule_timer(
+    conn: Connection, kind: str, subject: str, recipient: str, due_at: datetime, data: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO timers (kind, subject, recipient, due_at, data) VALUES ($1, $2, $3, $4, $5)",
+        kind, subject, recipient, due_at, json.dumps(data, ensure_ascii=False, default=str),
+    )
+
+
+async def cancel_timers(conn: Connection, subject: str, kinds: Sequence[str]) -> int:
+    result: str = await conn.execute(
+        "UPDATE timers SET cancelled_at = now() WHERE subject = $1 AND kind = ANY($2::text[])"
+        " AND fired_at IS NULL AND cancelled_at IS NULL",
+        subject, list(kinds),
+    )
+    return int(result.split()[-1])
+
+
+async def claim_due_timers(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL AND due_at <= $1"
+        " ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now, limit,
+    )
+    return rows
+
+
+async def timer_fired(conn: Connection, timer_id: int, at: datetime) -> None:
+    await conn.execute("UPDATE timers SET fired_at = $2 WHERE id = $1", timer_id, at)
+
+
+async def timers_due(conn: Connection, now: datetime) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL AND due_at <= $1", now
+    )
+    return count
+
+
+async def open_timers(conn: Connection, subject: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, kind, recipient, due_at, fired_at, cancelled_at FROM timers WHERE subject = $1 ORDER BY id",
+        subject,
+    )
+    return rows
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+
+async def add_subscription(
+    conn: Connection, owner_id: str, url: str, event_types: Sequence[str], secret: str
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "INSERT INTO webhook_subscriptions (id, owner_id, url, event_types, secret) VALUES ($1, $2, $3, $4, $5)"
+        " RETURNING *",
+        uuid.uuid4(), owner_id, url, list(event_types), secret,
+    )
+    assert row is not None
+    return row
+
+
+async def subscription(conn: Connection, subscription_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM webhook_subscriptions WHERE id = $1", _uuid(subscription_id)
+    )
+    return row
+
+
+async def subscriptions(conn: Connection, owner_id: str | None) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM webhook_subscriptions WHERE $1::text IS NULL OR owner_id = $1"
+        " ORDER BY created_at",
+        owner_id,
+    )
+    return rows
+
+
+async def subscriptions_for(conn: Connection, event_type: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id FROM webhook_subscriptions WHERE enabled AND $1 = ANY(event_types)", event_type
+    )
+    return rows
+
+
+async def set_enabled(conn: Connection, subscription_id: str, enabled: bool, reason: str | None) -> None:
+    await conn.execute(
+        "UPDATE webhook_subscriptions SET enabled = $2, disabled_reason = $3,"
+        " consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END WHERE id = $1",
+        _uuid(subscription_id), enabled, reason,
+    )
+
+
+async def delete_subscription(conn: Connection, subscription_id: str) -> None:
+    await conn.execute("DELETE FROM webhook_subscriptions WHERE id = $1", _uuid(subscription_id))
+
+
+async def add_delivery(
+    conn: Connection, subscription_id: str | uuid.UUID, event_id: str, event_type: str, event_time: datetime,
+    payload: str, replay_of: uuid.UUID | None = None,
+) -> uuid.UUID | None:
+    delivery_id = uuid.uuid4()
+    inserted = await conn.fetchval(
+        "INSERT INTO webhook_deliveries (id, subscription_id, event_id, event_type, event_time, payload, replay_of)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
+        delivery_id, _uuid(subscription_id), event_id, event_type, event_time, payload, replay_of,
+    )
+    return delivery_id if inserted else None
+
+
+async def claim_deliveries(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[asyncpg.Record]:
+    """Due deliveries of enabled subscriptions, leased to the caller until `lease_until`: other
+    instances skip them meanwhile, and a caller that dies leaves them due again when the lease ends."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH due AS (SELECT d.id FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id"
+        " WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND s.enabled"
+        " ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED)"
+        " UPDATE webhook_deliveries d SET next_attempt_at = $2 FROM due, webhook_subscriptions s"
+        " WHERE d.id = due.id AND s.id = d.subscription_id"
+        " RETURNING d.id, d.subscription_id, d.payload, d.attempts, s.url, s.secret",
+        now, lease_until, limit,
+    )
+    return rows
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivery_id: uuid.UUID
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    outcome: str  # succeeded | retry | dead
+    next_attempt_at: datetime | None
+
+
+async def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
+    """Log a batch of attempts and move each delivery on (done, due again later, or dead)."""
+    await conn.executemany(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [(a.delivery_id, a.attempt, a.status_code, a.error, a.duration_ms) for a in attempts],
+    )
+    await conn.executemany(
+        "UPDATE webhook_deliveries SET attempts = $2, last_status = $3, last_error = $4,"
+        " status = CASE $5 WHEN 'retry' THEN 'pending' ELSE $5 END,"
+        " next_attempt_at = coalesce($6, next_attempt_at),"
+        " finished_at = CASE WHEN $5 = 'retry' THEN NULL ELSE now() END WHERE id = $1",
+        [(a.delivery_id, a.attempt, a.status_code, a.error, a.outcome, a.next_attempt_at) for a in attempts],
+    )
+
+
+async def count_failure(conn: Connection, subscription_id: uuid.UUID, succeeded: bool) -> int:
+    """Track dead-lettered deliveries in a row; a success resets the count. Returns the count."""
+    count: int = await conn.fetchval(
+        "UPDATE webhook_subscriptions SET consecutive_failures ="
+        " CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END WHERE id = $1 RETURNING consecutive_failures",
+        subscription_id, succeeded,
+    )
+    return count
+
+
+async def subscription_secret_row(conn: Connection, subscription_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id::text, owner_id, url, enabled FROM webhook_subscriptions WHERE id = $1", subscription_id
+    )
+    return row
+
+
+async def deliveries(
+    conn: Connection, subscription_id: str, status: str | None, limit: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id::text, event_id, event_type, event_time, status, attempts, next_attempt_at, last_status,"
+        " last_error, replay_of::text, created_at, finished_at FROM webhook_deliveries"
+        " WHERE subscription_id = $1 AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id LIMIT $3",
+        _uuid(subscription_id), status, limit,
+    )
+    return rows
+
+
+async def attempts_of(conn: Connection, delivery_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    rows = await conn.fetch(
+        "SELECT delivery_id::text, attempt, attempted_at, status_code, error, duration_ms FROM webhook_attempts"
+        " WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, attempt",
+        [_uuid(i) for i in delivery_ids],
+    )
+    found: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        found.setdefault(r["delivery_id"], []).append({k: r[k] for k in r.keys() if k != "delivery_id"})
+    return found
+
+
+async def delivery(conn: Connection, subscription_id: str, delivery_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM webhook_deliveries WHERE id = $1 AND subscription_id = $2",
+        _uuid(delivery_id), _uuid(subscription_id),
+    )
+    return row
+
+
+async def deliveries_between(
+    conn: Connection, subscription_id: str, since: datetime, until: datetime | None, event_types: Sequence[str] | None
+) -> list[asyncpg.Record]:
+    """The first deliveries of events in a time range (replays are not replayed again)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, event_id, event_type, event_time, payload FROM webhook_deliveries WHERE subscription_id = $1"
+        " AND replay_of IS NULL AND event_time >= $2 AND ($3::timestamptz IS NULL OR event_time < $3)"
+        " AND ($4::text[] IS NULL OR event_type = ANY($4)) ORDER BY event_time, id",
+        _uuid(subscription_id), since, until, list(event_types) if event_types else None,
+    )
+    return rows
+
+
+def _uuid(value: str | uuid.UUID) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
