@@ -15,6 +15,7 @@ outbox_backlog = Gauge("funnelcast_outbox_backlog", "Outbox events not yet publi
 outbox_oldest_unpublished = Gauge(
     "funnelcast_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox event"
 )
+ready = Gauge("funnelcast_ready", "1 when /readyz would answer 200 (database and broker reachable), else 0")
 relay_failures = Counter("funnelcast_relay_publish_failures_total", "Relay batches that failed to publish")
 consumer_lag = Gauge("funnelcast_consumer_lag", "Messages behind the partition end", ["topic", "partition", "group"])
 handler_duration = Histogram(

@@ -1,0 +1,108 @@
+"""deploy/prometheus/rules/: promtool checks and unit tests (every alert firing and not firing), a
+runbook for every alert, and no rule or dashboard naming a metric that no service exports."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.metric_names import exported_metric_names, metrics_used
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((ROOT / "deploy" / "prometheus" / "tests").glob("*.test.yml"))
+RUNBOOKS = ROOT / "docs" / "runbooks"
+DASHBOARDS = ROOT / "deploy" / "grafana"
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.skip("promtool not installed: apt-get install prometheus (.ci/run does where it can)")
+    return path
+
+
+def rules() -> list[dict]:
+    return [rule for path in RULES for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]]
+
+
+def alerts() -> dict[str, dict]:
+    return {rule["alert"]: rule for rule in rules() if "alert" in rule}
+
+
+def test_the_issue_s_alerts_are_all_there() -> None:
+    assert set(alerts()) == {
+        "FunnelcastServiceDown", "FunnelcastNotReady", "FunnelcastConsumerLagHigh", "FunnelcastOutboxBacklogGrowing",
+        "FunnelcastOutboxEventTooOld", "FunnelcastRelayStalled", "FunnelcastDeadLetters",
+        "FunnelcastHttp5xxRatioHigh", "FunnelcastLatencySLOBurnFast", "FunnelcastLatencySLOBurnSlow",
+        "FunnelcastWebhookDeliveriesFailing",
+    }
+    assert all(rule["labels"]["severity"] in ("page", "ticket") for rule in alerts().values())
+
+
+def test_promtool_checks_the_rules() -> None:
+    result = subprocess.run([promtool(), "check", "rules", *map(str, RULES)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_unit_tests_pass() -> None:
+    for path in RULE_TESTS:
+        result = subprocess.run([promtool(), "test", "rules", path.name], cwd=path.parent, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test_firing_and_one_not_firing() -> None:
+    cases: dict[str, set[bool]] = {}
+    for path in RULE_TESTS:
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for case in test.get("alert_rule_test", []):
+                cases.setdefault(case["alertname"], set()).add(bool(case.get("exp_alerts")))
+    untested = {name: cases.get(name, set()) for name in alerts() if cases.get(name) != {True, False}}
+    assert not untested, f"alerts without both a firing and a quiet case: {untested}"
+
+
+def test_every_alert_names_its_written_runbook_and_every_runbook_an_alert() -> None:
+    for name, rule in alerts().items():
+        assert rule["annotations"]["runbook_url"] == f"docs/runbooks/{name}.md"
+        page = (RUNBOOKS / f"{name}.md").read_text(encoding="utf-8")
+        assert page.startswith(f"# {name}\n")
+        for section in ("## What it means", "## How to confirm", "## How to fix"):
+            assert section in page, f"{name}.md lacks {section!r}"
+        assert "dead-letter" in page.lower() or "re-drive" in page.lower(), f"{name}.md says nothing on dead letters"
+    pages = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
+    assert pages == set(alerts()), "a runbook without an alert, or the reverse"
+
+
+def test_every_metric_a_rule_or_dashboard_uses_is_exported_by_a_service() -> None:
+    exported = exported_metric_names()
+    assert "funnelcast_ready" in exported and "funnelcast_http_request_duration_seconds_bucket" in exported
+    used: dict[str, set[str]] = {}
+    for rule in rules():
+        for metric in metrics_used(rule["expr"]):
+            used.setdefault(metric, set()).add(rule.get("alert") or rule["record"])
+    for path in sorted((DASHBOARDS / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                for metric in metrics_used(target["expr"]):
+                    used.setdefault(metric, set()).add(f"{path.name}: {panel['title']}")
+    assert len(used) >= 10
+    missing = {metric: sorted(where) for metric, where in used.items() if metric not in exported}
+    assert not missing, f"metrics no service exports: {missing}"
+
+
+def test_the_dashboards_are_what_their_generator_writes() -> None:
+    result = subprocess.run([sys.executable, str(DASHBOARDS / "generate_dashboards.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_one_dashboard_per_service_and_an_overview() -> None:
+    uids = {json.loads(p.read_text())["uid"] for p in (DASHBOARDS / "dashboards").glob("*.json")}
+    assert uids == {"funnelcast-overview"} | {f"funnelcast-{s}" for s in
+                                              ("leads", "opportunities", "scoring", "forecasting", "notifications")}
