@@ -25,7 +25,8 @@ rules = APIRouter(prefix="/v1/rules", tags=["rules"])
 
 class RuleBody(BaseModel):
     """A rule: `event_type` and `conditions` (all must hold) select events; `recipients` are
-    `{"kind": owner | owner_manager | managers | team | role | user, "value": role or user id}`;
+    `{"kind": owner | owner_manager | managers | team | role | user | field, "value": role, user id, or
+    the data field naming a user (e.g. approver_id)}`;
     `channels` from inbox, push, email; `templates` by language (zh-CN required, en) with
     `{name}` placeholders drawn from the event data (nested fields joined by `_`), `subject`,
     `event_type`, and `<field>_name` for user ids."""

@@ -90,10 +90,33 @@ DEFAULT_RULES: list[dict[str, Any]] = [
                    "body": "{owner_name} signed a contract for {amount} {currency}."},
         },
     },
+    {
+        "id": "quote-needs-approval",
+        "description": "A quote past the discount limit waits for a manager: its approver.",
+        "event_type": "sales.quote.submitted.v1",
+        "conditions": [{"field": "approval_required", "op": "eq", "value": True}],
+        "recipients": [{"kind": "field", "value": "approver_id"}],
+        "channels": ["inbox", "push", "email"],
+        "priority": "high",
+        "templates": {
+            "zh-CN": {"title": "报价待审批：{quote_id}",
+                      "body": "{owner_name}提交的报价（{total} {currency}，折扣{effective_discount}%）需要您审批。"},
+            "en": {"title": "Quote awaiting approval: {quote_id}",
+                   "body": "{owner_name}'s quote ({total} {currency}, {effective_discount}% off) needs your approval."},
+        },
+    },
+    {
+        "id": "quote-rejected",
+        "description": "A manager rejected a quote: its rep.",
+        "event_type": "sales.quote.rejected.v1",
+        "recipients": [{"kind": "owner"}],
+        "channels": ["inbox", "push"],
+        "templates": {
+            "zh-CN": {"title": "报价被驳回：{quote_id}", "body": "原因：{reason}"},
+            "en": {"title": "Quote rejected: {quote_id}", "body": "Reason: {reason}"},
+        },
+    },
 ]
-
-# Quotes have no events yet (the opportunities service has no quote approval): the rule
-# "quote needs approval -> manager" ships once `sales.quote.submitted.v1` exists.
 
 SYSTEM_TEMPLATES: dict[str, dict[str, Template]] = {
     "follow-up-reminder": {

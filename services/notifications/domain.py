@@ -28,7 +28,7 @@ CHANNELS = ("inbox", "push", "email")
 LANGUAGES = ("zh-CN", "en")
 DEFAULT_LANGUAGE = "zh-CN"
 OPERATORS = ("eq", "ne", "in", "not_in", "present", "absent")
-RECIPIENT_KINDS = ("owner", "owner_manager", "managers", "team", "role", "user")
+RECIPIENT_KINDS = ("owner", "owner_manager", "managers", "team", "role", "user", "field")
 PRIORITIES = ("normal", "high")
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -69,7 +69,7 @@ class Condition:
 @dataclass(frozen=True)
 class Recipient:
     kind: str
-    value: str | None = None  # the role for "role", the user id for "user"
+    value: str | None = None  # the role for "role", the user id for "user", a data field naming a user
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,9 @@ def _parse_recipients(raw: Any, users: set[str], problems: list[str]) -> list[Re
             problems.append(f"{where}.value: a role ({', '.join(str(r) for r in Role)})")
         elif kind == "user" and value not in users:
             problems.append(f"{where}.value: {value!r} is not a user of the organisation")
-        recipients.append(Recipient(str(kind), str(value) if kind in ("role", "user") else None))
+        elif kind == "field" and not (isinstance(value, str) and _FIELD.match(value)):
+            problems.append(f"{where}.value: the event data field that names a user, e.g. approver_id")
+        recipients.append(Recipient(str(kind), str(value) if kind in ("role", "user", "field") else None))
     return recipients
 
 
@@ -286,6 +288,11 @@ def resolve_recipients(rule: Rule, data: Mapping[str, Any], org: Organisation) -
     owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
     found: dict[str, None] = {}
     for recipient in rule.recipients:
+        if recipient.kind == "field":
+            _, named = _lookup(data, recipient.value or "")
+            if isinstance(named, str) and org.user(named) is not None:
+                found[named] = None
+            continue
         for user_id in _expand(recipient, owner, org):
             if org.user(user_id) is not None:
                 found[user_id] = None

@@ -49,7 +49,8 @@ def rule(**overrides: Any) -> dict[str, Any]:
 def test_every_default_rule_is_valid_and_names_a_catalogued_event() -> None:
     parsed = [parse_rule(raw, TYPES) for raw in DEFAULT_RULES]
     assert {r.id for r in parsed} >= {"h-lead-assigned", "lead-assigned", "opportunity-stage-changed",
-                                      "opportunity-won", "opportunity-lost", "contract-signed"}
+                                      "opportunity-won", "opportunity-lost", "contract-signed",
+                                      "quote-needs-approval"}
     for r in parsed:
         assert set(r.templates) == {"zh-CN", "en"}
 
@@ -63,6 +64,17 @@ def test_an_h_grade_assignment_matches_the_h_rule_only_and_reaches_the_owner() -
     assert any_rule.applies_to("sales.lead.assigned.v1", {**data, "grade": None})
     assert not h_rule.applies_to("sales.lead.captured.v1", data)
     assert resolve_recipients(h_rule, data, ORG) == ["rep-1"]
+
+
+def test_a_quote_needing_approval_reaches_the_approver_named_in_the_event() -> None:
+    [quote_rule] = [parse_rule(r, TYPES) for r in DEFAULT_RULES if r["id"] == "quote-needs-approval"]
+    data = {"quote_id": "q1", "owner_id": "rep-1", "approval_required": True, "approver_id": "mgr-1"}
+    assert quote_rule.applies_to("sales.quote.submitted.v1", data)
+    assert resolve_recipients(quote_rule, data, ORG) == ["mgr-1"]
+    assert not quote_rule.applies_to("sales.quote.submitted.v1", {**data, "approval_required": False})
+    assert resolve_recipients(quote_rule, {**data, "approver_id": None}, ORG) == []
+    with pytest.raises(InvalidRule, match="recipients"):
+        parse_rule(rule(recipients=[{"kind": "field", "value": "a b"}]), TYPES)
 
 
 def test_a_disabled_rule_matches_nothing() -> None:
