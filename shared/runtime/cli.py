@@ -5,6 +5,7 @@
     funnelcast status [--json]                            services, ports, readiness, broker, database
     funnelcast token --user USER_ID [--role ROLE]         a bearer token for local use and tests
     funnelcast dlq list|show|replay TOPIC                 inspect and re-drive dead-lettered events
+    funnelcast migrate [SERVICE ...]                      create and migrate the services' databases, then exit
     funnelcast asyncapi [--check] [--docs DIR]            write (or check) docs/asyncapi.yaml and docs/events.md
 """
 
@@ -260,6 +261,41 @@ def _print_dead_letters(summaries: list[dict[str, Any]]) -> None:
     _say(f"{len(summaries)} dead letters, {pending} not re-driven yet")
 
 
+# --- migrate ---------------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """What every service does at start-up, as a step of its own (a Kubernetes Job before a rollout)."""
+    import importlib
+
+    from shared.db import SHARED_MIGRATIONS, ensure_database, migrate
+
+    async def run(name: str) -> list[str]:
+        import asyncpg
+
+        definition = importlib.import_module(f"{SERVICES[name].module}.main").service
+        await ensure_database(settings.server_url, SERVICES[name].database)
+        conn = await asyncpg.connect(settings.database_url_for(name))
+        try:
+            own = [definition.migrations] if definition.migrations else []
+            return await migrate(conn, SHARED_MIGRATIONS, *own)
+        finally:
+            await conn.close()
+
+    unknown = [name for name in args.services if name not in SERVICES]
+    if unknown:
+        _complain(f"unknown services {', '.join(unknown)}; services are {', '.join(SERVICES)}")
+        return EXIT_USAGE
+    for name in args.services or list(SERVICES):
+        try:
+            applied = asyncio.run(run(name))
+        except Exception as exc:  # any failure stops the Job, with the service and the error named
+            _complain(f"{name}: migration failed: {exc!r}")
+            return 1
+        _say(f"{name}: {len(applied)} migrations applied" + (f" ({', '.join(applied)})" if applied else ""))
+    return 0
+
+
 # --- asyncapi ------------------------------------------------------------------------------------
 
 DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -342,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("topic", metavar="TOPIC")
     dlq_replay.add_argument("--dry-run", action="store_true", help="list what would be re-driven, send nothing")
     dlq.set_defaults(handler=cmd_dlq)
+
+    migrate_ = commands.add_parser(
+        "migrate", help="create and migrate the services' databases on FUNNELCAST_DATABASE_URL, then exit",
+        description="Apply every pending migration of each service's database (all services by default): "
+        "what a service does at start-up, as a separate step, e.g. a Kubernetes Job before a rollout.",
+    )
+    migrate_.add_argument("services", nargs="*", metavar="SERVICE", help="only these services")
+    migrate_.set_defaults(handler=cmd_migrate)
 
     asyncapi = commands.add_parser(
         "asyncapi", help="write docs/asyncapi.yaml and docs/events.md from the event registry",
