@@ -21,6 +21,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 
 from shared import kafka, replays
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
@@ -220,6 +221,14 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
     for router in definition.routers:
         app.include_router(router)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:  # browsers elsewhere may call the APIs only from the origins named
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "traceparent", "X-Correlation-Id"],
+            expose_headers=["ETag", "Location", "Retry-After"],
+        )
     return app
 
 

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     org_file: Path | None = Field(None, description="the organisation file; unset: the sample")
     home: Path = Field(Path(".funnelcast"), description="state directory of the embedded runtime")
     webhook_allowed_networks: str = Field("", description="CIDRs webhook targets may resolve to although private")
+    cors_origins: str = Field("", description="comma-separated browser origins allowed to call the APIs; none if unset")
 
     # --- Kafka client tuning (short defaults suit Tansu; see DESIGN.md section 5) ---
     kafka_fetch_max_wait_ms: int = 10
@@ -76,6 +77,10 @@ class Settings(BaseSettings):
 
     def port_for(self, service: str) -> int:
         return int(os.environ.get(f"FUNNELCAST_{service.upper()}_PORT", SERVICES[service].port))
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def signing_secret(self) -> str:
