@@ -1,0 +1,165 @@
+"""deploy/k8s/ against the Kubernetes schemas (kubernetes-validate, offline) and against the code: ports,
+probe paths, settings names, the runtime user, the migrations command. Overlays are rendered with
+kustomize when `kustomize` or `kubectl` is installed (skipped otherwise; the base is checked regardless)."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shared.runtime.cli import build_parser
+from shared.settings import Settings
+from shared.topology import SERVICES, TOPICS
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+KUBERNETES_VERSION = "1.32"
+DOCKERFILE_USER = re.search(r"^USER (\d+):(\d+)$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def base_resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in documents(K8S / "base" / name)]
+
+
+def by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def validate(resource: dict[str, Any]) -> None:
+    try:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = f"{resource['kind']}/{resource['metadata']['name']}"
+        raise AssertionError(f"{where}: {exc.message} at {exc.path}") from None
+
+
+def test_every_base_manifest_is_valid_kubernetes() -> None:
+    resources = base_resources()
+    assert len(resources) == 2 + 4 * len(SERVICES)
+    for resource in resources:
+        validate(resource)
+
+
+def test_the_validator_refuses_a_broken_manifest() -> None:
+    deployment = dict(by_kind(base_resources(), "Deployment")["leads"])
+    deployment["spec"] = {**deployment["spec"], "replicas": "two"}
+    with pytest.raises(AssertionError):
+        validate(deployment)
+
+
+def test_each_service_has_a_deployment_service_pdb_and_hpa_agreeing_with_the_topology() -> None:
+    resources = base_resources()
+    deployments, services = by_kind(resources, "Deployment"), by_kind(resources, "Service")
+    budgets, autoscalers = by_kind(resources, "PodDisruptionBudget"), by_kind(resources, "HorizontalPodAutoscaler")
+    assert set(deployments) == set(services) == set(budgets) == set(autoscalers) == set(SERVICES)
+    for name, topology in SERVICES.items():
+        pod = deployments[name]["spec"]["template"]
+        [container] = pod["spec"]["containers"]
+        [port] = container["ports"]
+        assert port["containerPort"] == topology.port and port["name"] == "http"
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert int(env.get(f"FUNNELCAST_{name.upper()}_PORT", topology.port)) == topology.port
+        assert container["image"] == f"funnelcast-{name}"
+        [service_port] = services[name]["spec"]["ports"]
+        assert service_port["port"] == topology.port and service_port["targetPort"] == "http"
+        assert services[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]["matchLabels"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(topology.port)
+        assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+        assert budgets[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]
+        hpa = autoscalers[name]["spec"]
+        assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        # More consumer instances than partitions would idle.
+        assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= min(t.partitions for t in TOPICS.values()
+                                                                      if t.partitions >= 6)
+
+
+def test_probes_resources_and_a_non_root_read_only_container() -> None:
+    assert DOCKERFILE_USER is not None
+    uid, gid = int(DOCKERFILE_USER.group(1)), int(DOCKERFILE_USER.group(2))
+    settings_grace = float(yaml.safe_load((K8S / "base" / "config.yaml").read_text())["data"]
+                           ["FUNNELCAST_SHUTDOWN_GRACE_S"])
+    for name, deployment in by_kind(base_resources(), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", name
+        for kind in ("requests", "limits"):
+            assert set(container["resources"][kind]) == {"cpu", "memory"}, name
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        # The state home must be on the writable volume, the root filesystem being read-only.
+        [mount] = container["volumeMounts"]
+        assert Path("/tmp/funnelcast").is_relative_to(mount["mountPath"])  # noqa: S108 - the pod's path
+        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pod["terminationGracePeriodSeconds"] > settings_grace + pre_stop, name
+
+
+def test_configuration_names_real_settings_and_secrets_stay_out_of_the_config_map() -> None:
+    fields = {f"FUNNELCAST_{field.upper()}" for field in Settings.model_fields}
+    config = by_kind(base_resources(), "ConfigMap")["funnelcast-config"]["data"]
+    assert set(config) <= fields, set(config) - fields
+    assert config["FUNNELCAST_HOST"] == "0.0.0.0"  # noqa: S104 - in a pod, every interface
+    assert config["FUNNELCAST_HOME"] == "/tmp/funnelcast"  # noqa: S108
+    assert Settings(**{k.removeprefix("FUNNELCAST_").lower(): v for k, v in config.items()})  # values parse
+    assert not {"FUNNELCAST_AUTH_SECRET", "FUNNELCAST_DATABASE_URL"} & set(config)
+    for workload in [*by_kind(base_resources(), "Deployment").values(), *by_kind(base_resources(), "Job").values()]:
+        [container] = workload["spec"]["template"]["spec"]["containers"]
+        assert container["envFrom"] == [{"configMapRef": {"name": "funnelcast-config"}},
+                                        {"secretRef": {"name": "funnelcast-secrets"}}]
+
+
+def test_the_migrations_job_runs_a_real_cli_command() -> None:
+    job = by_kind(base_resources(), "Job")["funnelcast-migrate"]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    program, *arguments = container["command"]
+    assert program == "funnelcast"
+    assert build_parser().parse_args(arguments).command == "migrate"
+
+
+def test_the_dev_overlay_generates_every_secret_the_services_need() -> None:
+    dev = yaml.safe_load((K8S / "overlays" / "dev" / "kustomization.yaml").read_text())
+    [secret] = dev["secretGenerator"]
+    assert secret["name"] == "funnelcast-secrets"
+    assert {literal.split("=", 1)[0] for literal in secret["literals"]} == {
+        "FUNNELCAST_AUTH_SECRET", "FUNNELCAST_DATABASE_URL"
+    }
+
+
+def kustomize() -> list[str]:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    pytest.skip("neither kustomize nor kubectl is installed: the overlays are not rendered (the base is checked)")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[o.name for o in OVERLAYS])
+def test_each_overlay_renders_to_valid_manifests(overlay: Path) -> None:
+    result = subprocess.run([*kustomize(), str(overlay)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    namespace = yaml.safe_load((overlay / "kustomization.yaml").read_text())["namespace"]
+    assert {r["kind"] for r in rendered} >= {"Namespace", "ConfigMap", "Job", "Deployment", "Service",
+                                             "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    for resource in rendered:
+        validate(resource)
+        if resource["kind"] == "Namespace":
+            continue
+        assert resource["metadata"]["namespace"] == namespace
+        if resource["kind"] != "Secret":  # the overlay's generated Secret carries no base labels
+            assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "funnelcast"
