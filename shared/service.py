@@ -11,6 +11,7 @@ wait in the outbox.
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,15 +242,32 @@ async def database(request: Request) -> Database:
 ServiceDatabase = Annotated[Database, Depends(database)]
 
 
-def serve(definition: ServiceDefinition) -> None:
-    """Run one service process (`python -m services.<name>`)."""
-    settings = get_settings()
-    configure_logging(definition.name, settings.log_level)
-    uvicorn.run(
+# How long an idle keep-alive connection is kept open. HTTP clients keep idle connections for a while
+# (httpx 5 s, aiohttp 15 s, browsers 60 s or more) and reuse them unasked; a server that closes one first
+# races the client's next request on it, which then fails with a connection reset (httpx.ReadError) and
+# is not retried. uvicorn's default is 5 s, exactly httpx's: under load the race was lost often enough to
+# abort benchmarks. Outlasting the clients makes them close idle connections first.
+HTTP_KEEP_ALIVE_S = 75
+
+
+def server_config(definition: ServiceDefinition, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration one service process runs with."""
+    return uvicorn.Config(
         create_service_app(definition, settings),
         host=settings.host,
         port=settings.port_for(definition.name),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
     )
+
+
+def serve(definition: ServiceDefinition) -> None:
+    """Run one service process (`python -m services.<name>`)."""
+    settings = get_settings()
+    configure_logging(definition.name, settings.log_level)
+    server = uvicorn.Server(server_config(definition, settings))
+    server.run()
+    if not server.started:
+        sys.exit(3)  # what uvicorn.run exits with when the server failed to start
