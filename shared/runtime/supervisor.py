@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,9 +188,16 @@ class Stack:
     """The processes of one `funnelcast up`: start them, wait for them, watch them, stop them."""
 
     def __init__(
-        self, settings: Settings, home: Path, instances: list[ServiceInstance], out: Output = print
+        self,
+        settings: Settings,
+        home: Path,
+        instances: list[ServiceInstance],
+        out: Output = print,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        """`extra_env`: variables for the service processes beyond this process's environment."""
         self.settings = settings
+        self.extra_env = dict(extra_env or {})
         self.home = home.absolute()
         self.instances = instances
         self.out = out
@@ -301,6 +308,7 @@ class Stack:
             "FUNNELCAST_HOME": str(self.home),
             f"FUNNELCAST_{instance.name.upper()}_PORT": str(instance.port),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         if self.embedded_broker or not self.settings.kafka_idempotence:
             env["FUNNELCAST_KAFKA_IDEMPOTENCE"] = "false"  # Tansu does not implement InitProducerId
