@@ -12,7 +12,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from services.forecasting import metrics, store
+from services.forecasting import bookings, metrics, store
+from services.forecasting.bookings import BookingsForecast, DealFact
 from services.forecasting.config import forecast_settings
 from services.forecasting.domain import (
     By,
@@ -104,15 +105,17 @@ async def all_quotas(conn: Connection, org: Organisation) -> dict[tuple[str, str
 
 async def forecast_rows(
     conn: Connection, org: Organisation, period: Period, by: By, visible: set[str] | None,
-    keys: set[str] | None = None,
 ) -> list[Row]:
-    """The rows of a period rolled up by owner, team or region, over the owners in `visible` (None: all).
+    """The rows of a period rolled up by owner, team or region, over the owners in `visible` (None: all)."""
+    return rows_of(org, period, by, await store.figures_per_owner(conn, period), await all_quotas(conn, org), visible)
 
-    A row exists for every key with a deal or a quota in the period; `keys` narrows them. The quota of
-    a team or region is the sum of its owners' quotas.
-    """
-    per_owner = await store.figures_per_owner(conn, period)
-    quotas = await all_quotas(conn, org)
+
+def rows_of(
+    org: Organisation, period: Period, by: By, per_owner: dict[str, Figures],
+    quotas: dict[tuple[str, str], Decimal], visible: set[str] | None, keys: set[str] | None = None,
+) -> list[Row]:
+    """A row for every key with a deal or a quota in the period (`keys` narrows them); the quota of a
+    team or region is the sum of its owners' quotas."""
     with_quota = {o for o, _ in quotas if quota_for(o, period, quotas) is not None}
     owners = set(per_owner) | with_quota
     if visible is not None:
@@ -138,11 +141,14 @@ async def refresh(
     named = {o for o in owners if o}
     published = 0
     now = _now()
+    quotas: dict[tuple[str, str], Decimal] | None = None
     for period in sorted(p for p in set(periods) if p.kind in PUBLISHED_KINDS):
         metrics.recomputations.inc()
+        per_owner = await store.figures_per_owner(tx.conn, period)
+        quotas = quotas if quotas is not None else await all_quotas(tx.conn, org)
         for by in By:
             keys = {placement(org, o).key(by, o) for o in named}
-            rows = {r.key: r for r in await forecast_rows(tx.conn, org, period, by, None, keys)}
+            rows = {r.key: r for r in rows_of(org, period, by, per_owner, quotas, None, keys)}
             for key in sorted(keys):
                 published += await _publish_if_moved(tx, period, by, rows.get(key, Row(key, Figures(), None)),
                                                       now, cause)
@@ -318,3 +324,19 @@ async def set_quota(db: Database, owner_id: str, period: Period, amount: Decimal
     async with db.transaction() as tx:
         await store.set_quota(tx.conn, owner_id, period.name, amount, set_by, _now())
         return await refresh(tx, [owner_id], [period, *period.parents, *period.children], None)
+
+
+# --- bookings forecast ------------------------------------------------------------------------
+
+
+async def forecast_bookings(db: Database, period: Period, as_of: date | None = None) -> BookingsForecast | None:
+    """Forecast a month's closed-won value from the deals known now, and store the forecast made."""
+    async with db.transaction() as tx:
+        facts = [DealFact(r["amount"], r["opened_on"], r["closed_on"], r["status"])
+                 for r in await store.deal_facts(tx.conn)]
+        made = bookings.forecast_bookings(facts, period)
+        if made is not None:
+            await store.save_bookings_forecast(
+                tx.conn, made.period, _now(), as_of or _now().date(), made.point, made.low, made.high, made.method,
+                made.pipeline_estimate, forecast_settings().currency)
+    return made

@@ -155,3 +155,36 @@ async def history(conn: Connection, period: str, by: str, keys: list[str] | None
         period, by, keys, limit,
     )
     return rows
+
+
+async def deal_facts(conn: Connection) -> list[asyncpg.Record]:
+    """Every deal's amount (reporting currency), opening day, close day and status."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT amount_reporting AS amount, (created_at AT TIME ZONE 'UTC')::date AS opened_on, closed_on, status"
+        " FROM deals WHERE amount_reporting IS NOT NULL")
+    return rows
+
+
+async def won_per_month(conn: Connection, since: date, until: date) -> dict[str, Decimal]:
+    """Closed-won value per month (`YYYY-MM`) for the close days in [since, until]."""
+    rows = await conn.fetch(
+        "SELECT to_char(closed_on, 'YYYY-MM') AS month, sum(amount_reporting) AS won FROM deals"
+        " WHERE status = 'won' AND closed_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL GROUP BY 1",
+        since, until)
+    return {r["month"]: r["won"] for r in rows}
+
+
+async def save_bookings_forecast(
+    conn: Connection, period: str, made_at: datetime, as_of: date, point: Decimal, low: Decimal, high: Decimal,
+    method: str, pipeline_estimate: Decimal | None, currency: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO bookings_forecasts (period, made_at, as_of, point, low, high, method, pipeline_estimate,"
+        " currency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        period, made_at, as_of, point, low, high, method, pipeline_estimate, currency)
+
+
+async def bookings_forecasts(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM bookings_forecasts ORDER BY id DESC LIMIT $1", limit)
+    return rows
