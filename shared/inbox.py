@@ -27,8 +27,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared import metrics
-from shared.context import Cause, child_traceparent, current_cause, current_event_id
+from shared import metrics, tracing
+from shared.context import Cause, current_cause, current_event_id
 from shared.db import Database, Transaction
 from shared.events.envelope import CloudEvent, InvalidEvent, parse_and_validate
 
@@ -111,13 +111,18 @@ class EventProcessor:
         handler = self.handlers.get(event.type)
         if handler is None:
             return Outcome.IGNORED
-        cause_token = current_cause.set(_cause_of(event))
+        span = _consumer_span(event, message.topic, self.group)
+        cause_token = current_cause.set(_cause_of(event, span.traceparent))
         event_token = current_event_id.set(event.id)
+        outcome = Outcome.DEAD_LETTERED
         try:
-            return await self._apply_with_retry(message, event, handler)
+            outcome = await self._apply_with_retry(message, event, handler)
+            return outcome
         finally:
             current_event_id.reset(event_token)
             current_cause.reset(cause_token)
+            span.end(error="dead-lettered" if outcome is Outcome.DEAD_LETTERED else None,
+                     attributes={"funnelcast.outcome": str(outcome)})
 
     async def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Apply `messages` in one transaction; their outcomes, in order (see the module docstring)."""
@@ -181,13 +186,18 @@ class EventProcessor:
                     continue
                 first_time.discard(event.id)
                 started = time.perf_counter()
-                cause_token = current_cause.set(_cause_of(event))
+                span = _consumer_span(event, event.topic, self.group)
+                cause_token = current_cause.set(_cause_of(event, span.traceparent))
                 event_token = current_event_id.set(event.id)
                 try:
                     await handler(tx, event)
+                except BaseException as exc:
+                    span.end(error=f"{type(exc).__name__}: {exc}")
+                    raise
                 finally:
                     current_event_id.reset(event_token)
                     current_cause.reset(cause_token)
+                span.end()
                 durations.append(time.perf_counter() - started)
                 outcomes.append(Outcome.APPLIED)
         applied = iter(durations)
@@ -233,10 +243,15 @@ class EventProcessor:
         return Outcome.APPLIED
 
 
-def _cause_of(event: CloudEvent) -> Cause:
+def _cause_of(event: CloudEvent, traceparent: str) -> Cause:
     """What the events a handler publishes carry about the event that caused them."""
-    return Cause(
-        correlation_id=event.correlationid or event.id,
-        causation_id=event.id,
-        traceparent=child_traceparent(event.traceparent),
+    return Cause(correlation_id=event.correlationid or event.id, causation_id=event.id, traceparent=traceparent)
+
+
+def _consumer_span(event: CloudEvent, topic: str, group: str) -> tracing.Span:
+    """Applying one event: a child of the span that published it (exported only when tracing is on)."""
+    return tracing.start_span(
+        f"{event.type} process", event.traceparent, "consumer",
+        {"messaging.system": "kafka", "messaging.destination.name": topic, "messaging.consumer.group.name": group,
+         "cloudevents.event_id": event.id, "cloudevents.event_type": event.type},
     )

@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
-from shared import kafka, replays
+from shared import kafka, replays, tracing
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
@@ -198,11 +198,14 @@ def create_service_app(definition: ServiceDefinition, settings: Settings | None 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.auth_secret is None:
             log.warning("FUNNELCAST_AUTH_SECRET is not set: tokens are signed with the public dev secret")
+        if tracing.configure_tracing(definition.name):
+            log.info("exporting spans to the OTLP endpoint of OTEL_EXPORTER_OTLP_ENDPOINT")
         await runtime.start()
         try:
             yield
         finally:
             await runtime.stop()
+            await asyncio.to_thread(tracing.shutdown_tracing)  # exports what is buffered
 
     app = FastAPI(
         title=f"Funnelcast {definition.name}",

@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.auth import InvalidToken, Principal, verify_token
-from shared.context import Cause, child_traceparent, current_cause
+from shared.context import Cause, current_cause
 from shared.errors import DomainError
 from shared.org import Organisation, Role
 
@@ -143,7 +143,8 @@ class RequestContextMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _send_too_large(send, self.max_body_bytes)
             return
-        traceparent = child_traceparent(headers.get("traceparent"))
+        span = tracing.start_span(f"{scope['method']}", headers.get("traceparent"), "server")
+        traceparent = span.traceparent
         correlation_id = headers.get("x-correlation-id") or str(uuid.uuid4())
         token = current_cause.set(Cause(correlation_id=correlation_id, traceparent=traceparent))
         started = time.perf_counter()
@@ -189,6 +190,9 @@ class RequestContextMiddleware:
             current_cause.reset(token)
             route = _route_template(scope)
             metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            span.end(error=f"HTTP {status}" if status >= 500 else None, name=f"{scope['method']} {route}",
+                     attributes={"http.request.method": scope["method"], "http.route": route,
+                                 "http.response.status_code": status})
             metrics.http_duration.labels(scope["method"], route).observe(time.perf_counter() - started)
 
 
