@@ -2,7 +2,7 @@
 
     funnelcast up [--detach] [--replicas SERVICE=N ...]   start everything (foreground until Ctrl-C)
     funnelcast down                                       stop everything `up` started
-    funnelcast status [--json]                            services, ports, readiness, broker, database
+    funnelcast status [--json]                            services, ports, readiness, lag, backlog, dead letters
     funnelcast token --user USER_ID [--role ROLE]         a bearer token for local use and tests
     funnelcast dlq list|show|replay TOPIC                 inspect and re-drive dead-lettered events
     funnelcast migrate [SERVICE ...]                      create and migrate the services' databases, then exit
@@ -89,7 +89,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stack.start(args.ready_timeout)
         _say(f"ready in {time.monotonic() - started:.1f} s ({_timings(stack.timings)})")
-        _print_status(status_report(stack.home, settings))
+        _print_status(_with_figures(status_report(stack.home, settings)))
         if args.detach:
             stack.detach()
             keep_running = True
@@ -151,7 +151,7 @@ def cmd_down(_args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        report = status_report(settings.home.absolute(), settings)
+        report = _with_figures(status_report(settings.home.absolute(), settings))
     except StackError as exc:
         _complain(str(exc))
         return 1
@@ -163,15 +163,26 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["running"] and all_ready else 1
 
 
+def _with_figures(report: dict[str, Any]) -> dict[str, Any]:
+    """Each live service's consumer lag, outbox backlog and dead letters, from its /metrics."""
+    from shared.runtime.observe import FIGURES, service_figures
+
+    for service in report["services"]:
+        service.update(service_figures(service["port"]) if service["alive"] else dict.fromkeys(FIGURES))
+    return report
+
+
 def _print_status(report: dict[str, Any]) -> None:
     if report["running"]:
         _say(f"Funnelcast in {report['home']} (started {report.get('started_at', '?')})")
     else:
         _say(f"no Funnelcast stack is running from {report['home']}")
-    rows = [("SERVICE", "PID", "ALIVE", "PORT", "READYZ")]
+    rows = [("SERVICE", "PID", "ALIVE", "PORT", "READYZ", "LAG", "BACKLOG", "DEAD-LETTERED")]
     for s in report["services"]:
         alive = "yes" if s["alive"] else "no"
-        rows.append((s["label"], str(s["pid"] or "-"), alive, str(s["port"]), str(s["readyz"] or "-")))
+        figures = [str(s.get(f)) if s.get(f) is not None else "-"
+                   for f in ("consumer_lag", "outbox_backlog", "dead_letters")]
+        rows.append((s["label"], str(s["pid"] or "-"), alive, str(s["port"]), str(s["readyz"] or "-"), *figures))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         _say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -349,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status", help="services, ports, readiness, broker and database",
-        description="Exit status 0 when every service is alive and ready, 1 otherwise.",
+        description="Per service: pid, port, /readyz, consumer lag (messages behind, all topics), outbox "
+        "backlog (events not yet published) and the messages it dead-lettered since it started (from its "
+        "/metrics; `funnelcast dlq list TOPIC` shows what waits). Exit status 0 when every service is alive "
+        "and ready, 1 otherwise.",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)

@@ -1,0 +1,35 @@
+"""A running service's operational figures, read from its /metrics: for `funnelcast status`."""
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+FIGURES = ("consumer_lag", "outbox_backlog", "dead_letters")
+
+
+def figures_from_metrics(text: str) -> dict[str, int]:
+    """Consumer lag (summed over its topics and partitions), outbox backlog, and messages this instance
+    dead-lettered since it started."""
+    sums = dict.fromkeys(FIGURES, 0.0)
+    names = {
+        "funnelcast_consumer_lag": "consumer_lag",
+        "funnelcast_outbox_backlog": "outbox_backlog",
+        "funnelcast_dead_letters_total": "dead_letters",
+    }
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            figure = names.get(sample.name)
+            if figure is not None:
+                sums[figure] += sample.value
+    return {figure: int(value) for figure, value in sums.items()}
+
+
+def service_figures(port: int, timeout_s: float = 2.0) -> dict[str, Any]:
+    """The figures of the service on 127.0.0.1:`port`, or None for each when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as answer:  # noqa: S310
+            return dict(figures_from_metrics(answer.read().decode()))
+    except (urllib.error.URLError, OSError, ValueError):
+        return dict.fromkeys(FIGURES)

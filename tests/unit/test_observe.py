@@ -1,0 +1,26 @@
+"""`funnelcast status` figures from a service's /metrics text."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from shared.runtime.observe import figures_from_metrics, service_figures
+from tests.support.waiting import free_port
+
+
+def test_figures_sum_lag_over_partitions_and_dead_letters_over_topics() -> None:
+    registry = CollectorRegistry()
+    lag = Gauge("funnelcast_consumer_lag", "", ["topic", "partition", "group"], registry=registry)
+    lag.labels("sales.leads", "0", "funnelcast-scoring").set(40)
+    lag.labels("sales.leads", "1", "funnelcast-scoring").set(2)
+    lag.labels("sales.opportunities", "0", "funnelcast-scoring").set(1)
+    Gauge("funnelcast_outbox_backlog", "", registry=registry).set(17)
+    dead = Counter("funnelcast_dead_letters_total", "", ["topic"], registry=registry)
+    dead.labels("sales.leads.dlq").inc(3)
+    dead.labels("sales.opportunities.dlq").inc()
+    Counter("funnelcast_events_published_total", "", ["type"], registry=registry).labels("x").inc(99)
+    text = generate_latest(registry).decode()
+    assert figures_from_metrics(text) == {"consumer_lag": 43, "outbox_backlog": 17, "dead_letters": 4}
+
+
+def test_a_service_that_does_not_answer_has_no_figures() -> None:
+    assert service_figures(free_port(), timeout_s=0.5) == {"consumer_lag": None, "outbox_backlog": None,
+                                                            "dead_letters": None}
