@@ -5,21 +5,24 @@ see everything. A team or region row shown to a rep or manager sums only the dea
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from services.forecasting import handlers, store
+from services.forecasting.bookings import wape
+from services.forecasting.charts import ForecastPoint, forecast_vs_actual_svg, funnel_svg
 from services.forecasting.config import forecast_settings
-from services.forecasting.domain import By, InvalidPeriod, Period, money, parse_period, rank_reps
+from services.forecasting.domain import By, InvalidPeriod, Period, PeriodKind, money, parse_period, rank_reps
+from services.forecasting.funnel import CohortDeal, Funnel, Transition, funnel
 from shared.auth import Principal, may_act_on, visible_owners
-from shared.errors import Forbidden, Unprocessable
+from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.org import Organisation, Role
 from shared.service import ServiceDatabase
-from shared.web import CurrentPrincipal, organisation
+from shared.web import CurrentPrincipal, organisation, require_roles
 
 Org = Annotated[Organisation, Depends(organisation)]
 
@@ -181,6 +184,191 @@ async def get_forecast_history(
         HistoryEntry(key=r["key"], computed_at=r["computed_at"].astimezone(UTC), figures=json.loads(r["figures"]))
         for r in rows
     ])
+
+
+class BookingsOut(BaseModel):
+    period: str
+    currency: str
+    point: str
+    low: str = Field(description="80 % prediction interval, lower bound")
+    high: str = Field(description="80 % prediction interval, upper bound")
+    method: str
+    pipeline_estimate: str | None = Field(description="what the open deals are likely to win, by their age")
+    history_months: int
+
+
+EveryOwner = Annotated[Principal, Depends(require_roles(Role.DIRECTOR, Role.ADMIN, Role.INTEGRATION))]
+
+
+@router.get("/forecast/bookings", response_model=BookingsOut)
+async def get_bookings_forecast(
+    _: EveryOwner, db: ServiceDatabase,
+    period: Annotated[str, Query(description="a month (2026-12)")],
+) -> BookingsOut:
+    """The month's closed-won value forecast from the history (seasonal naive over the quarter), with an
+    80 % interval and the open pipeline's estimate beside it (directors, admins). Each answer is stored
+    for the accuracy report."""
+    wanted = _period(period)
+    if wanted.kind is not PeriodKind.MONTH:
+        raise Unprocessable("the bookings forecast is per month (e.g. 2026-12)")
+    made = await handlers.forecast_bookings(db, wanted)
+    if made is None:
+        raise NotFound("no closed-won history yet: nothing to forecast from")
+    return BookingsOut(
+        period=made.period, currency=forecast_settings().currency, point=money(made.point), low=money(made.low),
+        high=money(made.high), method=made.method, history_months=made.history_months,
+        pipeline_estimate=None if made.pipeline_estimate is None else money(made.pipeline_estimate),
+    )
+
+
+class AccuracyEntry(BaseModel):
+    period: str
+    made_at: datetime
+    as_of: date
+    point: str
+    low: str
+    high: str
+    actual: str | None = Field(description="closed won in the period, once it has ended")
+    absolute_percentage_error: str | None
+
+
+class Accuracy(BaseModel):
+    currency: str
+    wape: str | None = Field(description="over the entries whose period has ended, the latest forecast of each")
+    items: list[AccuracyEntry]
+
+
+@router.get("/forecast/accuracy", response_model=Accuracy)
+async def get_forecast_accuracy(
+    _: EveryOwner, db: ServiceDatabase, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Accuracy:
+    """Every bookings forecast stored, newest first, against the closed-won value of its month once over."""
+    today = datetime.now(UTC).date()
+    async with db.pool.acquire() as conn:
+        rows = await store.bookings_forecasts(conn, limit)
+        periods = [parse_period(r["period"]) for r in rows]
+        ended = [p for p in periods if p.end < today]
+        actual = await store.won_per_month(conn, min(p.start for p in ended), max(p.end for p in ended)) if ended \
+            else {}
+    items, latest = [], {}
+    for row, period in zip(rows, periods, strict=True):
+        done = period.end < today
+        value = actual.get(period.name, Decimal(0)) if done else None
+        error = None if value is None or value == 0 else abs(row["point"] - value) / value
+        items.append(AccuracyEntry(
+            period=row["period"], made_at=row["made_at"].astimezone(UTC), as_of=row["as_of"], point=money(row["point"]),
+            low=money(row["low"]), high=money(row["high"]), actual=None if value is None else money(value),
+            absolute_percentage_error=None if error is None else f"{error * 100:.1f}",
+        ))
+        if done and row["period"] not in latest:
+            latest[row["period"]] = row["point"]
+    error_rate = wape(latest, {p: actual.get(p, Decimal(0)) for p in latest})
+    return Accuracy(currency=forecast_settings().currency, items=items,
+                    wape=None if error_rate is None else f"{error_rate * 100:.1f}")
+
+
+class StageOut(BaseModel):
+    stage: str
+    reached: int
+    amount: str
+    conversion_to_next: float | None
+    median_days_in_stage: float | None
+
+
+class FunnelOut(BaseModel):
+    period: str
+    currency: str
+    scope: str
+    owner_id: str | None
+    deals: int
+    stages: list[StageOut]
+    won: int
+    lost: int
+    won_amount: str
+    win_rate: float | None
+    median_sales_cycle_days: float | None
+
+
+async def _funnel(db: ServiceDatabase, principal: Principal, org: Organisation, period: Period,
+                  owner_id: str | None) -> Funnel:
+    owners = visible_owners(principal, org)
+    if owner_id is not None:
+        if owners is not None and owner_id not in owners:
+            raise Forbidden(f"{owner_id} is outside {principal.user_id}'s scope")
+        owners = {owner_id}
+    async with db.pool.acquire() as conn:
+        rows = await store.cohort(conn, period.start, period.end, None if owners is None else sorted(owners))
+        moves = await store.transitions(conn, [r["opportunity_id"] for r in rows])
+    by_deal: dict[str, list[Transition]] = {}
+    for move in moves:
+        by_deal.setdefault(move["opportunity_id"], []).append(
+            Transition(move["opportunity_id"], move["to_stage"], move["at"]))
+    return funnel([CohortDeal(r["opportunity_id"], r["amount"], r["opened_on"], r["closed_on"], r["status"])
+                   for r in rows], by_deal)
+
+
+@router.get("/funnel", response_model=FunnelOut)
+async def get_funnel(
+    principal: CurrentPrincipal, org: Org, db: ServiceDatabase, period: Annotated[str, Query()],
+    owner_id: str | None = None,
+) -> FunnelOut:
+    """The funnel of the deals opened in the period (the caller's scope, or one owner's): how many
+    reached each stage and with what amount, conversion to the next stage, median days in each stage,
+    win rate and median sales cycle."""
+    wanted = _period(period)
+    figures = await _funnel(db, principal, org, wanted, owner_id)
+    return FunnelOut(
+        period=wanted.name, currency=forecast_settings().currency, scope=_scope(principal), owner_id=owner_id,
+        deals=figures.deals, won=figures.won, lost=figures.lost, won_amount=money(figures.won_amount),
+        win_rate=figures.win_rate, median_sales_cycle_days=figures.median_sales_cycle_days,
+        stages=[StageOut(stage=s.stage, reached=s.reached, amount=money(s.amount),
+                         conversion_to_next=s.conversion_to_next, median_days_in_stage=s.median_days_in_stage)
+                for s in figures.stages],
+    )
+
+
+SVG = "image/svg+xml"
+
+
+@router.get("/charts/funnel.svg", response_class=Response, responses={200: {"content": {SVG: {}}}})
+async def get_funnel_chart(
+    principal: CurrentPrincipal, org: Org, db: ServiceDatabase, period: Annotated[str, Query()],
+    owner_id: str | None = None,
+) -> Response:
+    """The funnel of GET /v1/funnel as an SVG picture."""
+    wanted = _period(period)
+    figures = await _funnel(db, principal, org, wanted, owner_id)
+    title = f"Funnel {wanted.name}" + (f" · {owner_id}" if owner_id else "")
+    return Response(funnel_svg(figures, title, forecast_settings().currency), media_type=SVG)
+
+
+@router.get("/charts/forecast.svg", response_class=Response, responses={200: {"content": {SVG: {}}}})
+async def get_forecast_chart(
+    _: EveryOwner, db: ServiceDatabase,
+    period: Annotated[str, Query(description="a quarter or a year: one bar per month")],
+) -> Response:
+    """Bookings forecast vs actual closed won per month of a quarter or year, as an SVG picture: the
+    latest stored forecast of each month with its 80 % interval, beside what was won."""
+    wanted = _period(period)
+    months = [p for p in wanted.children if p.kind is PeriodKind.MONTH] or [wanted]
+    async with db.pool.acquire() as conn:
+        actual = await store.won_per_month(conn, wanted.start, wanted.end)
+        stored = await store.bookings_forecasts(conn, 10_000)
+    latest: dict[str, Any] = {}
+    for row in stored:  # newest first
+        latest.setdefault(row["period"], row)
+    today = datetime.now(UTC).date()
+    points = [
+        ForecastPoint(
+            period=m.name, actual=actual.get(m.name, Decimal(0)) if m.start <= today else None,
+            forecast=latest[m.name]["point"] if m.name in latest else None,
+            low=latest[m.name]["low"] if m.name in latest else None,
+            high=latest[m.name]["high"] if m.name in latest else None,
+        )
+        for m in months
+    ]
+    chart = forecast_vs_actual_svg(points, f"Bookings forecast vs actual {wanted.name}", forecast_settings().currency)
+    return Response(chart, media_type=SVG)
 
 
 def _visible_keys(principal: Principal, org: Organisation, by: By) -> set[str] | None:

@@ -188,3 +188,20 @@ async def bookings_forecasts(conn: Connection, limit: int) -> list[asyncpg.Recor
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM bookings_forecasts ORDER BY id DESC LIMIT $1", limit)
     return rows
+
+
+async def cohort(conn: Connection, since: date, until: date, owners: list[str] | None) -> list[asyncpg.Record]:
+    """The deals opened in [since, until] (of these owners; None: all)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT opportunity_id, owner_id, coalesce(amount_reporting, 0) AS amount,"
+        " (created_at AT TIME ZONE 'UTC')::date AS opened_on, closed_on, status FROM deals"
+        " WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN $1 AND $2 AND ($3::text[] IS NULL OR owner_id = ANY($3))",
+        since, until, owners)
+    return rows
+
+
+async def transitions(conn: Connection, opportunity_ids: list[str]) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT opportunity_id, to_stage, at FROM deal_transitions WHERE opportunity_id = ANY($1) ORDER BY at",
+        opportunity_ids)
+    return rows

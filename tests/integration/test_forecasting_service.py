@@ -331,3 +331,55 @@ async def test_attainment_ranks_the_reps_against_their_quotas(
     assert Decimal(rep1["gap_to_quota"]) == Decimal(1500000) - Decimal(rep1["closed_won"])
     mine = await http.get("/v1/attainment", params={"period": period}, headers=as_(settings, "rep-2"))
     assert [i["owner_id"] for i in mine.json()["items"]] == ["rep-2"]
+
+
+async def test_funnel_bookings_forecast_accuracy_and_charts(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    today = datetime.now(UTC).date()
+    month = f"{today:%Y-%m}"
+    deal = await open_opportunity(clients, settings, "rep-1", "70000.00", "2031-11-30")
+    await move(clients, settings, deal, "bidding")
+    lost = await clients["opportunities"].post(
+        f"/v1/opportunities/{deal['id']}/close", json={"outcome": "lost", "reason": "预算取消", "competitor": "none"},
+        headers=as_(settings, "rep-1"))
+    assert lost.status_code == 200, lost.text
+
+    async def funnel_of_rep_1() -> dict[str, Any] | None:
+        response = await http.get("/v1/funnel", params={"period": month, "owner_id": "rep-1"},
+                                  headers=as_(settings, "mgr-1"))
+        assert response.status_code == 200, response.text
+        body = dict(response.json())
+        return body if body["lost"] >= 1 else None
+
+    body = await eventually(funnel_of_rep_1, timeout=TIMEOUT)
+    stages = {s["stage"]: s for s in body["stages"]}
+    assert stages["prospecting"]["reached"] == body["deals"] >= 1
+    assert stages["bidding"]["reached"] >= 1 and body["win_rate"] is not None
+    outside = await http.get("/v1/funnel", params={"period": month, "owner_id": "rep-3"},
+                             headers=as_(settings, "mgr-1"))
+    assert outside.status_code == 403
+    picture = await http.get("/v1/charts/funnel.svg", params={"period": month}, headers=as_(settings, "rep-1"))
+    assert picture.status_code == 200 and picture.headers["content-type"].startswith("image/svg+xml")
+    assert picture.text.startswith("<svg") and "prospecting" in picture.text
+
+    # the deal won in an earlier test is this month's history: next month's forecast starts from it
+    year, number = (today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1)
+    next_month = f"{year}-{number:02d}"
+    forbidden = await http.get("/v1/forecast/bookings", params={"period": next_month},
+                               headers=as_(settings, "mgr-1"))
+    assert forbidden.status_code == 403
+    made = await http.get("/v1/forecast/bookings", params={"period": next_month}, headers=as_(settings, "dir-1"))
+    assert made.status_code == 200, made.text
+    forecast_body = made.json()
+    regions = await forecast(http, settings, month, "region")
+    won_this_month = sum(Decimal(r["closed_won"]) for r in regions.values())
+    assert won_this_month >= Decimal(300000) and Decimal(forecast_body["point"]) == won_this_month
+    assert Decimal(forecast_body["low"]) <= Decimal(forecast_body["point"]) <= Decimal(forecast_body["high"])
+    assert forecast_body["history_months"] == 1 and forecast_body["method"].startswith("mean")
+    accuracy = await http.get("/v1/forecast/accuracy", headers=as_(settings, "dir-1"))
+    assert accuracy.status_code == 200
+    latest = accuracy.json()["items"][0]
+    assert (latest["period"], latest["point"], latest["actual"]) == (next_month, forecast_body["point"], None)
+    chart = await http.get("/v1/charts/forecast.svg", params={"period": str(year)}, headers=as_(settings, "dir-1"))
+    assert chart.status_code == 200 and chart.text.count("<circle") >= 1
