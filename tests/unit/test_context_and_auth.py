@@ -8,6 +8,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from shared import auth
 from shared.auth import ISSUER, InvalidToken, Principal, issue_token, may_act_on, verify_token, visible_owners
 from shared.context import Cause, child_traceparent, new_traceparent, trace_id_of
 from shared.org import SAMPLE_ORG_FILE, Organisation, OrgFileError, Role, load_organisation
@@ -143,6 +144,46 @@ def test_an_unknown_role_is_refused(org: Organisation) -> None:
     token = jwt.encode({"sub": "rep-1", "role": "emperor", "iss": ISSUER, "exp": 2**31}, SECRET, algorithm="HS256")
     with pytest.raises(InvalidToken, match="unknown role"):
         verify_token(token, SECRET, org)
+
+
+def test_a_verified_token_is_decoded_once_and_refused_once_expired(
+    org: Organisation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: object, **kwargs: object) -> object:
+        decoded.append(args[0])
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth.jwt, "decode", counting_decode)
+    token = issue_token("rep-2", Role.REP, SECRET, 600)
+    first, second = verify_token(token, SECRET, org), verify_token(token, SECRET, org)
+    assert first == second == Principal(user_id="rep-2", role=Role.REP, team="east")
+    assert decoded == [token]
+    expires_at = jwt.decode(token, SECRET, algorithms=["HS256"], issuer=ISSUER)["exp"]
+    monkeypatch.setattr(auth.time, "time", lambda: float(expires_at))
+    with pytest.raises(InvalidToken, match="expired"):
+        verify_token(token, SECRET, org)
+
+
+def test_a_verified_token_is_checked_again_under_another_secret_or_organisation(org: Organisation) -> None:
+    token = issue_token("rep-1", Role.REP, SECRET, 600)
+    verify_token(token, SECRET, org)
+    with pytest.raises(InvalidToken, match="not valid"):
+        verify_token(token, "another-secret-that-is-also-long-enough", org)
+    without_rep_1 = Organisation(users={k: u for k, u in org.users.items() if k != "rep-1"}, teams=org.teams)
+    with pytest.raises(InvalidToken, match="unknown user 'rep-1'"):
+        verify_token(token, SECRET, without_rep_1)
+
+
+def test_the_verified_tokens_kept_are_bounded(org: Organisation, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "_VERIFIED_MAX", 3)
+    monkeypatch.setattr(auth, "_verified", {})
+    tokens = [issue_token("rep-1", Role.REP, SECRET, 600 + i) for i in range(5)]
+    for token in tokens:
+        verify_token(token, SECRET, org)
+    assert [token for token, _ in auth._verified] == tokens[2:]
 
 
 def test_an_unknown_user_is_refused(org: Organisation) -> None:
