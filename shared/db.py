@@ -7,7 +7,7 @@ a rolled-back change publishes nothing and a committed one loses nothing.
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,16 @@ class Transaction:
         self.conn = conn
         self.source = source
         self.events: list[CloudEvent] = []
+        # Set by the inbox when consuming: every event this transaction applies, in order, so a
+        # handler may load what the whole batch needs at once (empty outside consumption).
+        self.batch: Sequence[CloudEvent] = ()
+        # Handlers' scratch space for this transaction (rows loaded once for the batch ...).
+        self.state: dict[str, Any] = {}
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def before_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` in this transaction after the handlers, before the outbox write and commit."""
+        self._before_commit.append(action)
 
     def publish(self, type_: str, subject: str, data: dict[str, Any], *, sequence: int | None = None) -> CloudEvent:
         """Queue an event for the outbox; it is checked against its schema now, refused if invalid."""
@@ -120,6 +130,8 @@ class Database:
         async with self.pool.acquire() as conn, conn.transaction():
             tx = Transaction(conn, self.source)
             yield tx
+            for action in tx._before_commit:
+                await action()
             await tx._write_outbox()
 
     async def ping(self) -> bool:

@@ -180,6 +180,12 @@ class EventProcessor:
                 [event.type for _, event, _ in pending],
             )
             first_time = {row["event_id"] for row in rows}
+            unseen, batch = set(first_time), []
+            for _, event, _ in pending:
+                if event.id in unseen:
+                    unseen.discard(event.id)
+                    batch.append(event)
+            tx.batch = batch
             for _, event, handler in pending:
                 if event.id not in first_time:  # seen before, or earlier in this batch
                     outcomes.append(Outcome.DUPLICATE)
@@ -237,6 +243,7 @@ class EventProcessor:
             if not first_time:
                 metrics.events_duplicate.labels(event.type, self.group).inc()
                 return Outcome.DUPLICATE
+            tx.batch = (event,)
             await handler(tx, event)
         metrics.events_consumed.labels(event.type, self.group).inc()
         metrics.handler_duration.labels(event.type, self.group).observe(time.perf_counter() - started)

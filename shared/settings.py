@@ -39,10 +39,9 @@ class Settings(BaseSettings):
     # Apache Kafka supports the idempotent producer; Tansu (embedded) does not.
     kafka_idempotence: bool = True
     kafka_replication_factor: int = 1
-    # Consumers apply the records a fetch hands over in one transaction: at most this many,
-    # waiting at most this long for more once one has arrived (1 = one event a transaction).
+    # Consumers apply the records that queued up while the previous batch was applied in one
+    # transaction: at most this many (1 = one event a transaction).
     consumer_batch_max: int = 500
-    consumer_batch_wait_ms: int = 5
 
     # --- outbox relay ---
     relay_batch_size: int = 1000

@@ -2,10 +2,10 @@
 
 `create_stream_app` builds a faust-streaming app from settings; `subscribe` adds an agent
 that feeds every record of some topics through an `EventProcessor` (decode, dedupe,
-handle, dead-letter). The agent takes the records in batches (Faust's `Stream.take_events`:
-up to FUNNELCAST_CONSUMER_BATCH_MAX records, or whatever arrived within
-FUNNELCAST_CONSUMER_BATCH_WAIT_MS) and applies each batch in one transaction
-(`EventProcessor.process_batch`); Faust acks a batch's records only once it is applied.
+handle, dead-letter). The agent applies the records in batches, each in one transaction
+(`EventProcessor.process_batch`): while one batch is applied the next records queue up (at
+most FUNNELCAST_CONSUMER_BATCH_MAX), and the next batch is all of them; the stream is
+`noack()`, so a record is acked (its offset committable) only once its batch is applied.
 The app runs inside the service's uvicorn loop (faust.contrib.asgi.faust_app_running), so
 one process serves HTTP and consumes.
 
@@ -17,6 +17,7 @@ from FUNNELCAST_KAFKA_FETCH_MAX_WAIT_MS; it is registered through Faust's docume
 """
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -58,7 +59,6 @@ class StreamApp(faust.App):
     agent_failure: str | None = None
     processed_offsets: dict[tuple[str, int], int]
     batch_max: int = 1
-    batch_wait_s: float = 0.005
 
 
 def create_stream_app(service: str, settings: Settings) -> StreamApp:
@@ -88,7 +88,6 @@ def create_stream_app(service: str, settings: Settings) -> StreamApp:
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     app.processed_offsets = {}
     app.batch_max = max(1, settings.consumer_batch_max)
-    app.batch_wait_s = max(0.001, settings.consumer_batch_wait_ms / 1000)
     return app
 
 
@@ -98,21 +97,7 @@ def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> N
 
     async def apply_events(stream: Any) -> None:
         try:
-            async for records in stream.take_events(app.batch_max, within=app.batch_wait_s):
-                messages = [
-                    Message(
-                        topic=record.message.topic,
-                        partition=record.message.partition,
-                        offset=record.message.offset,
-                        key=record.message.key,
-                        value=record.message.value,
-                        headers=_headers(record.message.headers),
-                    )
-                    for record in records
-                ]
-                await processor.process_batch(messages)
-                for message in messages:
-                    app.processed_offsets[(message.topic, message.partition)] = message.offset
+            await _apply_in_batches(app, processor, stream.noack())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -121,6 +106,52 @@ def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> N
             raise
 
     app.agent(channel, name=f"{processor.group}.apply_events")(apply_events)
+
+
+async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: Any) -> None:
+    """Records flow into a bounded queue while the previous batch is applied; each batch is
+    everything queued meanwhile (at most `app.batch_max`), acked only once applied.
+
+    So a lone event is applied at once, and under load the batches grow by themselves."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=app.batch_max)
+
+    async def apply_batches() -> None:
+        while True:
+            records = [await queue.get()]
+            while len(records) < app.batch_max and not queue.empty():
+                records.append(queue.get_nowait())
+            messages = [
+                Message(
+                    topic=record.message.topic,
+                    partition=record.message.partition,
+                    offset=record.message.offset,
+                    key=record.message.key,
+                    value=record.message.value,
+                    headers=_headers(record.message.headers),
+                )
+                for record in records
+            ]
+            await processor.process_batch(messages)
+            for record, message in zip(records, messages, strict=True):
+                await stream.ack(record)
+                app.processed_offsets[(message.topic, message.partition)] = message.offset
+
+    applier = asyncio.create_task(apply_batches(), name=f"{processor.group}.apply_batches")
+    try:
+        async for record in stream.events():
+            if not queue.full():
+                queue.put_nowait(record)
+                continue
+            put = asyncio.ensure_future(queue.put(record))
+            done, _ = await asyncio.wait({put, applier}, return_when=asyncio.FIRST_COMPLETED)
+            if applier in done:  # it can only have failed
+                put.cancel()
+                applier.result()  # raises what stopped it
+                raise RuntimeError("the batch applier stopped")
+    finally:
+        applier.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await applier
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:

@@ -125,3 +125,33 @@ async def test_the_agent_applies_a_backlog_in_batches_in_order(
     assert [touch for touch, _ in rows] == [e.data["touch_number"] for e in sent]
     assert len({txid for _, txid in rows}) < len(sent)  # several events shared a transaction
     assert batching_app.agent_failure is None
+
+
+async def test_handlers_see_the_batch_and_can_write_once_before_commit(
+    db: Database, producer: AIOKafkaProducer
+) -> None:
+    batches_seen: list[int] = []
+
+    async def buffered(tx: Transaction, event: CloudEvent) -> None:
+        touches: list[tuple[str, int]] | None = tx.state.get("touches")
+        if touches is None:
+            touches = tx.state["touches"] = []
+            batches_seen.append(len(tx.batch))
+
+            async def write() -> None:
+                await tx.conn.executemany("INSERT INTO trail (lead_id, touch, txid) VALUES ($1, $2, txid_current())",
+                                          touches)
+
+            tx.before_commit(write)
+        touches.append((event.subject, event.data["touch_number"]))
+
+    group = f"test-{uuid.uuid4()}"
+    processor = EventProcessor(db, group, {"sales.lead.contacted.v1": buffered}, DeadLetters(producer, group))
+    lead = f"lead-{uuid.uuid4()}"
+    events = [contacted(lead, n) for n in (1, 2, 3)]
+    assert await processor.process(as_message(events[0], 0)) is Outcome.APPLIED
+    messages = [as_message(e, i) for i, e in enumerate(events)]
+
+    assert await processor.process_batch(messages) == [Outcome.DUPLICATE, Outcome.APPLIED, Outcome.APPLIED]
+    assert batches_seen == [1, 2]  # the batch holds the events applied, not the duplicates
+    assert [touch for touch, _ in await trail(db, lead)] == [1, 2, 3]
