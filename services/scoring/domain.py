@@ -30,7 +30,7 @@ contract 80) adjusted by
 clamped to 1-99 while open; closed won is 100 and closed lost 0.
 """
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,7 +47,8 @@ class Factor:
     label_zh: str
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"feature": self.feature, "contribution": self.contribution, "label_en": self.label_en,
+                "label_zh": self.label_zh}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Score:
     score: int
     model_version: str
     factors: tuple[Factor, ...]
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
 
 
 def _top(factors: list[Factor]) -> tuple[Factor, ...]:
@@ -151,7 +156,7 @@ class LeadFeatures:
         return replace(self, owner_id=owner_id, grade=grade if grade is not None else self.grade)
 
     def to_json(self) -> dict[str, Any]:
-        values = asdict(self)
+        values = _fields(self)  # shallow: dataclasses.asdict deep-copies every value, on every event
         for name in ("captured_at", "last_contacted_at"):
             values[name] = None if values[name] is None else values[name].isoformat()
         values["activities"] = list(self.activities)
@@ -273,7 +278,7 @@ class OpportunityFeatures:
         return replace(self, stage=stage, stage_probability=probability, stage_entered_at=at)
 
     def to_json(self) -> dict[str, Any]:
-        values = asdict(self)
+        values = _fields(self)
         if self.stage_entered_at is not None:
             values["stage_entered_at"] = self.stage_entered_at.isoformat()
         return values

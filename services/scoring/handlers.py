@@ -1,16 +1,20 @@
 """One function per consumed event: load the features, apply the event, re-score, save and publish.
 
-Every handler runs in the transaction the framework opened for the event (which also records the
-event in the inbox), so a redelivered event re-scores nothing and publishes nothing twice. Events
-about a lead or opportunity this service has not seen yet (it joined late, or an event overtook
-another) start from empty features rather than failing.
+Every handler runs in the transaction the framework opened for the event, or for the batch of
+events it applies together (which also records them in the inbox), so a redelivered event
+re-scores nothing and publishes nothing twice. Within a transaction the subjects are held in a
+`Working` set: every lead and opportunity the batch's events name is read and locked with one
+query when the first handler runs, the events are applied in memory in their order, and the new
+scores are written with one statement per table before commit. Events about a lead or
+opportunity this service has not seen yet (it joined late, or an event overtook another) start
+from empty features rather than failing.
 """
 
 import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,22 +59,92 @@ async def _active_lead_model(conn: Connection) -> LinearModel | None:
     return model
 
 
-async def _score_lead(conn: Connection, features: LeadFeatures, now: datetime) -> Score:
+def _lead_id(event: CloudEvent) -> str:
+    return str(event.data.get("lead_id") or event.subject)
+
+
+def _opportunity_id(event: CloudEvent) -> str:
+    return str(event.data.get("opportunity_id") or event.subject)
+
+
+@dataclass
+class Working:
+    """The leads and opportunities one transaction's events touch, and the scores computed for them."""
+
+    tx: Transaction
+    lead_model: LinearModel | None
+    leads: dict[str, tuple[LeadFeatures, store.Scored | None]] = field(default_factory=dict)
+    opportunities: dict[str, tuple[OpportunityFeatures, store.Scored | None]] = field(default_factory=dict)
+    lead_scores: list[store.Computed] = field(default_factory=list)
+    lead_statuses: dict[str, str] = field(default_factory=dict)
+    opportunity_scores: list[store.Computed] = field(default_factory=list)
+
+    @classmethod
+    async def of(cls, tx: Transaction) -> "Working":
+        """This transaction's working set; the first call loads (and locks) every subject of the batch."""
+        working: Working | None = tx.state.get("scoring")
+        if working is None:
+            working = tx.state["scoring"] = cls(tx, await _active_lead_model(tx.conn))
+            lead_ids = [_lead_id(e) for e in tx.batch if e.type.startswith("sales.lead.")]
+            opportunity_ids = [_opportunity_id(e) for e in tx.batch if e.type.startswith("sales.opportunity.")]
+            await working._load(lead_ids, opportunity_ids)
+            tx.before_commit(working.save)
+        return working
+
+    async def _load(self, lead_ids: list[str], opportunity_ids: list[str]) -> None:
+        lead_ids = [i for i in set(lead_ids) if i not in self.leads]
+        if lead_ids:
+            found = await store.lock_leads(self.tx.conn, lead_ids)
+            self.leads.update({i: found.get(i, (LeadFeatures(), None)) for i in lead_ids})
+        opportunity_ids = [i for i in set(opportunity_ids) if i not in self.opportunities]
+        if opportunity_ids:
+            found_opportunities = await store.lock_opportunities(self.tx.conn, opportunity_ids)
+            self.opportunities.update(
+                {i: found_opportunities.get(i, (OpportunityFeatures(), None)) for i in opportunity_ids})
+
+    async def lead(self, lead_id: str) -> tuple[LeadFeatures, store.Scored | None]:
+        await self._load([lead_id], [])
+        return self.leads[lead_id]
+
+    async def opportunity(self, opportunity_id: str) -> tuple[OpportunityFeatures, store.Scored | None]:
+        await self._load([], [opportunity_id])
+        return self.opportunities[opportunity_id]
+
+    def scored(self, kind: str, subject_id: str, features: LeadFeatures | OpportunityFeatures, result: Score,
+               now: datetime, event: CloudEvent) -> store.Scored | None:
+        """Keep a new score of a subject; return the previous one (None for its first)."""
+        subjects: dict[str, Any] = self.leads if kind == "lead" else self.opportunities
+        current: store.Scored | None = subjects[subject_id][1]
+        sequence = (current.sequence if current else 0) + 1
+        factors = [f.as_dict() for f in result.factors]
+        subjects[subject_id] = (features, store.Scored(subject_id, features.owner_id, result.score,
+                                                       result.model_version, factors, now, sequence))
+        (self.lead_scores if kind == "lead" else self.opportunity_scores).append(
+            store.Computed(subject_id, features.to_json(), features.owner_id, result, now, sequence, event.id,
+                           event.type))
+        return current
+
+    async def save(self) -> None:
+        await store.save_leads(self.tx.conn, self.lead_scores, self.lead_statuses)
+        await store.save_opportunities(self.tx.conn, self.opportunity_scores)
+
+
+def _score_lead(working: Working, features: LeadFeatures, now: datetime) -> Score:
     """The active learned model's score when one was promoted, else the rules'."""
-    model = await _active_lead_model(conn)
+    model = working.lead_model
     return model.score(features) if model is not None else score_lead(features, now)
 
 
 async def _rescore_lead(
     tx: Transaction, event: CloudEvent, change: Callable[[LeadFeatures], LeadFeatures]
 ) -> None:
-    lead_id = str(event.data.get("lead_id") or event.subject)
-    features, current = await store.lock_lead(tx.conn, lead_id)
+    lead_id = _lead_id(event)
+    working = await Working.of(tx)
+    features, _ = await working.lead(lead_id)
     features = change(features)
     now = _now()
-    result = await _score_lead(tx.conn, features, now)
-    sequence = (current.sequence if current else 0) + 1
-    await store.save_lead(tx.conn, lead_id, features, result, now, sequence, event.id, event.type)
+    result = _score_lead(working, features, now)
+    current = working.scored("lead", lead_id, features, result, now, event)
     metrics.scores_computed.labels("lead", result.model_version).inc()
     metrics.scoring_latency.labels("lead").observe(max(0.0, (now - event.time).total_seconds()))
     tx.publish(
@@ -85,7 +159,7 @@ async def _rescore_lead(
             "scored_at": _ts(now),
             "owner_id": features.owner_id,
         },
-        sequence=sequence,
+        sequence=(current.sequence if current else 0) + 1,
     )
 
 
@@ -123,12 +197,13 @@ async def lead_assigned(tx: Transaction, event: CloudEvent) -> None:
 
 
 async def _lead_outcome(tx: Transaction, event: CloudEvent, outcome: str, positive: bool, at_field: str) -> None:
-    lead_id = str(event.data.get("lead_id") or event.subject)
-    features, current = await store.lock_lead(tx.conn, lead_id)
+    lead_id = _lead_id(event)
+    working = await Working.of(tx)
+    features, current = await working.lead(lead_id)
     known = features.to_json() if current else None
     await store.record_outcome(tx.conn, "lead", lead_id, outcome, positive, known,
                                data_time(event.data.get(at_field), event.time), event.id)
-    await store.set_lead_status(tx.conn, lead_id, outcome)
+    working.lead_statuses[lead_id] = outcome
 
 
 async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
@@ -142,10 +217,6 @@ async def lead_disqualified(tx: Transaction, event: CloudEvent) -> None:
 # --- opportunities ----------------------------------------------------------------------------
 
 
-def _opportunity_id(event: CloudEvent) -> str:
-    return str(event.data.get("opportunity_id") or event.subject)
-
-
 def _competitor(data: dict[str, Any], features: OpportunityFeatures) -> str | None:
     named = data.get("competitor")
     return str(named) if isinstance(named, str) and named else features.competitor
@@ -155,7 +226,8 @@ async def _rescore_opportunity(
     tx: Transaction, event: CloudEvent, change: Callable[[OpportunityFeatures], OpportunityFeatures]
 ) -> OpportunityFeatures:
     opportunity_id = _opportunity_id(event)
-    features, current = await store.lock_opportunity(tx.conn, opportunity_id)
+    working = await Working.of(tx)
+    features, _ = await working.opportunity(opportunity_id)
     features = change(features)
     owner = event.data.get("owner_id")
     if isinstance(owner, str) and owner:
@@ -165,8 +237,8 @@ async def _rescore_opportunity(
         features = replace(features, competitor=competitor)
     now = _now()
     result = score_opportunity(features, now)
+    current = working.scored("opportunity", opportunity_id, features, result, now, event)
     sequence = (current.sequence if current else 0) + 1
-    await store.save_opportunity(tx.conn, opportunity_id, features, result, now, sequence, event.id, event.type)
     metrics.scores_computed.labels("opportunity", result.model_version).inc()
     metrics.scoring_latency.labels("opportunity").observe(max(0.0, (now - event.time).total_seconds()))
     tx.publish(

@@ -34,39 +34,61 @@ def _scored(row: asyncpg.Record, id_column: str) -> Scored:
 
 
 # --- leads ------------------------------------------------------------------------------------
+# A transaction's events are applied in memory (handlers.Working): the subjects they touch are
+# read and locked with one query, and written back with one statement per table before commit.
+
+_LEAD_UPSERT = (
+    "INSERT INTO lead_scores (lead_id, owner_id, features, score, model_version, factors, scored_at, sequence)"
+    " VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
+    " ON CONFLICT (lead_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
+    " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
+    " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence"
+)
+_LEAD_HISTORY = (
+    "INSERT INTO lead_score_history (lead_id, score, model_version, factors, scored_at, cause_event_id,"
+    " cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7) ON CONFLICT (cause_event_id) DO NOTHING"
+)
 
 
-async def lock_lead(conn: Connection, lead_id: str) -> tuple[LeadFeatures, Scored | None]:
-    """The lead's features and current score, locked for this transaction (defaults when unknown)."""
-    row = await conn.fetchrow("SELECT * FROM lead_scores WHERE lead_id = $1 FOR UPDATE", lead_id)
-    if row is None:
-        return LeadFeatures(), None
-    return LeadFeatures.from_json(json.loads(row["features"])), _scored(row, "lead_id")
+@dataclass(frozen=True)
+class Computed:
+    """A score computed for a subject in this transaction, with the event that caused it."""
+
+    subject_id: str
+    features_json: dict[str, Any]
+    owner_id: str | None
+    score: Score
+    scored_at: datetime
+    sequence: int
+    cause_event_id: str
+    cause_type: str
 
 
-async def save_lead(
-    conn: Connection, lead_id: str, features: LeadFeatures, score: Score, scored_at: datetime, sequence: int,
-    cause_event_id: str, cause_type: str,
-) -> None:
-    factors = _factors(score)
-    await conn.execute(
-        "INSERT INTO lead_scores (lead_id, owner_id, features, score, model_version, factors, scored_at, sequence)"
-        " VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
-        " ON CONFLICT (lead_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
-        " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
-        " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence",
-        lead_id, features.owner_id, json.dumps(features.to_json(), ensure_ascii=False), score.score,
-        score.model_version, factors, scored_at, sequence,
-    )
-    await conn.execute(
-        "INSERT INTO lead_score_history (lead_id, score, model_version, factors, scored_at, cause_event_id,"
-        " cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7) ON CONFLICT (cause_event_id) DO NOTHING",
-        lead_id, score.score, score.model_version, factors, scored_at, cause_event_id, cause_type,
-    )
+async def lock_leads(conn: Connection, lead_ids: list[str]) -> dict[str, tuple[LeadFeatures, Scored]]:
+    """The leads' features and current scores, locked for this transaction (in id order: no deadlock)."""
+    rows = await conn.fetch(
+        "SELECT * FROM lead_scores WHERE lead_id = ANY($1::text[]) ORDER BY lead_id FOR UPDATE", sorted(lead_ids))
+    return {r["lead_id"]: (LeadFeatures.from_json(json.loads(r["features"])), _scored(r, "lead_id")) for r in rows}
 
 
-async def set_lead_status(conn: Connection, lead_id: str, status: str) -> None:
-    await conn.execute("UPDATE lead_scores SET status = $2 WHERE lead_id = $1", lead_id, status)
+def _current_rows(computed: list[Computed]) -> list[tuple[Any, ...]]:
+    last = {c.subject_id: c for c in computed}  # the newest score of each subject is its current one
+    return [(c.subject_id, c.owner_id, json.dumps(c.features_json, ensure_ascii=False), c.score.score,
+             c.score.model_version, _factors(c.score), c.scored_at, c.sequence) for c in last.values()]
+
+
+def _history_rows(computed: list[Computed]) -> list[tuple[Any, ...]]:
+    return [(c.subject_id, c.score.score, c.score.model_version, _factors(c.score), c.scored_at, c.cause_event_id,
+             c.cause_type) for c in computed]
+
+
+async def save_leads(conn: Connection, computed: list[Computed], statuses: dict[str, str]) -> None:
+    """Current scores (the newest of each lead), one history row per score, then statuses."""
+    if computed:
+        await conn.executemany(_LEAD_UPSERT, _current_rows(computed))
+        await conn.executemany(_LEAD_HISTORY, _history_rows(computed))
+    if statuses:
+        await conn.executemany("UPDATE lead_scores SET status = $2 WHERE lead_id = $1", list(statuses.items()))
 
 
 async def lead_score(conn: Connection, lead_id: str) -> Scored | None:
@@ -86,33 +108,34 @@ async def lead_history(conn: Connection, lead_id: str, limit: int) -> list[async
 # --- opportunities ----------------------------------------------------------------------------
 
 
-async def lock_opportunity(conn: Connection, opportunity_id: str) -> tuple[OpportunityFeatures, Scored | None]:
-    row = await conn.fetchrow("SELECT * FROM opportunity_scores WHERE opportunity_id = $1 FOR UPDATE", opportunity_id)
-    if row is None:
-        return OpportunityFeatures(), None
-    return OpportunityFeatures.from_json(json.loads(row["features"])), _scored(row, "opportunity_id")
+_OPPORTUNITY_UPSERT = (
+    "INSERT INTO opportunity_scores (opportunity_id, owner_id, features, score, model_version, factors,"
+    " scored_at, sequence) VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
+    " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
+    " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
+    " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence"
+)
+_OPPORTUNITY_HISTORY = (
+    "INSERT INTO opportunity_score_history (opportunity_id, score, model_version, factors, scored_at,"
+    " cause_event_id, cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
+    " ON CONFLICT (cause_event_id) DO NOTHING"
+)
 
 
-async def save_opportunity(
-    conn: Connection, opportunity_id: str, features: OpportunityFeatures, score: Score, scored_at: datetime,
-    sequence: int, cause_event_id: str, cause_type: str,
-) -> None:
-    factors = _factors(score)
-    await conn.execute(
-        "INSERT INTO opportunity_scores (opportunity_id, owner_id, features, score, model_version, factors,"
-        " scored_at, sequence) VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
-        " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
-        " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
-        " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence",
-        opportunity_id, features.owner_id, json.dumps(features.to_json(), ensure_ascii=False), score.score,
-        score.model_version, factors, scored_at, sequence,
-    )
-    await conn.execute(
-        "INSERT INTO opportunity_score_history (opportunity_id, score, model_version, factors, scored_at,"
-        " cause_event_id, cause_type) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
-        " ON CONFLICT (cause_event_id) DO NOTHING",
-        opportunity_id, score.score, score.model_version, factors, scored_at, cause_event_id, cause_type,
-    )
+async def lock_opportunities(
+    conn: Connection, opportunity_ids: list[str]
+) -> dict[str, tuple[OpportunityFeatures, Scored]]:
+    rows = await conn.fetch(
+        "SELECT * FROM opportunity_scores WHERE opportunity_id = ANY($1::text[]) ORDER BY opportunity_id FOR UPDATE",
+        sorted(opportunity_ids))
+    return {r["opportunity_id"]: (OpportunityFeatures.from_json(json.loads(r["features"])),
+                                  _scored(r, "opportunity_id")) for r in rows}
+
+
+async def save_opportunities(conn: Connection, computed: list[Computed]) -> None:
+    if computed:
+        await conn.executemany(_OPPORTUNITY_UPSERT, _current_rows(computed))
+        await conn.executemany(_OPPORTUNITY_HISTORY, _history_rows(computed))
 
 
 async def opportunity_history(conn: Connection, opportunity_id: str, limit: int) -> list[asyncpg.Record]:
