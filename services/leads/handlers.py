@@ -92,7 +92,7 @@ async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | No
         lead.assign(owner, team)
     captured_sequence = lead.next_version()
     assigned_sequence = lead.next_version() if owner is not None else None
-    if not await store.insert_if_unique(tx.conn, lead):
+    if not await store.insert_if_unique(tx.conn, lead, round_robin_team=team if method == "round_robin" else None):
         raise _LostRace()
     tx.publish(
         "sales.lead.captured.v1",
@@ -152,9 +152,8 @@ async def _choose_owner(
             if not reps:
                 continue
             # The cursor row stays locked until commit: parallel captures for the team take turns.
-            owner = next_in_round_robin(reps, await store.next_cursor_owner(conn, team.id))
-            await store.move_cursor(conn, team.id, owner)
-            return owner, team.id, "round_robin"
+            # The lead's insert moves it (one round trip less while it is held).
+            return next_in_round_robin(reps, await store.lock_cursor(conn, team.id)), team.id, "round_robin"
     if actor is not None and actor.role is Role.REP:
         return actor.user_id, actor.team, "explicit"
     return None, None, None

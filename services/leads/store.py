@@ -49,14 +49,23 @@ def _lead(row: asyncpg.Record) -> Lead:
     )
 
 
-async def insert_if_unique(conn: Connection, lead: Lead) -> bool:
-    """Insert a new lead; False when another lead already holds its phone or e-mail."""
+async def insert_if_unique(conn: Connection, lead: Lead, *, round_robin_team: str | None = None) -> bool:
+    """Insert a new lead; False when another lead already holds its phone or e-mail.
+
+    With `round_robin_team` (locked by `lock_cursor` in this transaction) the team's cursor moves
+    to the lead's owner in the same statement, and only when the lead was inserted: a capture that
+    lost a race for the contact takes no turn.
+    """
     inserted = await conn.fetchval(
-        f"INSERT INTO leads ({_COLUMNS}) VALUES"  # noqa: S608
+        f"WITH inserted AS (INSERT INTO leads ({_COLUMNS}) VALUES"  # noqa: S608
         " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16, $17, $18, $19, $20,"
         " $21, $22, $23)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        " ON CONFLICT DO NOTHING RETURNING owner_id),"
+        " moved AS (UPDATE assignment_cursors SET last_owner_id = (SELECT owner_id FROM inserted)"
+        " WHERE team = $24 AND EXISTS (SELECT FROM inserted))"
+        " SELECT EXISTS (SELECT FROM inserted)",
         *_values(lead),
+        round_robin_team,
     )
     return bool(inserted)
 
@@ -148,17 +157,16 @@ async def known_contacts(conn: Connection, phones: list[str], emails: list[str])
     return known
 
 
-async def next_cursor_owner(conn: Connection, team: str) -> str | None:
-    """Lock the team's round-robin cursor for this transaction; the last rep it gave a lead to."""
-    await conn.execute("INSERT INTO assignment_cursors (team) VALUES ($1) ON CONFLICT DO NOTHING", team)
+async def lock_cursor(conn: Connection, team: str) -> str | None:
+    """Lock the team's round-robin cursor until this transaction ends (creating it on first use);
+    the last rep it gave a lead to. `insert_if_unique` moves it. One statement: the lock is held
+    from here to the commit, so the fewer round trips after it, the more captures a team takes."""
     owner: str | None = await conn.fetchval(
-        "SELECT last_owner_id FROM assignment_cursors WHERE team = $1 FOR UPDATE", team
+        "INSERT INTO assignment_cursors (team) VALUES ($1)"
+        " ON CONFLICT (team) DO UPDATE SET team = EXCLUDED.team RETURNING last_owner_id",
+        team,
     )
     return owner
-
-
-async def move_cursor(conn: Connection, team: str, owner_id: str) -> None:
-    await conn.execute("UPDATE assignment_cursors SET last_owner_id = $2 WHERE team = $1", team, owner_id)
 
 
 async def add_note(
