@@ -1,6 +1,7 @@
-"""Two scoring replicas share the partitions; one is killed with SIGKILL while leads stream in. Every
-lead still gets exactly one current score, each cause is scored once, and the scored events of a lead
-carry gapless sequences (no event applied twice, none lost). Real processes: `funnelcast up`."""
+"""Two scoring replicas share the partitions; one is killed with SIGKILL (or stopped with SIGTERM,
+which drains it) while leads stream in. Every lead still gets exactly one current score, each cause is
+scored once, and the scored events of a lead carry gapless sequences (no event applied twice, none
+lost). Real processes: `funnelcast up`."""
 
 import asyncio
 import json
@@ -15,6 +16,7 @@ import pytest
 
 from shared.auth import issue_token
 from shared.org import Role
+from shared.runtime.processes import ProcessRef
 from shared.settings import Settings
 from tests.e2e.test_cli_up_down import funnelcast, service_ports, stack_env, up_detached  # noqa: F401 - fixture
 
@@ -41,12 +43,14 @@ async def applied_by(port: int) -> int:
                    if line.startswith("funnelcast_events_consumed_total{")))
 
 
-async def test_killing_one_of_two_scoring_replicas_mid_flow_loses_and_repeats_nothing(
-    stack_env: dict[str, str],  # noqa: F811
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+async def test_stopping_one_of_two_scoring_replicas_mid_flow_loses_and_repeats_nothing(
+    stack_env: dict[str, str], stop_signal: signal.Signals  # noqa: F811
 ) -> None:
     await asyncio.to_thread(up_detached, stack_env, "--replicas", "scoring=2")
     report = json.loads((await asyncio.to_thread(funnelcast, "status", "--json", env=stack_env)).stdout)
     [replica] = [s for s in report["services"] if s["label"] == "scoring-1"]
+    replica_process = ProcessRef.of(replica["pid"])
     settings = Settings(embedded_postgres_port=int(stack_env["FUNNELCAST_EMBEDDED_POSTGRES_PORT"]))
     token = issue_token("rep-1", Role.REP, settings.signing_secret, 600)
     leads_url = f"http://127.0.0.1:{service_ports(stack_env)['leads']}"
@@ -58,9 +62,14 @@ async def test_killing_one_of_two_scoring_replicas_mid_flow_loses_and_repeats_no
             lead_ids += await asyncio.gather(*(capture(http, n) for n in range(first, min(first + 8, LEADS))))
             if len(lead_ids) == KILL_AFTER:
                 replica_applied = await applied_by(replica["port"])
-                os.kill(replica["pid"], signal.SIGKILL)
+                os.kill(replica["pid"], stop_signal)
                 killed_at = time.monotonic()
         captured_in = time.monotonic() - started
+    if stop_signal is signal.SIGTERM:  # a graceful stop ends within the shutdown grace (10 s) and a margin
+        while replica_process.alive():
+            assert time.monotonic() - killed_at < 30, "SIGTERM did not stop the replica within 30 s"
+            await asyncio.sleep(0.1)
+        stopped_in = time.monotonic() - killed_at
 
     pool = await asyncpg.create_pool(settings.database_url_for("scoring"), min_size=1, max_size=2)
     try:
@@ -97,10 +106,11 @@ async def test_killing_one_of_two_scoring_replicas_mid_flow_loses_and_repeats_no
 
     assert replica_applied > 0, "the killed replica had no partitions: the test proved nothing"
     print(  # noqa: T201 - the figures the issue's closing note quotes (run with -s)
-        f"\nfailover: {LEADS} leads captured in {captured_in:.1f} s, scoring-1 SIGKILLed after {KILL_AFTER} "
-        f"(it had applied {replica_applied} events); "
-        f"all scored {all_scored_at - killed_at:.1f} s after the kill; {sum(len(r['sequences']) for r in rows)} "
+        f"\nfailover: {LEADS} leads captured in {captured_in:.1f} s, {stop_signal.name} to scoring-1 after "
+        f"{KILL_AFTER} (it had applied {replica_applied} events); "
+        f"all scored {all_scored_at - killed_at:.1f} s after the signal; {sum(len(r['sequences']) for r in rows)} "
         f"scored events, none repeated, none missing"
+        + (f"; the replica stopped {stopped_in:.1f} s after SIGTERM" if stop_signal is signal.SIGTERM else "")
     )
     down = await asyncio.to_thread(funnelcast, "down", env=stack_env, timeout=120)
     assert down.returncode == 0, down.stderr
