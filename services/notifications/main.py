@@ -36,7 +36,7 @@ async def running(app: FastAPI) -> AsyncIterator[None]:
     app.state.notifications = ctx
     async with runtime.db.transaction() as tx:
         await store.seed_rules(tx.conn, handlers.default_rules())
-    hub = PushHub(runtime.settings.database_url_for("notifications"))
+    hub = PushHub(runtime.settings.database_url_for("notifications"), ctx.cache)
     hub.start()
     app.state.push_hub = hub
     workers = Workers(runtime.db, ctx, hub, NetworkPolicy.parse(runtime.settings.webhook_allowed_networks))

@@ -20,7 +20,7 @@ import asyncpg
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from services.notifications import metrics, store
-from services.notifications.handlers import WEBHOOKS_DUE_CHANNEL
+from services.notifications.handlers import WEBHOOKS_DUE_CHANNEL, ConfigCache
 from shared.auth import InvalidToken, verify_token
 from shared.db import Database
 
@@ -32,8 +32,9 @@ _RESYNC: dict[str, Any] = {"resync": True}
 class PushHub:
     """Listens on Postgres for committed notifications and hands them to local sockets."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, cache: ConfigCache | None = None) -> None:
         self.dsn = dsn
+        self.cache = cache or ConfigCache()
         self.webhooks_due = asyncio.Event()
         self._sockets: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._conn: asyncpg.Connection | None = None
@@ -62,6 +63,8 @@ class PushHub:
                 self._conn.add_termination_listener(lambda _: self._lost.set())
                 await self._conn.add_listener(store.PUSH_CHANNEL, self._on_push)
                 await self._conn.add_listener(WEBHOOKS_DUE_CHANNEL, self._on_webhooks_due)
+                await self._conn.add_listener(store.CONFIG_CHANNEL, self._on_config_change)
+                self.cache.reset(live=True)
                 self.listening.set()
                 if not first:
                     self._broadcast(_RESYNC)  # what was committed while deaf is read from the table
@@ -71,6 +74,7 @@ class PushHub:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("push hub cannot listen yet (%r); retrying in %.1fs", exc, backoff)
             self.listening.clear()
+            self.cache.reset(live=False)  # deaf to changes: read rules and subscriptions every time
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -78,6 +82,9 @@ class PushHub:
         message = json.loads(str(payload))
         for queue in self._sockets.get(message["recipient"], ()):
             queue.put_nowait(message)
+
+    def _on_config_change(self, *_: object) -> None:
+        self.cache.reset(live=True)
 
     def _on_webhooks_due(self, *_: object) -> None:
         self.webhooks_due.set()

@@ -13,6 +13,12 @@ from services.notifications.domain import InvalidRule, Preferences, Rule, parse_
 from shared.db import Connection
 
 PUSH_CHANNEL = "funnelcast_notifications"  # LISTEN/NOTIFY channel: every instance hears every notification
+CONFIG_CHANNEL = "funnelcast_notifications_config"  # rules or subscriptions changed: drop cached copies
+
+
+async def config_changed(conn: Connection) -> None:
+    """Tell every instance (at commit) that rules or subscriptions changed."""
+    await conn.execute("SELECT pg_notify($1, '')", CONFIG_CHANNEL)
 _NOTIFY_LIMIT = 7000  # Postgres refuses NOTIFY payloads of 8000 bytes or more
 
 
@@ -60,10 +66,12 @@ async def put_rule(conn: Connection, rule: Rule, by: str) -> bool:
         " updated_by = excluded.updated_by RETURNING xmax = 0",
         rule.id, json.dumps(rule.to_json(), ensure_ascii=False), by,
     )
+    await config_changed(conn)
     return created
 
 
 async def delete_rule(conn: Connection, rule_id: str) -> bool:
+    await config_changed(conn)
     return await conn.fetchval("DELETE FROM rules WHERE id = $1 RETURNING true", rule_id) is not None
 
 
@@ -323,6 +331,7 @@ async def add_subscription(
         " RETURNING *",
         uuid.uuid4(), owner_id, url, list(event_types), secret,
     )
+    await config_changed(conn)
     assert row is not None
     return row
 
@@ -343,11 +352,13 @@ async def subscriptions(conn: Connection, owner_id: str | None) -> list[asyncpg.
     return rows
 
 
-async def subscriptions_for(conn: Connection, event_type: str) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id FROM webhook_subscriptions WHERE enabled AND $1 = ANY(event_types)", event_type
-    )
-    return rows
+async def subscriptions_by_type(conn: Connection) -> dict[str, list[uuid.UUID]]:
+    """The enabled subscriptions, by the event types they take."""
+    found: dict[str, list[uuid.UUID]] = {}
+    for row in await conn.fetch("SELECT id, event_types FROM webhook_subscriptions WHERE enabled ORDER BY created_at"):
+        for event_type in row["event_types"]:
+            found.setdefault(event_type, []).append(row["id"])
+    return found
 
 
 async def set_enabled(conn: Connection, subscription_id: str, enabled: bool, reason: str | None) -> None:
@@ -356,10 +367,12 @@ async def set_enabled(conn: Connection, subscription_id: str, enabled: bool, rea
         " consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END WHERE id = $1",
         _uuid(subscription_id), enabled, reason,
     )
+    await config_changed(conn)
 
 
 async def delete_subscription(conn: Connection, subscription_id: str) -> None:
     await conn.execute("DELETE FROM webhook_subscriptions WHERE id = $1", _uuid(subscription_id))
+    await config_changed(conn)
 
 
 async def add_delivery(

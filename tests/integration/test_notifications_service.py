@@ -16,6 +16,7 @@ import email.policy
 import hashlib
 import hmac
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -633,6 +634,60 @@ async def test_webhook_targets_on_private_networks_are_refused_unless_allowed(
     rep = await http.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/x", "event_types": ["nope"]},
                           headers=auth(settings, "rep-1"))
     assert rep.status_code == 403
+
+
+# --- the console in a browser -------------------------------------------------------------------
+
+
+def _chrome() -> Any:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("the console's browser test needs Debian's chromium and chromium-driver packages")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+async def test_the_console_shows_a_notification_arriving_live_in_headless_chromium(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, notifications: Served
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = await asyncio.to_thread(_chrome)  # selenium blocks: keep it off the loop serving the app
+    try:
+        def sign_in() -> str:
+            browser.get(f"{notifications.url}/console")
+            browser.find_element(By.ID, "token").send_keys(token(settings, "rep-1"))
+            browser.find_element(By.CSS_SELECTOR, "#signin button").click()
+            WebDriverWait(browser, TIMEOUT).until(
+                lambda b: b.find_element(By.ID, "status").text == "已连接（实时）")
+            return str(browser.find_element(By.TAG_NAME, "html").get_attribute("lang"))
+
+        assert await asyncio.to_thread(sign_in) == "zh-CN"
+        opportunity = f"opp-{uuid.uuid4()}"
+        await send(producer, stage_changed(opportunity, owner="rep-1"))
+
+        def arrived() -> tuple[str, str]:
+            item = WebDriverWait(browser, TIMEOUT).until(
+                lambda b: next((li for li in b.find_elements(By.CSS_SELECTOR, "#items li")
+                                if opportunity in li.text), None))
+            title = item.find_element(By.CLASS_NAME, "title").text
+            unread_class = str(item.get_attribute("class"))
+            item.find_element(By.CSS_SELECTOR, "button.mark").click()
+            WebDriverWait(browser, TIMEOUT).until(lambda b: "unread" not in str(item.get_attribute("class")))
+            return title, unread_class
+
+        title, unread_class = await asyncio.to_thread(arrived)
+        assert title == "商机阶段变更：bidding → negotiation" and "unread" in unread_class
+        [stored] = await inbox_about(http, settings, "rep-1", opportunity)
+        assert stored["read"] is True  # marked read from the page
+    finally:
+        await asyncio.to_thread(browser.quit)
 
 
 # --- timers -----------------------------------------------------------------------------------
