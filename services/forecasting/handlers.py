@@ -146,34 +146,41 @@ async def refresh(
         metrics.recomputations.inc()
         per_owner = await store.figures_per_owner(tx.conn, period)
         quotas = quotas if quotas is not None else await all_quotas(tx.conn, org)
+        current: dict[tuple[str, str], Row] = {}
         for by in By:
             keys = {placement(org, o).key(by, o) for o in named}
             rows = {r.key: r for r in rows_of(org, period, by, per_owner, quotas, None, keys)}
-            for key in sorted(keys):
-                published += await _publish_if_moved(tx, period, by, rows.get(key, Row(key, Figures(), None)),
-                                                      now, cause)
+            current.update({(by.value, key): rows.get(key, Row(key, Figures(), None)) for key in keys})
+        published += await _publish_moved(tx, period, current, now, cause)
     if cause is not None:
         metrics.update_lag.observe(max(0.0, (_now() - cause.time).total_seconds()))
     return published
 
 
-async def _publish_if_moved(
-    tx: Transaction, period: Period, by: By, row: Row, now: datetime, cause: CloudEvent | None
+async def _publish_moved(
+    tx: Transaction, period: Period, current: dict[tuple[str, str], Row], now: datetime, cause: CloudEvent | None
 ) -> int:
-    figures = row.as_dict()
-    last = await store.published_row(tx.conn, period.name, by.value, row.key)
-    if last is None and row.figures == Figures() and row.quota is None:
-        return 0  # nothing to say about a row never published that is still empty
-    if last is not None and {k: v for k, v in last[0].items() if k != "updated_at"} == figures:
+    """Publish (and store) the rows whose figures differ from those last published."""
+    last = await store.published_rows(tx.conn, period.name, sorted(current))
+    moved: list[tuple[str, str, dict[str, Any], int]] = []
+    for (by, key), row in sorted(current.items()):
+        figures = row.as_dict()
+        before = last.get((by, key))
+        if before is None and row.figures == Figures() and row.quota is None:
+            continue  # nothing to say about a row never published that is still empty
+        if before is not None and before[0] == figures:
+            continue
+        moved.append((by, key, figures, (before[1] if before else 0) + 1))
+    if not moved:
         return 0
-    sequence = (last[1] if last else 0) + 1
-    data = {"period": period.name, "by": by.value, **figures, "currency": forecast_settings().currency,
-            "updated_at": now.isoformat().replace("+00:00", "Z")}
-    await store.save_published_row(tx.conn, period.name, by.value, row.key, figures, sequence, now,
-                                   cause.id if cause else None)
-    tx.publish(FORECAST_UPDATED, f"{period.name}/{by.value}/{row.key}", data, sequence=sequence)
-    metrics.rows_published.labels(by.value).inc()
-    return 1
+    await store.save_published_rows(tx.conn, period.name, moved, now, cause.id if cause else None)
+    currency = forecast_settings().currency
+    stamp = now.isoformat().replace("+00:00", "Z")
+    for by, key, figures, sequence in moved:
+        data = {"period": period.name, "by": by, **figures, "currency": currency, "updated_at": stamp}
+        tx.publish(FORECAST_UPDATED, f"{period.name}/{by}/{key}", data, sequence=sequence)
+        metrics.rows_published.labels(by).inc()
+    return len(moved)
 
 
 # --- opportunities ----------------------------------------------------------------------------

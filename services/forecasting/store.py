@@ -123,29 +123,31 @@ async def set_quota(conn: Connection, owner_id: str, period: str, amount: Decima
     )
 
 
-async def published_row(conn: Connection, period: str, by: str, key: str) -> tuple[dict[str, Any], int] | None:
-    row = await conn.fetchrow(
-        "SELECT figures, sequence FROM forecast_rows WHERE period = $1 AND by = $2 AND key = $3 FOR UPDATE",
-        period, by, key)
-    return None if row is None else (json.loads(row["figures"]), row["sequence"])
+async def published_rows(
+    conn: Connection, period: str, rows: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+    """The last published figures and sequence of these (by, key) rows of a period, locked."""
+    found = await conn.fetch(
+        "SELECT by, key, figures, sequence FROM forecast_rows WHERE period = $1"
+        " AND (by, key) IN (SELECT * FROM unnest($2::text[], $3::text[])) ORDER BY by, key FOR UPDATE",
+        period, [by for by, _ in rows], [key for _, key in rows])
+    return {(r["by"], r["key"]): (json.loads(r["figures"]), r["sequence"]) for r in found}
 
 
-async def save_published_row(
-    conn: Connection, period: str, by: str, key: str, figures: dict[str, Any], sequence: int, at: datetime,
+async def save_published_rows(
+    conn: Connection, period: str, rows: list[tuple[str, str, dict[str, Any], int]], at: datetime,
     cause_event_id: str | None,
 ) -> None:
-    text = json.dumps(figures, ensure_ascii=False)
-    await conn.execute(
+    """Record rows as published (by, key, figures, sequence), and keep them in the history."""
+    values = [(period, by, key, json.dumps(figures, ensure_ascii=False), sequence, at)
+              for by, key, figures, sequence in rows]
+    await conn.executemany(
         "INSERT INTO forecast_rows (period, by, key, figures, sequence, updated_at) VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (period, by, key) DO UPDATE SET figures = EXCLUDED.figures, sequence = EXCLUDED.sequence,"
-        " updated_at = EXCLUDED.updated_at",
-        period, by, key, text, sequence, at,
-    )
-    await conn.execute(
+        " updated_at = EXCLUDED.updated_at", values)
+    await conn.executemany(
         "INSERT INTO forecast_history (period, by, key, figures, computed_at, cause_event_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        period, by, key, text, at, cause_event_id,
-    )
+        " VALUES ($1, $2, $3, $4, $5, $6)", [(*v[:4], at, cause_event_id) for v in values])
 
 
 async def history(conn: Connection, period: str, by: str, keys: list[str] | None, limit: int) -> list[asyncpg.Record]:
