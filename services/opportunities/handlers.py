@@ -314,11 +314,10 @@ async def _change(
         check_version(f"opportunity {opportunity_id}", row["version"], expected_version)
         now = _now()
         changed, move, extra, event_type, event_data = apply(store.to_domain(row), now)
-        saved = await store.save_opportunity(tx.conn, changed, expected_version=row["version"], **extra)
+        recorded = None if move is None else store.RecordedMove(move, actor.user_id, now)
+        saved = await store.save_opportunity(tx.conn, changed, expected_version=row["version"], move=recorded, **extra)
         if saved is None:
             raise changed_meanwhile(f"opportunity {opportunity_id}")
-        if move is not None:
-            await store.record_stage_change(tx.conn, opportunity_id, move, actor.user_id, now)
         tx.publish(event_type, opportunity_id, _common(saved) | event_data, sequence=saved["version"])
         return saved
 

@@ -122,12 +122,14 @@ def to_domain(row: Row) -> Opportunity:
 
 
 async def save_opportunity(
-    conn: Conn, changed: Opportunity, *, expected_version: int, **extra: Any
+    conn: Conn, changed: Opportunity, *, expected_version: int, move: "RecordedMove | None" = None, **extra: Any
 ) -> Row | None:
     """Write the changed opportunity if nobody changed it since `expected_version`; None if someone did.
 
     The version check is in the UPDATE itself: of two concurrent writers holding one version,
     the second waits for the first's row lock, then finds the version moved and changes nothing.
+    A stage move's history row is inserted by the same statement (one round trip, not two), and
+    only when the update happened.
     """
     sets = ["stage = $3", "status = $4", "probability = $5", "stage_entered_at = $6"]
     args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status), changed.probability,
@@ -135,23 +137,32 @@ async def save_opportunity(
     for column, value in extra.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
-    return await conn.fetchrow(
+    update = (
         f"UPDATE opportunities SET {', '.join(sets)}, version = version + 1, updated_at = now()"  # noqa: S608
-        " WHERE id = $1 AND version = $2 RETURNING *",
+        " WHERE id = $1 AND version = $2 RETURNING *"
+    )
+    if move is None:
+        return await conn.fetchrow(update, *args)
+    first = len(args) + 1
+    args += [move.change.from_stage, move.change.to_stage, move.changed_by, move.changed_at,
+             move.change.seconds_in_previous_stage]
+    return await conn.fetchrow(
+        f"WITH saved AS ({update}),"  # noqa: S608 - column names are ours
+        " history AS (INSERT INTO stage_history"
+        " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
+        f" SELECT id, ${first}, ${first + 1}, ${first + 2}, ${first + 3}::timestamptz, ${first + 4}::bigint FROM saved)"
+        " SELECT * FROM saved",
         *args,
     )
 
 
-async def record_stage_change(
-    conn: Conn, opportunity_id: str, change: StageChange, changed_by: str, changed_at: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO stage_history"
-        " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        opportunity_id, change.from_stage, change.to_stage, changed_by, changed_at,
-        change.seconds_in_previous_stage,
-    )
+@dataclass(frozen=True)
+class RecordedMove:
+    """A stage move as stage_history keeps it: the move, who made it and when."""
+
+    change: StageChange
+    changed_by: str
+    changed_at: datetime
 
 
 async def stage_history(conn: Conn, opportunity_id: str) -> list[Row]:

@@ -339,11 +339,13 @@ async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient
     now = datetime.now(UTC)
     async with tables.acquire() as first, tables.acquire() as second:
         current = store.to_domain(await store.opportunity(first, opp["id"]))
-        to_bidding, _ = current.move_to("bidding", now)
-        to_negotiation, _ = current.move_to("negotiation", now)
+        to_bidding, first_move = current.move_to("bidding", now)
+        to_negotiation, late_move = current.move_to("negotiation", now)
         async with first.transaction():
-            assert await store.save_opportunity(first, to_bidding, expected_version=1) is not None
-            late = asyncio.create_task(store.save_opportunity(second, to_negotiation, expected_version=1))
+            recorded = store.RecordedMove(first_move, "rep-1", now)
+            assert await store.save_opportunity(first, to_bidding, expected_version=1, move=recorded) is not None
+            late = asyncio.create_task(store.save_opportunity(
+                second, to_negotiation, expected_version=1, move=store.RecordedMove(late_move, "mgr-1", now)))
 
             async def waiting_on_the_lock() -> bool:
                 return bool(await tables.fetchval(
@@ -353,6 +355,8 @@ async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient
         assert await late is None
     got = (await http.get(f"/v1/opportunities/{opp['id']}", headers=as_(settings, "rep-1"))).json()
     assert (got["stage"], got["version"]) == ("bidding", 2)
+    # the history row is written by the update's own statement: none for the writer that changed nothing
+    assert [(h["to_stage"], h["changed_by"]) for h in got["stage_history"]] == [("bidding", "rep-1")]
 
 
 # --- scope and listing --------------------------------------------------------------------
