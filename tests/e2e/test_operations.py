@@ -1,14 +1,27 @@
 """The running embedded stack as an operator sees it: `funnelcast status` with lag, backlog and dead
-letters per service, and every metric the alert rules and dashboards use served by some service."""
+letters per service, every metric the alert rules and dashboards use served by some service, and one
+trace id from a lead's requests through scoring, conversion, the forecast and webhook deliveries."""
 
+import asyncio
 import json
 import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from aiokafka import TopicPartition
 
+from shared import kafka
+from shared.auth import issue_token
+from shared.context import trace_id_of
+from shared.org import Role
+from shared.settings import Settings
 from shared.topology import SERVICES
 from tests.e2e.test_cli_up_down import funnelcast, service_ports, stack_env, up_detached  # noqa: F401 - fixture
 from tests.support.metric_names import metrics_used
@@ -30,7 +43,77 @@ def used_by_rules_and_dashboards() -> set[str]:
     return used
 
 
+class WebhookReceiver:
+    """A subscriber's webhook endpoint on loopback: keeps every delivered CloudEvent."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                receiver.events.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/funnelcast"
+
+
+async def events_of_trace(settings: Settings, topics: list[str], trace_id: str) -> list[dict[str, Any]]:
+    """Every event on `topics` (from the beginning) whose traceparent is in the trace."""
+    consumer = kafka.consumer(settings, group_id=None)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                break
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    event = json.loads(record.value)
+                    if trace_id_of(event.get("traceparent")) == trace_id:
+                        found.append(event)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def follow_one_trace(env: dict[str, str], ports: dict[str, int]) -> str:
+    """A lead's journey under one client trace: capture, touch, qualify, convert."""
+    secret = Settings().signing_secret
+    trace_id = uuid.uuid4().hex
+    rep = {"Authorization": f"Bearer {issue_token('rep-1', Role.REP, secret, 600)}",
+           "traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+    leads = f"http://127.0.0.1:{ports['leads']}/v1/leads"
+    captured = httpx.post(leads, headers=rep, timeout=30, json={
+        "contact": {"name": "一条线", "email": f"trace.{uuid.uuid4().hex[:10]}@example.cn"},
+        "source": "web_form", "grade": "H", "region": "华东", "owner_id": "rep-1"})
+    assert captured.status_code == 201, captured.text
+    lead = captured.json()["id"]
+    for path, body in (("touches", {"channel": "phone"}), ("qualify", {"note": "预算已落实"}),
+                       ("convert", {"opportunity": {"name": "一条线 CRM", "amount": "380000.00",
+                                                    "expected_close_date": "2027-01-31"}})):
+        answer = httpx.post(f"{leads}/{lead}/{path}", headers=rep, json=body, timeout=30)
+        assert answer.status_code in (200, 201), f"{path}: {answer.text}"
+    return trace_id
+
+
 def test_status_figures_and_the_metrics_every_rule_and_dashboard_needs(stack_env: dict[str, str]) -> None:  # noqa: F811
+    stack_env["FUNNELCAST_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the test's webhook receiver
     up_detached(stack_env)
     ports = service_ports(stack_env)
 
@@ -53,6 +136,29 @@ def test_status_figures_and_the_metrics_every_rule_and_dashboard_needs(stack_env
         assert all(isinstance(f, int) and f >= 0 for f in figures), service
     table = funnelcast("status", env=stack_env)
     assert "LAG" in table.stdout and "BACKLOG" in table.stdout and "DEAD-LETTERED" in table.stdout
+
+    # One trace: the lead's requests, the score, the opportunity the conversion opened, the forecast
+    # update, and the webhook deliveries of the score and the forecast all carry its id.
+    receiver = WebhookReceiver()
+    erp = {"Authorization": f"Bearer {issue_token('svc-erp', Role.INTEGRATION, Settings().signing_secret, 600)}"}
+    subscribed = httpx.post(f"http://127.0.0.1:{ports['notifications']}/v1/webhooks", headers=erp, timeout=30,
+                            json={"url": receiver.url,
+                                  "event_types": ["sales.lead.scored.v1", "sales.forecast.updated.v1"]})
+    assert subscribed.status_code == 201, subscribed.text
+    trace_id = follow_one_trace(stack_env, ports)
+    broker = Settings(embedded_kafka_port=int(stack_env["FUNNELCAST_EMBEDDED_KAFKA_PORT"]))
+    topics = ["sales.leads", "sales.scores", "sales.opportunities", "sales.forecasts"]
+    wanted = {"sales.lead.captured.v1", "sales.lead.converted.v1", "sales.lead.scored.v1",
+              "sales.opportunity.created.v1", "sales.forecast.updated.v1"}
+    deadline = time.monotonic() + 90
+    while True:
+        types = {e["type"] for e in asyncio.run(events_of_trace(broker, topics, trace_id))}
+        delivered = {e["type"] for e in receiver.events if trace_id_of(e.get("traceparent")) == trace_id}
+        if wanted <= types and {"sales.lead.scored.v1", "sales.forecast.updated.v1"} <= delivered:
+            break
+        assert time.monotonic() < deadline, f"trace {trace_id}: events {sorted(types)}, webhooks {sorted(delivered)}"
+        time.sleep(1)
+    receiver.server.shutdown()
 
     down = funnelcast("down", env=stack_env)
     assert down.returncode == 0, down.stderr
