@@ -1,7 +1,6 @@
 """A running service's operational figures, read from its /metrics: for `funnelcast status`."""
 
-import urllib.error
-import urllib.request
+import http.client
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,8 +27,14 @@ def figures_from_metrics(text: str) -> dict[str, int]:
 
 def service_figures(port: int, timeout_s: float = 2.0) -> dict[str, Any]:
     """The figures of the service on 127.0.0.1:`port`, or None for each when it does not answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as answer:  # noqa: S310
-            return dict(figures_from_metrics(answer.read().decode()))
-    except (urllib.error.URLError, OSError, ValueError):
+        connection.request("GET", "/metrics")
+        answer = connection.getresponse()
+        if answer.status != 200:
+            return dict.fromkeys(FIGURES)
+        return dict(figures_from_metrics(answer.read().decode()))
+    except (OSError, http.client.HTTPException, ValueError):
         return dict.fromkeys(FIGURES)
+    finally:
+        connection.close()

@@ -24,3 +24,28 @@ def test_figures_sum_lag_over_partitions_and_dead_letters_over_topics() -> None:
 def test_a_service_that_does_not_answer_has_no_figures() -> None:
     assert service_figures(free_port(), timeout_s=0.5) == {"consumer_lag": None, "outbox_backlog": None,
                                                             "dead_letters": None}
+
+
+def test_figures_are_read_over_http() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = b"# TYPE funnelcast_outbox_backlog gauge\nfunnelcast_outbox_backlog 5.0\n"
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert service_figures(server.server_address[1]) == {"consumer_lag": 0, "outbox_backlog": 5,
+                                                             "dead_letters": 0}
+    finally:
+        server.shutdown()
