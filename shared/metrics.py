@@ -16,6 +16,9 @@ outbox_oldest_unpublished = Gauge(
     "funnelcast_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox event"
 )
 ready = Gauge("funnelcast_ready", "1 when /readyz would answer 200 (database and broker reachable), else 0")
+outbox_republished = Counter(
+    "funnelcast_outbox_republished_total", "Events published again because a new, empty broker lost them"
+)
 relay_failures = Counter("funnelcast_relay_publish_failures_total", "Relay batches that failed to publish")
 consumer_lag = Gauge("funnelcast_consumer_lag", "Messages behind the partition end", ["topic", "partition", "group"])
 handler_duration = Histogram(

@@ -6,6 +6,23 @@ It wakes on NOTIFY at commit and polls as a safety net; while the broker is away
 retries the same rows with back-off, so nothing is dropped and nothing is reordered.
 Delivery is at least once: a batch that failed part-way is sent again whole, and the
 consumers' inboxes make the repeats harmless.
+
+A broker that restarts empty (the embedded Tansu keeps everything in memory) loses what was
+published and not yet consumed. With a `BrokerWatch` the relay guards against it
+(docs/broker-restarts.md):
+- It knows the broker by its cluster id (a new one for each start of the embedded broker; Apache
+  Kafka keeps its id across restarts) and asks again before a batch whenever its producer's
+  connections changed (a restart closes them), and after every failed send.
+- It keeps a checkpoint per topic in `outbox_checkpoints`: the broker, and `from_position`, the
+  lowest outbox position of the batches not yet consumed by every group that consumes the topic
+  (`Topic.consumers` in shared/topology.py). It learns that from the acks (partition and offset of
+  each batch, kept in memory) and the groups' committed offsets, read every few seconds.
+- On a broker with another id it marks the topic's events from `from_position` on as unpublished,
+  in the transaction that records the new broker, so the ordinary loop publishes them again, in
+  order, before anything newer. On Apache Kafka the id never changes: nothing is re-published.
+Consumers on a new broker start over from offset 0 (shared/broker_watch.py); their inboxes skip
+what they had applied. Groups outside the system (external subscribers) are not waited for: the
+replay API serves them.
 """
 
 import asyncio
@@ -14,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,8 +42,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared import metrics
+from shared.broker_watch import BrokerWatch
 from shared.db import OUTBOX_CHANNEL, Connection
 from shared.events.envelope import CONTENT_TYPE_HEADER
+from shared.topology import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +53,30 @@ _RELAY_LOCK = 0x4F5554424F58  # any constant, one per database
 # Murmur2, as Apache Kafka's clients and Debezium partition keys: one aggregate, one partition.
 _partitioner = DefaultPartitioner()
 _NOTHING_MARKING = (0, 0)  # positions start at 1
+CHECKPOINT_INTERVAL_S = 2.0
+_MAX_SENT_BATCHES = 10_000  # per topic; older ones merge while consumers lag
+
+
+@dataclass
+class SentBatch:
+    """What one relay batch sent to one topic: its positions and, per partition, its last offset."""
+
+    min_position: int
+    max_position: int
+    last_offsets: dict[int, int] = field(default_factory=dict)
+
+    def consumed_by(self, committed: dict[int, int]) -> bool:
+        return all(committed.get(p, -1) > last for p, last in self.last_offsets.items())
+
+
+def checkpoint_position(sent: "collections.deque[SentBatch]", committed: list[dict[int, int]],
+                        next_position: int) -> int:
+    """Drop the batches every group has consumed (oldest first) and return the position to
+    re-publish from: the lowest of the batches left, else `next_position`. A lower position
+    may be published after a higher one (it committed late), hence the minimum."""
+    while sent and all(sent[0].consumed_by(group) for group in committed):
+        sent.popleft()
+    return min((batch.min_position for batch in sent), default=next_position)
 
 
 class OutboxRelay:
@@ -45,8 +89,16 @@ class OutboxRelay:
         idle_poll_s: float = 1.0,
         max_backoff_s: float = 5.0,
         prepare_broker: Callable[[], Awaitable[None]] | None = None,
+        watch: BrokerWatch | None = None,
     ) -> None:
         self.pool = pool
+        # Without a watch the relay trusts the broker to keep what it acked (Apache Kafka).
+        self.watch = watch
+        self.broker_id: str | None = None  # the cluster id of the broker published to
+        self.republished = 0  # events published again because a broker lost them
+        self._checked_connections: frozenset[int] = frozenset()
+        self._sent: dict[str, collections.deque[SentBatch]] = {}
+        self._next_position: dict[str, int] = {}  # per topic: one past the highest position sent
         # Run before retrying a failed batch: a restarted broker may have lost its topics,
         # and Tansu would auto-create them on produce with one partition, breaking key order.
         self.prepare_broker = prepare_broker
@@ -108,6 +160,7 @@ class OutboxRelay:
         # absorb, so marks need not wait for their WAL flush.
         await listener.execute("SET synchronous_commit = off")
         await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
+        checkpoints = asyncio.create_task(self._checkpoint_loop(), name="outbox-checkpoints")
         try:
             while True:
                 # Cleared before reading, so a commit notified mid-batch is not missed.
@@ -120,6 +173,9 @@ class OutboxRelay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
         finally:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
             self.is_leader = False
             self._session = None
             with contextlib.suppress(Exception):
@@ -149,6 +205,7 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish the oldest unpublished rows, in commit order; return how many."""
+        await self._check_broker()
         rows = await self.pool.fetch(
             "SELECT position, type, topic, aggregateid, payload, created_at FROM outbox"
             " WHERE published_at IS NULL AND position NOT BETWEEN $2 AND $3 ORDER BY position LIMIT $1",
@@ -161,7 +218,7 @@ class OutboxRelay:
             metrics.outbox_oldest_unpublished.set(0)
             return 0
         await self._observe_backlog(len(rows), rows[0]["created_at"])
-        await self._send(rows)
+        await self._send(rows, record=self.watch is not None)
         # Marking overlaps the next batch's read and send, which skips this batch's range.
         # A row of another aggregate that commits late inside the range waits one batch.
         await self._finish_marking()
@@ -199,11 +256,14 @@ class OutboxRelay:
                 await conn.execute("SET LOCAL synchronous_commit = off")
                 await conn.execute(sql, positions)
 
-    async def _send(self, rows: list[asyncpg.Record], to_topic: str | None = None) -> None:
+    async def _send(self, rows: list[asyncpg.Record], to_topic: str | None = None, record: bool = False) -> None:
         """Send rows as record batches per partition (far cheaper than a send() per row),
-        keyed by aggregate id with Kafka's default partitioner, and wait for every ack."""
+        keyed by aggregate id with Kafka's default partitioner, and wait for every ack.
+        With `record`, remember where each topic's rows landed (for the checkpoints)."""
         batches: dict[tuple[str, int], BatchBuilder] = {}
+        counts: dict[tuple[str, int], int] = collections.Counter()
         acks: list[asyncio.Future[Any]] = []
+        sent_to: list[tuple[str, int, int]] = []  # topic, partition, records, per ack
         for row in rows:
             topic, key = to_topic or row["topic"], row["aggregateid"].encode()
             partition = _partitioner(key, await self._partitions(topic), [])
@@ -213,11 +273,129 @@ class OutboxRelay:
             value = row["payload"].encode()
             if batch.append(key=key, value=value, timestamp=None, headers=[CONTENT_TYPE_HEADER]) is None:
                 acks.append(await self.producer.send_batch(batch, topic, partition=partition))
+                sent_to.append((topic, partition, counts.pop((topic, partition))))
                 batch = batches[(topic, partition)] = self.producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None, headers=[CONTENT_TYPE_HEADER])
+            counts[(topic, partition)] += 1
         for (topic, partition), batch in batches.items():
             acks.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*acks)
+            sent_to.append((topic, partition, counts[(topic, partition)]))
+        metadata = await asyncio.gather(*acks)
+        if record:
+            await self._record_sent(rows, sent_to, metadata)
+
+    async def _record_sent(
+        self, rows: list[asyncpg.Record], sent_to: list[tuple[str, int, int]], metadata: list[Any]
+    ) -> None:
+        batches: dict[str, SentBatch] = {}
+        for row in rows:
+            batch = batches.get(row["topic"])
+            if batch is None:
+                batches[row["topic"]] = SentBatch(row["position"], row["position"])
+            else:
+                batch.min_position = min(batch.min_position, row["position"])
+                batch.max_position = max(batch.max_position, row["position"])
+        for (topic, partition, count), ack in zip(sent_to, metadata, strict=True):
+            last = batches[topic].last_offsets
+            last[partition] = max(last.get(partition, -1), ack.offset + count - 1)
+        new_topics = [topic for topic in batches if topic not in self._next_position]
+        if new_topics and self.broker_id is not None:
+            # The first batch to this topic on this broker: the checkpoint starts at it.
+            await self.pool.executemany(
+                "INSERT INTO outbox_checkpoints (topic, broker, from_position) VALUES ($1, $2, $3)"
+                " ON CONFLICT (topic) DO NOTHING",
+                [(topic, self.broker_id, batches[topic].min_position) for topic in new_topics],
+            )
+        for topic, batch in batches.items():
+            sent = self._sent.setdefault(topic, collections.deque())
+            sent.append(batch)
+            if len(sent) > _MAX_SENT_BATCHES:  # consumers far behind: merge the two oldest
+                first, second = sent.popleft(), sent.popleft()
+                merged = {p: max(first.last_offsets.get(p, -1), o) for p, o in second.last_offsets.items()}
+                sent.appendleft(SentBatch(min(first.min_position, second.min_position), second.max_position,
+                                          {**first.last_offsets, **merged}))
+            self._next_position[topic] = max(self._next_position.get(topic, 0), batch.max_position + 1)
+
+    # --- a broker that lost what it had -----------------------------------------------------------
+
+    def _producer_connections(self) -> frozenset[int]:
+        # aiokafka keeps its broker connections in client._conns; a restarted broker closes them.
+        conns = getattr(self.producer.client, "_conns", {})
+        return frozenset(id(conn) for conn in conns.values() if conn.connected())
+
+    async def _check_broker(self) -> None:
+        """Before a batch: if the producer's connections changed since the broker was last
+        identified (a restart closes them), ask its cluster id again and act on a new one."""
+        if self.watch is None:
+            return
+        connections = self._producer_connections()
+        if self.broker_id is not None and connections and connections == self._checked_connections:
+            return
+        identity = await self.watch.identity()  # KafkaError/OSError: the batch is retried
+        if identity != self.broker_id:
+            await self._adopt_broker(identity)
+        self._checked_connections = connections
+
+    async def _adopt_broker(self, identity: str) -> None:
+        """Make `identity` the broker published to; re-publish what a lost broker may not have
+        delivered: for each topic checkpointed on another broker, its events from the checkpoint."""
+        await self._finish_marking()
+        async with self.pool.acquire() as conn, conn.transaction():
+            stale = await conn.fetch(
+                "SELECT topic, broker, from_position FROM outbox_checkpoints WHERE broker <> $1 FOR UPDATE", identity
+            )
+            again = 0
+            for checkpoint in stale:
+                status = await conn.execute(
+                    "UPDATE outbox SET published_at = NULL"
+                    " WHERE topic = $1 AND position >= $2 AND published_at IS NOT NULL",
+                    checkpoint["topic"],
+                    checkpoint["from_position"],
+                )
+                again += int(status.split()[-1])
+            await conn.execute(
+                "UPDATE outbox_checkpoints SET broker = $1, updated_at = now() WHERE broker <> $1", identity
+            )
+        previous, self.broker_id = self.broker_id, identity
+        self._sent.clear()
+        self._next_position.clear()
+        self._partition_cache.clear()
+        if stale:
+            self.republished += again
+            metrics.outbox_republished.inc(again)
+            log.warning(
+                "the broker is a new one (cluster id %s, was %s): publishing %d event(s) of %s again",
+                identity, previous or ", ".join(sorted({c["broker"] for c in stale})), again,
+                ", ".join(c["topic"] for c in stale),
+            )
+            if self.prepare_broker is not None:  # an empty broker: create the topics first
+                await self.prepare_broker()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            try:
+                await self.checkpoint()
+            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("outbox checkpoint skipped: %r", exc)
+
+    async def checkpoint(self) -> None:
+        """Move each topic's checkpoint past the batches every consuming group has committed."""
+        broker = self.broker_id
+        if self.watch is None or broker is None:
+            return
+        for topic, sent in list(self._sent.items()):
+            partitions = sorted({p for batch in sent for p in batch.last_offsets})
+            groups = TOPICS[topic].consumer_groups if topic in TOPICS else []
+            committed = [await self.watch.committed(group, topic, partitions) for group in groups] if sent else []
+            if self.broker_id != broker:
+                return  # another broker meanwhile: its offsets say nothing of these batches
+            position = checkpoint_position(sent, committed, self._next_position[topic])
+            await self.pool.execute(
+                "UPDATE outbox_checkpoints SET from_position = $3, updated_at = now()"
+                " WHERE topic = $1 AND broker = $2 AND from_position <> $3",
+                topic, broker, position,
+            )
 
     async def _partitions(self, topic: str) -> list[int]:
         partitions = self._partition_cache.get(topic)

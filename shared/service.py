@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from shared import kafka, replays, tracing
+from shared.broker_watch import WATCH_INTERVAL_S, BrokerWatch, rewind_on_first_assignment
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
@@ -67,7 +68,10 @@ class ServiceRuntime:
         self.producer: AIOKafkaProducer | None = None
         self.relay: OutboxRelay | None = None
         self.stream: StreamApp | None = None
+        self.watch: BrokerWatch | None = None
+        self.stream_broker: str | None = None  # the cluster id of the broker the stream app reads
         self.broker_connected = False
+        self._watcher: asyncio.Task[None] | None = None
         self._connector: asyncio.Task[None] | None = None
         self._lag_reporter: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -82,6 +86,7 @@ class ServiceRuntime:
         async with self.db.pool.acquire() as conn:
             directories = [SHARED_MIGRATIONS] + ([self.definition.migrations] if self.definition.migrations else [])
             await migrate(conn, *directories)
+        self.watch = BrokerWatch(self.settings.kafka_bootstrap_servers, self.settings.kafka_request_timeout_ms)
         self.relay = OutboxRelay(
             self.db.pool,
             self.producer,
@@ -89,18 +94,52 @@ class ServiceRuntime:
             idle_poll_s=self.settings.relay_idle_poll_s,
             max_backoff_s=self.settings.relay_max_backoff_s,
             prepare_broker=lambda: kafka.ensure_topics(self.settings),
+            watch=self.watch,
         )
         if self.definition.handlers:
-            self.stream = create_stream_app(name, self.settings)
-            processor = EventProcessor(
-                self.db,
-                self.definition.consumer_group,
-                dict(self.definition.handlers),
-                DeadLetters(self.producer, self.definition.consumer_group),
-            )
-            subscribe(self.stream, processor, self.definition.consumed_topics)
+            self.stream = self._new_stream_app()
         self._connector = asyncio.create_task(self._connect_broker(), name="connect-broker")
         self._pruner = asyncio.create_task(self._prune_outbox_history(), name="prune-outbox")
+
+    def _new_stream_app(self) -> StreamApp:
+        assert self.db is not None and self.producer is not None
+        stream = create_stream_app(self.definition.name, self.settings)
+        processor = EventProcessor(
+            self.db,
+            self.definition.consumer_group,
+            dict(self.definition.handlers),
+            DeadLetters(self.producer, self.definition.consumer_group),
+        )
+        subscribe(stream, processor, self.definition.consumed_topics)
+        return stream
+
+    async def _watch_broker(self) -> None:
+        """A new, empty broker (another cluster id): consume it with a new Faust app from offset 0
+        (shared/broker_watch.py), once the topics exist again."""
+        assert self.watch is not None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                identity = await self.watch.identity()
+                if self.stream_broker is None:
+                    self.stream_broker = identity
+                    continue
+                if identity == self.stream_broker:
+                    continue
+                log.warning("the broker is a new one (cluster id %s, was %s): consuming it from the start",
+                            identity, self.stream_broker)
+                await kafka.ensure_topics(self.settings)
+            except (KafkaError, OSError) as exc:
+                log.debug("broker watch: %r", exc)
+                continue
+            old, self.stream = self.stream, self._new_stream_app()
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(old.stop(), timeout=self.settings.shutdown_grace_s)
+            rewind_on_first_assignment(self.stream)
+            self.stream.finalize()
+            await self.stream.start()
+            self.stream_broker = identity
 
     async def _prune_outbox_history(self) -> None:
         """Keep the outbox history for the configured retention; check hourly."""
@@ -130,8 +169,12 @@ class ServiceRuntime:
         assert self.relay is not None
         self.relay.start()
         if self.stream is not None:
+            assert self.watch is not None
+            with contextlib.suppress(KafkaError, OSError):
+                self.stream_broker = await self.watch.identity()
             self.stream.finalize()
             await self.stream.start()
+            self._watcher = asyncio.create_task(self._watch_broker(), name="watch-broker")
             self._lag_reporter = asyncio.create_task(self._report_lag(), name="consumer-lag")
 
     async def _report_lag(self) -> None:
@@ -143,7 +186,7 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         """Finish in-flight work: stop consuming (offsets commit), flush the relay, close."""
-        for task in (self._lag_reporter, self._connector, self._pruner):
+        for task in (self._watcher, self._lag_reporter, self._connector, self._pruner):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -156,6 +199,8 @@ class ServiceRuntime:
         if self.producer is not None and self.broker_connected:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+        if self.watch is not None:
+            await self.watch.close()
         if self.db is not None:
             await self.db.close()
 

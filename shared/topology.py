@@ -43,6 +43,13 @@ class Topic:
     name: str
     partitions: int
     publisher: str  # the one service whose outbox feeds this topic
+    # The services that consume it (each as group funnelcast-<name>): a publisher re-publishing to a
+    # new, empty broker starts from the oldest event one of them may not have consumed (shared/outbox.py).
+    consumers: tuple[str, ...] = ()
+
+    @property
+    def consumer_groups(self) -> list[str]:
+        return [f"funnelcast-{name}" for name in self.consumers]
 
     @property
     def dead_letters(self) -> str:
@@ -54,13 +61,13 @@ class Topic:
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        Topic("sales.leads", 6, "leads"),
-        Topic("sales.campaigns", 3, "leads"),
-        Topic("sales.accounts", 6, "opportunities"),
-        Topic("sales.opportunities", 6, "opportunities"),
-        Topic("sales.contracts", 6, "opportunities"),
-        Topic("sales.scores", 6, "scoring"),
-        Topic("sales.forecasts", 3, "forecasting"),
+        Topic("sales.leads", 6, "leads", ("opportunities", "scoring", "notifications")),
+        Topic("sales.campaigns", 3, "leads", ("notifications",)),
+        Topic("sales.accounts", 6, "opportunities", ("notifications",)),
+        Topic("sales.opportunities", 6, "opportunities", ("scoring", "forecasting", "notifications")),
+        Topic("sales.contracts", 6, "opportunities", ("forecasting", "notifications")),
+        Topic("sales.scores", 6, "scoring", ("forecasting", "notifications")),
+        Topic("sales.forecasts", 3, "forecasting", ("notifications",)),
         Topic("sales.notifications", 3, "notifications"),
     )
 }

@@ -1,7 +1,9 @@
 """The embedded Kafka-compatible broker: Tansu, a single Rust binary.
 
 Tansu keeps topics and committed offsets in memory only, so a restart starts empty; the
-services' outboxes are the durable history (DESIGN.md section 5). It does not implement
+services' outboxes are the durable history (DESIGN.md section 5). Each start is given a
+cluster id of its own, so the services can tell a new, empty broker from the one they
+published to and re-publish what it lost (shared/outbox.py). It does not implement
 InitProducerId, so producers talking to it run without idempotence.
 """
 
@@ -9,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 from shared.runtime.processes import LOCALHOST, ProcessRef, accepts_connections, log_tail, port_in_use, wait_until
@@ -64,6 +67,7 @@ class TansuBroker:
         self.log_file = Path(log_file)
         self.binary = binary
         self._process: subprocess.Popen[bytes] | None = None
+        self.cluster_id: str | None = None  # this start's; a restart is a new, empty broker
 
     @property
     def bootstrap(self) -> str:
@@ -84,10 +88,11 @@ class TansuBroker:
             raise BrokerError(f"cannot start the broker: port {self.port} on {LOCALHOST} is already in use")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         listener = f"tcp://{LOCALHOST}:{self.port}"
+        self.cluster_id = f"funnelcast-{uuid.uuid4().hex}"
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
                 [str(binary), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                 "--storage-engine", "memory://tansu/"],
+                 "--storage-engine", "memory://tansu/", "--cluster-id", self.cluster_id],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         process = self._process

@@ -23,3 +23,18 @@ def lead_contacted(lead_id: str, n: int) -> dict[str, object]:
         "contacted_by": "rep-1",
         "note": f"call {n}",
     }
+
+
+def stage_changed(opportunity_id: str, n: int) -> dict[str, object]:
+    """The data of a sales.opportunity.stage_changed.v1 whose amount tells the n-th apart."""
+    return {
+        "opportunity_id": opportunity_id,
+        "from_stage": "prospecting",
+        "to_stage": "bidding",
+        "probability": 30,
+        "amount": f"{1000 + n}.00",
+        "currency": "CNY",
+        "owner_id": "rep-1",
+        "changed_by": "rep-1",
+        "changed_at": "2026-11-23T10:00:00Z",
+    }
