@@ -100,6 +100,7 @@ _EVENTS = (
     # scoring service
     EventType("sales.lead.scored.v1", "sales.scores", "A lead's score was (re)computed."),
     EventType("sales.opportunity.scored.v1", "sales.scores", "An opportunity's win probability was (re)computed."),
+    EventType("sales.account.tiered.v1", "sales.scores", "An account's value tier and buyer type were (re)computed."),
     # forecasting service
     EventType("sales.forecast.updated.v1", "sales.forecasts", "A forecast figure moved."),
 )

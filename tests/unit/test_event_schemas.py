@@ -207,6 +207,12 @@ EXAMPLES = {
     "sales.opportunity.scored.v1": {
         "opportunity_id": "opp-204", "score": 41, "model_version": "tree-2026-11-01", "factors": FACTORS,
     },
+    "sales.account.tiered.v1": {
+        "account_id": "acc-51", "value_tier": "high", "buyer_type": "frequent", "previous_value_tier": "medium",
+        "previous_buyer_type": "occasional", "model_version": "tiers-v1", "amount_12m": "1250000.00",
+        "currency": "CNY", "contracts_12m": 3, "contracts_total": 5, "last_signed_at": "2026-11-20T06:00:00Z",
+        "factors": FACTORS, "tiered_at": "2026-11-20T06:00:01Z", "cause_contract_id": "con-88",
+    },
     "sales.forecast.updated.v1": {
         "period": "2026-Q4", "by": "owner", "key": "rep-1", "open_amount": "380000.00",
         "weighted_pipeline": "114000.00", "best_case": "380000.00", "commit": "0", "closed_won": "0",
