@@ -55,17 +55,18 @@ _OPPORTUNITY_DONE = {"sales.opportunity.won.v1", "sales.opportunity.lost.v1", "s
 
 @dataclass
 class ConfigCache:
-    """Rules and webhook subscriptions kept in memory between events (two queries fewer per event).
-    Used only while the push hub listens on Postgres: every change to either is announced on
+    """Rules, webhook subscriptions and preferences kept in memory between events (three queries fewer
+    per event). Used only while the push hub listens on Postgres: every change to them is announced on
     store.CONFIG_CHANNEL at commit, and the hub drops the copies (`reset`)."""
 
     live: bool = False
     generation: int = 0
     rules: list[Rule] | None = None
     subscriptions: dict[str, list[uuid.UUID]] | None = None
+    preferences: dict[str, Preferences] | None = None
 
     def reset(self, live: bool) -> None:
-        self.live, self.rules, self.subscriptions = live, None, None
+        self.live, self.rules, self.subscriptions, self.preferences = live, None, None, None
         self.generation += 1
 
 
@@ -139,6 +140,19 @@ async def _rules(conn: Connection, ctx: Context) -> list[Rule]:
     return rules
 
 
+async def _preferences(conn: Connection, ctx: Context, users: Sequence[str]) -> dict[str, Preferences]:
+    cache = ctx.cache
+    if not cache.live:
+        return await store.preferences_of(conn, users)
+    if cache.preferences is None:
+        generation = cache.generation
+        stored = await store.all_preferences(conn)
+        if cache.generation != generation:
+            return await store.preferences_of(conn, users)
+        cache.preferences = stored
+    return {u: cache.preferences.get(u, Preferences()) for u in users}
+
+
 async def _subscriptions(conn: Connection, ctx: Context) -> dict[str, list[uuid.UUID]]:
     cache = ctx.cache
     if cache.live and cache.subscriptions is not None:
@@ -160,7 +174,7 @@ async def notify(
         return []
     now = ctx.clock.now()
     context = template_context(event_type, subject, data, ctx.org)
-    prefs = await store.preferences_of(conn, recipients)
+    prefs = await _preferences(conn, ctx, recipients)
     created = []
     for user_id in recipients:
         preference: Preferences = prefs[user_id]
@@ -199,20 +213,22 @@ async def _update_timers(conn: Connection, ctx: Context, event: CloudEvent) -> N
     data = event.data
     owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
     if event.type == "sales.lead.assigned.v1":
-        await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
         due = _time(data.get("follow_up_due_at"))
         if owner and due is not None:
             await store.schedule_timer(conn, FOLLOW_UP_REMINDER, event.subject, owner, due, {
                 "lead_id": event.subject, "grade": data.get("grade"), "due_at": data.get("follow_up_due_at"),
-                "owner_id": owner})
+                "owner_id": owner}, replacing=[FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
+        else:
+            await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
     elif event.type in _LEAD_DONE:
         await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
+    elif event.type in _OPPORTUNITY_ACTIVE and owner:
+        days = ctx.config.opportunity_idle_days
+        await store.schedule_timer(conn, OPPORTUNITY_IDLE, event.subject, owner, event.time + timedelta(days=days),
+                                   {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner},
+                                   replacing=[OPPORTUNITY_IDLE])
     elif event.type in _OPPORTUNITY_ACTIVE or event.type in _OPPORTUNITY_DONE:
         await store.cancel_timers(conn, event.subject, [OPPORTUNITY_IDLE])
-        if event.type in _OPPORTUNITY_ACTIVE and owner:
-            days = ctx.config.opportunity_idle_days
-            await store.schedule_timer(conn, OPPORTUNITY_IDLE, event.subject, owner, event.time + timedelta(days=days),
-                                       {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner})
 
 
 def _time(value: Any) -> datetime | None:

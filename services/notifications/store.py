@@ -205,20 +205,23 @@ async def mark_read(conn: Connection, recipient: str, ids: Sequence[str] | None)
 
 async def preferences(conn: Connection, user_id: str) -> Preferences:
     row = await conn.fetchrow("SELECT * FROM preferences WHERE user_id = $1", user_id)
-    if row is None:
-        return Preferences()
+    return Preferences() if row is None else _preferences(row)
+
+
+def _preferences(row: asyncpg.Record) -> Preferences:
     return Preferences(row["language"], frozenset(row["opted_out"]), row["quiet_start"], row["quiet_end"],
                        row["timezone"])
 
 
 async def preferences_of(conn: Connection, user_ids: Sequence[str]) -> dict[str, Preferences]:
     rows = await conn.fetch("SELECT * FROM preferences WHERE user_id = ANY($1::text[])", list(user_ids))
-    found = {
-        r["user_id"]: Preferences(r["language"], frozenset(r["opted_out"]), r["quiet_start"], r["quiet_end"],
-                                  r["timezone"])
-        for r in rows
-    }
+    found = {r["user_id"]: _preferences(r) for r in rows}
     return {u: found.get(u, Preferences()) for u in user_ids}
+
+
+async def all_preferences(conn: Connection) -> dict[str, Preferences]:
+    """Every user's stored preferences (users without a row have the defaults)."""
+    return {r["user_id"]: _preferences(r) for r in await conn.fetch("SELECT * FROM preferences")}
 
 
 async def put_preferences(conn: Connection, user_id: str, prefs: Preferences) -> None:
@@ -229,6 +232,7 @@ async def put_preferences(conn: Connection, user_id: str, prefs: Preferences) ->
         " timezone = excluded.timezone, updated_at = now()",
         user_id, prefs.language, sorted(prefs.opted_out), prefs.quiet_start, prefs.quiet_end, prefs.timezone,
     )
+    await config_changed(conn)
 
 
 # --- e-mail -----------------------------------------------------------------------------------
@@ -274,11 +278,15 @@ async def email_failed(conn: Connection, email_id: int, error: str, retry_at: da
 
 
 async def schedule_timer(
-    conn: Connection, kind: str, subject: str, recipient: str, due_at: datetime, data: dict[str, Any]
+    conn: Connection, kind: str, subject: str, recipient: str, due_at: datetime, data: dict[str, Any],
+    *, replacing: Sequence[str] = (),
 ) -> None:
+    """Add a timer; open timers of the `replacing` kinds for the same subject are cancelled (one statement)."""
     await conn.execute(
-        "INSERT INTO timers (kind, subject, recipient, due_at, data) VALUES ($1, $2, $3, $4, $5)",
-        kind, subject, recipient, due_at, json.dumps(data, ensure_ascii=False, default=str),
+        "WITH cancelled AS (UPDATE timers SET cancelled_at = now() WHERE subject = $2 AND kind = ANY($6::text[])"
+        " AND fired_at IS NULL AND cancelled_at IS NULL)"
+        " INSERT INTO timers (kind, subject, recipient, due_at, data) VALUES ($1, $2, $3, $4, $5)",
+        kind, subject, recipient, due_at, json.dumps(data, ensure_ascii=False, default=str), list(replacing),
     )
 
 
