@@ -194,6 +194,15 @@ def document() -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{_channel_id(topic_name)}"},
             "messages": [{"$ref": f"#/channels/{_channel_id(topic_name)}/messages/{e.type}"} for e in events],
         }
+        for consumer in topic.consumers:
+            operations[f"receive.{topic_name}.{consumer}"] = {
+                "action": "receive",
+                "title": f"{consumer} consumes {topic_name}",
+                "summary": f"The {consumer} service reads this topic as consumer group `funnelcast-{consumer}`, "
+                           f"applies each event once (by event id) and skips the types it has no handler for.",
+                "channel": {"$ref": f"#/channels/{_channel_id(topic_name)}"},
+                "messages": [{"$ref": f"#/channels/{_channel_id(topic_name)}/messages/{e.type}"} for e in events],
+            }
         dlq = topic.dead_letters
         channels[_channel_id(dlq)] = {
             "address": dlq,

@@ -43,6 +43,10 @@ def test_every_event_type_is_a_message_on_its_topic_with_its_schema() -> None:
         assert embedded["required"] == original.get("required", [])
         assert set(embedded["properties"]) == set(original["properties"])
         assert set(embedded.get("$defs", {})) == set(original.get("$defs", {}))
+    receivers = {(op["channel"]["$ref"].rsplit("/", 1)[1], name.rsplit(".", 1)[1])
+                 for name, op in doc["operations"].items() if op["action"] == "receive"}
+    assert receivers == {(t.name, c) for t in TOPICS.values() for c in t.consumers
+                         if any(e.topic == t.name for e in EVENT_TYPES.values())}
     for channel in doc["channels"].values():
         topic = channel["address"].removesuffix(".dlq")
         assert channel["bindings"]["kafka"]["partitions"] == TOPICS[topic].partitions
