@@ -1,7 +1,8 @@
 """The one registry of event types: each type's topic, schema and meaning.
 
 Producers, consumers, schema validation, the AsyncAPI document and the README's
-event catalogue all read this list; add an event here and its schema beside it.
+event catalogue all read this list; add an event here and its schema beside it, then run
+`funnelcast asyncapi` to regenerate docs/asyncapi.yaml and docs/events.md (a test checks).
 """
 
 import json
