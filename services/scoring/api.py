@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from services.scoring import handlers, store
-from services.scoring.domain import MODEL_VERSION
+from services.scoring.domain import MODEL_VERSION, TIER_VERSION
 from services.scoring.schedule import scheduled_training
 from shared.auth import Principal, may_act_on
 from shared.errors import Forbidden, NotFound
@@ -137,6 +137,39 @@ async def get_opportunity_score_history(
         _check_scope(principal, org, scored, f"opportunity {opportunity_id}")
         rows = await store.opportunity_history(conn, opportunity_id, limit)
     return OpportunityScoreHistory(opportunity_id=opportunity_id, items=_history(rows))
+
+
+class AccountTierOut(BaseModel):
+    account_id: str
+    value_tier: str | None
+    buyer_type: str | None
+    model_version: str
+    amount_12m: str
+    currency: str | None
+    contracts_total: int
+    factors: list[FactorOut]
+    tiered_at: datetime
+    owner_id: str | None
+
+
+@router.get("/v1/accounts/{account_id}/tier", response_model=AccountTierOut)
+async def get_account_tier(
+    account_id: str, principal: CurrentPrincipal, org: Org, db: ServiceDatabase
+) -> AccountTierOut:
+    """The account's value tier (high / medium / low) and buyer type (frequent / occasional / first-time
+    buyer) from its signed contracts, with the amount, frequency and recency factors behind it."""
+    async with db.pool.acquire() as conn:
+        tiered = await store.account_tier(conn, account_id)
+    if tiered is None:
+        raise NotFound(f"no tier for account {account_id}: the scoring service has seen no contract of it")
+    if not may_act_on(principal, tiered.owner_id, org):
+        raise Forbidden(f"account {account_id} belongs to {tiered.owner_id}, outside {principal.user_id}'s scope")
+    return AccountTierOut(
+        account_id=account_id, value_tier=tiered.value_tier, buyer_type=tiered.buyer_type,
+        model_version=TIER_VERSION, amount_12m=f"{tiered.amount_12m or 0:.2f}", currency=tiered.currency,
+        contracts_total=len(tiered.contracts), factors=tiered.factors, tiered_at=_utc(tiered.tiered_at),
+        owner_id=tiered.owner_id,
+    )
 
 
 class ModelOut(BaseModel):

@@ -28,10 +28,14 @@ contract 80) adjusted by
   contract 14) -5, longer than twice that -10;
 - competitor presence: a named competitor (a `competitor` field on an opportunity event) -8;
 clamped to 1-99 while open; closed won is 100 and closed lost 0.
+
+Account value tier (`tiers-v1`): amount, frequency and recency of the account's signed contracts,
+see the table above `account_tier`.
 """
 
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 MODEL_VERSION = "rules-v1"
@@ -322,3 +326,83 @@ def score_opportunity(features: OpportunityFeatures, now: datetime) -> Score:
                               f"存在竞争对手：{features.competitor}"))
     total = sum(f.contribution for f in factors)
     return Score(_clamp(total, 1, 99), MODEL_VERSION, _top(factors))
+
+
+# --- account value tiers ----------------------------------------------------------------------
+# From an account's signed contracts (sales.contract.signed.v1; terminated ones no longer count):
+#   monetary: the amount signed in the last 365 days, in the currency of the newest contract
+#     (contracts in other currencies count for frequency and recency only):
+#     1,000,000 or more 3 points, 200,000 or more 2, anything 1;
+#   frequency: the buyer type: one contract ever "first_time" (1 point), three or more in the last
+#     365 days "frequent" (3), else "occasional" (2);
+#   recency: the newest contract within 90 days 3 points, within 365 days 2, older 1;
+# total 7-9 "high", 5-6 "medium", 3-4 "low" (`tiers-v1`). An account with no counting contract
+# has no tier.
+
+TIER_VERSION = "tiers-v1"
+TIER_AMOUNTS = ((Decimal("1000000"), 3), (Decimal("200000"), 2))
+FREQUENT_CONTRACTS = 3
+TIER_LABELS = {"high": ("High value", "高价值"), "medium": ("Medium value", "中等价值"), "low": ("Low value", "低价值")}
+BUYER_LABELS = {"frequent": ("Frequent buyer", "常购客户"), "occasional": ("Occasional buyer", "偶购客户"),
+                "first_time": ("First-time buyer", "首购客户")}
+
+
+@dataclass(frozen=True)
+class Contract:
+    contract_id: str
+    amount: Decimal
+    currency: str
+    signed_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"contract_id": self.contract_id, "amount": str(self.amount), "currency": self.currency,
+                "signed_at": self.signed_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "Contract":
+        return cls(str(values["contract_id"]), Decimal(values["amount"]), str(values["currency"]),
+                   datetime.fromisoformat(values["signed_at"]))
+
+
+@dataclass(frozen=True)
+class AccountTier:
+    value_tier: str  # high / medium / low
+    buyer_type: str  # frequent / occasional / first_time
+    amount_12m: Decimal
+    currency: str
+    contracts_12m: int
+    contracts_total: int
+    last_signed_at: datetime
+    recency_days: int
+    factors: tuple[Factor, ...]
+
+
+def account_tier(contracts: list[Contract], now: datetime) -> AccountTier | None:
+    """The account's value tier and buyer type from the contracts that count (see the table above)."""
+    if not contracts:
+        return None
+    newest = max(contracts, key=lambda c: c.signed_at)
+    year_ago = now - timedelta(days=365)
+    recent = [c for c in contracts if c.signed_at >= year_ago]
+    amount = sum((c.amount for c in recent if c.currency == newest.currency), Decimal(0))
+    money = next((points for threshold, points in TIER_AMOUNTS if amount >= threshold), 1)
+    if len(contracts) == 1:
+        buyer, frequency = "first_time", 1
+    elif len(recent) >= FREQUENT_CONTRACTS:
+        buyer, frequency = "frequent", 3
+    else:
+        buyer, frequency = "occasional", 2
+    days = max(0, (now - newest.signed_at).days)
+    recency = 3 if days <= 90 else 2 if days <= 365 else 1
+    total = money + frequency + recency
+    tier = "high" if total >= 7 else "medium" if total >= 5 else "low"
+    buyer_en, buyer_zh = BUYER_LABELS[buyer]
+    factors = (
+        Factor("amount_12m", money, f"Signed {amount:,.2f} {newest.currency} in the last 12 months",
+               f"近 12 个月签约 {amount:,.2f} {newest.currency}"),
+        Factor("frequency", frequency, f"{buyer_en}: {len(recent)} contracts in 12 months, {len(contracts)} in all",
+               f"{buyer_zh}：近 12 个月 {len(recent)} 份合同，共 {len(contracts)} 份"),
+        Factor("recency", recency, f"Last contract signed {days} days ago", f"最近一次签约在 {days} 天前"),
+    )
+    return AccountTier(tier, buyer, amount, newest.currency, len(recent), len(contracts), newest.signed_at, days,
+                       factors)

@@ -16,14 +16,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from services.scoring import metrics, store
 from services.scoring.domain import (
     MODEL_VERSION,
+    TIER_VERSION,
+    Contract,
     LeadFeatures,
     OpportunityFeatures,
     Score,
+    account_tier,
     score_lead,
     score_opportunity,
 )
@@ -303,6 +307,61 @@ async def opportunity_lost(tx: Transaction, event: CloudEvent) -> None:
     await _opportunity_closed(tx, event, "lost")
 
 
+# --- account value tiers ---------------------------------------------------------------------
+
+ACCOUNT_TIERED = "sales.account.tiered.v1"
+
+
+async def _retier_account(
+    tx: Transaction, event: CloudEvent, change: Callable[[list[Contract]], list[Contract]], owner: str | None
+) -> None:
+    account_id = str(event.data["account_id"])
+    current = await store.lock_account(tx.conn, account_id)
+    contracts = change(current.contracts if current else [])
+    now = _now()
+    tier = account_tier(contracts, now)
+    sequence = (current.sequence if current else 0) + 1
+    owner = owner or (current.owner_id if current else None)
+    await store.save_account(tx.conn, account_id, owner, contracts, tier, now, sequence)
+    tx.publish(
+        ACCOUNT_TIERED,
+        account_id,
+        {
+            "account_id": account_id,
+            "value_tier": tier.value_tier if tier else None,
+            "buyer_type": tier.buyer_type if tier else None,
+            "previous_value_tier": current.value_tier if current else None,
+            "previous_buyer_type": current.buyer_type if current else None,
+            "model_version": TIER_VERSION,
+            "amount_12m": f"{tier.amount_12m:.2f}" if tier else "0.00",
+            "currency": tier.currency if tier else str(event.data.get("currency") or "CNY"),
+            "contracts_12m": tier.contracts_12m if tier else 0,
+            "contracts_total": tier.contracts_total if tier else 0,
+            "last_signed_at": _ts(tier.last_signed_at) if tier else None,
+            "factors": [f.as_dict() for f in tier.factors] if tier else [],
+            "tiered_at": _ts(now),
+            "cause_contract_id": str(event.data["contract_id"]),
+            "owner_id": owner,
+        },
+        sequence=sequence,
+    )
+
+
+async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    signed = Contract(str(data["contract_id"]), Decimal(str(data["amount"])), str(data["currency"]),
+                      data_time(data.get("signed_at"), event.time))
+    await _retier_account(
+        tx, event, lambda contracts: [c for c in contracts if c.contract_id != signed.contract_id] + [signed],
+        str(data.get("owner_id") or "") or None,
+    )
+
+
+async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
+    gone = str(event.data["contract_id"])
+    await _retier_account(tx, event, lambda contracts: [c for c in contracts if c.contract_id != gone], None)
+
+
 # --- the learned lead model -------------------------------------------------------------------
 
 
@@ -375,4 +434,6 @@ HANDLERS = {
     "sales.opportunity.assessed.v1": opportunity_assessed,
     "sales.opportunity.won.v1": opportunity_won,
     "sales.opportunity.lost.v1": opportunity_lost,
+    "sales.contract.signed.v1": contract_signed,
+    "sales.contract.terminated.v1": contract_terminated,
 }

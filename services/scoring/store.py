@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from services.scoring.domain import LeadFeatures, OpportunityFeatures, Score
+from services.scoring.domain import AccountTier, Contract, LeadFeatures, OpportunityFeatures, Score
 from shared.db import Connection
 
 
@@ -150,6 +150,57 @@ async def opportunity_history(conn: Connection, opportunity_id: str, limit: int)
 async def opportunity_score(conn: Connection, opportunity_id: str) -> Scored | None:
     row = await conn.fetchrow("SELECT * FROM opportunity_scores WHERE opportunity_id = $1", opportunity_id)
     return None if row is None else _scored(row, "opportunity_id")
+
+
+# --- account tiers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tiered:
+    account_id: str
+    owner_id: str | None
+    contracts: list[Contract]
+    value_tier: str | None
+    buyer_type: str | None
+    amount_12m: Any
+    currency: str | None
+    factors: list[dict[str, Any]]
+    tiered_at: datetime
+    sequence: int
+
+
+def _tiered(row: asyncpg.Record) -> Tiered:
+    return Tiered(row["account_id"], row["owner_id"], [Contract.from_json(c) for c in json.loads(row["contracts"])],
+                  row["value_tier"], row["buyer_type"], row["amount_12m"], row["currency"],
+                  json.loads(row["factors"]), row["tiered_at"], row["sequence"])
+
+
+async def lock_account(conn: Connection, account_id: str) -> Tiered | None:
+    row = await conn.fetchrow("SELECT * FROM account_tiers WHERE account_id = $1 FOR UPDATE", account_id)
+    return None if row is None else _tiered(row)
+
+
+async def account_tier(conn: Connection, account_id: str) -> Tiered | None:
+    row = await conn.fetchrow("SELECT * FROM account_tiers WHERE account_id = $1", account_id)
+    return None if row is None else _tiered(row)
+
+
+async def save_account(
+    conn: Connection, account_id: str, owner_id: str | None, contracts: list[Contract], tier: AccountTier | None,
+    tiered_at: datetime, sequence: int,
+) -> None:
+    factors = json.dumps([f.as_dict() for f in tier.factors] if tier else [], ensure_ascii=False)
+    await conn.execute(
+        "INSERT INTO account_tiers (account_id, owner_id, contracts, value_tier, buyer_type, amount_12m, currency,"
+        " factors, tiered_at, sequence) VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8::jsonb, $9, $10)"
+        " ON CONFLICT (account_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, contracts = EXCLUDED.contracts,"
+        " value_tier = EXCLUDED.value_tier, buyer_type = EXCLUDED.buyer_type, amount_12m = EXCLUDED.amount_12m,"
+        " currency = EXCLUDED.currency, factors = EXCLUDED.factors, tiered_at = EXCLUDED.tiered_at,"
+        " sequence = EXCLUDED.sequence",
+        account_id, owner_id, json.dumps([c.to_json() for c in contracts]), tier.value_tier if tier else None,
+        tier.buyer_type if tier else None, tier.amount_12m if tier else None, tier.currency if tier else None,
+        factors, tiered_at, sequence,
+    )
 
 
 # --- outcomes ---------------------------------------------------------------------------------

@@ -370,3 +370,46 @@ async def test_scheduled_training_waits_for_new_outcomes(
     listed = (await http.get("/v1/models/lead", headers=as_(settings, "admin-1"))).json()
     assert model["version"] in [m["version"] for m in listed["items"]]
     assert (await http.post("/v1/models/lead/rules-v1/activate", headers=as_(settings, "admin-1"))).status_code == 204
+
+
+def contract_event(type_: str, contract_id: str, account_id: str, amount: str, **data: Any) -> CloudEvent:
+    body = {"contract_id": contract_id, "opportunity_id": f"opp-{uuid.uuid4()}", "account_id": account_id,
+            "amount": amount, "currency": "CNY", "owner_id": "rep-1", **data}
+    return CloudEvent(type=type_, source="/funnelcast/opportunities", subject=contract_id, data=body)
+
+
+async def test_signed_contracts_give_the_account_a_value_tier(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    account = f"acc-{uuid.uuid4()}"
+    first, second, third = (f"con-{uuid.uuid4()}" for _ in range(3))
+    await send(producer, contract_event("sales.contract.signed.v1", first, account, "150000.00", signed_at=now()))
+
+    async def tier(count: int) -> dict[str, Any] | None:
+        response = await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-1"))
+        body = response.json() if response.status_code == 200 else None
+        return body if body and body["contracts_total"] == count else None
+
+    answer = await eventually(lambda: tier(1), timeout=BACKLOG_TIMEOUT)
+    assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("medium", "first_time", "150000.00")
+    assert [f["feature"] for f in answer["factors"]] == ["amount_12m", "frequency", "recency"]
+
+    for contract_id, amount in ((second, "700000.00"), (third, "300000.00")):
+        await send(producer, contract_event("sales.contract.signed.v1", contract_id, account, amount, signed_at=now()))
+    answer = await eventually(lambda: tier(3), timeout=30)
+    assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("high", "frequent", "1150000.00")
+
+    terminated = {"terminated_by": "mgr-1", "terminated_at": now(), "reason": "客户取消"}
+    await send(producer, contract_event("sales.contract.terminated.v1", second, account, "700000.00", **terminated))
+    answer = await eventually(lambda: tier(2), timeout=30)
+    assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("high", "occasional", "450000.00")
+
+    records = await read_topic(settings, "sales.scores", count=4, match=account.encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [e.type for e in events] == ["sales.account.tiered.v1"] * 4
+    assert [e.sequence for e in events] == [1, 2, 3, 4]
+    assert [(e.data["previous_value_tier"], e.data["value_tier"]) for e in events][0] == (None, "medium")
+    assert events[-1].data["buyer_type"] == "occasional" and events[-1].data["previous_buyer_type"] == "frequent"
+    assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-2"))).status_code == 403
+    assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "mgr-1"))).status_code == 200
+    assert (await http.get(f"/v1/accounts/acc-{uuid.uuid4()}/tier", headers=as_(settings, "rep-1"))).status_code == 404
