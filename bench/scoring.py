@@ -1,0 +1,245 @@
+"""Benchmark: lead events in on sales.leads -> the scoring service (its own process) -> scored events
+out on sales.scores, beside the bare broker and Postgres rates of the same run.
+
+Starts its own embedded Postgres and Tansu and one scoring service process (as `funnelcast up`
+runs it), produces lead events as the leads service would publish them (captured, then engaged,
+contacted, engaged again for each lead), and reads sales.scores in this process:
+- throughput: a backlog of `--backlog` events produced at once; scored events/s from the first
+  event produced to the last scored event read (each scored event is committed with its inbox row
+  and relayed to the broker, so this is the whole path);
+- latency: events sent open loop at `--rate`/s for `--seconds`, capture -> scored p50 / p95 / p99
+  (from the moment the event is produced to the moment its scored event is read);
+- the bare rates, for ratios: Faust's delivery of the same kind of backlog to an agent that does
+  nothing (the ceiling of any Faust consumer on this machine), the broker's produce rate and
+  Postgres's commit rate (one row a transaction).
+
+Run: .venv/bin/python -m bench.scoring [--backlog 8000] [--rate 300] [--seconds 10]
+"""
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.backbone import bare_broker_produce_rate, bare_postgres_commit_rate
+from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
+from shared import kafka
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
+from shared.inbox import DeadLetters, EventProcessor, Outcome
+from shared.settings import Settings
+from shared.streaming import create_stream_app, subscribe
+
+_serial = itertools.count(1)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def lead_events(lead_id: str) -> list[CloudEvent]:
+    """What the leads service publishes over a lead's first touches: captured, engaged, contacted, engaged."""
+    n = next(_serial)
+    captured = {
+        "lead_id": lead_id, "source": "web_form", "grade": "HABC"[n % 4], "owner_id": f"rep-{1 + n % 3}",
+        "campaign_id": None, "region": "华东", "captured_at": _now(),
+        "contact": {"name": f"访客{n}", "company": f"公司{n % 500}", "phone": f"139{n:08d}", "email": None},
+        "attributes": {"utm_source": "bench"},
+    }
+    engaged = {"lead_id": lead_id, "visits": 2, "time_on_site_s": 240.0, "page_views": 5, "activity": "webinar"}
+    contacted = {"lead_id": lead_id, "touch_id": f"touch-{n}", "channel": "phone", "contacted_at": _now(),
+                 "contacted_by": "rep-1", "touch_number": 1}
+    return [
+        CloudEvent(type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead_id, data=captured,
+                   sequence=1),
+        CloudEvent(type="sales.lead.engaged.v1", source="/funnelcast/leads", subject=lead_id, data=engaged,
+                   sequence=2),
+        CloudEvent(type="sales.lead.contacted.v1", source="/funnelcast/leads", subject=lead_id, data=contacted,
+                   sequence=3),
+        CloudEvent(type="sales.lead.engaged.v1", source="/funnelcast/leads", subject=lead_id,
+                   data=engaged | {"visits": 1, "activity": None}, sequence=4),
+    ]
+
+
+class ScoredReader:
+    """Reads sales.scores from its end; notes when each causing event's scored event arrived."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id=None)
+        self.arrived: dict[str, float] = {}
+        self.awaited: set[str] = set()
+        self.all_arrived = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = [TopicPartition("sales.scores", p)
+                      for p in sorted(self.consumer.partitions_for_topic("sales.scores") or [])]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        for partition in partitions:
+            await self.consumer.position(partition)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    cause = json.loads(record.value)["causationid"]
+                    self.arrived.setdefault(cause, now)
+                    self.awaited.discard(cause)
+            if not self.awaited:
+                self.all_arrived.set()
+
+    async def wait_for(self, ids: list[str], timeout: float) -> None:
+        """Until a scored event caused by each of `ids` was read."""
+        self.awaited = {i for i in ids if i not in self.arrived}
+        self.all_arrived.clear()
+        if self.awaited:
+            await asyncio.wait_for(self.all_arrived.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.consumer.stop()
+
+
+async def send(producer: AIOKafkaProducer, event: CloudEvent) -> "asyncio.Future[Any]":
+    ack: asyncio.Future[Any] = await producer.send(event.topic, event.to_bytes(), key=event.subject.encode(),
+                                                   headers=[CONTENT_TYPE_HEADER])
+    return ack
+
+
+async def cpu_seconds(service: httpx.AsyncClient) -> float:
+    """The service process's CPU time so far (prometheus_client's process collector)."""
+    text = (await service.get("/metrics")).text
+    [line] = [x for x in text.splitlines() if x.startswith("process_cpu_seconds_total ")]
+    return float(line.split()[1])
+
+
+async def backlog_throughput(
+    producer: AIOKafkaProducer, reader: ScoredReader, service: httpx.AsyncClient, count: int
+) -> tuple[float, float]:
+    """Scored events/s through a backlog of `count`, and the service's CPU milliseconds per event."""
+    events = [e for _ in range(count // 4) for e in lead_events(f"lead-bench-{uuid.uuid4()}")]
+    cpu_before = await cpu_seconds(service)
+    started = time.perf_counter()
+    await asyncio.gather(*[await send(producer, e) for e in events])
+    await reader.wait_for([e.id for e in events], timeout=max(300.0, count / 10))
+    last = max(reader.arrived[e.id] for e in events)
+    cpu_ms = (await cpu_seconds(service) - cpu_before) * 1000 / len(events)
+    return len(events) / (last - started), cpu_ms
+
+
+async def latency_at(producer: AIOKafkaProducer, reader: ScoredReader, rate: float, seconds: float) -> list[float]:
+    """Open loop: event i leaves at start + i / rate; four events per lead, in their order."""
+    total = int(rate * seconds)
+    events = [e for _ in range((total + 3) // 4) for e in lead_events(f"lead-bench-{uuid.uuid4()}")][:total]
+    sent: dict[str, float] = {}
+    acks = []
+    started = time.perf_counter()
+    for i, event in enumerate(events):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[event.id] = time.perf_counter()
+        acks.append(await send(producer, event))
+    await asyncio.gather(*acks)
+    await reader.wait_for(list(sent), timeout=120)
+    return [reader.arrived[i] - at for i, at in sent.items()]
+
+
+class _Counting(EventProcessor):
+    """Applies nothing: counts what Faust hands over."""
+
+    def __init__(self, producer: AIOKafkaProducer, expected: int) -> None:
+        super().__init__(None, "bench-bare-faust", {}, DeadLetters(producer, "bench-bare-faust"))  # type: ignore[arg-type]
+        self.expected = expected
+        self.all_delivered = asyncio.Event()
+        self.delivered = 0
+        self.first_at: float | None = None
+        self.last_at = 0.0
+
+    async def process_batch(self, messages: Any) -> list[Outcome]:
+        self.first_at = self.first_at or time.perf_counter()
+        self.last_at = time.perf_counter()
+        self.delivered += len(messages)
+        if self.delivered >= self.expected:
+            self.all_delivered.set()
+        return [Outcome.IGNORED] * len(messages)
+
+
+async def bare_faust_delivery(settings: Settings, count: int) -> float:
+    """A backlog of `count` lead events on a topic of its own, read by a Faust agent that does nothing."""
+    topic = f"bench.bare-faust.{uuid.uuid4().hex[:8]}"
+    producer = kafka.producer(settings)
+    await producer.start()
+    events = [e for _ in range(count // 4) for e in lead_events(f"lead-bench-{uuid.uuid4()}")]
+    acks = [await producer.send(topic, e.to_bytes(), key=e.subject.encode(), headers=[CONTENT_TYPE_HEADER])
+            for e in events]
+    await asyncio.gather(*acks)
+    app = create_stream_app(f"bench-bare-{uuid.uuid4().hex[:8]}", settings)
+    counting = _Counting(producer, len(events))
+    subscribe(app, counting, [topic])
+    app.finalize()
+    await app.start()
+    try:
+        await asyncio.wait_for(counting.all_delivered.wait(), 300)
+    finally:
+        await app.stop()
+        await producer.stop()
+    assert counting.first_at is not None
+    return (counting.delivered - 1) / (counting.last_at - counting.first_at)
+
+
+async def main(args: argparse.Namespace) -> None:
+    with embedded_stack() as stack:
+        settings = stack.settings
+        await kafka.ensure_topics(settings)
+        with service_processes(settings, "scoring", 1) as urls:
+            async with ready_clients(urls, settings, 1) as [service]:
+                reader = ScoredReader(settings)
+                await reader.start()
+                producer = kafka.producer(settings)
+                await producer.start()
+                try:
+                    # The consumer group joins after /readyz: wait for a first lead's scores.
+                    warm = lead_events(f"lead-bench-{uuid.uuid4()}")
+                    await asyncio.gather(*[await send(producer, e) for e in warm])
+                    await reader.wait_for([e.id for e in warm], timeout=120)
+                    throughput, cpu_ms = await backlog_throughput(producer, reader, service, args.backlog)
+                    latencies = await latency_at(producer, reader, args.rate, args.seconds)
+                finally:
+                    await producer.stop()
+                    await reader.stop()
+        # After the service stopped: the bare produce writes raw values to sales.leads.
+        produce_rate = await bare_broker_produce_rate(settings, 50_000)
+        faust_rate = await bare_faust_delivery(settings, args.backlog)
+        commit_rate = await bare_postgres_commit_rate(stack.postgres.url, 3.0)
+
+    p = percentiles(latencies)
+    print(f"scored through a backlog: {throughput:9,.0f} events/s  ({args.backlog:,} events; target >= 1,500)")
+    print(f"scoring process CPU:      {cpu_ms:9.2f} ms an event   (one free core: {1000 / cpu_ms:,.0f} events/s)")
+    print(f"bare Faust delivery:      {faust_rate:9,.0f} events/s  (scored / bare = {throughput / faust_rate:.2f}:"
+          " an agent that applies nothing)")
+    print(f"bare Postgres commits:    {commit_rate:9,.0f} txn/s     (scored / bare commit = "
+          f"{throughput / commit_rate:.2f}: a batch shares a commit)")
+    print(f"bare broker produce:      {produce_rate:9,.0f} msgs/s    (scored / bare = {throughput / produce_rate:.3f})")
+    print(f"capture -> scored at {args.rate:,.0f}/s: p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  "
+          f"p99 {p['p99']:.1f} ms  ({len(latencies):,} events; target p99 <= 100 ms)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backlog", type=int, default=8_000)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    asyncio.run(main(parser.parse_args()))
