@@ -28,6 +28,7 @@ from services.forecasting.domain import (
     quota_for,
     rolled_quota,
 )
+from shared.context import Cause, current_cause
 from shared.db import Connection, Database, Transaction
 from shared.events.envelope import CloudEvent, data_time
 from shared.org import Organisation, cached_organisation
@@ -132,53 +133,96 @@ def rows_of(
     return sorted(rows, key=lambda r: r.key)
 
 
-async def refresh(
-    tx: Transaction, owners: Iterable[str | None], periods: Iterable[Period], cause: CloudEvent | None
-) -> int:
-    """Recompute the rows of these owners (and their teams and regions) in these periods; publish those
-    whose figures moved since last published. Returns how many rows were published."""
+@dataclass
+class _Pending:
+    """The rows the events of one transaction moved: recomputed once, before it commits.
+
+    A consumed batch applies many events in one transaction; recomputing per event would read and
+    write the same rows again and again. Each row published carries as its cause the first event of
+    the transaction that touched it (so event -> forecast latency is measured from the earliest)."""
+
+    touched: dict[tuple[str, Period], Cause | None]
+    events: list[CloudEvent]
+
+
+def schedule_refresh(
+    tx: Transaction, owners: Iterable[str | None], periods: Iterable[Period], event: CloudEvent | None
+) -> None:
+    """Have the rows of these owners (and their teams and regions) in these periods recomputed before
+    the transaction commits, and published if they moved."""
+    pending: _Pending | None = tx.state.get("forecasting.refresh")
+    if pending is None:
+        pending = tx.state["forecasting.refresh"] = _Pending({}, [])
+        tx.before_commit(lambda: _flush(tx, pending))
+    cause = current_cause.get()
+    for owner in {o for o in owners if o}:
+        for period in periods:
+            pending.touched.setdefault((owner, period), cause)
+    if event is not None:
+        pending.events.append(event)
+
+
+async def _flush(tx: Transaction, pending: _Pending) -> None:
+    await refresh(tx, pending.touched)
+    now = _now()
+    for event in pending.events:
+        metrics.update_lag.observe(max(0.0, (now - event.time).total_seconds()))
+
+
+async def refresh(tx: Transaction, touched: dict[tuple[str, Period], Cause | None]) -> int:
+    """Recompute the rows of the touched owners (and their teams and regions) in the touched periods;
+    publish those whose figures moved since last published. Returns how many rows were published."""
     org = organisation()
-    named = {o for o in owners if o}
     published = 0
     now = _now()
     quotas: dict[tuple[str, str], Decimal] | None = None
-    for period in sorted(p for p in set(periods) if p.kind in PUBLISHED_KINDS):
+    for period in sorted({p for _, p in touched if p.kind in PUBLISHED_KINDS}):
         metrics.recomputations.inc()
         per_owner = await store.figures_per_owner(tx.conn, period)
         quotas = quotas if quotas is not None else await all_quotas(tx.conn, org)
-        current: dict[tuple[str, str], Row] = {}
+        owners = {o: c for (o, p), c in touched.items() if p == period}
+        current: dict[tuple[str, str], tuple[Row, Cause | None]] = {}
         for by in By:
-            keys = {placement(org, o).key(by, o) for o in named}
-            rows = {r.key: r for r in rows_of(org, period, by, per_owner, quotas, None, keys)}
-            current.update({(by.value, key): rows.get(key, Row(key, Figures(), None)) for key in keys})
-        published += await _publish_moved(tx, period, current, now, cause)
-    if cause is not None:
-        metrics.update_lag.observe(max(0.0, (_now() - cause.time).total_seconds()))
+            keys: dict[str, Cause | None] = {}
+            for owner, cause in owners.items():
+                keys.setdefault(placement(org, owner).key(by, owner), cause)
+            rows = {r.key: r for r in rows_of(org, period, by, per_owner, quotas, None, set(keys))}
+            current.update({(by.value, key): (rows.get(key, Row(key, Figures(), None)), cause)
+                            for key, cause in keys.items()})
+        published += await _publish_moved(tx, period, current, now)
     return published
 
 
 async def _publish_moved(
-    tx: Transaction, period: Period, current: dict[tuple[str, str], Row], now: datetime, cause: CloudEvent | None
+    tx: Transaction, period: Period, current: dict[tuple[str, str], tuple[Row, Cause | None]], now: datetime
 ) -> int:
     """Publish (and store) the rows whose figures differ from those last published."""
     last = await store.published_rows(tx.conn, period.name, sorted(current))
-    moved: list[tuple[str, str, dict[str, Any], int]] = []
-    for (by, key), row in sorted(current.items()):
+    moved: list[tuple[str, str, dict[str, Any], int, Cause | None]] = []
+    for (by, key), (row, cause) in sorted(current.items()):
         figures = row.as_dict()
         before = last.get((by, key))
         if before is None and row.figures == Figures() and row.quota is None:
             continue  # nothing to say about a row never published that is still empty
         if before is not None and before[0] == figures:
             continue
-        moved.append((by, key, figures, (before[1] if before else 0) + 1))
+        moved.append((by, key, figures, (before[1] if before else 0) + 1, cause))
     if not moved:
         return 0
-    await store.save_published_rows(tx.conn, period.name, moved, now, cause.id if cause else None)
+    await store.save_published_rows(
+        tx.conn, period.name,
+        [(by, key, figures, sequence, cause.causation_id if cause else None)
+         for by, key, figures, sequence, cause in moved], now)
     currency = forecast_settings().currency
     stamp = now.isoformat().replace("+00:00", "Z")
-    for by, key, figures, sequence in moved:
+    for by, key, figures, sequence, cause in moved:
         data = {"period": period.name, "by": by, **figures, "currency": currency, "updated_at": stamp}
-        tx.publish(FORECAST_UPDATED, f"{period.name}/{by}/{key}", data, sequence=sequence)
+        token = current_cause.set(cause) if cause is not None else None
+        try:
+            tx.publish(FORECAST_UPDATED, f"{period.name}/{by}/{key}", data, sequence=sequence)
+        finally:
+            if token is not None:
+                current_cause.reset(token)
         metrics.rows_published.labels(by).inc()
     return len(moved)
 
@@ -230,7 +274,7 @@ async def _apply(
         await store.record_transition(tx.conn, event.id, opportunity_id, after.owner_id,
                                       before.stage if before else None, after.stage, event.time)
     owners = {after.owner_id, before.owner_id if before else None}
-    await refresh(tx, owners, affected_periods(before, after), event)
+    schedule_refresh(tx, owners, affected_periods(before, after), event)
     return after
 
 
@@ -298,13 +342,13 @@ async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
     await store.save_booking(tx.conn, str(data.get("contract_id") or event.subject), data.get("opportunity_id"),
                              owner, amount, currency, forecast_settings().conversion().convert(amount, currency),
                              signed_on)
-    await refresh(tx, [owner], periods_of(signed_on), event)
+    schedule_refresh(tx, [owner], periods_of(signed_on), event)
 
 
 async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
     booking = await store.terminate_booking(tx.conn, str(event.data.get("contract_id") or event.subject))
     if booking is not None:
-        await refresh(tx, [booking["owner_id"]], periods_of(booking["signed_on"]), event)
+        schedule_refresh(tx, [booking["owner_id"]], periods_of(booking["signed_on"]), event)
 
 
 HANDLERS = {
@@ -325,12 +369,12 @@ HANDLERS = {
 # --- quotas -----------------------------------------------------------------------------------
 
 
-async def set_quota(db: Database, owner_id: str, period: Period, amount: Decimal, set_by: str) -> int:
+async def set_quota(db: Database, owner_id: str, period: Period, amount: Decimal, set_by: str) -> None:
     """Set an owner's quota for a period; republish the rows whose quota moved (that period, the periods
-    it lies in and its parts). Returns how many rows were published."""
+    it lies in and its parts)."""
     async with db.transaction() as tx:
         await store.set_quota(tx.conn, owner_id, period.name, amount, set_by, _now())
-        return await refresh(tx, [owner_id], [period, *period.parents, *period.children], None)
+        schedule_refresh(tx, [owner_id], [period, *period.parents, *period.children], None)
 
 
 # --- bookings forecast ------------------------------------------------------------------------

@@ -135,19 +135,18 @@ async def published_rows(
 
 
 async def save_published_rows(
-    conn: Connection, period: str, rows: list[tuple[str, str, dict[str, Any], int]], at: datetime,
-    cause_event_id: str | None,
+    conn: Connection, period: str, rows: list[tuple[str, str, dict[str, Any], int, str | None]], at: datetime,
 ) -> None:
-    """Record rows as published (by, key, figures, sequence), and keep them in the history."""
-    values = [(period, by, key, json.dumps(figures, ensure_ascii=False), sequence, at)
-              for by, key, figures, sequence in rows]
+    """Record rows as published (by, key, figures, sequence, causing event id); keep them in the history."""
+    values = [(period, by, key, json.dumps(figures, ensure_ascii=False), sequence, cause)
+              for by, key, figures, sequence, cause in rows]
     await conn.executemany(
         "INSERT INTO forecast_rows (period, by, key, figures, sequence, updated_at) VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (period, by, key) DO UPDATE SET figures = EXCLUDED.figures, sequence = EXCLUDED.sequence,"
-        " updated_at = EXCLUDED.updated_at", values)
+        " updated_at = EXCLUDED.updated_at", [(*v[:5], at) for v in values])
     await conn.executemany(
         "INSERT INTO forecast_history (period, by, key, figures, computed_at, cause_event_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6)", [(*v[:4], at, cause_event_id) for v in values])
+        " VALUES ($1, $2, $3, $4, $5, $6)", [(*v[:4], at, v[5]) for v in values])
 
 
 async def history(conn: Connection, period: str, by: str, keys: list[str] | None, limit: int) -> list[asyncpg.Record]:
