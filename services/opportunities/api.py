@@ -339,6 +339,7 @@ def account_json(row: asyncpg.Record) -> dict[str, Any]:
         "parent_account_id": row["parent_account_id"],
         "key_account": row["key_account"],
         "value_tier": row["value_tier"],
+        "buyer_type": row["buyer_type"],
         "credit_limit": None if row["credit_limit"] is None else str(row["credit_limit"]),
         "credit_currency": row["credit_currency"],
         "lead_id": row["lead_id"],

@@ -561,3 +561,10 @@ async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
         region=data.get("region"), created_by=data["converted_by"], campaign_id=data.get("campaign_id"),
         lead_id=lead_id, contact_id=contact["id"] if contact is not None else None,
     )
+
+
+async def account_tiered(tx: Transaction, event: CloudEvent) -> None:
+    """sales.account.tiered.v1 (scoring): show the account's value tier and buyer type. Not an edit of the
+    account: its version and events stay as they are; an account this service does not have is skipped."""
+    data = event.data
+    await store.set_account_tier(tx.conn, data["account_id"], data.get("value_tier"), data.get("buyer_type"))

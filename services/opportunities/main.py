@@ -11,5 +11,5 @@ service = ServiceDefinition(
     name="opportunities",
     routers=(*ROUTERS, quotes),
     migrations=Path(__file__).parent / "migrations",
-    handlers={"sales.lead.converted.v1": handlers.lead_converted},
+    handlers={"sales.lead.converted.v1": handlers.lead_converted, "sales.account.tiered.v1": handlers.account_tiered},
 )

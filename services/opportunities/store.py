@@ -37,6 +37,12 @@ async def account_by_normalised_name(conn: Conn, normalised_name: str) -> Row | 
     return await conn.fetchrow("SELECT * FROM accounts WHERE normalised_name = $1", normalised_name)
 
 
+async def set_account_tier(conn: Conn, account_id: str, value_tier: str | None, buyer_type: str | None) -> None:
+    """The scoring service's tier of the account; not an edit (the version stays)."""
+    await conn.execute("UPDATE accounts SET value_tier = $2, buyer_type = $3 WHERE id = $1",
+                       account_id, value_tier, buyer_type)
+
+
 async def update_account(conn: Conn, account_id: str, expected_version: int, **fields: Any) -> Row | None:
     """Change the account if it is still at `expected_version`; None if someone changed it meanwhile."""
     sets = [f"{column} = ${i}" for i, column in enumerate(fields, start=3)]
