@@ -163,6 +163,9 @@ def schedule_refresh(
 
 
 async def _flush(tx: Transaction, pending: _Pending) -> None:
+    deals: _Deals | None = tx.state.get("forecasting.deals")
+    if deals is not None:
+        await deals.save(tx)
     await refresh(tx, pending.touched)
     now = _now()
     for event in pending.events:
@@ -257,22 +260,58 @@ def _staged(deal: DealState, stage: str | None, probability: Any) -> DealState:
     return deal.changed(stage=stage, stage_probability=given if given is not None else default)
 
 
+@dataclass
+class _Deals:
+    """The deals a transaction's events touch: loaded (locked) once for its batch, saved once before it commits."""
+
+    known: dict[str, DealState | None]
+    changed: dict[str, DealState]
+    created_at: dict[str, datetime]
+    transitions: list[tuple[str, str, str | None, str | None, str, datetime]]
+
+    async def get(self, tx: Transaction, opportunity_id: str) -> DealState | None:
+        if opportunity_id not in self.known:  # an event outside the batch the inbox announced
+            self.known.update(await store.lock_deals(tx.conn, [opportunity_id]))
+        return self.known[opportunity_id]
+
+    def put(self, deal: DealState) -> None:
+        self.known[deal.opportunity_id] = self.changed[deal.opportunity_id] = deal
+
+    async def save(self, tx: Transaction) -> None:
+        settings = forecast_settings()
+        rates, rules, now = settings.conversion(), settings.category_rules(), _now()
+        await store.save_deals(tx.conn, [
+            (deal, rates.convert(deal.amount, deal.currency),
+             rules.category(deal.status, deal.stage, deal.probability), self.created_at.get(deal.opportunity_id))
+            for deal in self.changed.values()
+        ], now)
+        await store.record_transitions(tx.conn, self.transitions)
+
+
+async def _deals(tx: Transaction) -> _Deals:
+    deals: _Deals | None = tx.state.get("forecasting.deals")
+    if deals is None:
+        ids = sorted({_opportunity_id(e) for e in tx.batch if e.type in HANDLERS and e.type.startswith("sales.opp")})
+        deals = tx.state["forecasting.deals"] = _Deals(await store.lock_deals(tx.conn, ids), {}, {}, [])
+    return deals  # saved by the refresh every change schedules, before it reads them
+
+
 async def _apply(
     tx: Transaction, event: CloudEvent, change: Callable[[DealState], DealState], *, created: bool = False,
     fields: dict[str, Any] | None = None,
 ) -> DealState:
     """Apply an opportunity event to its deal: the common `fields` (default: the event's data), then `change`."""
     opportunity_id = _opportunity_id(event)
-    before = await store.lock_deal(tx.conn, opportunity_id)
+    deals = await _deals(tx)
+    before = await deals.get(tx, opportunity_id)
     common = event.data if fields is None else fields
     after = change(_with_common_fields(before or DealState(opportunity_id), common))
-    settings = forecast_settings()
-    amount = settings.conversion().convert(after.amount, after.currency)
-    category = settings.category_rules().category(after.status, after.stage, after.probability)
-    await store.save_deal(tx.conn, after, amount, category, _now(), event.time if created else None)
+    deals.put(after)
+    if created:
+        deals.created_at.setdefault(opportunity_id, event.time)
     if before is None or before.stage != after.stage:
-        await store.record_transition(tx.conn, event.id, opportunity_id, after.owner_id,
-                                      before.stage if before else None, after.stage, event.time)
+        deals.transitions.append((event.id, opportunity_id, after.owner_id, before.stage if before else None,
+                                  after.stage, event.time))
     owners = {after.owner_id, before.owner_id if before else None}
     schedule_refresh(tx, owners, affected_periods(before, after), event)
     return after

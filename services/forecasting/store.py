@@ -22,16 +22,20 @@ def _deal(row: asyncpg.Record) -> DealState:
     )
 
 
-async def lock_deal(conn: Connection, opportunity_id: str) -> DealState | None:
-    row = await conn.fetchrow("SELECT * FROM deals WHERE opportunity_id = $1 FOR UPDATE", opportunity_id)
-    return None if row is None else _deal(row)
+async def lock_deals(conn: Connection, opportunity_ids: list[str]) -> dict[str, DealState | None]:
+    """These deals, locked for this transaction; None for those not seen yet."""
+    rows = await conn.fetch(
+        "SELECT * FROM deals WHERE opportunity_id = ANY($1) ORDER BY opportunity_id FOR UPDATE", opportunity_ids)
+    found: dict[str, DealState | None] = dict.fromkeys(opportunity_ids)
+    found.update({r["opportunity_id"]: _deal(r) for r in rows})
+    return found
 
 
-async def save_deal(
-    conn: Connection, deal: DealState, amount_reporting: Decimal | None, category: Category, at: datetime,
-    created_at: datetime | None,
+async def save_deals(
+    conn: Connection, deals: list[tuple[DealState, Decimal | None, Category, datetime | None]], at: datetime
 ) -> None:
-    await conn.execute(
+    """Upsert deals with their amount in the reporting currency, category and (when created) creation time."""
+    await conn.executemany(
         "INSERT INTO deals (opportunity_id, owner_id, amount, currency, amount_reporting, expected_close_date,"
         " stage, status, stage_probability, scored_probability, probability, category, closed_on, forecast_on,"
         " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
@@ -42,21 +46,19 @@ async def save_deal(
         " probability = EXCLUDED.probability, category = EXCLUDED.category, closed_on = EXCLUDED.closed_on,"
         " forecast_on = EXCLUDED.forecast_on, created_at = coalesce(deals.created_at, EXCLUDED.created_at),"
         " updated_at = EXCLUDED.updated_at",
-        deal.opportunity_id, deal.owner_id, deal.amount, deal.currency, amount_reporting, deal.expected_close_date,
-        deal.stage, deal.status, deal.stage_probability, deal.scored_probability, deal.probability, category.value,
-        deal.closed_on, deal.forecast_date(), created_at, at,
+        [(d.opportunity_id, d.owner_id, d.amount, d.currency, amount, d.expected_close_date, d.stage, d.status,
+          d.stage_probability, d.scored_probability, d.probability, category.value, d.closed_on, d.forecast_date(),
+          created_at, at) for d, amount, category, created_at in deals],
     )
 
 
-async def record_transition(
-    conn: Connection, event_id: str, opportunity_id: str, owner_id: str | None, from_stage: str | None,
-    to_stage: str, at: datetime,
+async def record_transitions(
+    conn: Connection, transitions: list[tuple[str, str, str | None, str | None, str, datetime]]
 ) -> None:
-    await conn.execute(
+    """Stage moves: (event id, opportunity id, owner, from stage, to stage, when)."""
+    await conn.executemany(
         "INSERT INTO deal_transitions (event_id, opportunity_id, owner_id, from_stage, to_stage, at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-        event_id, opportunity_id, owner_id, from_stage, to_stage, at,
-    )
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING", transitions)
 
 
 async def save_booking(
