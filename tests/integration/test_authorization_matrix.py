@@ -80,6 +80,9 @@ ROLES = {"rep-1": "rep", "rep-2": "rep", "rep-3": "rep", "mgr-1": "manager", "di
          "admin-1": "admin", "svc-erp": "integration"}
 
 PERIOD = "2026-Q4"
+# What the test's webhook subscriptions listen to: an event few cells cause, so that few deliveries
+# (to closed loopback ports, retried) load the notifications service.
+RARE_EVENT = "sales.quote.rejected.v1"
 BOOKINGS_MONTH = "2026-12"
 SINCE = "2026-01-01T00:00:00Z"
 CONCURRENCY = 12
@@ -176,12 +179,13 @@ class World:
 
     def factory(self, kind: str) -> Callable[..., Awaitable[Any]]:
         """The method that makes a record of `kind` for an owner."""
-        return {
+        makers: dict[str, Callable[..., Awaitable[Any]]] = {
             "lead": self.lead, "campaign": self.campaign, "opportunity": self.opportunity, "account": self.account,
             "contract": self.contract, "quote": self.quote, "lead-score": self.lead_score,
             "opp-score": self.opportunity_score, "account-tier": self.account_tier,
             "notification": self.notification, "rule": self.rule, "subscription": self.subscription,
-        }[kind]
+        }
+        return makers[kind]
 
     async def shared(self, kind: str, owner: str, make: Callable[[str], Awaitable[Any]]) -> Any:
         """One record per kind and owner for the calls that only read it."""
@@ -253,12 +257,12 @@ class World:
     # scoring: scores follow the owners' leads and opportunities through the broker
 
     async def lead_score(self, owner: str) -> str:
-        lead_id = await self.shared("lead", owner, self.lead)
+        lead_id: str = await self.shared("lead", owner, self.lead)
         await self.wait_ok("scoring", f"/v1/leads/{lead_id}/score")
         return lead_id
 
     async def opportunity_score(self, owner: str) -> str:
-        opportunity_id = await self.shared("opportunity", owner, self.opportunity)
+        opportunity_id: str = await self.shared("opportunity", owner, self.opportunity)
         await self.wait_ok("scoring", f"/v1/opportunities/{opportunity_id}/score")
         return opportunity_id
 
@@ -287,7 +291,8 @@ class World:
             assert inbox.status_code == 200, inbox.text
             return next((n["id"] for n in inbox.json()["items"] if n["subject"] == lead_id), None)
 
-        found: str = await eventually(arrived, timeout=60, interval=0.2)
+        found = await eventually(arrived, timeout=60, interval=0.2)
+        assert found is not None  # eventually returns a truthy value
         return found
 
     async def rule(self, _owner: str) -> str:
@@ -295,17 +300,18 @@ class World:
         await self.admin("notifications", "POST", "/v1/rules", {**rule_body(), "id": rule_id}, ok=201)
         return rule_id
 
-    async def subscription(self, _owner: str) -> str:
+    async def subscription(self, _owner: str, event_type: str = RARE_EVENT) -> str:
         """A webhook subscription of the integration (svc-erp): the subscriber owns it."""
-        body = {"url": f"http://127.0.0.1:{free_port()}/hook", "event_types": ["sales.lead.captured.v1"]}
+        body = {"url": f"http://127.0.0.1:{free_port()}/hook", "event_types": [event_type]}
         created = await self.admin("notifications", "POST", "/v1/webhooks", body, ok=201, user="svc-erp")
         subscription_id: str = created["id"]
         return subscription_id
 
     async def delivery(self, owner: str) -> tuple[str, str]:
         """A subscription of svc-erp with one delivery (to a closed loopback port: it fails and is retried)."""
-        subscription_id = await self.subscription(owner)
-        await self.lead(owner)
+        subscription_id = await self.subscription(owner, "sales.opportunity.assessed.v1")
+        opportunity_id = await self.opportunity(owner)
+        await self.admin("opportunities", "PUT", f"/v1/opportunities/{opportunity_id}/assessment", ASSESSMENT)
 
         async def delivered() -> str | None:
             log = await self.send("notifications", Call("GET", f"/v1/webhooks/{subscription_id}/deliveries"),
@@ -314,7 +320,9 @@ class World:
             items = log.json()["items"]
             return str(items[0]["id"]) if items else None
 
-        return subscription_id, await eventually(delivered, timeout=60, interval=0.2)
+        delivery_id = await eventually(delivered, timeout=60, interval=0.2)
+        assert delivery_id is not None  # eventually returns a truthy value
+        return subscription_id, delivery_id
 
     async def prepare(self) -> None:
         """The records that arrive through the broker (scores, notifications, webhook deliveries), made
@@ -543,9 +551,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("scoring", "GET /v1/opportunities/{opportunity_id}/score/history"): reading(
         "opp-score", "GET", OPPORTUNITY + "/score/history"),
     ("scoring", "GET /v1/accounts/{account_id}/tier"): reading("account-tier", "GET", "/v1/accounts/{}/tier"),
-    ("scoring", "GET /v1/models/lead"): fixed("GET", "/v1/models/lead"),
-    ("scoring", "POST /v1/models/lead/train"): fixed("POST", "/v1/models/lead/train"),
-    ("scoring", "POST /v1/models/lead/{version}/activate"): fixed("POST", "/v1/models/lead/rules-v1/activate"),
+    # the model routes, by their path before and after scoring's models took a {kind}
+    **{(service, path): recipe for service, route, recipe in (
+        ("scoring", "GET /v1/models/lead", fixed("GET", "/v1/models/lead")),
+        ("scoring", "POST /v1/models/lead/train", fixed("POST", "/v1/models/lead/train")),
+        ("scoring", "POST /v1/models/lead/{version}/activate", fixed("POST", "/v1/models/lead/rules-v1/activate")),
+    ) for path in (route, route.replace("/lead", "/{kind}"))},
     # forecasting
     ("forecasting", "GET /v1/forecast"): fixed("GET", "/v1/forecast", params={"period": PERIOD, "by": "owner"}),
     ("forecasting", "GET /v1/attainment"): fixed("GET", "/v1/attainment", params={"period": PERIOD}),
@@ -579,7 +590,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         "PUT", "/v1/preferences", json={"language": "en", "timezone": "Asia/Shanghai"}),
     ("notifications", "GET /v1/webhooks"): fixed("GET", "/v1/webhooks"),
     ("notifications", "POST /v1/webhooks"): naming("POST", "/v1/webhooks", json=lambda _owner: {
-        "url": f"http://127.0.0.1:{free_port()}/hook", "event_types": ["sales.contract.signed.v1"]}),
+        "url": f"http://127.0.0.1:{free_port()}/hook", "event_types": [RARE_EVENT]}),
     ("notifications", "GET /v1/webhooks/{subscription_id}"): reading("subscription", "GET", "/v1/webhooks/{}"),
     ("notifications", "PATCH /v1/webhooks/{subscription_id}"): changing(
         "subscription", "PATCH", "/v1/webhooks/{}", {"enabled": False}),
