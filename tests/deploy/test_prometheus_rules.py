@@ -106,3 +106,18 @@ def test_one_dashboard_per_service_and_an_overview() -> None:
     uids = {json.loads(p.read_text())["uid"] for p in (DASHBOARDS / "dashboards").glob("*.json")}
     assert uids == {"funnelcast-overview"} | {f"funnelcast-{s}" for s in
                                               ("leads", "opportunities", "scoring", "forecasting", "notifications")}
+
+
+def test_the_kubernetes_scrape_config_is_valid_and_labels_series_by_service(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "kubernetes.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "funnelcast"  # the rules' up{job="funnelcast"}
+    relabels = {r.get("target_label"): r["source_labels"] for r in job["relabel_configs"]}
+    assert relabels["service"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    checked = dict(config, rule_files=[str(path) for path in RULES])
+    copy = tmp_path / "kubernetes.yml"
+    copy.write_text(yaml.safe_dump(checked))
+    result = subprocess.run([promtool(), "check", "config", str(copy)], capture_output=True, text=True, timeout=60)
+    if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
+        pytest.skip("this promtool is built without Kubernetes service discovery (Debian's is): config not checked")
+    assert result.returncode == 0, result.stdout + result.stderr
