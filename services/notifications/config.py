@@ -25,3 +25,8 @@ class NotificationsConfig(BaseSettings):
     poll_interval_s: float = 1.0
     escalate_after_s: float = 4 * 3600  # after a missed follow-up, before the manager hears of it
     opportunity_idle_days: int = 14
+
+    # the daily digest per rep, at this hour in this time zone
+    digest_hour: int = 8
+    digest_timezone: str = "Asia/Shanghai"
+    digest_high_score: int = 70  # leads scored at least this in the last day count as high-score

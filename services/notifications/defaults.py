@@ -135,6 +135,15 @@ SYSTEM_TEMPLATES: dict[str, dict[str, Template]] = {
         "en": Template("Opportunity {opportunity_id}: no activity for {idle_days} days",
                        "Please update opportunity {opportunity_id}."),
     },
+    "daily-digest": {
+        "zh-CN": Template("每日摘要：{overdue_count}条逾期跟进，{closing_count}个商机本周预计成交，"
+                          "{hot_count}条高分线索",
+                          "逾期未跟进的线索：{overdue}\n本周预计成交的商机：{closing}\n新的高分线索：{hot}"),
+        "en": Template("Daily digest: {overdue_count} overdue follow-ups, {closing_count} deals closing this week, "
+                       "{hot_count} high-score leads",
+                       "Leads overdue for follow-up: {overdue}\nDeals closing this week: {closing}\n"
+                       "New high-score leads: {hot}"),
+    },
     "webhook-disabled": {
         "zh-CN": Template("Webhook已停用：{url}", "连续{failures}次投递失败，订阅{subscription_id}已自动停用。"),
         "en": Template("Webhook disabled: {url}",

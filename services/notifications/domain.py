@@ -362,6 +362,36 @@ class Preferences:
         return ends.astimezone(UTC)
 
 
+def next_digest_at(after: datetime, hour: int, timezone: str) -> datetime:
+    """The first `hour`:00 in `timezone` strictly after `after` (the daily digest's time), in UTC."""
+    local = after.astimezone(ZoneInfo(timezone))
+    at = local.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if at <= local:
+        at = (local + timedelta(days=1)).replace(hour=hour, minute=0, second=0, microsecond=0)
+    return at.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """One rep's morning summary: overdue follow-ups, deals closing this week, new high-score leads."""
+
+    overdue: tuple[str, ...] = ()
+    closing: tuple[str, ...] = ()
+    hot: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.overdue or self.closing or self.hot)
+
+    def context(self) -> dict[str, str]:
+        def listed(ids: tuple[str, ...]) -> str:
+            shown = ", ".join(ids[:10])
+            return shown + (f" (+{len(ids) - 10})" if len(ids) > 10 else "") if ids else "—"
+
+        return {"overdue_count": str(len(self.overdue)), "closing_count": str(len(self.closing)),
+                "hot_count": str(len(self.hot)), "overdue": listed(self.overdue), "closing": listed(self.closing),
+                "hot": listed(self.hot)}
+
+
 def parse_preferences(raw: Mapping[str, Any]) -> Preferences:
     problems = []
     language = raw.get("language", DEFAULT_LANGUAGE)

@@ -13,8 +13,9 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -23,9 +24,11 @@ from services.notifications.clock import Clock
 from services.notifications.config import NotificationsConfig
 from services.notifications.defaults import DEFAULT_RULES, SYSTEM_TEMPLATES
 from services.notifications.domain import (
+    Digest,
     Preferences,
     Rule,
     Template,
+    next_digest_at,
     parse_rule,
     render,
     resolve_recipients,
@@ -34,7 +37,7 @@ from services.notifications.domain import (
 from shared.db import Connection, Transaction
 from shared.events.catalog import EVENT_TYPES
 from shared.events.envelope import CloudEvent
-from shared.org import Organisation, cached_organisation
+from shared.org import Organisation, Role, cached_organisation
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ log = logging.getLogger(__name__)
 KNOWN_EVENT_TYPES = list(EVENT_TYPES)
 WEBHOOKS_DUE_CHANNEL = "funnelcast_webhooks_due"  # wakes the delivery loops at commit
 
-FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION, OPPORTUNITY_IDLE = (
-    "follow-up-reminder", "follow-up-escalation", "opportunity-idle")
+FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION, OPPORTUNITY_IDLE, DAILY_DIGEST = (
+    "follow-up-reminder", "follow-up-escalation", "opportunity-idle", "daily-digest")
 _LEAD_DONE = {"sales.lead.contacted.v1", "sales.lead.qualified.v1", "sales.lead.disqualified.v1",
               "sales.lead.converted.v1", "sales.lead.merged.v1"}
 _OPPORTUNITY_ACTIVE = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
@@ -124,6 +127,7 @@ async def on_event(tx: Transaction, event: CloudEvent) -> None:
                          subject=event.subject, data=event.data, cause_time=event.time)
     await _queue_webhooks(tx.conn, ctx, event)
     await _update_timers(tx.conn, ctx, event)
+    await _watch(tx.conn, event)
 
 
 HANDLERS = {t: on_event for t in KNOWN_EVENT_TYPES}
@@ -231,6 +235,47 @@ async def _update_timers(conn: Connection, ctx: Context, event: CloudEvent) -> N
         await store.cancel_timers(conn, event.subject, [OPPORTUNITY_IDLE])
 
 
+_LEAD_CLOSED = {"sales.lead.qualified.v1", "sales.lead.disqualified.v1", "sales.lead.converted.v1",
+                "sales.lead.merged.v1"}
+_OPPORTUNITY_CHANGED = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
+                        "sales.opportunity.owners_changed.v1", "sales.opportunity.reactivated.v1"}
+
+
+async def _watch(conn: Connection, event: CloudEvent) -> None:
+    """Keep what the daily digest needs: each lead's follow-up and score, each open deal's close date."""
+    data, kind = event.data, event.type
+    owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
+    if kind in ("sales.lead.captured.v1", "sales.lead.assigned.v1", "sales.lead.grade_changed.v1"):
+        grade = data.get("grade") if kind != "sales.lead.grade_changed.v1" else data.get("to_grade")
+        await store.watch_lead(conn, event.subject, owner_id=owner, grade=grade if isinstance(grade, str) else None,
+                               follow_up_due_at=_time(data.get("follow_up_due_at")))
+    elif kind == "sales.lead.contacted.v1":
+        await store.watch_lead(conn, event.subject, contacted_at=_time(data.get("contacted_at")) or event.time)
+    elif kind in _LEAD_CLOSED:
+        await store.watch_lead(conn, event.subject, closed=True)
+    elif kind == "sales.lead.scored.v1" and isinstance(data.get("score"), int):
+        await store.watch_lead(conn, event.subject, owner_id=owner, score=data["score"],
+                               scored_at=_time(data.get("scored_at")) or event.time)
+    elif kind in _OPPORTUNITY_CHANGED:
+        close = data.get("expected_close_date")
+        amount = data.get("amount")
+        await store.watch_opportunity(
+            conn, event.subject, owner_id=owner, amount=str(amount) if amount is not None else None,
+            currency=data.get("currency"), expected_close_date=_date(close),
+            open_=True if kind == "sales.opportunity.reactivated.v1" else None)
+    elif kind in _OPPORTUNITY_DONE:
+        await store.watch_opportunity(conn, event.subject, owner_id=owner, open_=False)
+
+
+def _date(value: Any) -> date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -244,6 +289,11 @@ async def fire_timer(conn: Connection, ctx: Context, timer: asyncpg.Record) -> N
     """A due timer: its notification, and for a missed follow-up, the escalation to come."""
     data = json.loads(timer["data"])
     kind = timer["kind"]
+    if kind == DAILY_DIGEST:
+        await store.timer_fired(conn, timer["id"], ctx.clock.now())  # first: only one digest timer may be pending
+        await _send_digests(conn, ctx, timer)
+        metrics.timers_fired.labels(kind).inc()
+        return
     await notify(conn, ctx, Notice(kind, SYSTEM_TEMPLATES[kind], ("inbox", "push", "email"), "high"),
                  [timer["recipient"]], cause_id=f"timer:{timer['id']}", event_type=f"notifications.timer.{kind}",
                  subject=timer["subject"], data=data, cause_time=timer["due_at"])
@@ -254,6 +304,25 @@ async def fire_timer(conn: Connection, ctx: Context, timer: asyncpg.Record) -> N
                                        timer["due_at"] + timedelta(seconds=ctx.config.escalate_after_s), data)
     await store.timer_fired(conn, timer["id"], ctx.clock.now())
     metrics.timers_fired.labels(kind).inc()
+
+
+async def _send_digests(conn: Connection, ctx: Context, timer: asyncpg.Record) -> None:
+    """Each rep with something to look at gets a digest; then the next one is scheduled."""
+    config = ctx.config
+    now = ctx.clock.now()
+    today = now.astimezone(ZoneInfo(config.digest_timezone)).date()
+    rows = await store.digest_rows(conn, now, today, today + timedelta(days=7), now - timedelta(days=1),
+                                   config.digest_high_score)
+    notice = Notice(DAILY_DIGEST, SYSTEM_TEMPLATES[DAILY_DIGEST], ("inbox", "push", "email"))
+    for user in ctx.org.with_role(Role.REP):
+        found = rows.get(user.id, {})
+        digest = Digest(tuple(found.get("overdue", ())), tuple(found.get("closing", ())), tuple(found.get("hot", ())))
+        if digest:
+            await notify(conn, ctx, notice, [user.id], cause_id=f"timer:{timer['id']}",
+                         event_type=f"notifications.timer.{DAILY_DIGEST}", subject=timer["subject"],
+                         data=digest.context(), cause_time=timer["due_at"])
+    await store.ensure_digest_timer(
+        conn, next_digest_at(max(now, timer["due_at"]), config.digest_hour, config.digest_timezone))
 
 
 async def webhook_disabled(conn: Connection, ctx: Context, subscription: asyncpg.Record, failures: int) -> None:

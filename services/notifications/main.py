@@ -16,7 +16,7 @@ from services.notifications import handlers, store
 from services.notifications.api import console, inbox, rules
 from services.notifications.clock import Clock
 from services.notifications.config import NotificationsConfig
-from services.notifications.domain import NetworkPolicy
+from services.notifications.domain import NetworkPolicy, next_digest_at
 from services.notifications.push import PushHub
 from services.notifications.push import router as stream
 from services.notifications.webhook_api import webhooks
@@ -36,6 +36,8 @@ async def running(app: FastAPI) -> AsyncIterator[None]:
     app.state.notifications = ctx
     async with runtime.db.transaction() as tx:
         await store.seed_rules(tx.conn, handlers.default_rules())
+        await store.ensure_digest_timer(
+            tx.conn, next_digest_at(ctx.clock.now(), ctx.config.digest_hour, ctx.config.digest_timezone))
     hub = PushHub(runtime.settings.database_url_for("notifications"), ctx.cache)
     hub.start()
     app.state.push_hub = hub

@@ -4,7 +4,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -325,6 +325,78 @@ async def open_timers(conn: Connection, subject: str) -> list[asyncpg.Record]:
         subject,
     )
     return rows
+
+
+# --- the digest's read model ------------------------------------------------------------------
+
+
+async def watch_lead(
+    conn: Connection, lead_id: str, *, owner_id: str | None = None, grade: str | None = None,
+    follow_up_due_at: datetime | None = None, contacted_at: datetime | None = None, closed: bool = False,
+    score: int | None = None, scored_at: datetime | None = None,
+) -> None:
+    """Merge what an event says about a lead (None: unchanged)."""
+    await conn.execute(
+        "INSERT INTO lead_watch (lead_id, owner_id, grade, follow_up_due_at, contacted_at, closed, score, scored_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (lead_id) DO UPDATE SET"
+        " owner_id = coalesce(excluded.owner_id, lead_watch.owner_id),"
+        " grade = coalesce(excluded.grade, lead_watch.grade),"
+        " follow_up_due_at = coalesce(excluded.follow_up_due_at, lead_watch.follow_up_due_at),"
+        " contacted_at = coalesce(excluded.contacted_at, lead_watch.contacted_at),"
+        " closed = lead_watch.closed OR excluded.closed,"
+        " score = coalesce(excluded.score, lead_watch.score),"
+        " scored_at = coalesce(excluded.scored_at, lead_watch.scored_at)",
+        lead_id, owner_id, grade, follow_up_due_at, contacted_at, closed, score, scored_at,
+    )
+
+
+async def watch_opportunity(
+    conn: Connection, opportunity_id: str, *, owner_id: str | None = None, amount: str | None = None,
+    currency: str | None = None, expected_close_date: date | None = None, open_: bool | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO opportunity_watch (opportunity_id, owner_id, amount, currency, expected_close_date, open)"
+        " VALUES ($1, $2, $3::numeric, $4, $5, coalesce($6, true)) ON CONFLICT (opportunity_id) DO UPDATE SET"
+        " owner_id = coalesce(excluded.owner_id, opportunity_watch.owner_id),"
+        " amount = coalesce($3::numeric, opportunity_watch.amount),"
+        " currency = coalesce(excluded.currency, opportunity_watch.currency),"
+        " expected_close_date = coalesce(excluded.expected_close_date, opportunity_watch.expected_close_date),"
+        " open = coalesce($6, opportunity_watch.open)",
+        opportunity_id, owner_id, amount, currency, expected_close_date, open_,
+    )
+
+
+async def digest_rows(
+    conn: Connection, now: datetime, week_from: date, week_to: date, scored_since: datetime, high_score: int
+) -> dict[str, dict[str, list[str]]]:
+    """owner -> {"overdue": lead ids, "closing": opportunity ids, "hot": lead ids}."""
+    found: dict[str, dict[str, list[str]]] = {}
+
+    def add(owner: str, kind: str, subject: str) -> None:
+        found.setdefault(owner, {"overdue": [], "closing": [], "hot": []})[kind].append(subject)
+
+    for r in await conn.fetch(
+        "SELECT owner_id, lead_id FROM lead_watch WHERE NOT closed AND contacted_at IS NULL"
+        " AND follow_up_due_at < $1 AND owner_id IS NOT NULL ORDER BY follow_up_due_at", now):
+        add(r["owner_id"], "overdue", r["lead_id"])
+    for r in await conn.fetch(
+        "SELECT owner_id, opportunity_id FROM opportunity_watch WHERE open AND owner_id IS NOT NULL"
+        " AND expected_close_date BETWEEN $1 AND $2 ORDER BY expected_close_date", week_from, week_to):
+        add(r["owner_id"], "closing", r["opportunity_id"])
+    for r in await conn.fetch(
+        "SELECT owner_id, lead_id FROM lead_watch WHERE NOT closed AND owner_id IS NOT NULL AND score >= $1"
+        " AND scored_at >= $2 ORDER BY score DESC", high_score, scored_since):
+        add(r["owner_id"], "hot", r["lead_id"])
+    return found
+
+
+async def ensure_digest_timer(conn: Connection, due_at: datetime) -> None:
+    """The next daily digest, unless one is pending (instances race harmlessly: a unique index)."""
+    await conn.execute(
+        "INSERT INTO timers (kind, subject, recipient, due_at) VALUES ('daily-digest', $1, '*', $2)"
+        " ON CONFLICT (kind) WHERE kind = 'daily-digest' AND fired_at IS NULL AND cancelled_at IS NULL DO NOTHING",
+        f"digest:{due_at.date().isoformat()}", due_at,
+    )
 
 
 # --- webhooks ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
@@ -731,3 +732,50 @@ async def _reminders(client: httpx.AsyncClient, settings: Settings, user: str, l
         return [n for n in items if n["subject"] == lead and n["rule_id"] == rule]
 
     return await eventually(found, timeout=TIMEOUT)
+
+
+async def test_a_daily_digest_lists_overdue_follow_ups_and_deals_closing_this_week(
+    settings: Settings, config: NotificationsConfig, clock: Clock, tables: asyncpg.Pool, producer: AIOKafkaProducer,
+) -> None:
+    """After the restart test: rep-1's leads are long overdue on the moved clock."""
+    served = Served(notifications_app(settings, config, clock))
+    await served.start()
+    try:
+        async def pending() -> asyncpg.Record | None:
+            row: asyncpg.Record | None = await tables.fetchrow(
+                "SELECT * FROM timers WHERE kind = 'daily-digest' AND fired_at IS NULL AND cancelled_at IS NULL")
+            return row
+
+        digest_timer = await eventually(pending, timeout=TIMEOUT)
+        local_day = digest_timer["due_at"].astimezone(ZoneInfo("Asia/Shanghai")).date()
+        opportunity = f"opp-{uuid.uuid4()}"
+        created = CloudEvent(type="sales.opportunity.created.v1", source="/funnelcast/opportunities",
+                             subject=opportunity, sequence=1, data={
+                                 "opportunity_id": opportunity, "name": "华北数据中心项目", "account_id": "acc-1",
+                                 "stage": "negotiation", "status": "open", "probability": 60, "amount": "500000.00",
+                                 "currency": "CNY", "owner_id": "rep-3",
+                                 "expected_close_date": (local_day + timedelta(days=2)).isoformat(),
+                                 "created_at": clock.now().isoformat(), "lead_id": None, "campaign_id": None})
+        await send(producer, created)
+
+        async def watched() -> bool:
+            return bool(await tables.fetchval(
+                "SELECT count(*) FROM opportunity_watch WHERE opportunity_id = $1", opportunity))
+
+        await eventually(watched, timeout=FIRST_TIMEOUT)
+        clock.advance(digest_timer["due_at"] - clock.now() + timedelta(seconds=1))
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+            [north] = await _reminders(client, settings, "rep-3", digest_timer["subject"], "daily-digest")
+            assert opportunity in north["body"] and "1个商机本周预计成交" in north["title"]
+            [east] = await _reminders(client, settings, "rep-1", digest_timer["subject"], "daily-digest")
+            assert not east["title"].startswith("每日摘要：0条逾期跟进")
+            assert opportunity not in east["body"]
+
+        async def next_scheduled() -> asyncpg.Record | None:
+            row = await pending()
+            return row if row is not None and row["due_at"] > digest_timer["due_at"] else None
+
+        following = await eventually(next_scheduled, timeout=TIMEOUT)
+        assert following["due_at"] - digest_timer["due_at"] == timedelta(days=1)
+    finally:
+        await served.stop()

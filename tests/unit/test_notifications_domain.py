@@ -12,10 +12,12 @@ import pytest
 
 from services.notifications.defaults import DEFAULT_RULES, SYSTEM_TEMPLATES
 from services.notifications.domain import (
+    Digest,
     InvalidRule,
     NetworkPolicy,
     Preferences,
     RetrySchedule,
+    next_digest_at,
     parse_preferences,
     parse_rule,
     render,
@@ -206,3 +208,21 @@ def test_webhook_targets_must_be_public_unless_allowed() -> None:
     assert strict.permits("8.8.8.8") and strict.permits("2001:4860:4860::8888")
     loopback = NetworkPolicy.parse("127.0.0.0/8, 10.0.0.0/8")
     assert loopback.permits("127.0.0.1") and loopback.permits("10.9.9.9") and not loopback.permits("192.168.0.1")
+
+
+def test_the_digest_is_due_at_eight_in_the_morning_local_time() -> None:
+    # 2026-11-23 23:30 UTC is 07:30 on the 24th in Shanghai: 08:00 Shanghai = 00:00 UTC the 24th
+    assert next_digest_at(datetime(2026, 11, 23, 23, 30, tzinfo=UTC), 8, "Asia/Shanghai") == datetime(
+        2026, 11, 24, 0, 0, tzinfo=UTC)
+    # exactly at 08:00 Shanghai: the next is tomorrow's
+    assert next_digest_at(datetime(2026, 11, 24, 0, 0, tzinfo=UTC), 8, "Asia/Shanghai") == datetime(
+        2026, 11, 25, 0, 0, tzinfo=UTC)
+
+
+def test_a_digest_says_what_it_holds_and_is_empty_when_there_is_nothing() -> None:
+    assert not Digest()
+    digest = Digest(overdue=tuple(f"l{i}" for i in range(12)), closing=("o1",))
+    context = digest.context()
+    assert context["overdue_count"] == "12" and context["overdue"].endswith("l9 (+2)") and context["hot"] == "—"
+    title, _ = render(SYSTEM_TEMPLATES["daily-digest"]["zh-CN"], context)
+    assert title == "每日摘要：12条逾期跟进，1个商机本周预计成交，0条高分线索"
