@@ -69,9 +69,22 @@ class BrokerUnavailable(DomainError):
     title = "Service Unavailable"
 
 
-def _checked(body: ReplayRequest, service: str, now: datetime) -> tuple[datetime, list[str] | None]:
-    until = body.until or now
-    if until <= body.since:
+class ReplayRunning(DomainError):
+    status = 409
+    title = "Conflict"
+
+
+def _utc(moment: datetime, name: str) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable(f"{name} is out of range") from None
+
+
+def _checked(body: ReplayRequest, service: str, now: datetime) -> tuple[datetime, datetime, list[str] | None]:
+    since = _utc(body.since, "since")
+    until = _utc(body.until, "until") if body.until is not None else now
+    if until <= since:
         raise Unprocessable("until must be later than since")
     own_types = {e.type for e in EVENT_TYPES.values() if TOPICS[e.topic].publisher == service}
     if body.event_types is not None:
@@ -89,7 +102,7 @@ def _checked(body: ReplayRequest, service: str, now: datetime) -> tuple[datetime
                 f"{body.target_topic} is one of Funnelcast's own topics; leave target_topic out to replay "
                 f"to each event's own topic"
             )
-    return until, sorted(set(body.event_types)) if body.event_types else None
+    return since, until, sorted(set(body.event_types)) if body.event_types else None
 
 
 async def _row(pool: asyncpg.Pool, replay_id: uuid.UUID) -> Replay | None:
@@ -103,7 +116,7 @@ def _replay(row: asyncpg.Record) -> Replay:
     return Replay(**values)
 
 
-async def _run(relay: OutboxRelay, replay_id: uuid.UUID, body: ReplayRequest, until: datetime,
+async def _run(relay: OutboxRelay, replay_id: uuid.UUID, body: ReplayRequest, since: datetime, until: datetime,
                event_types: list[str] | None) -> None:
     pool = relay.pool
     last_saved = 0.0
@@ -116,7 +129,7 @@ async def _run(relay: OutboxRelay, replay_id: uuid.UUID, body: ReplayRequest, un
             await pool.execute("UPDATE replays SET sent = $2 WHERE id = $1", replay_id, sent)
 
     try:
-        sent = await relay.replay(body.since, until, event_types, body.target_topic, progress)
+        sent = await relay.replay(since, until, event_types, body.target_topic, progress)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
             await asyncio.shield(pool.execute(
@@ -141,6 +154,7 @@ async def _replay_tasks(app: FastAPI) -> AsyncIterator[None]:
     """Replays run as tasks of the service; a stopping service marks the unfinished ones interrupted."""
     tasks: set[asyncio.Task[None]] = set()
     app.state.replay_tasks = tasks
+    app.state.replay_lock = asyncio.Lock()
     try:
         yield
     finally:
@@ -165,25 +179,34 @@ def _relay(request: Request) -> OutboxRelay:
 
 @router.post("", status_code=202, response_model=Replay)
 async def start_replay(body: ReplayRequest, request: Request, principal: Operator) -> Replay:
-    """Re-publish this service's events of [since, until) in commit order (admin or integration)."""
+    """Re-publish this service's events of [since, until) in commit order (admin or integration).
+    One replay at a time per instance: a second while one runs is refused (409)."""
     service: str = request.app.state.runtime.definition.name
-    until, event_types = _checked(body, service, datetime.now(UTC))
+    since, until, event_types = _checked(body, service, datetime.now(UTC))
     relay = _relay(request)
+    tasks: set[asyncio.Task[None]] = request.app.state.replay_tasks
+    async with request.app.state.replay_lock:  # the check and the start, one request at a time
+        if tasks:
+            raise ReplayRunning("a replay is running on this instance; follow it with GET /v1/replays/{id}")
+        return await _start(relay, tasks, principal, body, since, until, event_types)
+
+
+async def _start(relay: OutboxRelay, tasks: set[asyncio.Task[None]], principal: Principal, body: ReplayRequest,
+                 since: datetime, until: datetime, event_types: list[str] | None) -> Replay:
     replay_id = uuid.uuid4()
     async with relay.pool.acquire() as conn, conn.transaction():
         count = await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE created_at >= $1 AND created_at < $2"
             " AND ($3::text[] IS NULL OR type = ANY($3)) AND published_at IS NOT NULL",
-            body.since, until, event_types,
+            since, until, event_types,
         )
         row = await conn.fetchrow(
             "INSERT INTO replays (id, requested_by, since, until, event_types, target_topic, count)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-            replay_id, principal.user_id, body.since, until, event_types, body.target_topic, count,
+            replay_id, principal.user_id, since, until, event_types, body.target_topic, count,
         )
         assert row is not None
-    tasks: set[asyncio.Task[None]] = request.app.state.replay_tasks
-    task = asyncio.create_task(_run(relay, replay_id, body, until, event_types), name=f"replay-{replay_id}")
+    task = asyncio.create_task(_run(relay, replay_id, body, since, until, event_types), name=f"replay-{replay_id}")
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     log.info("replay %s of %d events requested by %s", replay_id, count, principal.user_id)

@@ -2,6 +2,7 @@
 history re-published to a subscriber's topic, read complete and in per-aggregate order by a brand-new
 consumer group running the example subscriber (examples/subscriber/), idempotent on a second replay."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -168,6 +169,16 @@ async def test_replays_are_for_admins_and_integrations_with_checked_requests(
     assert naive.status_code == 422
     missing = await client.get(f"/v1/replays/{uuid.uuid4()}", headers=admin)
     assert missing.status_code == 404
+    ancient = await client.post("/v1/replays", json={"since": "0001-01-01T00:00:00+14:00"}, headers=admin)
+    assert ancient.status_code == 422 and "out of range" in ancient.json()["detail"]
+
+    # One replay at a time per instance: of two asked together, the second is refused until the first ends.
+    recent = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    both = await asyncio.gather(*(client.post("/v1/replays", json={"since": recent, "target_topic": "erp.twice"},
+                                              headers=admin) for _ in range(2)))
+    assert sorted(a.status_code for a in both) == [202, 409]
+    [started] = [a.json() for a in both if a.status_code == 202]
+    await finished(client, settings, started["id"])
 
 
 async def test_a_replay_of_chosen_types_to_the_source_topics(
