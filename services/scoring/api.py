@@ -2,7 +2,7 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
@@ -198,24 +198,28 @@ Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 models = APIRouter(prefix="/v1/models", tags=["models"], lifespan=scheduled_training)
 
 
-@models.post("/lead/train", response_model=ModelOut, status_code=201)
-async def train_lead_model(_: Admin, db: ServiceDatabase) -> ModelOut:
-    """Train a candidate lead model on the outcomes so far (admin); it becomes active only if it beats the
-    active model (or the rules) on the newest 20 % of the outcomes. 409 while there are too few outcomes."""
-    return ModelOut(**await handlers.train_lead_model(db))
+Kind = Literal["lead", "opportunity"]
 
 
-@models.post("/lead/{version}/activate", status_code=204)
-async def activate_lead_model(version: str, _: Admin, db: ServiceDatabase) -> None:
+@models.post("/{kind}/train", response_model=ModelOut, status_code=201)
+async def train_model(kind: Kind, _: Admin, db: ServiceDatabase) -> ModelOut:
+    """Train a candidate lead (converted / disqualified) or opportunity (won / lost) model on the outcomes so
+    far (admin); it becomes active only if it beats the active model (or the rules) on the newest 20 % of the
+    outcomes. 409 while there are too few outcomes."""
+    return ModelOut(**await handlers.train_model(db, kind))
+
+
+@models.post("/{kind}/{version}/activate", status_code=204)
+async def activate_model(kind: Kind, version: str, _: Admin, db: ServiceDatabase) -> None:
     """Roll back (or forward) to a model version; `rules-v1` returns to the rule-based score (admin)."""
-    await handlers.activate_lead_model(db, version)
+    await handlers.activate_model(db, kind, version)
 
 
-@models.get("/lead", response_model=ModelList)
-async def list_lead_models(_: CurrentPrincipal, db: ServiceDatabase) -> ModelList:
-    """Every lead model trained, newest first, with its training window and held-out evaluation."""
+@models.get("/{kind}", response_model=ModelList)
+async def list_models(kind: Kind, _: CurrentPrincipal, db: ServiceDatabase) -> ModelList:
+    """Every model of the kind trained, newest first, with its training window and held-out evaluation."""
     async with db.pool.acquire() as conn:
-        rows = await store.models(conn, "lead")
+        rows = await store.models(conn, kind)
     items = [ModelOut(**dict(r)) for r in rows]
     active = next((m.version for m in items if m.active), MODEL_VERSION)
     return ModelList(active_version=active, items=items)

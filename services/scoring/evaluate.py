@@ -76,7 +76,8 @@ def evaluate(path: Path, train_share: float = 0.7, limit: int | None = None) -> 
         model: LinearModel = train(examples[:cut], f"lr-eval-{stage}", lambda e: 0.0)[0]
         test = examples[cut:]
         truth = [e.positive for e in test]
-        results[f"rules_auc_{stage}"] = _auc(truth, [score_lead(e.features, e.observed_at).score for e in test])
+        leads = [(e.features, e.observed_at) for e in test if isinstance(e.features, LeadFeatures)]
+        results[f"rules_auc_{stage}"] = _auc(truth, [score_lead(f, at).score for f, at in leads])
         results[f"learned_auc_{stage}"] = _auc(truth, [model.probability(e.features) for e in test])
     return results
 

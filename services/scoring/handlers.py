@@ -53,14 +53,29 @@ def _ts(moment: datetime) -> str:
 _loaded_models: dict[str, LinearModel] = {}  # version -> model: parameters never change once stored
 
 
-async def _active_lead_model(conn: Connection) -> LinearModel | None:
-    row = await store.active_model(conn, "lead")
+async def _active_model(conn: Connection, kind: str) -> LinearModel | None:
+    row = await store.active_model(conn, kind)
     if row is None:
         return None
     model = _loaded_models.get(row["version"])
     if model is None:
         model = _loaded_models[row["version"]] = LinearModel.from_json(row["version"], json.loads(row["parameters"]))
     return model
+
+
+async def _active_models(conn: Connection) -> tuple[LinearModel | None, LinearModel | None]:
+    """The active learned lead and opportunity models (None: the rules), with one query."""
+    active = {kind: None for kind in KINDS} | {r["kind"]: r for r in await store.active_models(conn)}
+    loaded: list[LinearModel | None] = []
+    for kind in KINDS:
+        row = active[kind]
+        if row is None:
+            loaded.append(None)
+            continue
+        if row["version"] not in _loaded_models:
+            _loaded_models[row["version"]] = LinearModel.from_json(row["version"], json.loads(row["parameters"]))
+        loaded.append(_loaded_models[row["version"]])
+    return loaded[0], loaded[1]
 
 
 def _lead_id(event: CloudEvent) -> str:
@@ -77,6 +92,7 @@ class Working:
 
     tx: Transaction
     lead_model: LinearModel | None
+    opportunity_model: LinearModel | None
     leads: dict[str, tuple[LeadFeatures, store.Scored | None]] = field(default_factory=dict)
     opportunities: dict[str, tuple[OpportunityFeatures, store.Scored | None]] = field(default_factory=dict)
     lead_scores: list[store.Computed] = field(default_factory=list)
@@ -88,7 +104,7 @@ class Working:
         """This transaction's working set; the first call loads (and locks) every subject of the batch."""
         working: Working | None = tx.state.get("scoring")
         if working is None:
-            working = tx.state["scoring"] = cls(tx, await _active_lead_model(tx.conn))
+            working = tx.state["scoring"] = cls(tx, *await _active_models(tx.conn))
             lead_ids = [_lead_id(e) for e in tx.batch if e.type.startswith("sales.lead.")]
             opportunity_ids = [_opportunity_id(e) for e in tx.batch if e.type.startswith("sales.opportunity.")]
             await working._load(lead_ids, opportunity_ids)
@@ -241,6 +257,10 @@ async def _rescore_opportunity(
         features = replace(features, competitor=competitor)
     now = _now()
     result = score_opportunity(features, now)
+    model = working.opportunity_model
+    if model is not None and features.status == "open" and features.stage not in ("won", "lost"):
+        learned = model.score(features)
+        result = replace(learned, score=max(1, min(99, learned.score)))  # 1-99 while open, as the rules
     current = working.scored("opportunity", opportunity_id, features, result, now, event)
     sequence = (current.sequence if current else 0) + 1
     metrics.scores_computed.labels("opportunity", result.model_version).inc()
@@ -362,42 +382,62 @@ async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
     await _retier_account(tx, event, lambda contracts: [c for c in contracts if c.contract_id != gone], None)
 
 
-# --- the learned lead model -------------------------------------------------------------------
+# --- the learned models ----------------------------------------------------------------------
+
+KINDS = ("lead", "opportunity")
+DEFAULT_VERSION = {"lead": MODEL_VERSION, "opportunity": MODEL_VERSION}
 
 
-async def train_lead_model(db: Database) -> dict[str, Any]:
-    """Train a candidate on the lead outcomes; promote it only if it beats the active model on the held-out slice.
+def _rules_probability(example: Example) -> float:
+    """The rules' probability for a held-out example, as they would have scored it while still open."""
+    features = example.features
+    if isinstance(features, OpportunityFeatures):
+        return score_opportunity(replace(features, status="open"), example.observed_at).score / 100
+    assert isinstance(features, LeadFeatures)
+    return score_lead(features, example.observed_at).score / 100
 
-    The fit runs in a worker thread, so event handling and HTTP go on meanwhile.
+
+def _features_of(kind: str, values: dict[str, Any]) -> LeadFeatures | OpportunityFeatures:
+    return LeadFeatures.from_json(values) if kind == "lead" else OpportunityFeatures.from_json(values)
+
+
+async def train_model(db: Database, kind: str) -> dict[str, Any]:
+    """Train a candidate on the `kind`'s outcomes; promote it only if it beats the active model (or the
+    rules) on the held-out slice. The fit runs in a worker thread, so event handling and HTTP go on meanwhile.
     """
     async with db.pool.acquire() as conn:
-        rows = await store.lead_examples(conn)
-        current_model = await _active_lead_model(conn)
-    examples = [Example(LeadFeatures.from_json(json.loads(r["features"])), r["positive"], r["observed_at"])
+        rows = await store.examples(conn, kind)
+        current_model = await _active_model(conn, kind)
+    examples = [Example(_features_of(kind, json.loads(r["features"])), r["positive"], r["observed_at"])
                 for r in rows]
 
     def current(example: Example) -> float:
         if current_model is not None:
             return current_model.probability(example.features)
-        return score_lead(example.features, example.observed_at).score
+        return _rules_probability(example)
 
     trained_at = _now()
-    version = f"lr-{trained_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
+    prefix = "lr" if kind == "lead" else "lr-opp"
+    version = f"{prefix}-{trained_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         model, evaluation = await asyncio.to_thread(train, examples, version, current)
     except NotEnoughOutcomes as exc:
-        metrics.training_runs.labels("lead", "not_enough_outcomes").inc()
+        metrics.training_runs.labels(kind, "not_enough_outcomes").inc()
         raise DomainError(f"not trained: {exc}") from None
-    current_version = current_model.version if current_model is not None else MODEL_VERSION
+    current_version = current_model.version if current_model is not None else DEFAULT_VERSION[kind]
     async with db.transaction() as tx:
-        await store.save_model(tx.conn, version, "lead", "logistic_regression", model.to_json(), trained_at,
+        await store.save_model(tx.conn, version, kind, "logistic_regression", model.to_json(), trained_at,
                                asdict(evaluation), current_version, evaluation.beats_current)
-    metrics.training_runs.labels("lead", "promoted" if evaluation.beats_current else "kept_current").inc()
+    metrics.training_runs.labels(kind, "promoted" if evaluation.beats_current else "kept_current").inc()
     if evaluation.beats_current:
-        metrics.model_auc.labels("lead").set(evaluation.auc)
+        metrics.model_auc.labels(kind).set(evaluation.auc)
     async with db.pool.acquire() as conn:
-        [entry] = [r for r in await store.models(conn, "lead") if r["version"] == version]
+        [entry] = [r for r in await store.models(conn, kind) if r["version"] == version]
     return dict(entry)
+
+
+async def train_lead_model(db: Database) -> dict[str, Any]:
+    return await train_model(db, "lead")
 
 
 async def train_lead_model_if_due(db: Database, min_new_outcomes: int) -> dict[str, Any] | None:
@@ -412,13 +452,13 @@ async def train_lead_model_if_due(db: Database, min_new_outcomes: int) -> dict[s
         return None  # not enough outcomes of both kinds yet: counted in the training-runs metric
 
 
-async def activate_lead_model(db: Database, version: str) -> None:
+async def activate_model(db: Database, kind: str, version: str) -> None:
     """Roll forward or back: make `version` active; `rules-v1` goes back to the rules."""
     async with db.transaction() as tx:
-        if not await store.activate_model(tx.conn, "lead", None if version == MODEL_VERSION else version):
-            raise NotFound(f"no lead model {version}")
+        if not await store.activate_model(tx.conn, kind, None if version == DEFAULT_VERSION[kind] else version):
+            raise NotFound(f"no {kind} model {version}")
         auc = await tx.conn.fetchval("SELECT auc FROM models WHERE version = $1", version)
-    metrics.model_auc.labels("lead").set(float("nan") if auc is None else auc)
+    metrics.model_auc.labels(kind).set(float("nan") if auc is None else auc)
 
 
 HANDLERS = {

@@ -1,5 +1,11 @@
-"""The learned lead model: a logistic regression (scikit-learn) over the features the events tell,
-trained from the outcomes this service observed (converted = positive, disqualified = negative).
+"""The learned models: logistic regressions (scikit-learn) over the features the events tell, trained
+from the outcomes this service observed: leads (converted = positive, disqualified = negative) and
+opportunities (won = positive, lost = negative).
+
+Opportunity features: the stage one-hot (prospecting, bidding, negotiation, contract), the stage's
+default probability, the presales maturity ((maturity - 50) / 50, 0 when not assessed) and whether it
+was assessed. A competitor is not a learned feature: only the lost event names one, so it would
+learn the outcome itself. The status (won / lost) never is.
 
 Features: grade and source one-hot, company / phone / e-mail given, touches, log visits, log minutes
 on site, log page views, activities, and an indicator for every attribute value (form answer, UTM
@@ -23,7 +29,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.scoring.domain import SOURCE_POINTS, TOP_FACTORS, Factor, LeadFeatures, Score
+from services.scoring.domain import (
+    SOURCE_POINTS,
+    STAGE_LABELS,
+    STAGE_PROBABILITY,
+    TOP_FACTORS,
+    Factor,
+    LeadFeatures,
+    OpportunityFeatures,
+    Score,
+)
 
 MIN_OUTCOMES = 40
 MIN_ATTRIBUTE_COUNT = 10  # an attribute value seen this often in training becomes an indicator feature
@@ -50,6 +65,18 @@ _LABELS: dict[str, tuple[str, str]] = {
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(_LABELS)
 
+OPEN_STAGES = ("prospecting", "bidding", "negotiation", "contract")
+_OPPORTUNITY_LABELS: dict[str, tuple[str, str]] = {
+    **{f"stage_{stage}": (f"Stage {STAGE_LABELS[stage][0]}", f"阶段「{STAGE_LABELS[stage][1]}」")
+       for stage in OPEN_STAGES},
+    "stage_probability": ("The stage's default probability", "阶段默认赢率"),
+    "maturity": ("Presales maturity", "售前成熟度"),
+    "maturity_assessed": ("Maturity assessed", "已做成熟度评估"),
+}
+OPPORTUNITY_FEATURE_NAMES: tuple[str, ...] = tuple(_OPPORTUNITY_LABELS)
+
+Features = LeadFeatures | OpportunityFeatures
+
 
 class NotEnoughOutcomes(Exception):
     pass
@@ -74,10 +101,25 @@ def _label(name: str) -> tuple[str, str]:
     if name.startswith("attr:"):
         key, _, value = name[len("attr:"):].partition("=")
         return f"{key}: {value}", f"{key}：{value}"
-    return _LABELS.get(name, (name, name))
+    return _LABELS.get(name) or _OPPORTUNITY_LABELS.get(name) or (name, name)
 
 
-def vectorise(features: LeadFeatures, names: Sequence[str] = FEATURE_NAMES) -> list[float]:
+def vectorise_opportunity(features: OpportunityFeatures, names: Sequence[str]) -> list[float]:
+    values: dict[str, float] = {name: 0.0 for name in names}
+    if features.stage in OPEN_STAGES:
+        values[f"stage_{features.stage}"] = 1.0
+    probability = features.stage_probability
+    values["stage_probability"] = (STAGE_PROBABILITY.get(features.stage, 10) if probability is None
+                                   else probability) / 100
+    if features.maturity is not None:
+        values["maturity"] = (features.maturity - 50) / 50
+        values["maturity_assessed"] = 1.0
+    return [values.get(name, 0.0) for name in names]
+
+
+def vectorise(features: Features, names: Sequence[str] = FEATURE_NAMES) -> list[float]:
+    if isinstance(features, OpportunityFeatures):
+        return vectorise_opportunity(features, names)
     values: dict[str, float] = {name: 0.0 for name in names}
     for key, value in features.attributes:
         if (name := _attribute_name(key, value)) in values:
@@ -107,15 +149,16 @@ class LinearModel:
     coefficients: tuple[float, ...]
     intercept: float
 
-    def terms(self, features: LeadFeatures) -> list[float]:
+    def terms(self, features: Features) -> list[float]:
         x = vectorise(features, self.names)
         return [c * (v - m) / s for c, v, m, s in zip(self.coefficients, x, self.means, self.scales, strict=True)]
 
-    def probability(self, features: LeadFeatures) -> float:
+    def probability(self, features: Features) -> float:
         return 1 / (1 + math.exp(-(self.intercept + sum(self.terms(features)))))
 
-    def score(self, features: LeadFeatures) -> Score:
+    def score(self, features: Features) -> Score:
         terms = self.terms(features)
+        goal_en, goal_zh = ("win", "赢单") if isinstance(features, OpportunityFeatures) else ("convert", "转化")
         factors = []
         for name, term in zip(self.names, terms, strict=True):
             points = round(term * POINTS_PER_LOGIT, 1)
@@ -123,8 +166,8 @@ class LinearModel:
                 continue
             en, zh = _label(name)
             sign_en, sign_zh = ("raises", "提高") if points > 0 else ("lowers", "降低")
-            factors.append(Factor(name, points, f"{en} {sign_en} the chance to convert",
-                                  f"{zh}{sign_zh}转化可能"))
+            factors.append(Factor(name, points, f"{en} {sign_en} the chance to {goal_en}",
+                                  f"{zh}{sign_zh}{goal_zh}可能"))
         factors.sort(key=lambda f: abs(f.contribution), reverse=True)
         return Score(int(round(100 * self.probability(features))), self.version, tuple(factors[:TOP_FACTORS]))
 
@@ -140,7 +183,7 @@ class LinearModel:
 
 @dataclass(frozen=True)
 class Example:
-    features: LeadFeatures
+    features: Features
     positive: bool
     observed_at: datetime
 
@@ -175,7 +218,11 @@ def train(examples: Sequence[Example], version: str,
     for part, name in ((training, "training"), (holdout, "held-out")):
         if len({e.positive for e in part}) < 2:
             raise NotEnoughOutcomes(f"the {name} slice needs both positive and negative outcomes")
-    names = FEATURE_NAMES + attribute_vocabulary([e.features for e in training])
+    if all(isinstance(e.features, OpportunityFeatures) for e in training):
+        names = OPPORTUNITY_FEATURE_NAMES
+    else:
+        names = FEATURE_NAMES + attribute_vocabulary([e.features for e in training
+                                                      if isinstance(e.features, LeadFeatures)])
     x = np.array([vectorise(e.features, names) for e in training])
     y = np.array([e.positive for e in training])
     means = x.mean(axis=0)

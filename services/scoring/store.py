@@ -225,11 +225,11 @@ async def record_outcome(
 # --- models -----------------------------------------------------------------------------------
 
 
-async def lead_examples(conn: Connection) -> list[asyncpg.Record]:
-    """Lead outcomes with the features known when they happened (the training data)."""
+async def examples(conn: Connection, kind: str) -> list[asyncpg.Record]:
+    """A kind's outcomes with the features known when they happened (the training data)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT features, positive, observed_at FROM outcomes"
-        " WHERE subject_kind = 'lead' AND features IS NOT NULL ORDER BY observed_at, subject_id"
+        " WHERE subject_kind = $1 AND features IS NOT NULL ORDER BY observed_at, subject_id", kind
     )
     return rows
 
@@ -241,6 +241,11 @@ async def outcomes_since_last_model(conn: Connection, kind: str) -> int:
         " AND observed_at > coalesce((SELECT max(window_to) FROM models WHERE kind = $1), '-infinity')",
         kind)
     return count
+
+
+async def active_models(conn: Connection) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch("SELECT kind, version, parameters FROM models WHERE active")
+    return rows
 
 
 async def active_model(conn: Connection, kind: str) -> asyncpg.Record | None:

@@ -413,3 +413,67 @@ async def test_signed_contracts_give_the_account_a_value_tier(
     assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-2"))).status_code == 403
     assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "mgr-1"))).status_code == 200
     assert (await http.get(f"/v1/accounts/acc-{uuid.uuid4()}/tier", headers=as_(settings, "rep-1"))).status_code == 404
+
+
+ASSESSMENT = {"need": "decided", "budget": "in_place", "urgency": "driving", "timing": "fixed",
+              "decision_maker_trust": "high", "decision_process_knowledge": "high", "leverage": "high"}
+
+
+async def opened(producer: AIOKafkaProducer, opp: str, stage: str, maturity: int) -> None:
+    money = {"amount": "120000.00", "currency": "CNY", "owner_id": "rep-1"}
+    await send(producer, opportunity_event(
+        "sales.opportunity.created.v1", opp, 1, name="项目", account_id="acc-1", stage=stage, status="open",
+        probability={"prospecting": 10, "contract": 80}[stage], expected_close_date=None, created_at=now(),
+        lead_id=None, campaign_id=None, **money))
+    await send(producer, opportunity_event(
+        "sales.opportunity.assessed.v1", opp, 2, owner_id="rep-1", stage=stage, maturity=maturity,
+        assessment=ASSESSMENT, assessed_by="rep-1", assessed_at=now()))
+
+
+async def test_a_learned_win_probability_model_replaces_the_stage_rules_once_it_beats_them(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    admin = as_(settings, "admin-1")
+    assert (await http.post("/v1/models/opportunity/train", headers=admin)).status_code == 409  # no outcomes yet
+    # Outcomes against the rules: early, immature deals win; late, mature ones lose.
+    deals = [(f"opp-{uuid.uuid4()}", i % 2 == 0) for i in range(100)]
+    for opp, won in deals:
+        await opened(producer, opp, "prospecting" if won else "contract", 20 if won else 90)
+        close = {"amount": "120000.00", "currency": "CNY", "owner_id": "rep-1", "closed_at": now(),
+                 "closed_by": "rep-1", "reason": "价格"}
+        await send(producer, opportunity_event("sales.opportunity.won.v1", opp, 3, **close) if won else
+                   opportunity_event("sales.opportunity.lost.v1", opp, 3, competitor="某竞品", **close))
+
+    async def all_outcomes() -> bool:
+        count = await tables.fetchval("SELECT count(*) FROM outcomes WHERE subject_kind = 'opportunity'"
+                                      " AND subject_id = ANY($1::text[])", [opp for opp, _ in deals])
+        return bool(count == len(deals))
+
+    await eventually(all_outcomes, timeout=BACKLOG_TIMEOUT)
+    response = await http.post("/v1/models/opportunity/train", headers=admin)
+    assert response.status_code == 201, response.text
+    model = response.json()
+    assert model["version"].startswith("lr-opp-") and model["kind"] == "opportunity"
+    assert (model["promoted"], model["active"], model["current_version"]) == (True, True, "rules-v1")
+    assert model["auc"] > model["current_auc"]
+    assert (await http.get("/v1/models/opportunity", headers=admin)).json()["active_version"] == model["version"]
+    assert (await http.get("/v1/models/lead", headers=admin)).json()["active_version"] != model["version"]
+
+    async def scored(opp: str, version: str) -> dict[str, Any] | None:
+        response = await http.get(f"/v1/opportunities/{opp}/score", headers=as_(settings, "rep-1"))
+        body = dict(response.json()) if response.status_code == 200 else {}
+        return body if body.get("model_version") == version and len(body["factors"]) > 1 else None
+
+    early = f"opp-{uuid.uuid4()}"
+    await opened(producer, early, "prospecting", 20)
+    score = await eventually(lambda: scored(early, model["version"]), timeout=30)
+    assert 50 < score["score"] <= 99 and all("赢单" in f["label_zh"] for f in score["factors"])
+
+    # Rollback: the stage rules again.
+    assert (await http.post("/v1/models/opportunity/rules-v1/activate", headers=admin)).status_code == 204
+    assert (await http.post("/v1/models/opportunity/nope/activate", headers=admin)).status_code == 404
+    assert (await http.post("/v1/models/account/train", headers=admin)).status_code == 422
+    later = f"opp-{uuid.uuid4()}"
+    await opened(producer, later, "prospecting", 20)
+    score = await eventually(lambda: scored(later, "rules-v1"), timeout=30)
+    assert score["score"] == 10 + round((20 - 50) * 0.3)

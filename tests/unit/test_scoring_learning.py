@@ -1,11 +1,19 @@
-"""The learned lead model: training, held-out evaluation against the current model, explained scores."""
+"""The learned lead and opportunity models: training, held-out evaluation, explained scores."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.scoring.domain import LeadFeatures, score_lead
-from services.scoring.learning import MIN_OUTCOMES, Example, LinearModel, NotEnoughOutcomes, train
+from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead
+from services.scoring.learning import (
+    MIN_OUTCOMES,
+    OPPORTUNITY_FEATURE_NAMES,
+    Example,
+    LinearModel,
+    NotEnoughOutcomes,
+    train,
+)
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -69,3 +77,25 @@ def test_frequent_attribute_values_become_features() -> None:
     assert evaluation.auc > 0.95 and evaluation.current_auc == 0.5
     top = model.score(examples[0].features).factors[0]
     assert top.feature.startswith("attr:occupation") and "occupation" in top.label_en and "occupation" in top.label_zh
+
+
+def deal(i: int, won: bool) -> Example:
+    # Won deals closed from bidding with a strong assessment, lost ones from negotiation with a weak one;
+    # every lost deal names a competitor and carries status "lost": neither may be learned.
+    features = OpportunityFeatures(stage="bidding" if won else "negotiation", stage_probability=30 if won else 60,
+                                   maturity=80 if won else 30, status="won" if won else "lost",
+                                   competitor=None if won else "某竞品")
+    return Example(features, won, START + timedelta(minutes=i))
+
+
+def test_an_opportunity_model_learns_stage_and_maturity_not_the_outcome_itself() -> None:
+    model, evaluation = train([deal(i, i % 3 != 0) for i in range(90)], "lr-opp-test", lambda e: 0.5)
+    assert model.names == OPPORTUNITY_FEATURE_NAMES
+    assert not {"competitor", "status"} & set(model.names)
+    assert evaluation.auc > 0.95 and evaluation.beats_current
+    open_deal = OpportunityFeatures(stage="bidding", stage_probability=30, maturity=80)
+    won_like = model.score(open_deal)
+    assert won_like.score > 80 and won_like.model_version == "lr-opp-test"
+    assert all("chance to win" in f.label_en and "赢单" in f.label_zh for f in won_like.factors)
+    assert model.probability(replace(open_deal, competitor="某竞品")) == model.probability(open_deal)
+    assert LinearModel.from_json("lr-opp-test", model.to_json()) == model
