@@ -124,7 +124,8 @@ async def on_event(tx: Transaction, event: CloudEvent) -> None:
         if rule.applies_to(event.type, event.data):
             recipients = resolve_recipients(rule, event.data, ctx.org)
             await notify(tx.conn, ctx, Notice.of(rule), recipients, cause_id=event.id, event_type=event.type,
-                         subject=event.subject, data=event.data, cause_time=event.time)
+                         subject=event.subject, data=event.data, cause_time=event.time,
+                         traceparent=event.traceparent)
     await _queue_webhooks(tx.conn, ctx, event)
     await _update_timers(tx.conn, ctx, event)
     await _watch(tx.conn, event)
@@ -170,7 +171,7 @@ async def _subscriptions(conn: Connection, ctx: Context) -> dict[str, list[uuid.
 
 async def notify(
     conn: Connection, ctx: Context, notice: Notice, recipients: Sequence[str], *, cause_id: str, event_type: str,
-    subject: str, data: Mapping[str, Any], cause_time: datetime | None,
+    subject: str, data: Mapping[str, Any], cause_time: datetime | None, traceparent: str | None = None,
 ) -> list[asyncpg.Record]:
     """Store (and announce) one notification per recipient; recipients already notified for this
     cause and rule are skipped. Returns the notifications created."""
@@ -190,7 +191,7 @@ async def notify(
         title, body = render(notice.template(preference.language), context)
         row = await store.add_notification(conn, store.NewNotification(
             user_id, notice.rule_id, cause_id, event_type, subject, title, body, channels, notice.priority,
-            cause_time))
+            cause_time, traceparent))
         if row is None:
             metrics.notifications.labels("inbox", "duplicate").inc()
             continue

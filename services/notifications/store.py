@@ -90,6 +90,7 @@ class NewNotification:
     channels: Sequence[str]
     priority: str
     cause_time: datetime | None
+    traceparent: str | None = None
 
 
 
@@ -100,10 +101,10 @@ async def add_notification(conn: Connection, n: NewNotification) -> asyncpg.Reco
     transactional), so whichever instance holds the recipient's socket pushes it."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "INSERT INTO notifications (id, recipient, rule_id, cause_id, event_type, subject, title, body, channels,"
-        " priority, cause_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " priority, cause_time, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (cause_id, rule_id, recipient) DO NOTHING RETURNING *",
         uuid.uuid4(), n.recipient, n.rule_id, n.cause_id, n.event_type, n.subject, n.title, n.body,
-        list(n.channels), n.priority, n.cause_time,
+        list(n.channels), n.priority, n.cause_time, n.traceparent,
     )
     if row is not None and "push" in n.channels:
         payload = json.dumps(as_message(row), ensure_ascii=False, default=str)
@@ -130,6 +131,7 @@ def as_message(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "cause_time": _ts(row["cause_time"]),
         "read": row["read_at"] is not None,
         "read_at": _ts(row["read_at"]),
+        "traceparent": row["traceparent"],
     }
 
 

@@ -236,10 +236,13 @@ def fresh_phone() -> str:
 
 
 async def capture(leads: httpx.AsyncClient, settings: Settings, owner: str, grade: str = "H",
-                  region: str = "华东") -> str:
+                  region: str = "华东", trace_id: str | None = None) -> str:
     body = {"contact": {"name": "王伟", "company": "上海星河科技", "phone": fresh_phone(), "email": None},
             "source": "web_form", "grade": grade, "region": region, "owner_id": owner}
-    response = await leads.post("/v1/leads", json=body, headers=auth(settings, "admin-1"))
+    headers = auth(settings, "admin-1")
+    if trace_id:
+        headers["traceparent"] = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    response = await leads.post("/v1/leads", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -317,8 +320,10 @@ async def test_an_h_grade_lead_reaches_its_reps_socket_and_inbox_and_not_another
     rep1 = await open_stream(notifications, settings, "rep-1")
     rep3 = await open_stream(notifications, settings, "rep-3", header=True)
     try:
-        lead = await capture(leads, settings, "rep-1")
+        trace_id = uuid.uuid4().hex
+        lead = await capture(leads, settings, "rep-1", trace_id=trace_id)
         pushed = await message_about(rep1, lead, timeout=FIRST_TIMEOUT)
+        assert pushed["traceparent"].split("-")[1] == trace_id  # the capture request's trace
         assert pushed["event_type"] == "sales.lead.assigned.v1" and pushed["rule_id"] == "h-lead-assigned"
         assert pushed["title"] == f"新的H级线索：{lead}" and "H级线索" in pushed["body"]
         assert {"id", "title", "body", "created_at", "subject", "event_type"} <= set(pushed)
