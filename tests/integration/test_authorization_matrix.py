@@ -33,6 +33,7 @@ from shared.runtime.postgres import EmbeddedPostgres
 from shared.runtime.supervisor import ServiceInstance, Stack
 from shared.settings import Settings
 from shared.topology import SERVICES
+from shared.web import PROBLEM_JSON
 from tests.conftest import settings_for
 from tests.support.waiting import eventually, free_port
 
@@ -135,6 +136,9 @@ class Call:
     content: bytes | None = None
     data: dict[str, str] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # A call that must not overlap others of its kind: sent holding World.exclusive(name), after `ready`.
+    exclusive: str | None = None
+    ready: Callable[[], Awaitable[None]] | None = None
 
 
 class World:
@@ -176,6 +180,22 @@ class World:
         response = await self.send(service, Call(method, path, json=json, **kwargs), self.token(Caller(user, user)))
         assert response.status_code == ok, f"setting up: {method} {path} -> {response.status_code} {response.text}"
         return response.json() if response.content else None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str | None) -> AsyncIterator[None]:
+        if name is None:
+            yield
+            return
+        async with self._locks.setdefault(("exclusive", name), asyncio.Lock()):
+            yield
+
+    async def no_replay_running(self, service: str) -> None:
+        """A service runs one replay at a time (409 meanwhile): wait until the last one has finished."""
+        async def idle() -> bool:
+            replays = await self.admin(service, "GET", "/v1/replays")
+            return all(r["status"] != "running" for r in replays)
+
+        await eventually(idle, timeout=60, interval=0.1)
 
     def factory(self, kind: str) -> Callable[..., Awaitable[Any]]:
         """The method that makes a record of `kind` for an owner."""
@@ -345,7 +365,9 @@ class World:
 
     async def replay(self, service: str) -> str:
         async def start(_: str) -> str:
-            replay_id: str = (await self.admin(service, "POST", "/v1/replays", {"since": SINCE}, ok=202))["id"]
+            async with self.exclusive(f"replays {service}"):
+                await self.no_replay_running(service)
+                replay_id: str = (await self.admin(service, "POST", "/v1/replays", {"since": SINCE}, ok=202))["id"]
             return replay_id
 
         replay_id: str = await self.shared(f"replay:{service}", "admin-1", start)
@@ -425,6 +447,14 @@ def unique(prefix: str) -> str:
     return f"{prefix} {uuid.uuid4().hex[:12]}"
 
 
+def start_replay(service: str) -> Recipe:
+    async def make(w: World, _owner: str) -> Call:
+        return Call("POST", "/v1/replays", json={"since": SINCE}, exclusive=f"replays {service}",
+                    ready=lambda: w.no_replay_running(service))
+
+    return make
+
+
 def replay_progress(service: str) -> Recipe:
     async def make(w: World, _owner: str) -> Call:
         return Call("GET", f"/v1/replays/{await w.replay(service)}")
@@ -463,7 +493,7 @@ OPPORTUNITY = "/v1/opportunities/{}"
 RECIPES: dict[tuple[str, str], Recipe] = {
     **{(service, "GET /v1/me"): fixed("GET", "/v1/me") for service in SERVICES},
     **{(service, "GET /v1/replays"): fixed("GET", "/v1/replays") for service in SERVICES},
-    **{(service, "POST /v1/replays"): fixed("POST", "/v1/replays", json={"since": SINCE}) for service in SERVICES},
+    **{(service, "POST /v1/replays"): start_replay(service) for service in SERVICES},
     **{(service, "GET /v1/replays/{replay_id}"): replay_progress(service) for service in SERVICES},
     # leads
     ("leads", "POST /v1/leads"): naming("POST", "/v1/leads", json=lambda owner: {
@@ -688,6 +718,7 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
     observed: dict[tuple[str, str], dict[str, int]] = {key: {} for key in expected}
     details: dict[tuple[str, str, str], str] = {}
     spent: dict[tuple[str, str], float] = {}
+    malformed: list[str] = []  # refusals that do not say what they are as CONTRACT.md asks
 
     async def cell(service: str, route: str, caller_name: str) -> None:
         caller = CALLER_OF[caller_name]
@@ -703,7 +734,10 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
             assert call.method == route.split(" ", 1)[0], f"the recipe for {route} sends {call.method} {call.path}"
             sent = time.monotonic()
             try:
-                response = await world.send(service, call, world.token(caller))
+                async with world.exclusive(call.exclusive):
+                    if call.ready is not None:
+                        await call.ready()
+                    response = await world.send(service, call, world.token(caller))
             except httpx.TransportError as exc:  # reported with the other cells, not as the first failure alone
                 observed[(service, route)][caller_name] = 0
                 details[(service, route, caller_name)] = f"{exc!r} after {time.monotonic() - sent:.1f}s"
@@ -711,6 +745,10 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
         observed[(service, route)][caller_name] = response.status_code
         details[(service, route, caller_name)] = response.text[:200]
         spent[(service, route)] = spent.get((service, route), 0.0) + response.elapsed.total_seconds()
+        if response.status_code >= 400 and not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+            malformed.append(f"{service} {route} as {caller_name}: a {response.status_code} that is not {PROBLEM_JSON}")
+        if response.status_code == 401 and not response.headers.get("www-authenticate", "").startswith("Bearer"):
+            malformed.append(f"{service} {route} as {caller_name}: a 401 without WWW-Authenticate: Bearer")
 
     started = time.monotonic()
     await world.prepare()
@@ -734,3 +772,4 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
         f"{len(wrong)} of {len(expected)} routes answered otherwise than docs/authorization.md "
         f"(observed rows first):\n" + "\n".join(wrong)
     )
+    assert not malformed, "\n".join(sorted(malformed))
