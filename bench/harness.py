@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -115,6 +116,7 @@ class CausedEventReader:
         self.topic = topic
         self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id=None)
         self.arrived: dict[str, float] = {}
+        self.latest: dict[bytes, dict[str, Any]] = {}  # the data of the last event read per key
         self.awaited: set[str] = set()
         self.all_arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -135,8 +137,11 @@ class CausedEventReader:
             now = time.perf_counter()
             for records in batch.values():
                 for record in records:
-                    cause = json.loads(record.value)["causationid"]
+                    event = json.loads(record.value)
+                    cause = event["causationid"]
                     self.arrived.setdefault(cause, now)
+                    if record.key is not None:
+                        self.latest[record.key] = event["data"]
                     self.awaited.discard(cause)
             if not self.awaited:
                 self.all_arrived.set()
