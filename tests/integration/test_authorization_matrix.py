@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,16 @@ CALLER_OF = {
 ROLES = {"rep-1": "rep", "rep-2": "rep", "rep-3": "rep", "mgr-1": "manager", "dir-1": "director",
          "admin-1": "admin", "svc-erp": "integration"}
 
-PERIOD = "2026-Q4"
+# Dates follow the clock: deals close next month, the forecast periods are this quarter and next month.
+_TODAY = datetime.now(UTC).date()
+_NEXT_MONTH = (_TODAY.replace(day=1) + timedelta(days=32)).replace(day=1)
+PERIOD = f"{_TODAY.year}-Q{(_TODAY.month - 1) // 3 + 1}"
+CLOSE_DATE = _NEXT_MONTH.replace(day=15).isoformat()
 # What the test's webhook subscriptions listen to: an event few cells cause, so that few deliveries
 # (to closed loopback ports, retried) load the notifications service.
 RARE_EVENT = "sales.quote.rejected.v1"
-BOOKINGS_MONTH = "2026-12"
-SINCE = "2026-01-01T00:00:00Z"
+BOOKINGS_MONTH = f"{_NEXT_MONTH:%Y-%m}"
+SINCE = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 CONCURRENCY = 12
 # Generous: on a machine shared with other test runs one answer has taken 30 s. A hung route still fails.
 HTTP_TIMEOUT_S = 120
@@ -238,7 +243,7 @@ class World:
 
     async def opportunity(self, owner: str, status: str = "open") -> str:
         body = {"name": f"Authz deal {uuid.uuid4().hex[:8]}", "account_name": f"Authz Co {uuid.uuid4().hex[:12]}",
-                "amount": "10000.00", "currency": "CNY", "owner_id": owner, "expected_close_date": "2026-12-15"}
+                "amount": "10000.00", "currency": "CNY", "owner_id": owner, "expected_close_date": CLOSE_DATE}
         opportunity_id: str = (await self.admin("opportunities", "POST", "/v1/opportunities", body, ok=201))["id"]
         path = f"/v1/opportunities/{opportunity_id}"
         if status == "suspended":
@@ -528,7 +533,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # opportunities
     ("opportunities", "POST /v1/opportunities"): naming("POST", "/v1/opportunities", json=lambda owner: {
         "name": "Authz deal", "account_name": unique("Authz Co"), "amount": "20000.00", "currency": "CNY",
-        "owner_id": owner, "expected_close_date": "2026-12-20"}),
+        "owner_id": owner, "expected_close_date": CLOSE_DATE}),
     ("opportunities", "GET /v1/opportunities"): naming(
         "GET", "/v1/opportunities", params=lambda owner: {"owner_id": owner}),
     ("opportunities", "GET /v1/opportunities/{opportunity_id}"): reading("opportunity", "GET", OPPORTUNITY),
