@@ -8,7 +8,7 @@ closed-won value, the forecast as a dot with its 80 % interval as a line.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from xml.sax.saxutils import escape
+from html import escape
 
 from services.forecasting.funnel import Funnel
 
