@@ -148,6 +148,10 @@ async def run(server_url: str, data: Path, batch: int = 200) -> dict[str, Any]:
                 await processor.process_batch(pending)
                 pending = []
         await processor.process_batch(pending)
+        for target in upcoming:  # months after the last event: forecast from everything known
+            made = await handlers.forecast_bookings(db, target, as_of=target.start)
+            if made is not None:
+                forecasts[target.name] = made
         async with db.pool.acquire() as conn:
             actual = await store.won_per_month(conn, date(2017, 1, 1), date(2017, 12, 31))
     finally:
