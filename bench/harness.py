@@ -9,10 +9,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +23,8 @@ from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
 from tests.support.waiting import eventually, free_port
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,3 +159,15 @@ class CausedEventReader:
         if self.task is not None:
             self.task.cancel()
         await self.consumer.stop()
+
+
+async def open_loop(rate: float, seconds: float, start: Callable[[], Awaitable[T]]) -> list[T]:
+    """Open-loop load: call i of `start` leaves at t0 + i / rate, whatever the answers before it."""
+    started = time.perf_counter()
+    tasks = []
+    for i in range(int(rate * seconds)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(start()))
+    return list(await asyncio.gather(*tasks))
