@@ -28,7 +28,8 @@ import httpx
 import jwt
 import pytest
 
-from shared.auth import ISSUER, issue_token
+from shared.auth import ISSUER, Principal, issue_token, visible_owners
+from shared.org import cached_organisation
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.runtime.supervisor import ServiceInstance, Stack
@@ -697,6 +698,29 @@ async def world(service_urls: dict[str, str], stack_settings: Settings) -> Async
         yield World(clients, stack_settings.signing_secret)
 
 
+# Lists of records every user may read, whoever owns them (docs/authorization.md says why).
+SHARED_LISTS = {("opportunities", "GET /v1/accounts"), ("leads", "GET /v1/campaigns")}
+ORG = cached_organisation(None)  # the sample organisation, as the services load it
+
+
+def out_of_scope(user: str, response: httpx.Response) -> list[str]:
+    """The owners in a list answer (`items` or forecast `rows` by owner) that `user` may not see."""
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return []
+    body = response.json()
+    if not isinstance(body, dict):
+        return []
+    member = ORG.user(user)
+    assert member is not None, user
+    visible = visible_owners(Principal(member.id, member.role, member.team), ORG)
+    if visible is None:
+        return []
+    owners = [item.get("owner_id") for item in body.get("items", []) if isinstance(item, dict)]
+    if body.get("by") == "owner":
+        owners += [row.get("key") for row in body.get("rows", []) if isinstance(row, dict)]
+    return sorted({f"owner {owner}" for owner in owners if owner is not None and owner not in visible})
+
+
 async def served_routes(world: World) -> set[tuple[str, str]]:
     routes: set[tuple[str, str]] = set()
     for service, client in world.clients.items():
@@ -724,6 +748,7 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
     details: dict[tuple[str, str, str], str] = {}
     spent: dict[tuple[str, str], float] = {}
     malformed: list[str] = []  # refusals that do not say what they are as CONTRACT.md asks
+    leaked: list[str] = []  # records of others in an answer the caller may see
 
     async def cell(service: str, route: str, caller_name: str) -> None:
         caller = CALLER_OF[caller_name]
@@ -750,6 +775,8 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
         observed[(service, route)][caller_name] = response.status_code
         details[(service, route, caller_name)] = response.text[:200]
         spent[(service, route)] = spent.get((service, route), 0.0) + response.elapsed.total_seconds()
+        if response.status_code == 200 and caller.user is not None and (service, route) not in SHARED_LISTS:
+            leaked.extend(f"{service} {route} as {caller_name}: {item}" for item in out_of_scope(caller.user, response))
         if response.status_code >= 400 and not response.headers.get("content-type", "").startswith(PROBLEM_JSON):
             malformed.append(f"{service} {route} as {caller_name}: a {response.status_code} that is not {PROBLEM_JSON}")
         if response.status_code == 401 and not response.headers.get("www-authenticate", "").startswith("Bearer"):
@@ -778,3 +805,4 @@ async def test_every_route_answers_every_caller_as_the_table_says(world: World) 
         f"(observed rows first):\n" + "\n".join(wrong)
     )
     assert not malformed, "\n".join(sorted(malformed))
+    assert not leaked, "answers carrying records outside the caller's scope:\n" + "\n".join(sorted(leaked))
