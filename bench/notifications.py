@@ -209,16 +209,16 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 ready_clients(notification_urls, bench_settings, 16, user="svc-bench", role="integration"
                               ) as [notifications]:
             hooks = Hooks()
-            await hooks.start(notifications, args.subscriptions)
-            sockets = Sockets()
-            await sockets.open(int(notification_urls[0].rsplit(":", 1)[1]), bench_settings, args.reps)
             try:
-                # warm-up: the notifications consumer group has joined once a first push arrives
-                await push_latency(leads, sockets, args.reps, 10, 1)
-                latencies, captures = await push_latency(leads, sockets, args.reps, args.rate, args.seconds)
-            finally:
-                await sockets.close()
-            try:
+                await hooks.start(notifications, args.subscriptions)
+                sockets = Sockets()
+                await sockets.open(int(notification_urls[0].rsplit(":", 1)[1]), bench_settings, args.reps)
+                try:
+                    # warm-up: the notifications consumer group has joined once a first push arrives
+                    await push_latency(leads, sockets, args.reps, 10, 1)
+                    latencies, captures = await push_latency(leads, sockets, args.reps, args.rate, args.seconds)
+                finally:
+                    await sockets.close()
                 webhooks = await webhook_rate(notifications, bench_settings, hooks, since)
             finally:
                 await hooks.stop()
