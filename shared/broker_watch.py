@@ -40,6 +40,10 @@ class BrokerWatch:
         metadata = await self._call("describe_cluster")
         return str(metadata["cluster_id"])
 
+    async def groups(self) -> list[str]:
+        """Every consumer group the broker knows."""
+        return [str(group[0]) for group in await self._call("list_consumer_groups")]
+
     async def committed(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """The group's committed offset per partition of `topic` (-1: none)."""
         # Partitions named explicitly: Tansu drops the connection on an "all partitions" OffsetFetch.

@@ -15,14 +15,15 @@ published and not yet consumed. With a `BrokerWatch` the relay guards against it
   connections changed (a restart closes them), and after every failed send.
 - It keeps a checkpoint per topic in `outbox_checkpoints`: the broker, and `from_position`, the
   lowest outbox position of the batches not yet consumed by every group that consumes the topic
-  (`Topic.consumers` in shared/topology.py). It learns that from the acks (partition and offset of
-  each batch, kept in memory) and the groups' committed offsets, read every few seconds.
+  (`Topic.consumers` in shared/topology.py, and any other group with offsets committed on it). It
+  learns that from the acks (partition and offset of each batch, kept in memory) and the groups'
+  committed offsets, read every few seconds.
 - On a broker with another id it marks the topic's events from `from_position` on as unpublished,
   in the transaction that records the new broker, so the ordinary loop publishes them again, in
   order, before anything newer. On Apache Kafka the id never changes: nothing is re-published.
 Consumers on a new broker start over from offset 0 (shared/broker_watch.py); their inboxes skip
-what they had applied. Groups outside the system (external subscribers) are not waited for: the
-replay API serves them.
+what they had applied. A group outside the system is waited for once it has committed offsets on
+the topic; before that, the replay API serves it.
 """
 
 import asyncio
@@ -146,6 +147,14 @@ class OutboxRelay:
                 log.warning("outbox relay lost its database connection: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive anything; its rows wait for it
+                # e.g. asyncpg's InternalClientError ("cannot switch to state ...; another operation is in
+                # progress") when Postgres restarts while a mark runs on the session: it used to end the relay.
+                self.is_leader = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("outbox relay failed; restarting it in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _lead(self, listener: Connection) -> None:
         while not await listener.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
@@ -174,7 +183,7 @@ class OutboxRelay:
                         await asyncio.wait_for(self._wake.wait(), timeout=self.idle_poll_s)
         finally:
             checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await checkpoints
             self.is_leader = False
             self._session = None
@@ -384,10 +393,15 @@ class OutboxRelay:
         broker = self.broker_id
         if self.watch is None or broker is None:
             return
+        listed = await self.watch.groups()
         for topic, sent in list(self._sent.items()):
             partitions = sorted({p for batch in sent for p in batch.last_offsets})
-            groups = TOPICS[topic].consumer_groups if topic in TOPICS else []
-            committed = [await self.watch.committed(group, topic, partitions) for group in groups] if sent else []
+            declared = TOPICS[topic].consumer_groups if topic in TOPICS else []
+            committed = [await self.watch.committed(group, topic, partitions) for group in declared] if sent else []
+            for group in (g for g in listed if sent and g not in declared):
+                offsets = await self.watch.committed(group, topic, partitions)
+                if any(offset >= 0 for offset in offsets.values()):  # it consumes the topic too
+                    committed.append(offsets)
             if self.broker_id != broker:
                 return  # another broker meanwhile: its offsets say nothing of these batches
             position = checkpoint_position(sent, committed, self._next_position[topic])

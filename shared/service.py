@@ -132,14 +132,21 @@ class ServiceRuntime:
             except (KafkaError, OSError) as exc:
                 log.debug("broker watch: %r", exc)
                 continue
-            old, self.stream = self.stream, self._new_stream_app()
-            if old is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(old.stop(), timeout=self.settings.shutdown_grace_s)
-            rewind_on_first_assignment(self.stream)
-            self.stream.finalize()
-            await self.stream.start()
+            try:
+                await self._restart_stream()
+            except Exception:  # noqa: BLE001 - keep watching: the next round starts another app
+                log.exception("could not start consuming the new broker; retrying")
+                continue
             self.stream_broker = identity
+
+    async def _restart_stream(self) -> None:
+        old, self.stream = self.stream, self._new_stream_app()
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=self.settings.shutdown_grace_s)
+        rewind_on_first_assignment(self.stream)
+        self.stream.finalize()
+        await self.stream.start()
 
     async def _prune_outbox_history(self) -> None:
         """Keep the outbox history for the configured retention; check hourly."""

@@ -45,6 +45,8 @@ class Topic:
     publisher: str  # the one service whose outbox feeds this topic
     # The services that consume it (each as group funnelcast-<name>): a publisher re-publishing to a
     # new, empty broker starts from the oldest event one of them may not have consumed (shared/outbox.py).
+    # A unit test checks this against the services' handlers; the relay also waits for any other group
+    # that has committed offsets on the topic.
     consumers: tuple[str, ...] = ()
 
     @property
@@ -65,8 +67,8 @@ TOPICS: dict[str, Topic] = {
         Topic("sales.campaigns", 3, "leads", ("notifications",)),
         Topic("sales.accounts", 6, "opportunities", ("notifications",)),
         Topic("sales.opportunities", 6, "opportunities", ("scoring", "forecasting", "notifications")),
-        Topic("sales.contracts", 6, "opportunities", ("forecasting", "notifications")),
-        Topic("sales.scores", 6, "scoring", ("forecasting", "notifications")),
+        Topic("sales.contracts", 6, "opportunities", ("scoring", "forecasting", "notifications")),
+        Topic("sales.scores", 6, "scoring", ("opportunities", "forecasting", "notifications")),
         Topic("sales.forecasts", 3, "forecasting", ("notifications",)),
         Topic("sales.notifications", 3, "notifications"),
     )
