@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Transaction, CloudEvent], Awaitable[None]]
 
+# Connection-class errors (08xxx, e.g. ConnectionDoesNotExistError), and asyncpg's InternalClientError ("cannot
+# switch to state ...; another operation is in progress") when Postgres goes away mid-statement: the database's
+# fault, not the event's, so retried instead of dead-lettered (the fault suite saw valid events dead-lettered).
 TRANSIENT_ERRORS = (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-                    asyncpg.AdminShutdownError, asyncpg.ConnectionFailureError, asyncpg.SerializationError,
-                    asyncpg.DeadlockDetectedError, TimeoutError)
+                    asyncpg.AdminShutdownError, asyncpg.PostgresConnectionError, asyncpg.SerializationError,
+                    asyncpg.DeadlockDetectedError, asyncpg.InternalClientError, TimeoutError)
 
 
 @dataclass(frozen=True)
