@@ -18,6 +18,7 @@ from services.forecasting.charts import ForecastPoint, forecast_vs_actual_svg, f
 from services.forecasting.config import forecast_settings
 from services.forecasting.domain import By, InvalidPeriod, Period, PeriodKind, money, parse_period, rank_reps
 from services.forecasting.funnel import CohortDeal, Funnel, Transition, funnel
+from services.forecasting.marketing import CampaignFigures, LeadFact, conversion_by_source_and_grade
 from shared.auth import Principal, may_act_on, visible_owners
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.org import Organisation, Role
@@ -324,6 +325,60 @@ async def get_funnel(
         stages=[StageOut(stage=s.stage, reached=s.reached, amount=money(s.amount),
                          conversion_to_next=s.conversion_to_next, median_days_in_stage=s.median_days_in_stage)
                 for s in figures.stages],
+    )
+
+
+class ConversionOut(BaseModel):
+    source: str
+    grade: str
+    leads: int
+    converted: int
+    conversion_rate: float | None
+
+
+class CampaignOut(BaseModel):
+    campaign_id: str
+    name: str
+    cost: str | None
+    leads: int
+    deals_won: int
+    won_amount: str
+    cost_per_lead: str | None
+    acquisition_cost: str | None
+    roi: float | None
+
+
+class MarketingOut(BaseModel):
+    period: str
+    currency: str
+    conversion: list[ConversionOut] = Field(description="leads captured in the period, by source and grade")
+    campaigns: list[CampaignOut] = Field(description="every campaign, over all its leads and won deals")
+
+
+@router.get("/funnel/marketing", response_model=MarketingOut)
+async def get_marketing_funnel(_: EveryOwner, db: ServiceDatabase, period: Annotated[str, Query()]) -> MarketingOut:
+    """Lead-to-opportunity conversion by source and grade for the leads captured in the period; cost per
+    lead, customer acquisition cost and ROI per campaign (directors, admins, integrations)."""
+    wanted = _period(period)
+    rates = forecast_settings().conversion()
+    async with db.pool.acquire() as conn:
+        leads = await store.leads_captured(conn, wanted.start, wanted.end)
+        campaigns = await store.campaign_figures(conn)
+    conversion = conversion_by_source_and_grade([LeadFact(r["source"], r["grade"], r["converted"]) for r in leads])
+    figures = [CampaignFigures(r["campaign_id"], r["name"], rates.convert(r["actual_cost"], r["currency"]),
+                               r["leads"], r["deals_won"], r["won_amount"]) for r in campaigns]
+
+    def amount(value: Decimal | None) -> str | None:
+        return None if value is None else money(value)
+
+    return MarketingOut(
+        period=wanted.name, currency=rates.currency,
+        conversion=[ConversionOut(source=c.source, grade=c.grade, leads=c.leads, converted=c.converted,
+                                  conversion_rate=c.rate) for c in conversion],
+        campaigns=[CampaignOut(campaign_id=c.campaign_id, name=c.name, cost=amount(c.cost), leads=c.leads,
+                               deals_won=c.deals_won, won_amount=money(c.won_amount),
+                               cost_per_lead=amount(c.cost_per_lead), acquisition_cost=amount(c.acquisition_cost),
+                               roi=None if c.roi is None else float(c.roi)) for c in figures],
     )
 
 

@@ -197,6 +197,7 @@ class DealState:
     stage_probability: Decimal = Decimal(0)
     scored_probability: Decimal | None = None
     closed_on: date | None = None
+    campaign_id: str | None = None
 
     @property
     def probability(self) -> Decimal:

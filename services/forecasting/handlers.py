@@ -249,6 +249,8 @@ def _with_common_fields(deal: DealState, data: dict[str, Any]) -> DealState:
         changes["owner_id"] = data["owner_id"]
     if "expected_close_date" in data:
         changes["expected_close_date"] = _day(data["expected_close_date"])
+    if isinstance(data.get("campaign_id"), str) and data["campaign_id"]:
+        changes["campaign_id"] = data["campaign_id"]
     return deal.changed(**changes) if changes else deal
 
 
@@ -390,6 +392,30 @@ async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
         schedule_refresh(tx, [booking["owner_id"]], periods_of(booking["signed_on"]), event)
 
 
+# --- leads and campaigns (the marketing side of the funnel) -----------------------------------
+
+
+async def lead_captured(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await store.save_lead(tx.conn, str(data.get("lead_id") or event.subject), data.get("source"), data.get("grade"),
+                          data.get("campaign_id"), data.get("owner_id"),
+                          data_time(data.get("captured_at"), event.time).date())
+
+
+async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await store.convert_lead(tx.conn, str(data.get("lead_id") or event.subject),
+                             data_time(data.get("converted_at"), event.time).date(), data.get("campaign_id"))
+
+
+async def campaign_changed(tx: Transaction, event: CloudEvent) -> None:
+    data = event.data
+    await store.save_campaign(
+        tx.conn, str(data.get("campaign_id") or event.subject), str(data.get("name") or ""), data.get("channel"),
+        _decimal(data.get("actual_cost")) or Decimal(0), str(data.get("currency") or "CNY"),
+        _day(data.get("starts_on")), _day(data.get("ends_on")))
+
+
 HANDLERS = {
     "sales.opportunity.created.v1": opportunity_created,
     "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
@@ -402,6 +428,10 @@ HANDLERS = {
     "sales.opportunity.scored.v1": opportunity_scored,
     "sales.contract.signed.v1": contract_signed,
     "sales.contract.terminated.v1": contract_terminated,
+    "sales.lead.captured.v1": lead_captured,
+    "sales.lead.converted.v1": lead_converted,
+    "sales.campaign.created.v1": campaign_changed,
+    "sales.campaign.updated.v1": campaign_changed,
 }
 
 

@@ -18,7 +18,7 @@ def _deal(row: asyncpg.Record) -> DealState:
         opportunity_id=row["opportunity_id"], owner_id=row["owner_id"], amount=row["amount"],
         currency=row["currency"], expected_close_date=row["expected_close_date"], stage=row["stage"],
         status=row["status"], stage_probability=row["stage_probability"],
-        scored_probability=row["scored_probability"], closed_on=row["closed_on"],
+        scored_probability=row["scored_probability"], closed_on=row["closed_on"], campaign_id=row["campaign_id"],
     )
 
 
@@ -38,17 +38,18 @@ async def save_deals(
     await conn.executemany(
         "INSERT INTO deals (opportunity_id, owner_id, amount, currency, amount_reporting, expected_close_date,"
         " stage, status, stage_probability, scored_probability, probability, category, closed_on, forecast_on,"
-        " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        " created_at, updated_at, campaign_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, amount = EXCLUDED.amount,"
         " currency = EXCLUDED.currency, amount_reporting = EXCLUDED.amount_reporting,"
         " expected_close_date = EXCLUDED.expected_close_date, stage = EXCLUDED.stage, status = EXCLUDED.status,"
         " stage_probability = EXCLUDED.stage_probability, scored_probability = EXCLUDED.scored_probability,"
         " probability = EXCLUDED.probability, category = EXCLUDED.category, closed_on = EXCLUDED.closed_on,"
         " forecast_on = EXCLUDED.forecast_on, created_at = coalesce(deals.created_at, EXCLUDED.created_at),"
-        " updated_at = EXCLUDED.updated_at",
+        " updated_at = EXCLUDED.updated_at, campaign_id = EXCLUDED.campaign_id",
         [(d.opportunity_id, d.owner_id, d.amount, d.currency, amount, d.expected_close_date, d.stage, d.status,
           d.stage_probability, d.scored_probability, d.probability, category.value, d.closed_on, d.forecast_date(),
-          created_at, at) for d, amount, category, created_at in deals],
+          created_at, at, d.campaign_id) for d, amount, category, created_at in deals],
     )
 
 
@@ -207,4 +208,55 @@ async def transitions(conn: Connection, opportunity_ids: list[str]) -> list[asyn
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT opportunity_id, to_stage, at FROM deal_transitions WHERE opportunity_id = ANY($1) ORDER BY at",
         opportunity_ids)
+    return rows
+
+
+async def save_lead(
+    conn: Connection, lead_id: str, source: str | None, grade: str | None, campaign_id: str | None,
+    owner_id: str | None, captured_on: date,
+) -> None:
+    await conn.execute(
+        "INSERT INTO leads (lead_id, source, grade, campaign_id, owner_id, captured_on) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (lead_id) DO UPDATE SET source = EXCLUDED.source, grade = EXCLUDED.grade,"
+        " campaign_id = EXCLUDED.campaign_id, owner_id = EXCLUDED.owner_id, captured_on = EXCLUDED.captured_on",
+        lead_id, source, grade, campaign_id, owner_id, captured_on)
+
+
+async def convert_lead(conn: Connection, lead_id: str, converted_on: date, campaign_id: str | None) -> None:
+    """Mark a lead converted (a lead captured before this service listened is recorded as it is now)."""
+    await conn.execute(
+        "INSERT INTO leads (lead_id, campaign_id, converted_on) VALUES ($1, $2, $3)"
+        " ON CONFLICT (lead_id) DO UPDATE SET converted_on = EXCLUDED.converted_on,"
+        " campaign_id = coalesce(leads.campaign_id, EXCLUDED.campaign_id)",
+        lead_id, campaign_id, converted_on)
+
+
+async def save_campaign(
+    conn: Connection, campaign_id: str, name: str, channel: str | None, actual_cost: Decimal, currency: str,
+    starts_on: date | None, ends_on: date | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO campaigns (campaign_id, name, channel, actual_cost, currency, starts_on, ends_on)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (campaign_id) DO UPDATE SET name = EXCLUDED.name,"
+        " channel = EXCLUDED.channel, actual_cost = EXCLUDED.actual_cost, currency = EXCLUDED.currency,"
+        " starts_on = EXCLUDED.starts_on, ends_on = EXCLUDED.ends_on",
+        campaign_id, name, channel, actual_cost, currency, starts_on, ends_on)
+
+
+async def leads_captured(conn: Connection, since: date, until: date) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT source, grade, converted_on IS NOT NULL AS converted FROM leads WHERE captured_on BETWEEN $1 AND $2",
+        since, until)
+    return rows
+
+
+async def campaign_figures(conn: Connection) -> list[asyncpg.Record]:
+    """Per campaign: its cost and currency, its leads, and the deals attributed to it that were won."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT c.campaign_id, c.name, c.actual_cost, c.currency,"
+        " (SELECT count(*) FROM leads l WHERE l.campaign_id = c.campaign_id) AS leads,"
+        " (SELECT count(*) FROM deals d WHERE d.campaign_id = c.campaign_id AND d.status = 'won') AS deals_won,"
+        " (SELECT coalesce(sum(amount_reporting), 0) FROM deals d WHERE d.campaign_id = c.campaign_id"
+        "  AND d.status = 'won') AS won_amount"
+        " FROM campaigns c ORDER BY c.campaign_id")
     return rows

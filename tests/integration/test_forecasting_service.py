@@ -395,3 +395,55 @@ async def test_funnel_bookings_forecast_accuracy_and_charts(
     assert (latest["period"], latest["point"], latest["actual"]) == (next_month, forecast_body["point"], None)
     chart = await http.get("/v1/charts/forecast.svg", params={"period": str(year)}, headers=as_(settings, "dir-1"))
     assert chart.status_code == 200 and chart.text.count("<circle") >= 1
+
+
+async def test_lead_conversion_and_campaign_economics(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    campaign, month = f"camp-{uuid.uuid4()}", "2031-02"
+    await send(producer, CloudEvent(
+        type="sales.campaign.created.v1", source="/funnelcast/leads", subject=campaign, sequence=1, data={
+            "campaign_id": campaign, "name": "春季展会", "channel": "event", "status": "running", "budget": "20000.00",
+            "actual_cost": "12000.00", "currency": "CNY", "starts_on": "2031-02-01", "ends_on": "2031-02-28",
+            "created_at": "2031-01-20T08:00:00Z"}))
+    leads = [f"lead-{uuid.uuid4()}" for _ in range(3)]
+    for lead, grade in zip(leads, ("H", "H", "B"), strict=True):
+        await send(producer, CloudEvent(
+            type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead, sequence=1, data={
+                "lead_id": lead, "source": "event", "grade": grade, "owner_id": "rep-1", "campaign_id": campaign,
+                "region": "华东", "captured_at": "2031-02-10T08:00:00Z",
+                "contact": {"name": "访客", "company": "某公司", "phone": "+8613900000000", "email": None}}))
+    await send(producer, CloudEvent(
+        type="sales.lead.converted.v1", source="/funnelcast/leads", subject=leads[0], sequence=2, data={
+            "lead_id": leads[0], "contact": {"name": "访客", "company": "某公司", "phone": "+8613900000000",
+                                             "email": None},
+            "account_name": "某公司", "account_id": None, "owner_id": "rep-1", "region": "华东",
+            "campaign_id": campaign, "converted_by": "rep-1",
+            "opportunity": {"name": "展会项目", "amount": None, "currency": "CNY", "expected_close_date": None},
+            "converted_at": "2031-02-12T08:00:00Z"}))
+    opp = f"opp-{uuid.uuid4()}"
+    opened = created(opp, "rep-1", "48000.00", "2031-03-30")
+    await send(producer, CloudEvent(type=opened.type, source=opened.source, subject=opp, sequence=1,
+                                    data={**opened.data, "campaign_id": campaign}))
+    await send(producer, opportunity_event(
+        "sales.opportunity.won.v1", opp, 2, opportunity_id=opp, amount="48000.00", currency="CNY", owner_id="rep-1",
+        reason="展会签约", closed_at="2031-02-27T08:00:00Z", closed_by="rep-1"))
+
+    async def economics() -> dict[str, Any] | None:
+        response = await http.get("/v1/funnel/marketing", params={"period": month}, headers=as_(settings, "dir-1"))
+        assert response.status_code == 200, response.text
+        body = dict(response.json())
+        mine = [c for c in body["campaigns"] if c["campaign_id"] == campaign]
+        ready = mine and mine[0]["leads"] == 3 and mine[0]["deals_won"] == 1 and any(
+            r["source"] == "event" and r["converted"] == 1 for r in body["conversion"])
+        return body if ready else None
+
+    body = await eventually(economics, timeout=TIMEOUT)
+    [row] = [c for c in body["campaigns"] if c["campaign_id"] == campaign]
+    assert (row["cost"], row["cost_per_lead"], row["acquisition_cost"], row["won_amount"]) == (
+        "12000.00", "4000.00", "12000.00", "48000.00")
+    assert row["roi"] == 3.0
+    by_grade = {r["grade"]: r for r in body["conversion"] if r["source"] == "event"}
+    assert (by_grade["H"]["leads"], by_grade["H"]["converted"], by_grade["B"]["conversion_rate"]) == (2, 1, 0.0)
+    refused = await http.get("/v1/funnel/marketing", params={"period": month}, headers=as_(settings, "rep-1"))
+    assert refused.status_code == 403

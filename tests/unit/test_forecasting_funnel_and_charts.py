@@ -60,3 +60,16 @@ def test_the_charts_are_well_formed_svg_with_their_figures() -> None:
         forecast_vs_actual_svg(points, "Bookings 2017-Q2", "USD"))
     assert len(chart.findall("{http://www.w3.org/2000/svg}circle")) == 2
     assert len(chart.findall("{http://www.w3.org/2000/svg}rect")) == 1 + 1  # one actual so far
+
+
+def test_lead_conversion_by_source_and_grade_and_campaign_economics() -> None:
+    from services.forecasting.marketing import CampaignFigures, LeadFact, conversion_by_source_and_grade
+
+    leads = [LeadFact("web_form", "H", True), LeadFact("web_form", "H", False), LeadFact("web_form", "C", False),
+             LeadFact(None, None, True)]
+    rows = {(c.source, c.grade): (c.leads, c.converted, c.rate) for c in conversion_by_source_and_grade(leads)}
+    assert rows == {("web_form", "H"): (2, 1, 0.5), ("web_form", "C"): (1, 0, 0.0), ("unknown", "none"): (1, 1, 1.0)}
+    campaign = CampaignFigures("c1", "展会", Decimal(10000), leads=40, deals_won=2, won_amount=Decimal(50000))
+    assert (campaign.cost_per_lead, campaign.acquisition_cost, campaign.roi) == (250, 5000, 4)
+    unpriced = CampaignFigures("c2", "other currency", None, leads=3, deals_won=0, won_amount=Decimal(0))
+    assert (unpriced.cost_per_lead, unpriced.acquisition_cost, unpriced.roi) == (None, None, None)
