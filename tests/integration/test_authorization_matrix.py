@@ -606,6 +606,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("forecasting", "GET /v1/charts/forecast.svg"): fixed("GET", "/v1/charts/forecast.svg", params={"period": PERIOD}),
     ("forecasting", "GET /v1/funnel"): naming(
         "GET", "/v1/funnel", params=lambda owner: {"period": PERIOD, "owner_id": owner}),
+    ("forecasting", "GET /v1/funnel/marketing"): fixed("GET", "/v1/funnel/marketing", params={"period": PERIOD}),
     ("forecasting", "GET /v1/charts/funnel.svg"): naming(
         "GET", "/v1/charts/funnel.svg", params=lambda owner: {"period": PERIOD, "owner_id": owner}),
     # notifications
