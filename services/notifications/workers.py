@@ -67,6 +67,7 @@ class Workers:
                                       config.webhook_max_attempts)
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
+        self._checked: dict[str, float] = {}  # host:port -> until when its addresses are known permitted
 
     def start(self) -> None:
         config = self.ctx.config
@@ -150,13 +151,21 @@ class Workers:
             if subscription is not None and subscription["enabled"]:
                 await handlers.webhook_disabled(conn, self.ctx, subscription, failures)
 
+    async def _check(self, url: str) -> None:
+        """The address check, remembered for 30 s per host on success (resolving goes through a thread)."""
+        host = urlsplit(url).netloc
+        if self._checked.get(host, 0.0) > time.monotonic():
+            return
+        await check_target(url, self.policy)
+        self._checked[host] = time.monotonic() + 30
+
     async def _attempt(self, row: asyncpg.Record) -> store.Attempt:
         number = row["attempts"] + 1
         started = time.perf_counter()
         status_code: int | None = None
         error: str | None = None
         try:
-            await check_target(row["url"], self.policy)
+            await self._check(row["url"])
             assert self._http is not None
             message_id = f"msg_{row['id'].hex}"
             timestamp = int(time.time())
