@@ -75,19 +75,19 @@ class BrokerWatch:
 
 
 def rewind_on_first_assignment(app: Any) -> None:
-    """Make a Faust app read each partition of its first assignment from offset 0.
+    """Make a Faust app read each partition, the first time it is assigned one, from offset 0.
 
     For the app started on a new broker: offsets committed there by the previous app (which
-    skipped the records below its old positions) must not be trusted."""
-    rewound = False
+    skipped the records below its old positions) must not be trusted. Every partition, even one
+    assigned in a later rebalance, is rewound once."""
+    rewound: set[Any] = set()
 
     async def rewind(sender: Any, assigned: set[Any], **_: Any) -> None:
-        nonlocal rewound
-        if rewound or not assigned:
-            return
-        rewound = True
-        for tp in assigned:
+        fresh = set(assigned) - rewound
+        for tp in fresh:
             await app.consumer.seek(tp, 0)
-        log.info("new broker: reading %d partition(s) from offset 0", len(assigned))
+        rewound.update(fresh)
+        if fresh:
+            log.info("new broker: reading %d partition(s) from offset 0", len(fresh))
 
     app.on_partitions_assigned.connect(rewind)
