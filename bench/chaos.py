@@ -37,7 +37,7 @@ from tests.support.chaos import (
 )
 from tests.support.waiting import eventually
 
-EVENTS_PER_FLOW = 28  # measured: a flow publishes about this many events across the services
+EVENTS_PER_FLOW = 24  # measured: a flow publishes about this many events across the services
 Fault = Callable[[ChaosStack, random.Random], Awaitable[None]]
 
 

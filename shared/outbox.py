@@ -369,6 +369,13 @@ class OutboxRelay:
         self._sent.clear()
         self._next_position.clear()
         self._partition_cache.clear()
+        if previous is not None:
+            if self.prepare_broker is not None:  # an empty broker: create the topics first
+                await self.prepare_broker()
+            # The producer's metadata still describes the old broker's partitions; Tansu accepts records
+            # for a partition its (auto-created, fewer-partition) topic does not have, and no consumer
+            # is assigned it: events published there were lost (seen by bench/chaos.py).
+            await self.producer.client.force_metadata_update()
         if stale:
             self.republished += again
             metrics.outbox_republished.inc(again)
@@ -377,8 +384,6 @@ class OutboxRelay:
                 identity, previous or ", ".join(sorted({c["broker"] for c in stale})), again,
                 ", ".join(c["topic"] for c in stale),
             )
-            if self.prepare_broker is not None:  # an empty broker: create the topics first
-                await self.prepare_broker()
 
     async def _checkpoint_loop(self) -> None:
         while True:
