@@ -63,8 +63,8 @@ class Topic:
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        Topic("sales.leads", 6, "leads", ("opportunities", "scoring", "notifications")),
-        Topic("sales.campaigns", 3, "leads", ("notifications",)),
+        Topic("sales.leads", 6, "leads", ("opportunities", "scoring", "forecasting", "notifications")),
+        Topic("sales.campaigns", 3, "leads", ("forecasting", "notifications")),
         Topic("sales.accounts", 6, "opportunities", ("notifications",)),
         Topic("sales.opportunities", 6, "opportunities", ("scoring", "forecasting", "notifications")),
         Topic("sales.contracts", 6, "opportunities", ("scoring", "forecasting", "notifications")),
