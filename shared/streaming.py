@@ -17,7 +17,6 @@ from FUNNELCAST_KAFKA_FETCH_MAX_WAIT_MS; it is registered through Faust's docume
 """
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -136,7 +135,14 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
                 await stream.ack(record)
                 app.processed_offsets[(message.topic, message.partition)] = message.offset
 
+    def stopped(task: asyncio.Task[None]) -> None:
+        # Reported at once (readiness), not only when the next record finds the queue full.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            app.agent_failure = f"{type(exc).__name__}: {exc}"
+            log.error("the %s batch applier stopped: %r", processor.group, exc)
+
     applier = asyncio.create_task(apply_batches(), name=f"{processor.group}.apply_batches")
+    applier.add_done_callback(stopped)
     try:
         async for record in stream.events():
             if not queue.full():
@@ -150,8 +156,7 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
                 raise RuntimeError("the batch applier stopped")
     finally:
         applier.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await applier
+        await asyncio.wait({applier})  # whether it was cancelled or had failed: nothing to raise here
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
