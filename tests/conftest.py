@@ -20,12 +20,17 @@ for _name in [n for n in os.environ if n.startswith("FUNNELCAST_")]:
     del os.environ[_name]
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    root = tmp_path_factory.mktemp("postgres")
-    # A throwaway cluster: durability off makes the suite faster and changes no behaviour under test.
+def throwaway_postgres(root: Path) -> EmbeddedPostgres:
+    """A started Postgres server under `root`: durability off makes tests faster and changes no behaviour
+    under test."""
     server = EmbeddedPostgres(root / "data", free_port(), root / "postgres.log", settings={"fsync": "off"})
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = throwaway_postgres(tmp_path_factory.mktemp("postgres"))
     yield server
     server.stop()
 

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import httpx
@@ -43,6 +44,18 @@ async def applied_by(port: int) -> int:
                    if line.startswith("funnelcast_events_consumed_total{")))
 
 
+async def every_replica_consuming(http: httpx.AsyncClient, replicas: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Captures warm-up leads until every replica has applied events; what each had applied by then."""
+    deadline = time.monotonic() + 60
+    while True:
+        await asyncio.gather(*(capture(http, n) for n in range(8)))
+        applied = {label: await applied_by(replica["port"]) for label, replica in replicas.items()}
+        if all(applied.values()):
+            return applied
+        assert time.monotonic() < deadline, f"not every scoring replica consumed within 60 s: {applied}"
+        await asyncio.sleep(0.5)
+
+
 async def exit_time(process: ProcessRef, since: float) -> float:
     """Seconds from `since` until the process is gone (polled while the captures go on)."""
     for _ in range(600):  # 30 s at most
@@ -69,12 +82,15 @@ async def test_stopping_scoring_replicas_mid_flow_loses_and_repeats_nothing(
     applied: dict[str, int] = {}
     signalled: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=leads_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        # `up --detach` returns when every replica answers /readyz, which can be before the group has
+        # given each its partitions; the stops below prove something only once all three consume.
+        applied_before = await every_replica_consuming(http, replicas)
         started = time.monotonic()
         for first in range(0, LEADS, 8):
             lead_ids += await asyncio.gather(*(capture(http, n) for n in range(first, min(first + 8, LEADS))))
             if len(lead_ids) in plan:
                 label, stop_signal = plan[len(lead_ids)]
-                applied[label] = await applied_by(replicas[label]["port"])
+                applied[label] = await applied_by(replicas[label]["port"]) - applied_before[label]
                 os.kill(replicas[label]["pid"], stop_signal)
                 signalled[label] = time.monotonic()
                 if stop_signal is signal.SIGTERM:
