@@ -6,7 +6,7 @@ and channels (inbox, push, e-mail), with a title and body template per language 
 Rules are plain data: admins replace them through the API, `parse_rule` validates them.
 
 Also here: template rendering, quiet hours, the webhook retry schedule, the Standard Webhooks
-signature, and which addresses a webhook may be delivered to.
+signature, which addresses a webhook may be delivered to, and the rate limit of an endpoint.
 """
 
 import base64
@@ -466,10 +466,51 @@ def new_secret(token: bytes) -> str:
     return SECRET_PREFIX + base64.b64encode(token).decode()
 
 
+# Cloud instance-metadata endpoints (AWS/GCP/Azure/OpenStack, AWS over IPv6, Alibaba Cloud): the
+# address an SSRF wants most, since it hands out the machine's credentials.
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv6 addresses a NAT64 gateway translates to IPv4
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _effective(address: str) -> Address:
+    """The address a connection really reaches: an IPv4-mapped (::ffff:a.b.c.d), 6to4 (2002::/16) or
+    NAT64 IPv6 address reaches its embedded IPv4 address, so it is judged as that."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None:
+            return embedded
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def classify_address(address: str) -> str:
+    """`public`, or what else an address is: `metadata`, `loopback`, `unspecified`, `link-local`,
+    `multicast`, `private` or `reserved` (anything else not globally reachable, e.g. 100.64.0.0/10)."""
+    ip = _effective(address)
+    if ip in _METADATA:
+        return "metadata"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_unspecified:
+        return "unspecified"  # 0.0.0.0 and :: reach this machine on Linux
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    return "public" if ip.is_global else "reserved"
+
+
 @dataclass(frozen=True)
 class NetworkPolicy:
-    """Webhook targets may not resolve to private, loopback, link-local or reserved addresses,
-    unless an operator allowed the network (FUNNELCAST_WEBHOOK_ALLOWED_NETWORKS)."""
+    """Webhook targets may only resolve to public addresses, unless an operator allowed the network
+    (FUNNELCAST_WEBHOOK_ALLOWED_NETWORKS). A cloud metadata address stays refused inside an allowed
+    network unless that network is the one address itself: allowing 169.254.0.0/16 for devices on
+    the link must not hand out the machine's credentials."""
 
     allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default_factory=tuple)
 
@@ -477,8 +518,42 @@ class NetworkPolicy:
     def parse(cls, cidrs: str) -> "NetworkPolicy":
         return cls(tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs.split(",") if c.strip()))
 
+    def refusal(self, address: str) -> str | None:
+        """None when a webhook may be delivered to the address; otherwise its kind (`classify_address`)."""
+        kind = classify_address(address)
+        if kind == "public":
+            return None
+        ip = _effective(address)
+        if any(ip in network and (kind != "metadata" or network.num_addresses == 1) for network in self.allowed):
+            return None
+        return kind
+
     def permits(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        if any(ip in network for network in self.allowed):
-            return True
-        return ip.is_global and not ip.is_multicast
+        return self.refusal(address) is None
+
+
+@dataclass
+class TokenBucket:
+    """A rate limit: on average `rate` takes per second, up to `burst` at once. Time is passed in."""
+
+    rate: float
+    burst: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def full(cls, rate: float, now: float) -> "TokenBucket":
+        """A bucket allowing one second's worth at once (at least one)."""
+        burst = max(1.0, rate)
+        return cls(rate, burst, burst, now)
+
+    def available(self, now: float) -> int:
+        """How many may be taken now."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = max(self.updated, now)
+        return int(self.tokens)
+
+    def take(self, count: int, now: float) -> None:
+        if count > self.available(now):
+            raise ValueError(f"{count} taken, {int(self.tokens)} available")
+        self.tokens -= count

@@ -17,6 +17,8 @@ from services.notifications.domain import (
     NetworkPolicy,
     Preferences,
     RetrySchedule,
+    TokenBucket,
+    classify_address,
     next_digest_at,
     parse_preferences,
     parse_rule,
@@ -208,6 +210,49 @@ def test_webhook_targets_must_be_public_unless_allowed() -> None:
     assert strict.permits("8.8.8.8") and strict.permits("2001:4860:4860::8888")
     loopback = NetworkPolicy.parse("127.0.0.0/8, 10.0.0.0/8")
     assert loopback.permits("127.0.0.1") and loopback.permits("10.9.9.9") and not loopback.permits("192.168.0.1")
+
+
+@pytest.mark.parametrize(("address", "kind"), [
+    ("8.8.8.8", "public"), ("2001:4860:4860::8888", "public"), ("223.5.5.5", "public"),
+    ("127.0.0.1", "loopback"), ("127.0.0.2", "loopback"), ("::1", "loopback"),
+    ("10.0.0.5", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"), ("fc00::1", "private"),
+    ("169.254.1.1", "link-local"), ("fe80::1", "link-local"), ("fe80::1%eth0", "link-local"),
+    ("169.254.169.254", "metadata"), ("fd00:ec2::254", "metadata"), ("100.100.100.200", "metadata"),
+    ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"),
+    ("100.64.0.1", "reserved"),  # carrier-grade NAT: not private, not global either
+    # IPv6 forms that reach an IPv4 address are judged as that address
+    ("::ffff:127.0.0.1", "loopback"), ("::ffff:8.8.8.8", "public"), ("2002:7f00:1::1", "loopback"),
+    ("64:ff9b::a9fe:a9fe", "metadata"), ("64:ff9b::808:808", "public"),
+])
+def test_addresses_are_classified(address: str, kind: str) -> None:
+    assert classify_address(address) == kind
+    assert NetworkPolicy.parse("").refusal(address) == (None if kind == "public" else kind)
+
+
+def test_allowed_networks_are_exact_and_keep_the_metadata_address_out() -> None:
+    policy = NetworkPolicy.parse("127.0.0.1/32, 169.254.0.0/16")
+    assert policy.refusal("127.0.0.1") is None and policy.refusal("::ffff:127.0.0.1") is None
+    assert policy.refusal("127.0.0.2") == "loopback" and policy.refusal("::1") == "loopback"
+    assert policy.refusal("169.254.7.7") is None
+    assert policy.refusal("169.254.169.254") == "metadata"  # inside an allowed network, but not allowed by name
+    assert NetworkPolicy.parse("169.254.169.254/32").refusal("169.254.169.254") is None
+
+
+def test_a_token_bucket_allows_a_burst_then_its_rate() -> None:
+    bucket = TokenBucket.full(rate=10, now=100.0)
+    assert bucket.available(100.0) == 10
+    bucket.take(10, 100.0)
+    assert bucket.available(100.0) == 0
+    with pytest.raises(ValueError):
+        bucket.take(1, 100.0)
+    assert bucket.available(100.25) == 2  # 2.5 tokens back: whole ones count
+    bucket.take(2, 100.25)
+    assert bucket.available(150.0) == 10  # never more than the burst
+    slow = TokenBucket.full(rate=0.5, now=0.0)
+    assert slow.available(0.0) == 1  # a rate below 1/s still lets one through
+    slow.take(1, 0.0)
+    assert slow.available(1.0) == 0 and slow.available(2.0) == 1
 
 
 def test_the_digest_is_due_at_eight_in_the_morning_local_time() -> None:
