@@ -90,6 +90,8 @@ class OpportunityIn(BaseModel):
     expected_close_date: date | None = None
     region: str | None = None
     campaign_id: str | None = None
+    product: str | None = Field(None, min_length=1, max_length=200,
+                                description="The product or product line it is for; the forecast rolls up by it")
 
 
 class StageIn(BaseModel):
@@ -151,6 +153,7 @@ def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None =
         "stage_entered_at": row["stage_entered_at"],
         "lead_id": row["lead_id"],
         "campaign_id": row["campaign_id"],
+        "product": row["product"],
         "close_reason": row["close_reason"],
         "competitor": row["competitor"],
         "closed_at": row["closed_at"],
@@ -178,6 +181,7 @@ async def create_opportunity(
         db, actor, name=body.name, account_id=body.account_id, account_name=body.account_name,
         money=parse_money(body.amount, body.currency), owner_id=owner_id,
         expected_close_date=body.expected_close_date, region=body.region, campaign_id=body.campaign_id,
+        product=body.product.strip() if body.product and body.product.strip() else None,
     )
     response.headers["ETag"] = _etag(row["version"])
     response.headers["Location"] = f"/v1/opportunities/{row['id']}"

@@ -223,6 +223,7 @@ def _created_data(row: asyncpg.Record) -> dict[str, Any]:
         "region": row["region"],
         "lead_id": row["lead_id"],
         "campaign_id": row["campaign_id"],
+        "product": row["product"],
         "pipeline": row["pipeline"],
         "created_by": row["created_by"],
         "created_at": _ts(row["created_at"]),
@@ -232,7 +233,7 @@ def _created_data(row: asyncpg.Record) -> dict[str, Any]:
 async def _open_opportunity(
     tx: Transaction, *, name: str, account_id: str, owner_id: str, money: Money, expected_close_date: date | None,
     region: str | None, created_by: str, campaign_id: str | None = None, lead_id: str | None = None,
-    contact_id: str | None = None,
+    contact_id: str | None = None, product: str | None = None,
 ) -> asyncpg.Record | None:
     if not name.strip():
         raise Unprocessable("an opportunity needs a name")
@@ -242,8 +243,8 @@ async def _open_opportunity(
         id=_new_id("opp"), name=name.strip(), account_id=account_id, contact_id=contact_id, owner_id=owner_id,
         region=region, stage=FIRST_STAGE, status=str(Status.OPEN), probability=STAGES[FIRST_STAGE].probability,
         amount=money.amount, currency=money.currency, expected_close_date=expected_close_date,
-        stage_entered_at=now, lead_id=lead_id, campaign_id=campaign_id, created_by=created_by, created_at=now,
-        updated_at=now,
+        stage_entered_at=now, lead_id=lead_id, campaign_id=campaign_id, product=product, created_by=created_by,
+        created_at=now, updated_at=now,
     )
     if row is not None:
         tx.publish("sales.opportunity.created.v1", row["id"], _created_data(row), sequence=row["version"])
@@ -253,6 +254,7 @@ async def _open_opportunity(
 async def create_opportunity(
     db: Database, actor: Actor, *, name: str, account_id: str | None, account_name: str | None, money: Money,
     owner_id: str, expected_close_date: date | None, region: str | None, campaign_id: str | None,
+    product: str | None = None,
 ) -> asyncpg.Record:
     actor.check(owner_id, "the new opportunity's owner")
     if (account_id is None) == (account_name is None or not account_name.strip()):
@@ -270,7 +272,7 @@ async def create_opportunity(
         row = await _open_opportunity(
             tx, name=name, account_id=account["id"], owner_id=owner_id, money=money,
             expected_close_date=expected_close_date, region=region or account["region"], created_by=actor.user_id,
-            campaign_id=campaign_id,
+            campaign_id=campaign_id, product=product,
         )
         assert row is not None  # no lead_id, so no conflict
         return row
@@ -330,6 +332,7 @@ def _common(row: asyncpg.Record) -> dict[str, Any]:
         "stage": row["stage"],
         "amount": str(row["amount"]),
         "currency": row["currency"],
+        "product": row["product"],
     }
 
 

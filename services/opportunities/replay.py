@@ -129,6 +129,7 @@ async def replay_deal(client: httpx.AsyncClient, deal: Deal) -> str:
         "owner_id": agent_id(deal.agent),
         "expected_close_date": deal.close_date,
         "region": deal.region,
+        "product": deal.product,
     })
     path = f"/v1/opportunities/{opened['id']}"
     moves, outcome = STAGE_PATHS[deal.stage]

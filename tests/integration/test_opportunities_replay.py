@@ -80,5 +80,6 @@ async def test_replaying_deals_of_every_stage(http: httpx.AsyncClient, replay_se
         assert (opp["stage"], opp["status"]) == expected[deal.stage], deal
         assert (opp["amount"], opp["currency"], opp["region"]) == (deal.amount, "USD", deal.region)
         assert opp["expected_close_date"] == deal.close_date
+        assert opp["product"] == deal.product  # carried in its events: the forecast rolls up by it
         if deal.stage == "Lost":
             assert opp["competitor"] == NO_COMPETITOR

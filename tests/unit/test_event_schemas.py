@@ -513,6 +513,16 @@ def test_forecast_rolls_up_by_owner_team_or_region(by, ok):
     assert is_valid(FORECAST, with_(FORECAST, by=by)) is ok
 
 
+@pytest.mark.parametrize("type_", sorted(t for t in ALL_TYPES if t.startswith("sales.opportunity.")
+                                         and t != "sales.opportunity.scored.v1"))
+def test_opportunity_events_may_name_a_product_or_none(type_):
+    assert is_valid(type_, EXAMPLES[type_])  # events of earlier releases carry none
+    assert is_valid(type_, with_(type_, product="GTX Pro"))
+    assert is_valid(type_, with_(type_, product=None))
+    assert not is_valid(type_, with_(type_, product=""))
+    assert not is_valid(type_, with_(type_, product=7))
+
+
 def test_forecast_quota_may_be_null_but_never_a_number():
     assert is_valid(FORECAST, with_(FORECAST, quota=None))
     assert not is_valid(FORECAST, with_(FORECAST, quota=1500000))
