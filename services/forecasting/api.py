@@ -68,11 +68,13 @@ router = APIRouter(prefix="/v1", tags=["forecast"])
 async def get_forecast(
     principal: CurrentPrincipal, org: Org, db: ServiceDatabase,
     period: Annotated[str, Query(description="a month (2026-11), a quarter (2026-Q4) or a year (2026)")],
-    by: Annotated[By, Query(description="owner, team or region")] = By.OWNER,
+    by: Annotated[By, Query(description="owner, team, region or product")] = By.OWNER,
 ) -> Forecast:
-    """Open amount, weighted pipeline, best case, commit, closed won and quota per owner, team or region.
+    """Open amount, weighted pipeline, best case, commit, closed won and quota per owner, team, region or
+    product (a deal without a product under `unspecified`; products have no quota).
 
     Open deals count in the period of their expected close date, won deals in the period they were won.
+    A deal shared by several owners credits each their split of its figures (their team and region too).
     Weighted pipeline = amount x win probability (the scoring service's when it scored the deal, else
     the stage's default). Commit = closed won + deals in the commit stages; best case = commit + deals in
     the best-case stages (FUNNELCAST_FORECAST_* settings; defaults: contract, negotiation).
@@ -136,7 +138,7 @@ async def get_attainment(
     """Quota attainment of each rep (closed won / quota), the gap to quota, and their rank among all reps."""
     wanted = _period(period)
     async with db.pool.acquire() as conn:
-        per_owner = await store.figures_per_owner(conn, wanted)
+        per_owner = handlers.figures_per_owner(org, await store.deal_groups(conn, wanted))
         quotas = await handlers.all_quotas(conn, org)
     reps = sorted({u.id for u in org.users.values() if u.role is Role.REP} | set(per_owner))
     ranked = rank_reps(reps, per_owner, wanted, quotas)
@@ -432,9 +434,9 @@ def _visible_keys(principal: Principal, org: Organisation, by: By) -> set[str] |
         return None
     if by is By.OWNER:
         return owners
-    if principal.role is Role.MANAGER:  # a manager's team row is theirs; a region's is not
-        return {handlers.placement(org, o).key(by, o) for o in owners} if by is By.TEAM else set()
-    return set()
+    if principal.role is Role.MANAGER and by is By.TEAM:  # a manager's team row is theirs
+        return {handlers.placement(org, o).key(by, o) for o in owners}
+    return set()  # region and product rows are published over everyone's deals
 
 
 ROUTERS = [router]

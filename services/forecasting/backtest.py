@@ -85,8 +85,10 @@ def _events_of(row: dict[str, str], prices: dict[str, str]) -> Iterator[CloudEve
     opp = f"maven-{row['opportunity_id']}"
     owner = agent_id(row["sales_agent"])
     won = row["deal_stage"] == "Won"
-    amount = row["close_value"] if won else prices[PRODUCT_ALIASES.get(row["product"], row["product"])]
-    common = {"opportunity_id": opp, "amount": f"{Decimal(amount):.2f}", "currency": "USD", "owner_id": owner}
+    product = PRODUCT_ALIASES.get(row["product"], row["product"])
+    amount = row["close_value"] if won else prices[product]
+    common = {"opportunity_id": opp, "amount": f"{Decimal(amount):.2f}", "currency": "USD", "owner_id": owner,
+              "product": product}
     opened = _at(date.fromisoformat(row["engage_date"]))
     yield CloudEvent(type="sales.opportunity.created.v1", source=SOURCE, subject=opp, time=opened, sequence=1, data={
         **common, "name": f"{row['product']} · {row['account'] or 'Unknown account'}", "account_id": "maventech",

@@ -5,7 +5,7 @@ period of the day it was won once won. Amounts are `Decimal`s in the reporting c
 """
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -13,6 +13,7 @@ from enum import StrEnum
 
 CENT = Decimal("0.01")
 NO_KEY = "unassigned"  # the team or region of an owner the organisation file does not place
+NO_PRODUCT = "unspecified"  # the product key of a deal whose events name no product
 
 
 class InvalidPeriod(ValueError):
@@ -184,8 +185,34 @@ def parse_rates(currency: str, text: str) -> Rates:
 
 
 @dataclass(frozen=True)
+class OwnerSplit:
+    """One owner of a deal and the whole percent of its figures credited to them."""
+
+    owner_id: str
+    split: int
+
+
+class InvalidSplits(ValueError):
+    pass
+
+
+def credited_splits(splits: Sequence[OwnerSplit]) -> tuple[OwnerSplit, ...]:
+    """Owners' splits as a deal's credits: each owner once, the splits summing to 100 (anything else
+    would credit more or less than the deal: such an event is refused, not half applied)."""
+    owners = [s.owner_id for s in splits]
+    total = sum(s.split for s in splits)
+    if not splits or len(set(owners)) != len(owners) or total != 100:
+        raise InvalidSplits(f"owner splits must name each owner once and sum to 100: {list(splits)}")
+    return tuple(splits)
+
+
+@dataclass(frozen=True)
 class DealState:
-    """What the forecast needs of one opportunity."""
+    """What the forecast needs of one opportunity.
+
+    `splits` lists the owners sharing the deal (the first is the primary, `owner_id`); empty when the
+    primary owner alone holds it, as most deals are.
+    """
 
     opportunity_id: str
     owner_id: str | None = None
@@ -198,10 +225,32 @@ class DealState:
     scored_probability: Decimal | None = None
     closed_on: date | None = None
     campaign_id: str | None = None
+    product: str | None = None
+    splits: tuple[OwnerSplit, ...] = ()
 
     @property
     def probability(self) -> Decimal:
         return effective_probability(self.stage_probability, self.scored_probability)
+
+    @property
+    def credits(self) -> tuple[OwnerSplit, ...]:
+        """Who is credited what share of the deal: its splits, else the primary owner at 100 %."""
+        if self.splits:
+            return self.splits
+        return (OwnerSplit(self.owner_id, 100),) if self.owner_id else ()
+
+    def owned_by(self, owner_id: str) -> "DealState":
+        """The deal with this primary owner. Splits naming another primary are out of date (the deal
+        changed hands since they were set), so that owner then holds the whole deal."""
+        if self.splits and self.splits[0].owner_id != owner_id:
+            return replace(self, owner_id=owner_id, splits=())
+        return replace(self, owner_id=owner_id)
+
+    def shared_by(self, splits: Sequence[OwnerSplit]) -> "DealState":
+        """The deal with these owners (the first the primary); one owner at 100 % is a plain transfer."""
+        if not splits:
+            return self
+        return replace(self, owner_id=splits[0].owner_id, splits=tuple(splits) if len(splits) > 1 else ())
 
     def forecast_date(self) -> date | None:
         """The day that places the deal in a period: close day once won, else the expected close date."""
@@ -217,6 +266,20 @@ def affected_periods(before: DealState | None, after: DealState) -> set[Period]:
     """Every period whose figures the change from `before` to `after` may move."""
     days = {s.forecast_date() for s in (before, after) if s is not None}
     return {p for day in days if day is not None for p in periods_of(day)}
+
+
+def affected_owners(before: DealState | None, after: DealState) -> set[str]:
+    """Every owner credited with a share of the deal before or after the change."""
+    return {c.owner_id for state in (before, after) if state is not None for c in state.credits}
+
+
+def affected_products(before: DealState | None, after: DealState) -> set[str]:
+    """The product keys the deal counted under before and after the change."""
+    return {product_key(state.product) for state in (before, after) if state is not None}
+
+
+def product_key(product: str | None) -> str:
+    return product or NO_PRODUCT
 
 
 # --- figures and roll-ups ---------------------------------------------------------------------
@@ -246,6 +309,15 @@ class Figures:
     @property
     def best_case(self) -> Decimal:
         return self.commit + self.best_case_open
+
+    def share(self, percent: int) -> "Figures":
+        """The part of these figures credited to an owner holding `percent` of the deals (their split);
+        the deals stay whole: a share of a deal is still one deal."""
+        if percent == 100:
+            return self
+        part = Decimal(percent) / 100
+        return Figures(self.open_amount * part, self.weighted_pipeline * part, self.commit_open * part,
+                       self.best_case_open * part, self.closed_won * part, self.booked * part, self.deals)
 
     def __add__(self, other: "Figures") -> "Figures":
         return Figures(
@@ -280,6 +352,7 @@ class By(StrEnum):
     OWNER = "owner"
     TEAM = "team"
     REGION = "region"
+    PRODUCT = "product"
 
 
 @dataclass(frozen=True)
@@ -290,20 +363,44 @@ class Placement:
     region: str | None
 
     def key(self, by: By, owner_id: str) -> str:
+        """The owner's row key by owner, team or region (a product row is the deal's, not the owner's)."""
+        if by is By.PRODUCT:
+            raise ValueError("deals roll up by product through their own product, not their owner")
         if by is By.OWNER:
             return owner_id
         value = self.team if by is By.TEAM else self.region
         return value or NO_KEY
 
 
+@dataclass(frozen=True)
+class DealGroup:
+    """The summed figures of the deals (of one period) that share one product and one list of owners
+    with their splits: what the store sums, so that the splits are applied here, once per group."""
+
+    product: str
+    owners: tuple[OwnerSplit, ...]
+    figures: Figures
+
+
 def roll_up(
-    per_owner: Mapping[str, Figures], by: By, placement: Mapping[str, Placement]
+    groups: Iterable[DealGroup], by: By, place: Callable[[str], Placement], visible: Collection[str] | None = None,
 ) -> dict[str, Figures]:
-    """Sum the owners' figures into their owner, team or region."""
+    """The groups' figures summed per owner, team, region or product, each owner credited their split.
+
+    Owners of one group that share a key add their splits (two owners of one team: the team has their
+    sum), and the group's deals count once per key they reach, so a split deal is one deal in a team,
+    region or product row. `visible`: the owners whose shares count (None: all).
+    """
     rows: dict[str, Figures] = {}
-    for owner, figures in per_owner.items():
-        key = placement.get(owner, Placement(None, None)).key(by, owner)
-        rows[key] = rows.get(key, Figures()) + figures
+    for group in groups:
+        shares: dict[str, int] = {}
+        for credit in group.owners:
+            if visible is not None and credit.owner_id not in visible:
+                continue
+            key = group.product if by is By.PRODUCT else place(credit.owner_id).key(by, credit.owner_id)
+            shares[key] = shares.get(key, 0) + credit.split
+        for key, percent in shares.items():
+            rows[key] = rows.get(key, Figures()) + group.figures.share(percent)
     return rows
 
 

@@ -17,15 +17,21 @@ from services.forecasting.bookings import BookingsForecast, DealFact
 from services.forecasting.config import forecast_settings
 from services.forecasting.domain import (
     By,
+    DealGroup,
     DealState,
     Figures,
+    OwnerSplit,
     Period,
-    PeriodKind,
     Placement,
+    affected_owners,
     affected_periods,
+    affected_products,
+    credited_splits,
     money,
     periods_of,
+    product_key,
     quota_for,
+    roll_up,
     rolled_quota,
 )
 from shared.context import Cause, current_cause
@@ -35,8 +41,7 @@ from shared.org import Organisation, cached_organisation
 from shared.settings import get_settings
 
 FORECAST_UPDATED = "sales.forecast.updated.v1"
-# sales.forecast.updated.v1 names months and quarters; yearly figures are served, not published.
-PUBLISHED_KINDS = (PeriodKind.MONTH, PeriodKind.QUARTER)
+BY_OWNER = (By.OWNER, By.TEAM, By.REGION)  # the roll-ups that follow a deal's owners
 STAGE_PROBABILITY = {"prospecting": 10, "bidding": 30, "negotiation": 60, "contract": 80, "won": 100, "lost": 0}
 
 
@@ -107,27 +112,32 @@ async def all_quotas(conn: Connection, org: Organisation) -> dict[tuple[str, str
 async def forecast_rows(
     conn: Connection, org: Organisation, period: Period, by: By, visible: set[str] | None,
 ) -> list[Row]:
-    """The rows of a period rolled up by owner, team or region, over the owners in `visible` (None: all)."""
-    return rows_of(org, period, by, await store.figures_per_owner(conn, period), await all_quotas(conn, org), visible)
+    """The rows of a period rolled up by owner, team, region or product, over the shares of the owners in
+    `visible` (None: all)."""
+    return rows_of(org, period, by, await store.deal_groups(conn, period), await all_quotas(conn, org), visible)
+
+
+def figures_per_owner(org: Organisation, groups: list[DealGroup]) -> dict[str, Figures]:
+    """Each owner's share of the figures."""
+    return roll_up(groups, By.OWNER, lambda owner: placement(org, owner))
 
 
 def rows_of(
-    org: Organisation, period: Period, by: By, per_owner: dict[str, Figures],
-    quotas: dict[tuple[str, str], Decimal], visible: set[str] | None, keys: set[str] | None = None,
+    org: Organisation, period: Period, by: By, groups: list[DealGroup], quotas: dict[tuple[str, str], Decimal],
+    visible: set[str] | None, keys: set[str] | None = None,
 ) -> list[Row]:
-    """A row for every key with a deal or a quota in the period (`keys` narrows them); the quota of a
-    team or region is the sum of its owners' quotas."""
-    with_quota = {o for o, _ in quotas if quota_for(o, period, quotas) is not None}
-    owners = set(per_owner) | with_quota
-    if visible is not None:
-        owners &= visible
-    members: dict[str, set[str]] = {}
-    for owner in owners:
-        members.setdefault(placement(org, owner).key(by, owner), set()).add(owner)
+    """A row for every key with a deal or a quota in the period (`keys` narrows them). Each owner is
+    credited their split of a shared deal; the quota of a team or region is the sum of its owners'
+    quotas; a product has none."""
+    figures = roll_up(groups, by, lambda owner: placement(org, owner), visible)
+    with_quota: dict[str, set[str]] = {}
+    if by is not By.PRODUCT:
+        for owner in {o for o, _ in quotas if visible is None or o in visible}:
+            if quota_for(owner, period, quotas) is not None:
+                with_quota.setdefault(placement(org, owner).key(by, owner), set()).add(owner)
     rows = [
-        Row(key, sum((per_owner.get(o, Figures()) for o in sorted(of_key)), Figures()),
-            rolled_quota(of_key, period, quotas))
-        for key, of_key in members.items()
+        Row(key, figures.get(key, Figures()), rolled_quota(with_quota.get(key, set()), period, quotas))
+        for key in set(figures) | set(with_quota)
         if keys is None or key in keys
     ]
     return sorted(rows, key=lambda r: r.key)
@@ -141,23 +151,27 @@ class _Pending:
     write the same rows again and again. Each row published carries as its cause the first event of
     the transaction that touched it (so event -> forecast latency is measured from the earliest)."""
 
-    touched: dict[tuple[str, Period], Cause | None]
+    touched: dict[tuple[Period, By, str], Cause | None]
     events: list[CloudEvent]
 
 
 def schedule_refresh(
-    tx: Transaction, owners: Iterable[str | None], periods: Iterable[Period], event: CloudEvent | None
+    tx: Transaction, periods: Iterable[Period], event: CloudEvent | None, *,
+    owners: Iterable[str | None] = (), products: Iterable[str] = (),
 ) -> None:
-    """Have the rows of these owners (and their teams and regions) in these periods recomputed before
-    the transaction commits, and published if they moved."""
+    """Have the rows of these owners (and their teams and regions) and of these products in these periods
+    recomputed before the transaction commits, and published if they moved."""
     pending: _Pending | None = tx.state.get("forecasting.refresh")
     if pending is None:
         pending = tx.state["forecasting.refresh"] = _Pending({}, [])
         tx.before_commit(lambda: _flush(tx, pending))
     cause = current_cause.get()
-    for owner in {o for o in owners if o}:
-        for period in periods:
-            pending.touched.setdefault((owner, period), cause)
+    org = organisation()
+    keys = {(by, placement(org, owner).key(by, owner)) for owner in owners if owner for by in BY_OWNER}
+    keys |= {(By.PRODUCT, product) for product in products}
+    for period in periods:
+        for by, key in keys:
+            pending.touched.setdefault((period, by, key), cause)
     if event is not None:
         pending.events.append(event)
 
@@ -172,24 +186,23 @@ async def _flush(tx: Transaction, pending: _Pending) -> None:
         metrics.update_lag.observe(max(0.0, (now - event.time).total_seconds()))
 
 
-async def refresh(tx: Transaction, touched: dict[tuple[str, Period], Cause | None]) -> int:
-    """Recompute the rows of the touched owners (and their teams and regions) in the touched periods;
+async def refresh(tx: Transaction, touched: dict[tuple[Period, By, str], Cause | None]) -> int:
+    """Recompute the touched rows (months, quarters and years; by owner, team, region and product);
     publish those whose figures moved since last published. Returns how many rows were published."""
     org = organisation()
     published = 0
     now = _now()
     quotas: dict[tuple[str, str], Decimal] | None = None
-    for period in sorted({p for _, p in touched if p.kind in PUBLISHED_KINDS}):
+    for period in sorted({p for p, _, _ in touched}):
         metrics.recomputations.inc()
-        per_owner = await store.figures_per_owner(tx.conn, period)
+        groups = await store.deal_groups(tx.conn, period)
         quotas = quotas if quotas is not None else await all_quotas(tx.conn, org)
-        owners = {o: c for (o, p), c in touched.items() if p == period}
         current: dict[tuple[str, str], tuple[Row, Cause | None]] = {}
         for by in By:
-            keys: dict[str, Cause | None] = {}
-            for owner, cause in owners.items():
-                keys.setdefault(placement(org, owner).key(by, owner), cause)
-            rows = {r.key: r for r in rows_of(org, period, by, per_owner, quotas, None, set(keys))}
+            keys = {key: cause for (p, b, key), cause in touched.items() if p == period and b is by}
+            if not keys:
+                continue
+            rows = {r.key: r for r in rows_of(org, period, by, groups, quotas, None, set(keys))}
             current.update({(by.value, key): (rows.get(key, Row(key, Figures(), None)), cause)
                             for key, cause in keys.items()})
         published += await _publish_moved(tx, period, current, now)
@@ -238,20 +251,22 @@ def _opportunity_id(event: CloudEvent) -> str:
 
 
 def _with_common_fields(deal: DealState, data: dict[str, Any]) -> DealState:
-    """Amount, currency, owner, expected close date and stage when the event carries them."""
+    """Amount, currency, owner, expected close date, campaign and product when the event carries them."""
     changes: dict[str, Any] = {}
     amount = _decimal(data.get("amount"))
     if amount is not None:
         changes["amount"] = amount
     if isinstance(data.get("currency"), str):
         changes["currency"] = data["currency"]
-    if isinstance(data.get("owner_id"), str) and data["owner_id"]:
-        changes["owner_id"] = data["owner_id"]
     if "expected_close_date" in data:
         changes["expected_close_date"] = _day(data["expected_close_date"])
     if isinstance(data.get("campaign_id"), str) and data["campaign_id"]:
         changes["campaign_id"] = data["campaign_id"]
-    return deal.changed(**changes) if changes else deal
+    if "product" in data:  # carried by every opportunity event of a producer that knows products
+        changes["product"] = data["product"] if isinstance(data["product"], str) and data["product"] else None
+    changed = deal.changed(**changes) if changes else deal
+    owner = data.get("owner_id")
+    return changed.owned_by(owner) if isinstance(owner, str) and owner else changed
 
 
 def _staged(deal: DealState, stage: str | None, probability: Any) -> DealState:
@@ -314,8 +329,12 @@ async def _apply(
     if before is None or before.stage != after.stage:
         deals.transitions.append((event.id, opportunity_id, after.owner_id, before.stage if before else None,
                                   after.stage, event.time))
-    owners = {after.owner_id, before.owner_id if before else None}
-    schedule_refresh(tx, owners, affected_periods(before, after), event)
+    periods = affected_periods(before, after)
+    if before is not None and (before.credits, before.product) != (after.credits, after.product):
+        # who is credited (or under which product) moved: so do the rows of its bookings' periods
+        periods |= {p for day in await store.signed_days(tx.conn, opportunity_id) for p in periods_of(day)}
+    schedule_refresh(tx, periods, event, owners=affected_owners(before, after),
+                     products=affected_products(before, after))
     return after
 
 
@@ -360,15 +379,22 @@ async def opportunity_terminated(tx: Transaction, event: CloudEvent) -> None:
 
 
 async def opportunity_owners_changed(tx: Transaction, event: CloudEvent) -> None:
-    await _apply(tx, event, lambda d: d)  # the primary owner is in the common fields
+    splits = credited_splits([OwnerSplit(str(e["owner_id"]), int(e["split"])) for e in event.data["owners"]])
+    await _apply(tx, event, lambda d: d.shared_by(splits))
 
 
 async def opportunity_scored(tx: Transaction, event: CloudEvent) -> None:
     score = _decimal(event.data.get("score"))
-    # A score carries the owner and the probability only: not the amount or the dates.
     owner = event.data.get("owner_id")
-    await _apply(tx, event, lambda d: d.changed(scored_probability=score),
-                 fields={"owner_id": owner} if owner else {})
+
+    def scored(deal: DealState) -> DealState:
+        # The score's owner is the scoring service's picture, which may predate a change of owners
+        # (it does not read them): it only places a deal not seen yet.
+        placed = deal.owned_by(owner) if deal.owner_id is None and isinstance(owner, str) and owner else deal
+        return placed.changed(scored_probability=score)
+
+    # A score carries the owner and the probability only: not the amount or the dates.
+    await _apply(tx, event, scored, fields={})
 
 
 # --- contracts --------------------------------------------------------------------------------
@@ -383,13 +409,23 @@ async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
     await store.save_booking(tx.conn, str(data.get("contract_id") or event.subject), data.get("opportunity_id"),
                              owner, amount, currency, forecast_settings().conversion().convert(amount, currency),
                              signed_on)
-    schedule_refresh(tx, [owner], periods_of(signed_on), event)
+    await _refresh_booking(tx, data.get("opportunity_id"), owner, signed_on, event)
 
 
 async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
     booking = await store.terminate_booking(tx.conn, str(event.data.get("contract_id") or event.subject))
     if booking is not None:
-        schedule_refresh(tx, [booking["owner_id"]], periods_of(booking["signed_on"]), event)
+        await _refresh_booking(tx, booking["opportunity_id"], booking["owner_id"], booking["signed_on"], event)
+
+
+async def _refresh_booking(
+    tx: Transaction, opportunity_id: str | None, owner: str | None, signed_on: date, event: CloudEvent
+) -> None:
+    """A booking counts for its deal's owners (by their splits) and product, else its contract's owner."""
+    deal = await (await _deals(tx)).get(tx, opportunity_id) if opportunity_id else None
+    owners = [owner, *(c.owner_id for c in deal.credits)] if deal else [owner]
+    schedule_refresh(tx, periods_of(signed_on), event, owners=owners,
+                     products=[product_key(deal.product if deal else None)])
 
 
 # --- leads and campaigns (the marketing side of the funnel) -----------------------------------
@@ -443,7 +479,7 @@ async def set_quota(db: Database, owner_id: str, period: Period, amount: Decimal
     it lies in and its parts)."""
     async with db.transaction() as tx:
         await store.set_quota(tx.conn, owner_id, period.name, amount, set_by, _now())
-        schedule_refresh(tx, [owner_id], [period, *period.parents, *period.children], None)
+        schedule_refresh(tx, [period, *period.parents, *period.children], None, owners=[owner_id])
 
 
 # --- bookings forecast ------------------------------------------------------------------------

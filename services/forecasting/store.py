@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from services.forecasting.domain import Category, DealState, Figures, Period
+from services.forecasting.domain import Category, DealGroup, DealState, Figures, OwnerSplit, Period, product_key
 from shared.db import Connection
 
 _OPEN = [Category.PIPELINE.value, Category.BEST_CASE.value, Category.COMMIT.value]
@@ -19,7 +19,16 @@ def _deal(row: asyncpg.Record) -> DealState:
         currency=row["currency"], expected_close_date=row["expected_close_date"], stage=row["stage"],
         status=row["status"], stage_probability=row["stage_probability"],
         scored_probability=row["scored_probability"], closed_on=row["closed_on"], campaign_id=row["campaign_id"],
+        product=row["product"], splits=_splits(row["splits"]) if row["splits"] is not None else (),
     )
+
+
+def _splits(text: str) -> tuple[OwnerSplit, ...]:
+    return tuple(OwnerSplit(entry["owner_id"], entry["split"]) for entry in json.loads(text))
+
+
+def _splits_json(splits: tuple[OwnerSplit, ...]) -> str | None:
+    return json.dumps([{"owner_id": s.owner_id, "split": s.split} for s in splits]) if splits else None
 
 
 async def lock_deals(conn: Connection, opportunity_ids: list[str]) -> dict[str, DealState | None]:
@@ -38,18 +47,20 @@ async def save_deals(
     await conn.executemany(
         "INSERT INTO deals (opportunity_id, owner_id, amount, currency, amount_reporting, expected_close_date,"
         " stage, status, stage_probability, scored_probability, probability, category, closed_on, forecast_on,"
-        " created_at, updated_at, campaign_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        " created_at, updated_at, campaign_id, product, splits)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, amount = EXCLUDED.amount,"
         " currency = EXCLUDED.currency, amount_reporting = EXCLUDED.amount_reporting,"
         " expected_close_date = EXCLUDED.expected_close_date, stage = EXCLUDED.stage, status = EXCLUDED.status,"
         " stage_probability = EXCLUDED.stage_probability, scored_probability = EXCLUDED.scored_probability,"
         " probability = EXCLUDED.probability, category = EXCLUDED.category, closed_on = EXCLUDED.closed_on,"
         " forecast_on = EXCLUDED.forecast_on, created_at = coalesce(deals.created_at, EXCLUDED.created_at),"
-        " updated_at = EXCLUDED.updated_at, campaign_id = EXCLUDED.campaign_id",
+        " updated_at = EXCLUDED.updated_at, campaign_id = EXCLUDED.campaign_id, product = EXCLUDED.product,"
+        " splits = EXCLUDED.splits",
         [(d.opportunity_id, d.owner_id, d.amount, d.currency, amount, d.expected_close_date, d.stage, d.status,
           d.stage_probability, d.scored_probability, d.probability, category.value, d.closed_on, d.forecast_date(),
-          created_at, at, d.campaign_id) for d, amount, category, created_at in deals],
+          created_at, at, d.campaign_id, d.product, _splits_json(d.splits))
+         for d, amount, category, created_at in deals],
     )
 
 
@@ -79,37 +90,56 @@ async def terminate_booking(conn: Connection, contract_id: str) -> asyncpg.Recor
     """Mark a booking terminated; the booking as it was, or None when it was never signed."""
     row: asyncpg.Record | None = await conn.fetchrow(
         "UPDATE bookings SET status = 'terminated' WHERE contract_id = $1 AND status = 'signed'"
-        " RETURNING owner_id, signed_on", contract_id)
+        " RETURNING opportunity_id, owner_id, signed_on", contract_id)
     return row
 
 
-async def figures_per_owner(conn: Connection, period: Period) -> dict[str, Figures]:
-    """Every owner's figures for the period: open deals by expected close date, won ones by close day."""
+async def signed_days(conn: Connection, opportunity_id: str) -> list[date]:
+    """The days the deal's signed contracts were signed (its bookings count in their periods)."""
     rows = await conn.fetch(
-        "SELECT owner_id,"
+        "SELECT DISTINCT signed_on FROM bookings WHERE opportunity_id = $1 AND status = 'signed'", opportunity_id)
+    return [r["signed_on"] for r in rows]
+
+
+# A deal's owners with their splits: its splits, else its primary owner alone at 100 %.
+_CREDITS = "coalesce({deal}.splits, jsonb_build_array(jsonb_build_object('owner_id', {owner}, 'split', 100)))"
+
+
+async def deal_groups(conn: Connection, period: Period) -> list[DealGroup]:
+    """The period's figures summed per product and list of owners with their splits (the domain's
+    `roll_up` credits each owner their split): open deals by expected close date, won ones by close
+    day; signed contracts (booked) by signing day, with their deal's product and splits."""
+    credits = _CREDITS.format(deal="d", owner="d.owner_id")
+    rows = await conn.fetch(
+        f"SELECT d.product, {credits} AS owners,"  # noqa: S608 - the expression is ours
         " coalesce(sum(amount_reporting) FILTER (WHERE category = ANY($3)), 0) AS open_amount,"
         " coalesce(sum(amount_reporting * probability / 100) FILTER (WHERE category = ANY($3)), 0) AS weighted,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'commit'), 0) AS commit_open,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'best_case'), 0) AS best_case_open,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'closed_won'), 0) AS closed_won,"
         " count(*) AS deals"
-        " FROM deals WHERE forecast_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL"
-        " AND category <> 'omitted' AND owner_id IS NOT NULL GROUP BY owner_id",
+        " FROM deals d WHERE forecast_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL"
+        " AND category <> 'omitted' AND owner_id IS NOT NULL GROUP BY 1, 2",
         period.start, period.end, _OPEN,
     )
-    figures = {
-        r["owner_id"]: Figures(r["open_amount"], r["weighted"], r["commit_open"], r["best_case_open"],
-                               r["closed_won"], Decimal(0), r["deals"])
+    groups = [
+        DealGroup(product_key(r["product"]), _splits(r["owners"]),
+                  Figures(r["open_amount"], r["weighted"], r["commit_open"], r["best_case_open"], r["closed_won"],
+                          Decimal(0), r["deals"]))
         for r in rows
-    }
+    ]
+    # a booking counts for its deal's owners when the deal is known here, else for its contract's owner
+    owner = "coalesce(d.owner_id, b.owner_id)"
     booked = await conn.fetch(
-        "SELECT owner_id, sum(amount_reporting) AS booked FROM bookings WHERE signed_on BETWEEN $1 AND $2"
-        " AND status = 'signed' AND amount_reporting IS NOT NULL AND owner_id IS NOT NULL GROUP BY owner_id",
+        f"SELECT d.product, {_CREDITS.format(deal='d', owner=owner)} AS owners,"  # noqa: S608
+        " sum(b.amount_reporting) AS booked FROM bookings b LEFT JOIN deals d USING (opportunity_id)"
+        " WHERE b.signed_on BETWEEN $1 AND $2 AND b.status = 'signed' AND b.amount_reporting IS NOT NULL"
+        f" AND {owner} IS NOT NULL GROUP BY 1, 2",  # noqa: S608
         period.start, period.end,
     )
-    for r in booked:
-        figures[r["owner_id"]] = figures.get(r["owner_id"], Figures()) + Figures(booked=r["booked"])
-    return figures
+    groups += [DealGroup(product_key(r["product"]), _splits(r["owners"]), Figures(booked=r["booked"]))
+               for r in booked]
+    return groups
 
 
 async def quotas(conn: Connection) -> dict[tuple[str, str], Decimal]:

@@ -83,10 +83,11 @@ def as_(settings: Settings, user: str) -> dict[str, str]:
 
 
 async def open_opportunity(
-    clients: dict[str, httpx.AsyncClient], settings: Settings, owner: str, amount: str, close: str
+    clients: dict[str, httpx.AsyncClient], settings: Settings, owner: str, amount: str, close: str,
+    product: str | None = None,
 ) -> dict[str, Any]:
     body = {"name": f"项目 {uuid.uuid4().hex[:8]}", "account_name": f"客户 {uuid.uuid4().hex[:8]}",
-            "amount": amount, "currency": "CNY", "expected_close_date": close}
+            "amount": amount, "currency": "CNY", "expected_close_date": close, "product": product}
     response = await clients["opportunities"].post("/v1/opportunities", json=body, headers=as_(settings, owner))
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -223,6 +224,64 @@ async def test_a_stage_move_and_a_close_update_the_forecast_and_publish_it(
     assert Decimal(rows["rep-2"]["closed_won"]) - (won_before if quarter == "2026-Q4" else 0) >= Decimal(300000)
     emptied = await published_until(settings, subject, lambda data: data["open_amount"] == "0.00")
     assert emptied[-1].data["commit"] == "0.00" and emptied[-1].sequence == len(emptied)
+
+
+async def test_owner_splits_products_and_yearly_rows(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
+) -> None:
+    period, product = "2032-02", f"数据平台 {uuid.uuid4().hex[:6]}"
+    shared = await open_opportunity(clients, settings, "rep-1", "100000.00", "2032-02-10", product)
+    assert shared["product"] == product
+    await open_opportunity(clients, settings, "rep-1", "5000.00", "2032-02-20")  # names no product
+    split = {"owners": [{"owner_id": "rep-1", "split": 60}, {"owner_id": "rep-3", "split": 40}]}
+    response = await clients["opportunities"].put(
+        f"/v1/opportunities/{shared['id']}/owners", json=split, headers=as_(settings, "dir-1"))
+    assert response.status_code == 200, response.text
+    for stage in ("bidding", "negotiation", "contract"):
+        await move(clients, settings, shared, stage)
+
+    async def credited() -> dict[str, dict[str, Any]] | None:
+        rows = await forecast(http, settings, period)
+        ready = rows.get("rep-3", {}).get("commit") == "40000.00" and rows["rep-1"]["open_amount"] == "65000.00"
+        return rows if ready else None
+
+    owners = await eventually(credited, timeout=TIMEOUT)
+    assert (owners["rep-1"]["commit"], owners["rep-1"]["deals"], owners["rep-3"]["open_amount"]) == (
+        "60000.00", 2, "40000.00")
+    # the weighted pipeline splits too (the scoring service's probability, whatever it is now)
+    assert Decimal(owners["rep-1"]["weighted_pipeline"]) > Decimal(owners["rep-3"]["weighted_pipeline"]) > 0
+    teams = await forecast(http, settings, period, "team")
+    assert (teams["east"]["commit"], teams["north"]["commit"], teams["north"]["deals"]) == (
+        "60000.00", "40000.00", 1)
+    products = await forecast(http, settings, period, "product")
+    assert (products[product]["open_amount"], products[product]["commit"], products[product]["deals"]) == (
+        "100000.00", "100000.00", 1)
+    assert products["unspecified"]["open_amount"] == "5000.00" and products[product]["quota"] is None
+    mine = await forecast(http, settings, period, "product", user="rep-3")  # a rep sees their share
+    assert set(mine) == {product} and mine[product]["open_amount"] == "40000.00"
+
+    # published as months and quarters are: product rows, and yearly rows
+    by_product = await published_until(settings, f"{period}/product/{product}",
+                                       lambda data: data["commit"] == "100000.00")
+    assert by_product[-1].data["by"] == "product" and by_product[-1].data["quota"] is None
+    yearly = await published_until(settings, "2032/owner/rep-3", lambda data: data["commit"] == "40000.00")
+    assert (yearly[-1].data["period"], yearly[-1].data["open_amount"]) == ("2032", "40000.00")
+    assert [e.sequence for e in yearly] == list(range(1, len(yearly) + 1))
+
+    today = datetime.now(UTC).date()
+    month = f"{today:%Y-%m}"
+    won_before = Decimal((await forecast(http, settings, month)).get("rep-3", {}).get("closed_won", "0"))
+    closed = await clients["opportunities"].post(
+        f"/v1/opportunities/{shared['id']}/close", json={"outcome": "won", "reason": "联合投标"},
+        headers=as_(settings, "rep-1"))
+    assert closed.status_code == 200, closed.text
+
+    async def won_share() -> Decimal | None:
+        won = Decimal((await forecast(http, settings, month)).get("rep-3", {}).get("closed_won", "0"))
+        return won - won_before if won != won_before else None
+
+    assert await eventually(won_share, timeout=TIMEOUT) == Decimal(40000)
+    assert product not in await forecast(http, settings, period, "product")  # it left February 2032
 
 
 def opportunity_event(type_: str, opp_id: str, sequence: int, **data: Any) -> CloudEvent:

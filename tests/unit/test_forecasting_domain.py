@@ -6,14 +6,21 @@ from decimal import Decimal
 import pytest
 
 from services.forecasting.domain import (
+    NO_PRODUCT,
     By,
     Category,
     CategoryRules,
+    DealGroup,
     DealState,
     Figures,
     InvalidPeriod,
+    InvalidSplits,
+    OwnerSplit,
     Placement,
+    affected_owners,
     affected_periods,
+    affected_products,
+    credited_splits,
     deal_figures,
     money,
     parse_period,
@@ -91,16 +98,104 @@ def test_a_deal_is_placed_by_expected_close_date_while_open_and_by_close_day_onc
     assert {p.name for p in affected_periods(None, suspended)} == set()
 
 
+PLACES = {"rep-1": Placement("east", "华东"), "rep-2": Placement("east", "华东"), "rep-3": Placement("north", "华北")}
+
+
+def place(owner: str) -> Placement:
+    return PLACES.get(owner, Placement(None, None))
+
+
+def alone(owner: str, product: str = NO_PRODUCT, **figures: Decimal) -> DealGroup:
+    return DealGroup(product, (OwnerSplit(owner, 100),), Figures(deals=1, **figures))
+
+
 def test_roll_up_by_team_and_region_with_unplaced_owners() -> None:
-    per_owner = {"rep-1": Figures(open_amount=Decimal(1)), "rep-2": Figures(open_amount=Decimal(2)),
-                 "rep-3": Figures(open_amount=Decimal(4)), "ghost": Figures(open_amount=Decimal(8))}
-    placement = {"rep-1": Placement("east", "华东"), "rep-2": Placement("east", "华东"),
-                 "rep-3": Placement("north", "华北")}
-    assert {k: f.open_amount for k, f in roll_up(per_owner, By.TEAM, placement).items()} == {
+    groups = [alone("rep-1", open_amount=Decimal(1)), alone("rep-2", open_amount=Decimal(2)),
+              alone("rep-3", open_amount=Decimal(4)), alone("ghost", open_amount=Decimal(8))]
+    assert {k: f.open_amount for k, f in roll_up(groups, By.TEAM, place).items()} == {
         "east": 3, "north": 4, "unassigned": 8}
-    assert {k: f.open_amount for k, f in roll_up(per_owner, By.REGION, placement).items()} == {
+    assert {k: f.open_amount for k, f in roll_up(groups, By.REGION, place).items()} == {
         "华东": 3, "华北": 4, "unassigned": 8}
-    assert set(roll_up(per_owner, By.OWNER, placement)) == set(per_owner)
+    assert set(roll_up(groups, By.OWNER, place)) == {"rep-1", "rep-2", "rep-3", "ghost"}
+
+
+def test_each_owner_is_credited_their_split_of_every_figure() -> None:
+    shared = DealGroup("GTX Pro", (OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 40)), Figures(
+        open_amount=Decimal(1000), weighted_pipeline=Decimal(800), commit_open=Decimal(1000),
+        closed_won=Decimal(500), booked=Decimal(250), deals=2))
+    owners = roll_up([shared], By.OWNER, place)
+    rep1, rep3 = owners["rep-1"], owners["rep-3"]
+    assert (rep1.open_amount, rep1.weighted_pipeline, rep1.commit, rep1.best_case, rep1.closed_won, rep1.booked) == (
+        600, 480, 900, 900, 300, 150)
+    assert (rep3.open_amount, rep3.weighted_pipeline, rep3.commit, rep3.best_case, rep3.closed_won, rep3.booked) == (
+        400, 320, 600, 600, 200, 100)
+    assert rep1.deals == rep3.deals == 2  # a share of a deal is still a deal of the owner's
+    # the owners' teams follow them; the shares add up to the whole deal again
+    assert {k: f.open_amount for k, f in roll_up([shared], By.TEAM, place).items()} == {"east": 600, "north": 400}
+    assert sum((f.commit for f in owners.values()), Decimal(0)) == shared.figures.commit
+
+
+def test_a_deal_split_inside_one_team_counts_once_there_with_its_whole_amount() -> None:
+    shared = DealGroup("GTX Pro", (OwnerSplit("rep-1", 70), OwnerSplit("rep-2", 30)),
+                       Figures(open_amount=Decimal(1000), deals=1))
+    teams = roll_up([shared, alone("rep-1", open_amount=Decimal(5))], By.TEAM, place)
+    assert (teams["east"].open_amount, teams["east"].deals) == (1005, 2)
+    products = roll_up([shared], By.PRODUCT, place)
+    assert (products["GTX Pro"].open_amount, products["GTX Pro"].deals) == (1000, 1)
+
+
+def test_roll_up_by_product_with_deals_without_one_and_within_a_scope() -> None:
+    groups = [
+        alone("rep-1", "GTX Pro", open_amount=Decimal(100)),
+        alone("rep-3", "GTX Pro", closed_won=Decimal(40)),
+        alone("rep-2", NO_PRODUCT, open_amount=Decimal(7)),
+        DealGroup("MG Special", (OwnerSplit("rep-3", 50), OwnerSplit("rep-1", 50)),
+                  Figures(open_amount=Decimal(20), deals=1)),
+    ]
+    products = roll_up(groups, By.PRODUCT, place)
+    assert {k: (f.open_amount, f.closed_won, f.deals) for k, f in products.items()} == {
+        "GTX Pro": (100, 40, 2), "unspecified": (7, 0, 1), "MG Special": (20, 0, 1)}
+    # what rep-1 sees: their own deals and their share of the shared one
+    mine = roll_up(groups, By.PRODUCT, place, visible={"rep-1"})
+    assert {k: f.open_amount for k, f in mine.items()} == {"GTX Pro": 100, "MG Special": 10}
+
+
+def test_a_product_row_is_the_deals_not_an_owners() -> None:
+    with pytest.raises(ValueError, match="product"):
+        Placement("east", "华东").key(By.PRODUCT, "rep-1")
+
+
+def test_splits_credit_each_owner_once_and_sum_to_100() -> None:
+    splits = credited_splits([OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 40)])
+    assert splits == (OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 40))
+    for wrong in ([OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 30)], [OwnerSplit("rep-1", 50)] * 2, []):
+        with pytest.raises(InvalidSplits):
+            credited_splits(wrong)
+
+
+def test_a_deal_is_credited_to_its_primary_owner_until_it_is_shared() -> None:
+    deal = DealState("o", "rep-1", Decimal(100), product="GTX Pro")
+    assert deal.credits == (OwnerSplit("rep-1", 100),)
+    assert DealState("o").credits == ()
+    shared = deal.shared_by([OwnerSplit("rep-2", 60), OwnerSplit("rep-1", 40)])
+    assert (shared.owner_id, shared.credits) == ("rep-2", (OwnerSplit("rep-2", 60), OwnerSplit("rep-1", 40)))
+    assert shared.owned_by("rep-2").credits == shared.credits  # a later event naming the same primary
+    # an event naming another primary: the splits are out of date, that owner holds the whole deal
+    assert shared.owned_by("rep-3").credits == (OwnerSplit("rep-3", 100),)
+    transferred = shared.shared_by([OwnerSplit("rep-3", 100)])
+    assert (transferred.owner_id, transferred.splits) == ("rep-3", ())
+    assert affected_owners(deal, shared) == {"rep-1", "rep-2"}
+    assert affected_owners(None, transferred) == {"rep-3"}
+    assert affected_products(deal, deal.changed(product=None)) == {"GTX Pro", NO_PRODUCT}
+
+
+def test_a_share_of_the_figures_scales_every_amount_but_not_the_deals() -> None:
+    whole = Figures(Decimal(300), Decimal(90), Decimal(30), Decimal(60), Decimal(150), Decimal(15), 3)
+    third = whole.share(33)
+    assert (third.open_amount, third.weighted_pipeline, third.commit_open, third.best_case_open,
+            third.closed_won, third.booked, third.deals) == (
+        Decimal("99"), Decimal("29.7"), Decimal("9.9"), Decimal("19.8"), Decimal("49.5"), Decimal("4.95"), 3)
+    assert whole.share(100) == whole
 
 
 def test_quotas_are_explicit_or_shared_from_the_enclosing_period_or_summed_from_parts() -> None:
