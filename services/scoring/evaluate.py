@@ -2,15 +2,18 @@
 
     python -m services.scoring.evaluate [PATH_TO_Leads.csv] [--train-share 0.7]
 
-Each row becomes the facts a capture and an engagement event would carry, through the same domain
-code the handlers use (`LeadFeatures.captured` / `.engaged`): Lead Origin, Lead Source and the form
-answers as `attributes`, TotalVisits, Total Time Spent on Website and page views as engagement. The
-columns SOURCE.md says leak the outcome (Tags, Lead Quality, Lead Profile, the Asymmetrique columns,
-Last Activity, Last Notable Activity) are left out. Rows are ordered by Lead Number (the file has no
-dates); the learned model trains on the first part and both it and the rules are scored on the rest,
-at capture (profile only) and once engagement is known. Prints ROC AUC.
+Each row becomes the data of the capture and engagement events the leads service would publish
+(`lead_event_data`), applied through the same domain code the handlers use (`LeadFeatures.captured` /
+`.engaged`): Lead Origin, Lead Source and the form answers as `attributes`, TotalVisits, Total Time
+Spent on Website and page views as engagement. The file has no contact details, so every lead gets a
+placeholder e-mail address (the opt-out stays an attribute). The columns SOURCE.md says leak the
+outcome (Tags, Lead Quality, Lead Profile, the Asymmetrique columns, Last Activity, Last Notable
+Activity) are left out. Rows are ordered by Lead Number (the file has no dates); the learned model
+trains on the first part and both it and the rules are scored on the rest, at capture (profile only)
+and once engagement is known. Prints ROC AUC.
 
-This replays the facts in process, not through Kafka and the consumer (see the README).
+This applies the facts in process; `evaluate_events.py` replays the same events through the broker to
+the running service.
 """
 
 import argparse
@@ -18,9 +21,10 @@ import csv
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from services.scoring.domain import LeadFeatures, score_lead
-from services.scoring.learning import Example, LinearModel, train
+from services.scoring.learning import Example, train
 
 DEFAULT_PATH = Path("..") / "shared" / "data" / "lead_scoring_x_education" / "Leads.csv"
 PROFILE_COLUMNS = (
@@ -40,32 +44,59 @@ def _number(value: str) -> float:
         return 0.0
 
 
-def lead_facts(row: dict[str, str], index: int) -> tuple[LeadFeatures, LeadFeatures]:
-    """The lead as known at capture, and once its engagement is reported."""
+def read_leads(path: Path, limit: int | None = None) -> list[dict[str, str]]:
+    """The file's rows in Lead Number order (it has no dates: the nearest thing to arrival order)."""
+    with path.open(encoding="utf-8", newline="") as file:
+        rows = sorted(csv.DictReader(file), key=lambda r: int(r["Lead Number"]))
+    return rows[:limit] if limit else rows
+
+
+def captured_at(index: int) -> datetime:
+    """The capture time given to the `index`-th lead: a minute apart, in file order."""
+    return START + timedelta(minutes=index)
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC, as event data carries times."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def lead_event_data(row: dict[str, str], at: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The data of the `sales.lead.captured.v1` and `sales.lead.engaged.v1` events a row stands for."""
+    lead_id = f"xedu-{row['Lead Number']}"
     attributes = {column: (row.get(column) or "").strip() for column in PROFILE_COLUMNS}
     attributes = {k: v.lower() if k == "Lead Source" else v for k, v in attributes.items() if v and v != "Select"}
-    at = START + timedelta(minutes=index)
-    captured = LeadFeatures().captured({
-        "grade": None, "source": "web_form", "owner_id": None,
-        "contact": {"name": row["Prospect ID"], "email": "" if row.get("Do Not Email") == "Yes" else "x"},
-        "attributes": attributes,
-    }, at)
+    captured = {
+        "lead_id": lead_id, "source": "web_form", "grade": None, "owner_id": None, "campaign_id": None,
+        "region": None, "captured_at": timestamp(at), "attributes": attributes,
+        "contact": {"name": row["Prospect ID"], "email": f"{lead_id}@example.com"},
+    }
     visits = _number(row.get("TotalVisits", ""))
-    engaged = captured.engaged(int(visits), _number(row.get("Total Time Spent on Website", "")),
-                               int(round(visits * _number(row.get("Page Views Per Visit", "")))), None)
+    engaged = {
+        "lead_id": lead_id, "visits": int(visits),
+        "time_on_site_s": _number(row.get("Total Time Spent on Website", "")),
+        "page_views": int(round(visits * _number(row.get("Page Views Per Visit", "")))), "activity": None,
+    }
     return captured, engaged
 
 
-def _auc(truth: Sequence[bool], scores: Sequence[float]) -> float:
+def lead_facts(row: dict[str, str], index: int) -> tuple[LeadFeatures, LeadFeatures]:
+    """The lead as known at capture, and once its engagement is reported."""
+    at = captured_at(index)
+    captured, engaged = lead_event_data(row, at)
+    known = LeadFeatures().captured(captured, at)
+    return known, known.engaged(engaged["visits"], engaged["time_on_site_s"], engaged["page_views"],
+                                engaged["activity"])
+
+
+def roc_auc(truth: Sequence[bool], scores: Sequence[float]) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(truth, scores))
 
 
 def evaluate(path: Path, train_share: float = 0.7, limit: int | None = None) -> dict[str, float]:
-    with path.open(encoding="utf-8", newline="") as file:
-        rows = sorted(csv.DictReader(file), key=lambda r: int(r["Lead Number"]))
-    rows = rows[:limit] if limit else rows
+    rows = read_leads(path, limit)
     facts = [lead_facts(row, i) for i, row in enumerate(rows)]
     labels = [row["Converted"] == "1" for row in rows]
     cut = int(len(rows) * train_share)
@@ -73,12 +104,12 @@ def evaluate(path: Path, train_share: float = 0.7, limit: int | None = None) -> 
     for stage, pick in (("capture", 0), ("engaged", 1)):
         examples = [Example(f[pick], y, f[pick].captured_at or START) for f, y in zip(facts, labels, strict=True)]
         # train() keeps its own newest 20 % aside to compare with the rules; here the test part is the rest.
-        model: LinearModel = train(examples[:cut], f"lr-eval-{stage}", lambda e: 0.0)[0]
+        model = train(examples[:cut], f"eval-{stage}", lambda e: 0.0)[0]
         test = examples[cut:]
         truth = [e.positive for e in test]
         leads = [(e.features, e.observed_at) for e in test if isinstance(e.features, LeadFeatures)]
-        results[f"rules_auc_{stage}"] = _auc(truth, [score_lead(f, at).score for f, at in leads])
-        results[f"learned_auc_{stage}"] = _auc(truth, [model.probability(e.features) for e in test])
+        results[f"rules_auc_{stage}"] = roc_auc(truth, [score_lead(f, at).score for f, at in leads])
+        results[f"learned_auc_{stage}"] = roc_auc(truth, [model.probability(e.features) for e in test])
     return results
 
 

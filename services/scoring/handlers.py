@@ -31,7 +31,7 @@ from services.scoring.domain import (
     score_lead,
     score_opportunity,
 )
-from services.scoring.learning import Example, LinearModel, NotEnoughOutcomes, train
+from services.scoring.learning import Example, LearnedModel, NotEnoughOutcomes, model_from_json, train
 from shared.db import Connection, Database, Transaction
 from shared.errors import DomainError, NotFound
 from shared.events.envelope import CloudEvent, data_time
@@ -50,32 +50,28 @@ def _ts(moment: datetime) -> str:
 
 # --- leads ------------------------------------------------------------------------------------
 
-_loaded_models: dict[str, LinearModel] = {}  # version -> model: parameters never change once stored
+_loaded_models: dict[str, LearnedModel] = {}  # version -> model: parameters never change once stored
 
 
-async def _active_model(conn: Connection, kind: str) -> LinearModel | None:
-    row = await store.active_model(conn, kind)
-    if row is None:
-        return None
+async def _loaded(conn: Connection, row: Any) -> LearnedModel:
+    """The model a `models` row (version, algorithm) names; its parameters are read and parsed once per version."""
     model = _loaded_models.get(row["version"])
     if model is None:
-        model = _loaded_models[row["version"]] = LinearModel.from_json(row["version"], json.loads(row["parameters"]))
+        parameters = await store.model_parameters(conn, row["version"])
+        model = _loaded_models[row["version"]] = model_from_json(row["version"], row["algorithm"], parameters)
     return model
 
 
-async def _active_models(conn: Connection) -> tuple[LinearModel | None, LinearModel | None]:
-    """The active learned lead and opportunity models (None: the rules), with one query."""
-    active = {kind: None for kind in KINDS} | {r["kind"]: r for r in await store.active_models(conn)}
-    loaded: list[LinearModel | None] = []
-    for kind in KINDS:
-        row = active[kind]
-        if row is None:
-            loaded.append(None)
-            continue
-        if row["version"] not in _loaded_models:
-            _loaded_models[row["version"]] = LinearModel.from_json(row["version"], json.loads(row["parameters"]))
-        loaded.append(_loaded_models[row["version"]])
-    return loaded[0], loaded[1]
+async def _active_model(conn: Connection, kind: str) -> LearnedModel | None:
+    row = await store.active_model(conn, kind)
+    return None if row is None else await _loaded(conn, row)
+
+
+async def _active_models(conn: Connection) -> tuple[LearnedModel | None, LearnedModel | None]:
+    """The active learned lead and opportunity models (None: the rules), with one query once they are loaded."""
+    active = {r["kind"]: r for r in await store.active_models(conn)}
+    lead, opportunity = [await _loaded(conn, active[kind]) if kind in active else None for kind in KINDS]
+    return lead, opportunity
 
 
 def _lead_id(event: CloudEvent) -> str:
@@ -91,8 +87,8 @@ class Working:
     """The leads and opportunities one transaction's events touch, and the scores computed for them."""
 
     tx: Transaction
-    lead_model: LinearModel | None
-    opportunity_model: LinearModel | None
+    lead_model: LearnedModel | None
+    opportunity_model: LearnedModel | None
     leads: dict[str, tuple[LeadFeatures, store.Scored | None]] = field(default_factory=dict)
     opportunities: dict[str, tuple[OpportunityFeatures, store.Scored | None]] = field(default_factory=dict)
     lead_scores: list[store.Computed] = field(default_factory=list)
@@ -417,7 +413,7 @@ async def train_model(db: Database, kind: str) -> dict[str, Any]:
         return _rules_probability(example)
 
     trained_at = _now()
-    prefix = "lr" if kind == "lead" else "lr-opp"
+    prefix = "gb" if kind == "lead" else "lr-opp"  # boosted trees for leads, see learning.py
     version = f"{prefix}-{trained_at:%Y%m%d%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         model, evaluation = await asyncio.to_thread(train, examples, version, current)
@@ -426,7 +422,7 @@ async def train_model(db: Database, kind: str) -> dict[str, Any]:
         raise DomainError(f"not trained: {exc}") from None
     current_version = current_model.version if current_model is not None else DEFAULT_VERSION[kind]
     async with db.transaction() as tx:
-        await store.save_model(tx.conn, version, kind, "logistic_regression", model.to_json(), trained_at,
+        await store.save_model(tx.conn, version, kind, model.algorithm, model.to_json(), trained_at,
                                asdict(evaluation), current_version, evaluation.beats_current)
     metrics.training_runs.labels(kind, "promoted" if evaluation.beats_current else "kept_current").inc()
     if evaluation.beats_current:

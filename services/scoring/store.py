@@ -244,14 +244,22 @@ async def outcomes_since_last_model(conn: Connection, kind: str) -> int:
 
 
 async def active_models(conn: Connection) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch("SELECT kind, version, parameters FROM models WHERE active")
+    """Kind, version and algorithm of the active models (their parameters: `model_parameters`)."""
+    rows: list[asyncpg.Record] = await conn.fetch("SELECT kind, version, algorithm FROM models WHERE active")
     return rows
 
 
 async def active_model(conn: Connection, kind: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await conn.fetchrow(
-        "SELECT version, parameters FROM models WHERE kind = $1 AND active", kind)
+        "SELECT version, algorithm FROM models WHERE kind = $1 AND active", kind)
     return row
+
+
+async def model_parameters(conn: Connection, version: str) -> dict[str, Any]:
+    """A model's parameters (a tree ensemble's are a few hundred kB: read once per version, not per batch)."""
+    parameters: dict[str, Any] = json.loads(await conn.fetchval("SELECT parameters FROM models WHERE version = $1",
+                                                                 version))
+    return parameters
 
 
 async def save_model(

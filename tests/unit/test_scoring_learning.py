@@ -1,18 +1,26 @@
 """The learned lead and opportunity models: training, held-out evaluation, explained scores."""
 
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead
 from services.scoring.learning import (
     MIN_OUTCOMES,
     OPPORTUNITY_FEATURE_NAMES,
+    POINTS_PER_LOGIT,
+    TREE_PARAMETERS,
     Example,
     LinearModel,
     NotEnoughOutcomes,
+    TreeModel,
+    model_from_json,
     train,
+    vectorise,
 )
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -57,10 +65,40 @@ def test_training_needs_enough_outcomes_of_both_kinds() -> None:
 
 
 def test_a_model_survives_its_json_form() -> None:
-    model, _ = train([example(i, i % 2 == 0) for i in range(60)], "lr-json", rules)
-    again = LinearModel.from_json("lr-json", model.to_json())
+    model, _ = train([example(i, i % 2 == 0) for i in range(60)], "gb-json", rules)
+    assert isinstance(model, TreeModel) and model.algorithm == "gradient_boosting"
+    again = model_from_json("gb-json", model.algorithm, model.to_json())
     features = example(3, True).features
     assert again == model and again.score(features) == model.score(features)
+
+
+def mixed(i: int) -> Example:
+    """A lead whose outcome depends on time on site and page views together, not only by their sum."""
+    minutes, pages = (i * 7) % 23, (i * 5) % 13
+    lead = LeadFeatures(grade="HABC"[i % 4], source="web_form", captured_at=START).engaged(1, minutes * 60, pages, None)
+    return Example(lead, (minutes > 8) != (pages > 9), START + timedelta(minutes=i))
+
+
+def test_the_stored_trees_score_as_scikit_learn_does_and_their_terms_add_up() -> None:
+    examples = [mixed(i) for i in range(200)]
+    model, _ = train(examples, "gb-check", rules)
+    assert isinstance(model, TreeModel) and len(model.trees) == TREE_PARAMETERS["max_iter"]
+    training = examples[:160]  # the older 80 %, as train() takes them
+    x = np.array([vectorise(e.features, model.names) for e in training])
+    fitted = HistGradientBoostingClassifier(**TREE_PARAMETERS).fit(x, [e.positive for e in training])
+    expected = fitted.predict_proba(np.array([vectorise(e.features, model.names) for e in examples]))[:, 1]
+    assert [model.probability(e.features) for e in examples] == pytest.approx(list(expected), abs=1e-9)
+    # The terms are each feature's part of the log-odds beyond the average lead's: the same for every lead.
+    walks = [model.logit_and_terms(vectorise(e.features, model.names)) for e in examples]
+    assert len({round(logit - sum(terms), 9) for logit, terms in walks}) == 1
+    first = examples[0].features
+    logit, terms = walks[0]
+    top = model.score(first).factors
+    largest = sorted(terms, key=abs, reverse=True)[:len(top)]
+    assert [f.contribution for f in top] == [round(t * POINTS_PER_LOGIT, 1) for t in largest]
+    assert {f.feature for f in top} <= {"time_on_site", "time_on_site_hours", "page_views", "grade_H", "grade_A",
+                                        "grade_B", "grade_C"}
+    assert model.score(first).score == round(100 / (1 + math.exp(-logit)))
 
 
 def test_frequent_attribute_values_become_features() -> None:
@@ -77,6 +115,14 @@ def test_frequent_attribute_values_become_features() -> None:
     assert evaluation.auc > 0.95 and evaluation.current_auc == 0.5
     top = model.score(examples[0].features).factors[0]
     assert top.feature.startswith("attr:occupation") and "occupation" in top.label_en and "occupation" in top.label_zh
+    # A yes / no feature may move the score by its absence: then its label says "not".
+    assert (top.label_en, top.label_zh) in {
+        ("occupation: Working Professional raises the chance to convert",
+         "occupation：Working Professional提高转化可能"),
+        ("occupation: not Student raises the chance to convert", "occupation：非Student提高转化可能")}
+    student = model.score(examples[1].features).factors[0]
+    assert student.label_en in {"occupation: Student lowers the chance to convert",
+                                "occupation: not Working Professional lowers the chance to convert"}
 
 
 def deal(i: int, won: bool) -> Example:
@@ -98,4 +144,6 @@ def test_an_opportunity_model_learns_stage_and_maturity_not_the_outcome_itself()
     assert won_like.score > 80 and won_like.model_version == "lr-opp-test"
     assert all("chance to win" in f.label_en and "赢单" in f.label_zh for f in won_like.factors)
     assert model.probability(replace(open_deal, competitor="某竞品")) == model.probability(open_deal)
-    assert LinearModel.from_json("lr-opp-test", model.to_json()) == model
+    assert isinstance(model, LinearModel) and model.algorithm == "logistic_regression"
+    assert model_from_json("lr-opp-test", model.algorithm, model.to_json()) == model
+
