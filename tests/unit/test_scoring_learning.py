@@ -9,6 +9,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead
+from services.scoring.handlers import _rules_probability
 from services.scoring.learning import (
     MIN_OUTCOMES,
     OPPORTUNITY_FEATURE_NAMES,
@@ -147,3 +148,13 @@ def test_an_opportunity_model_learns_stage_and_maturity_not_the_outcome_itself()
     assert isinstance(model, LinearModel) and model.algorithm == "logistic_regression"
     assert model_from_json("lr-opp-test", model.algorithm, model.to_json()) == model
 
+
+def test_the_rules_are_compared_on_what_they_knew_while_the_deal_was_open() -> None:
+    entered = START + timedelta(days=1)
+    lost = OpportunityFeatures(stage="bidding", stage_probability=30, stage_entered_at=entered, status="lost",
+                               competitor="某竞品")
+    won = replace(lost, status="won", competitor=None)
+    # The lost deal closed a day later, the won one after 90 days in bidding (more than twice the usual 30).
+    lost_example = Example(lost, False, entered + timedelta(days=1))
+    won_example = Example(won, True, entered + timedelta(days=90))
+    assert _rules_probability(lost_example) == _rules_probability(won_example) == 0.30
