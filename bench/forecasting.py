@@ -26,8 +26,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.harness import CausedEventReader, embedded_stack, percentiles, ready_clients, service_processes
+from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
 from shared import kafka
+from shared.events.caused import CausedEventReader
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from tests.support.waiting import eventually
 

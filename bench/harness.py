@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -12,12 +11,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared import kafka
 from shared.auth import issue_token
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
@@ -108,57 +105,6 @@ async def ready_clients(
     finally:
         for client in made:
             await client.aclose()
-
-
-class CausedEventReader:
-    """Reads a topic from its end; notes when the first event caused by each event id arrived
-    (its `causationid`), so a benchmark can time event -> reaction."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.topic = topic
-        self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id=None)
-        self.arrived: dict[str, float] = {}
-        self.latest: dict[bytes, dict[str, Any]] = {}  # the data of the last event read per key
-        self.awaited: set[str] = set()
-        self.all_arrived = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        partitions = [TopicPartition(self.topic, p)
-                      for p in sorted(self.consumer.partitions_for_topic(self.topic) or [])]
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_end(*partitions)
-        for partition in partitions:
-            await self.consumer.position(partition)
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batch.values():
-                for record in records:
-                    event = json.loads(record.value)
-                    cause = event["causationid"]
-                    self.arrived.setdefault(cause, now)
-                    if record.key is not None:
-                        self.latest[record.key] = event["data"]
-                    self.awaited.discard(cause)
-            if not self.awaited:
-                self.all_arrived.set()
-
-    async def wait_for(self, ids: list[str], timeout: float) -> None:
-        """Until an event caused by each of `ids` was read."""
-        self.awaited = {i for i in ids if i not in self.arrived}
-        self.all_arrived.clear()
-        if self.awaited:
-            await asyncio.wait_for(self.all_arrived.wait(), timeout)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        await self.consumer.stop()
 
 
 async def open_loop(rate: float, seconds: float, start: Callable[[], Awaitable[T]]) -> list[T]:

@@ -19,18 +19,18 @@ Run: .venv/bin/python -m bench.scoring [--backlog 8000] [--rate 300] [--seconds 
 import argparse
 import asyncio
 import itertools
-import json
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from bench.backbone import bare_broker_produce_rate, bare_postgres_commit_rate
 from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
 from shared import kafka
+from shared.events.caused import CausedEventReader
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Outcome
 from shared.settings import Settings
@@ -67,51 +67,6 @@ def lead_events(lead_id: str) -> list[CloudEvent]:
     ]
 
 
-class ScoredReader:
-    """Reads sales.scores from its end; notes when each causing event's scored event arrived."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id=None)
-        self.arrived: dict[str, float] = {}
-        self.awaited: set[str] = set()
-        self.all_arrived = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        partitions = [TopicPartition("sales.scores", p)
-                      for p in sorted(self.consumer.partitions_for_topic("sales.scores") or [])]
-        self.consumer.assign(partitions)
-        await self.consumer.seek_to_end(*partitions)
-        for partition in partitions:
-            await self.consumer.position(partition)
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batch.values():
-                for record in records:
-                    cause = json.loads(record.value)["causationid"]
-                    self.arrived.setdefault(cause, now)
-                    self.awaited.discard(cause)
-            if not self.awaited:
-                self.all_arrived.set()
-
-    async def wait_for(self, ids: list[str], timeout: float) -> None:
-        """Until a scored event caused by each of `ids` was read."""
-        self.awaited = {i for i in ids if i not in self.arrived}
-        self.all_arrived.clear()
-        if self.awaited:
-            await asyncio.wait_for(self.all_arrived.wait(), timeout)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        await self.consumer.stop()
-
-
 async def send(producer: AIOKafkaProducer, event: CloudEvent) -> "asyncio.Future[Any]":
     ack: asyncio.Future[Any] = await producer.send(event.topic, event.to_bytes(), key=event.subject.encode(),
                                                    headers=[CONTENT_TYPE_HEADER])
@@ -126,7 +81,7 @@ async def cpu_seconds(service: httpx.AsyncClient) -> float:
 
 
 async def backlog_throughput(
-    producer: AIOKafkaProducer, reader: ScoredReader, service: httpx.AsyncClient, count: int
+    producer: AIOKafkaProducer, reader: CausedEventReader, service: httpx.AsyncClient, count: int
 ) -> tuple[float, float]:
     """Scored events/s through a backlog of `count`, and the service's CPU milliseconds per event."""
     events = [e for _ in range(count // 4) for e in lead_events(f"lead-bench-{uuid.uuid4()}")]
@@ -139,7 +94,7 @@ async def backlog_throughput(
     return len(events) / (last - started), cpu_ms
 
 
-async def latency_at(producer: AIOKafkaProducer, reader: ScoredReader, rate: float, seconds: float) -> list[float]:
+async def latency_at(producer: AIOKafkaProducer, reader: CausedEventReader, rate: float, seconds: float) -> list[float]:
     """Open loop: event i leaves at start + i / rate; four events per lead, in their order."""
     total = int(rate * seconds)
     events = [e for _ in range((total + 3) // 4) for e in lead_events(f"lead-bench-{uuid.uuid4()}")][:total]
@@ -206,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
         await kafka.ensure_topics(settings)
         with service_processes(settings, "scoring", 1) as urls:
             async with ready_clients(urls, settings, 1) as [service]:
-                reader = ScoredReader(settings)
+                reader = CausedEventReader(settings, "sales.scores")
                 await reader.start()
                 producer = kafka.producer(settings)
                 await producer.start()

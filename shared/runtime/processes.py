@@ -75,6 +75,13 @@ def stop_processes(refs: list[ProcessRef], grace_s: float, group: bool = True) -
     return leftovers
 
 
+def free_port(host: str = LOCALHOST) -> int:
+    """A port nothing listens on now (the system's choice), for a server started next."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def port_in_use(port: int, host: str = LOCALHOST) -> bool:
     """True when something listens on host:port (a bind with SO_REUSEADDR fails only for a listener)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
