@@ -1,11 +1,13 @@
 """One handler for every consumed event, and the work the background loops hand over.
 
-`on_event` runs in the transaction the framework opened for the event (the inbox row is written in
-it), and in that transaction: applies the rules (one notification per rule and recipient, kept
-unique by (cause, rule, recipient) in the store as well), queues the e-mails, queues a webhook
-delivery per matching subscription, and sets or cancels the timers the event concerns. A committed
-notification is announced to every instance with NOTIFY, so the one holding the rep's socket
-pushes it.
+`on_event` runs in the transaction the framework opened for the event, or for the batch of events it
+belongs to (the inbox rows are written in it), and in that transaction: applies the rules (one
+notification per rule and recipient, kept unique by (cause, rule, recipient) in the store as well),
+queues the e-mails, queues a webhook delivery per matching subscription, and sets or cancels the
+timers the event concerns. Notifications, e-mails, timers and the digest's rows are gathered while
+the batch's events are handled and written, in their order, just before the commit: a few round
+trips a batch rather than several an event. A committed notification is announced to every instance
+with NOTIFY, so the one holding the rep's socket pushes it.
 """
 
 import json
@@ -120,15 +122,47 @@ class Notice:
 
 async def on_event(tx: Transaction, event: CloudEvent) -> None:
     ctx = current()
+    writes = _writes_of(tx, ctx)
     for rule in await _rules(tx.conn, ctx):
         if rule.applies_to(event.type, event.data):
             recipients = resolve_recipients(rule, event.data, ctx.org)
-            await notify(tx.conn, ctx, Notice.of(rule), recipients, cause_id=event.id, event_type=event.type,
-                         subject=event.subject, data=event.data, cause_time=event.time,
-                         traceparent=event.traceparent)
+            writes.drafts += await _drafts(tx.conn, ctx, Notice.of(rule), recipients, cause_id=event.id,
+                                           event_type=event.type, subject=event.subject, data=event.data,
+                                           cause_time=event.time, traceparent=event.traceparent)
     await _queue_webhooks(tx.conn, ctx, event)
-    await _update_timers(tx.conn, ctx, event)
-    await _watch(tx.conn, event)
+    if (timer_change := _timer_change(ctx, event)) is not None:
+        writes.timers.append(timer_change)
+    match _watched(event):
+        case store.LeadWatch() as lead:
+            writes.leads.append(lead)
+        case store.OpportunityWatch() as opportunity:
+            writes.opportunities.append(opportunity)
+
+
+@dataclass
+class _Writes:
+    """What the events of one transaction store, gathered while its handlers run and written just
+    before it commits, a few round trips for the whole batch of events instead of several per event
+    (the consumer applies a batch of events in one transaction: shared/inbox.py)."""
+
+    drafts: list["Draft"] = field(default_factory=list)
+    timers: list[store.TimerChange] = field(default_factory=list)
+    leads: list[store.LeadWatch] = field(default_factory=list)
+    opportunities: list[store.OpportunityWatch] = field(default_factory=list)
+
+    async def write(self, conn: Connection, ctx: Context) -> None:
+        await store_drafts(conn, ctx, self.drafts)
+        await store.change_timers(conn, self.timers)
+        await store.watch_leads(conn, self.leads)
+        await store.watch_opportunities(conn, self.opportunities)
+
+
+def _writes_of(tx: Transaction, ctx: Context) -> _Writes:
+    writes: _Writes | None = tx.state.get(__name__)
+    if writes is None:
+        writes = tx.state[__name__] = _Writes()
+        tx.before_commit(lambda: writes.write(tx.conn, ctx))
+    return writes
 
 
 HANDLERS = {t: on_event for t in KNOWN_EVENT_TYPES}
@@ -169,18 +203,27 @@ async def _subscriptions(conn: Connection, ctx: Context) -> dict[str, list[uuid.
     return subscriptions
 
 
-async def notify(
+@dataclass(frozen=True)
+class Draft:
+    """A notification to store, and its e-mail when the recipient takes e-mail and has an address."""
+
+    notification: store.NewNotification
+    email_to: str | None
+    send_after: datetime  # the end of the recipient's quiet hours, or now
+
+
+async def _drafts(
     conn: Connection, ctx: Context, notice: Notice, recipients: Sequence[str], *, cause_id: str, event_type: str,
     subject: str, data: Mapping[str, Any], cause_time: datetime | None, traceparent: str | None = None,
-) -> list[asyncpg.Record]:
-    """Store (and announce) one notification per recipient; recipients already notified for this
-    cause and rule are skipped. Returns the notifications created."""
+) -> list[Draft]:
+    """One notification per recipient, in their language, on the channels their preferences and quiet
+    hours allow."""
     if not recipients:
         return []
     now = ctx.clock.now()
     context = template_context(event_type, subject, data, ctx.org)
     prefs = await _preferences(conn, ctx, recipients)
-    created = []
+    drafts = []
     for user_id in recipients:
         preference: Preferences = prefs[user_id]
         channels = preference.channels(notice.channels)
@@ -189,19 +232,44 @@ async def notify(
             channels.remove("push")  # quiet hours: it waits in the inbox; high priority still pushes
             metrics.notifications.labels("push", "quiet_hours").inc()
         title, body = render(notice.template(preference.language), context)
-        row = await store.add_notification(conn, store.NewNotification(
-            user_id, notice.rule_id, cause_id, event_type, subject, title, body, channels, notice.priority,
-            cause_time, traceparent))
+        user = ctx.org.user(user_id)
+        drafts.append(Draft(
+            store.NewNotification(user_id, notice.rule_id, cause_id, event_type, subject, title, body, channels,
+                                  notice.priority, cause_time, traceparent),
+            user.email if "email" in channels and user is not None and user.email else None,
+            quiet_until or now))
+    return drafts
+
+
+async def store_drafts(conn: Connection, ctx: Context, drafts: Sequence[Draft]) -> list[asyncpg.Record]:
+    """Store (and announce) the drafts and queue their e-mails; a draft whose cause already notified
+    its recipient under its rule is skipped. Returns the notifications created."""
+    created = await store.add_notifications(conn, [d.notification for d in drafts])
+    by_key = {(row["cause_id"], row["rule_id"], row["recipient"]): row for row in created}
+    emails = []
+    for draft in drafts:
+        n = draft.notification
+        row = by_key.get((n.cause_id, n.rule_id, n.recipient))
         if row is None:
             metrics.notifications.labels("inbox", "duplicate").inc()
             continue
-        created.append(row)
         metrics.notifications.labels("inbox", "stored").inc()
-        user = ctx.org.user(user_id)
-        if "email" in channels and user is not None and user.email:
-            await store.queue_email(conn, row["id"], user.email, title, body, quiet_until or now)
-            metrics.notifications.labels("email", "queued").inc()
+        if draft.email_to is not None:
+            emails.append(store.NewEmail(row["id"], draft.email_to, n.title, n.body, draft.send_after))
+    await store.queue_emails(conn, emails)
+    metrics.notifications.labels("email", "queued").inc(len(emails))
     return created
+
+
+async def notify(
+    conn: Connection, ctx: Context, notice: Notice, recipients: Sequence[str], *, cause_id: str, event_type: str,
+    subject: str, data: Mapping[str, Any], cause_time: datetime | None, traceparent: str | None = None,
+) -> list[asyncpg.Record]:
+    """Store (and announce) one notification per recipient now; recipients already notified for this
+    cause and rule are skipped. Returns the notifications created."""
+    drafts = await _drafts(conn, ctx, notice, recipients, cause_id=cause_id, event_type=event_type,
+                           subject=subject, data=data, cause_time=cause_time, traceparent=traceparent)
+    return await store_drafts(conn, ctx, drafts)
 
 
 async def _queue_webhooks(conn: Connection, ctx: Context, event: CloudEvent) -> None:
@@ -214,26 +282,27 @@ async def _queue_webhooks(conn: Connection, ctx: Context, event: CloudEvent) -> 
         await conn.execute("SELECT pg_notify($1, '')", WEBHOOKS_DUE_CHANNEL)
 
 
-async def _update_timers(conn: Connection, ctx: Context, event: CloudEvent) -> None:
+def _timer_change(ctx: Context, event: CloudEvent) -> store.TimerChange | None:
     data = event.data
     owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
+    follow_ups = (FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION)
     if event.type == "sales.lead.assigned.v1":
         due = _time(data.get("follow_up_due_at"))
         if owner and due is not None:
-            await store.schedule_timer(conn, FOLLOW_UP_REMINDER, event.subject, owner, due, {
+            return store.TimerChange(event.subject, follow_ups, FOLLOW_UP_REMINDER, owner, due, {
                 "lead_id": event.subject, "grade": data.get("grade"), "due_at": data.get("follow_up_due_at"),
-                "owner_id": owner}, replacing=[FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
-        else:
-            await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
-    elif event.type in _LEAD_DONE:
-        await store.cancel_timers(conn, event.subject, [FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION])
-    elif event.type in _OPPORTUNITY_ACTIVE and owner:
+                "owner_id": owner})
+        return store.TimerChange(event.subject, follow_ups)
+    if event.type in _LEAD_DONE:
+        return store.TimerChange(event.subject, follow_ups)
+    if event.type in _OPPORTUNITY_ACTIVE and owner:
         days = ctx.config.opportunity_idle_days
-        await store.schedule_timer(conn, OPPORTUNITY_IDLE, event.subject, owner, event.time + timedelta(days=days),
-                                   {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner},
-                                   replacing=[OPPORTUNITY_IDLE])
-    elif event.type in _OPPORTUNITY_ACTIVE or event.type in _OPPORTUNITY_DONE:
-        await store.cancel_timers(conn, event.subject, [OPPORTUNITY_IDLE])
+        return store.TimerChange(event.subject, (OPPORTUNITY_IDLE,), OPPORTUNITY_IDLE, owner,
+                                 event.time + timedelta(days=days),
+                                 {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner})
+    if event.type in _OPPORTUNITY_ACTIVE or event.type in _OPPORTUNITY_DONE:
+        return store.TimerChange(event.subject, (OPPORTUNITY_IDLE,))
+    return None
 
 
 _LEAD_CLOSED = {"sales.lead.qualified.v1", "sales.lead.disqualified.v1", "sales.lead.converted.v1",
@@ -242,30 +311,30 @@ _OPPORTUNITY_CHANGED = {"sales.opportunity.created.v1", "sales.opportunity.stage
                         "sales.opportunity.owners_changed.v1", "sales.opportunity.reactivated.v1"}
 
 
-async def _watch(conn: Connection, event: CloudEvent) -> None:
-    """Keep what the daily digest needs: each lead's follow-up and score, each open deal's close date."""
+def _watched(event: CloudEvent) -> store.LeadWatch | store.OpportunityWatch | None:
+    """What the daily digest needs from an event: a lead's follow-up and score, an open deal's close date."""
     data, kind = event.data, event.type
     owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
     if kind in ("sales.lead.captured.v1", "sales.lead.assigned.v1", "sales.lead.grade_changed.v1"):
         grade = data.get("grade") if kind != "sales.lead.grade_changed.v1" else data.get("to_grade")
-        await store.watch_lead(conn, event.subject, owner_id=owner, grade=grade if isinstance(grade, str) else None,
+        return store.LeadWatch(event.subject, owner_id=owner, grade=grade if isinstance(grade, str) else None,
                                follow_up_due_at=_time(data.get("follow_up_due_at")))
-    elif kind == "sales.lead.contacted.v1":
-        await store.watch_lead(conn, event.subject, contacted_at=_time(data.get("contacted_at")) or event.time)
-    elif kind in _LEAD_CLOSED:
-        await store.watch_lead(conn, event.subject, closed=True)
-    elif kind == "sales.lead.scored.v1" and isinstance(data.get("score"), int):
-        await store.watch_lead(conn, event.subject, owner_id=owner, score=data["score"],
+    if kind == "sales.lead.contacted.v1":
+        return store.LeadWatch(event.subject, contacted_at=_time(data.get("contacted_at")) or event.time)
+    if kind in _LEAD_CLOSED:
+        return store.LeadWatch(event.subject, closed=True)
+    if kind == "sales.lead.scored.v1" and isinstance(data.get("score"), int):
+        return store.LeadWatch(event.subject, owner_id=owner, score=data["score"],
                                scored_at=_time(data.get("scored_at")) or event.time)
-    elif kind in _OPPORTUNITY_CHANGED:
-        close = data.get("expected_close_date")
+    if kind in _OPPORTUNITY_CHANGED:
         amount = data.get("amount")
-        await store.watch_opportunity(
-            conn, event.subject, owner_id=owner, amount=str(amount) if amount is not None else None,
-            currency=data.get("currency"), expected_close_date=_date(close),
-            open_=True if kind == "sales.opportunity.reactivated.v1" else None)
-    elif kind in _OPPORTUNITY_DONE:
-        await store.watch_opportunity(conn, event.subject, owner_id=owner, open_=False)
+        return store.OpportunityWatch(
+            event.subject, owner_id=owner, amount=str(amount) if amount is not None else None,
+            currency=data.get("currency"), expected_close_date=_date(data.get("expected_close_date")),
+            open=True if kind == "sales.opportunity.reactivated.v1" else None)
+    if kind in _OPPORTUNITY_DONE:
+        return store.OpportunityWatch(event.subject, owner_id=owner, open=False)
+    return None
 
 
 def _date(value: Any) -> date | None:
@@ -301,8 +370,9 @@ async def fire_timer(conn: Connection, ctx: Context, timer: asyncpg.Record) -> N
     if kind == FOLLOW_UP_REMINDER:
         manager = ctx.org.manager_of(timer["recipient"])
         if manager:
-            await store.schedule_timer(conn, FOLLOW_UP_ESCALATION, timer["subject"], manager,
-                                       timer["due_at"] + timedelta(seconds=ctx.config.escalate_after_s), data)
+            await store.change_timers(conn, [store.TimerChange(
+                timer["subject"], (), FOLLOW_UP_ESCALATION, manager,
+                timer["due_at"] + timedelta(seconds=ctx.config.escalate_after_s), data)])
     await store.timer_fired(conn, timer["id"], ctx.clock.now())
     metrics.timers_fired.labels(kind).inc()
 
@@ -315,13 +385,15 @@ async def _send_digests(conn: Connection, ctx: Context, timer: asyncpg.Record) -
     rows = await store.digest_rows(conn, now, today, today + timedelta(days=7), now - timedelta(days=1),
                                    config.digest_high_score)
     notice = Notice(DAILY_DIGEST, SYSTEM_TEMPLATES[DAILY_DIGEST], ("inbox", "push", "email"))
+    drafts = []
     for user in ctx.org.with_role(Role.REP):
         found = rows.get(user.id, {})
         digest = Digest(tuple(found.get("overdue", ())), tuple(found.get("closing", ())), tuple(found.get("hot", ())))
         if digest:
-            await notify(conn, ctx, notice, [user.id], cause_id=f"timer:{timer['id']}",
-                         event_type=f"notifications.timer.{DAILY_DIGEST}", subject=timer["subject"],
-                         data=digest.context(), cause_time=timer["due_at"])
+            drafts += await _drafts(conn, ctx, notice, [user.id], cause_id=f"timer:{timer['id']}",
+                                    event_type=f"notifications.timer.{DAILY_DIGEST}", subject=timer["subject"],
+                                    data=digest.context(), cause_time=timer["due_at"])
+    await store_drafts(conn, ctx, drafts)
     await store.ensure_digest_timer(
         conn, next_digest_at(max(now, timer["due_at"]), config.digest_hour, config.digest_timezone))
 

@@ -1,9 +1,10 @@
 """Real-time push: `GET /v1/stream` (WebSocket) and the hub that feeds the sockets of this instance.
 
-How a notification reaches the right socket with several instances: the transaction that stores a
-notification also runs `pg_notify('funnelcast_notifications', <the notification>)`; Postgres delivers
-it at commit to every instance's listening connection, and each instance writes it to the sockets
-its recipient holds there (none, one, or several tabs). No broker round trip, no sticky sessions,
+How a notification reaches the right socket with several instances: the transaction that stores
+notifications also runs `pg_notify('funnelcast_notifications', <a JSON array of them>)` (as few as fit
+under Postgres's payload limit: store.push_payloads); Postgres delivers them at commit to every
+instance's listening connection, and each instance writes each one to the sockets its recipient
+holds there (none, one, or several tabs). No broker round trip, no sticky sessions,
 and nothing is announced for a rolled-back transaction. A socket asks for what it missed with
 `?since=<notification id or seq>`; the hub resynchronises from the table after its listening
 connection was lost, so a gap in NOTIFY delivery costs a query, never a notification.
@@ -27,6 +28,7 @@ from shared.db import Database
 log = logging.getLogger(__name__)
 
 _RESYNC: dict[str, Any] = {"resync": True}
+_CLOSED: dict[str, Any] = {"closed": True}
 
 
 class PushHub:
@@ -79,9 +81,9 @@ class PushHub:
             backoff = min(backoff * 2, 5.0)
 
     def _on_push(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        message = json.loads(str(payload))
-        for queue in self._sockets.get(message["recipient"], ()):
-            queue.put_nowait(message)
+        for message in json.loads(str(payload)):  # a list of notifications (store.push_payloads)
+            for queue in self._sockets.get(message["recipient"], ()):
+                queue.put_nowait(message)
 
     def _on_config_change(self, *_: object) -> None:
         self.cache.reset(live=True)
@@ -151,14 +153,10 @@ async def stream(
             async with db.pool.acquire() as conn:
                 last_seq = await store.latest_seq(conn, user_id)
         receiver = asyncio.create_task(_drain_client(websocket))
+        # the client gone: the loop below hears it through its own queue (no task per message to wait on)
+        receiver.add_done_callback(lambda _: queue.put_nowait(_CLOSED))
         try:
-            while True:
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
-                if receiver in done:
-                    getter.cancel()
-                    return
-                message = getter.result()
+            while (message := await queue.get()) is not _CLOSED:
                 if message.get("resync") or message.get("ref"):
                     last_seq = await _send_missed(websocket, db, user_id, last_seq)
                 elif message["seq"] > last_seq:

@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -95,23 +95,48 @@ class NewNotification:
 
 
 
-async def add_notification(conn: Connection, n: NewNotification) -> asyncpg.Record | None:
-    """Store a notification; None when this cause already notified this recipient under this rule.
-    A committed notification meant for push is announced on PUSH_CHANNEL at commit (NOTIFY is
-    transactional), so whichever instance holds the recipient's socket pushes it."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+async def add_notifications(conn: Connection, new: Sequence[NewNotification]) -> list[asyncpg.Record]:
+    """Store notifications, in order, in one round trip; those whose cause already notified their
+    recipient under their rule are skipped. Returns the ones created. Each created one meant for push
+    is announced on PUSH_CHANNEL at commit (NOTIFY is transactional), so whichever instance holds the
+    recipient's socket pushes it."""
+    if not new:
+        return []
+    # fetchmany and executemany pipeline their statements: one round trip for the whole list
+    created: list[asyncpg.Record] = await conn.fetchmany(
         "INSERT INTO notifications (id, recipient, rule_id, cause_id, event_type, subject, title, body, channels,"
         " priority, cause_time, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (cause_id, rule_id, recipient) DO NOTHING RETURNING *",
-        uuid.uuid4(), n.recipient, n.rule_id, n.cause_id, n.event_type, n.subject, n.title, n.body,
-        list(n.channels), n.priority, n.cause_time, n.traceparent,
+        [(uuid.uuid4(), n.recipient, n.rule_id, n.cause_id, n.event_type, n.subject, n.title, n.body,
+          list(n.channels), n.priority, n.cause_time, n.traceparent) for n in new],
     )
-    if row is not None and "push" in n.channels:
-        payload = json.dumps(as_message(row), ensure_ascii=False, default=str)
-        if len(payload.encode()) > _NOTIFY_LIMIT:
-            payload = json.dumps({"id": str(row["id"]), "recipient": row["recipient"], "seq": row["seq"], "ref": True})
-        await conn.execute("SELECT pg_notify($1, $2)", PUSH_CHANNEL, payload)
-    return row
+    announced = [as_message(row) for row in created if "push" in row["channels"]]
+    if announced:
+        await conn.executemany("SELECT pg_notify($1, $2)", [(PUSH_CHANNEL, p) for p in push_payloads(announced)])
+    return created
+
+
+def push_payloads(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """NOTIFY payloads for these notifications: JSON arrays of them, each under Postgres's size limit
+    (a batch of events costs a few NOTIFYs, not one per notification). One too large to go alone is
+    sent as a reference, which the socket reads from the table."""
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 2
+    for message in messages:
+        encoded = json.dumps(message, ensure_ascii=False, default=str)
+        if len(encoded.encode()) + 2 > _NOTIFY_LIMIT:
+            encoded = json.dumps({"id": message["id"], "recipient": message["recipient"], "seq": message["seq"],
+                                  "ref": True})
+        length = len(encoded.encode()) + 1  # and a comma
+        if chunk and size + length > _NOTIFY_LIMIT:
+            payloads.append(f"[{','.join(chunk)}]")
+            chunk, size = [], 2
+        chunk.append(encoded)
+        size += length
+    if chunk:
+        payloads.append(f"[{','.join(chunk)}]")
+    return payloads
 
 
 def as_message(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
@@ -240,14 +265,22 @@ async def put_preferences(conn: Connection, user_id: str, prefs: Preferences) ->
 # --- e-mail -----------------------------------------------------------------------------------
 
 
-async def queue_email(
-    conn: Connection, notification_id: str | uuid.UUID, to_address: str, subject: str, body: str, send_after: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO emails (notification_id, to_address, subject, body, send_after) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (notification_id) DO NOTHING",
-        _uuid(notification_id), to_address, subject, body, send_after,
-    )
+@dataclass(frozen=True)
+class NewEmail:
+    notification_id: uuid.UUID
+    to_address: str
+    subject: str
+    body: str
+    send_after: datetime
+
+
+async def queue_emails(conn: Connection, emails: Sequence[NewEmail]) -> None:
+    if emails:
+        await conn.executemany(
+            "INSERT INTO emails (notification_id, to_address, subject, body, send_after)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (notification_id) DO NOTHING",
+            [(e.notification_id, e.to_address, e.subject, e.body, e.send_after) for e in emails],
+        )
 
 
 async def claim_emails(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[asyncpg.Record]:
@@ -279,26 +312,31 @@ async def email_failed(conn: Connection, email_id: int, error: str, retry_at: da
 # --- timers -----------------------------------------------------------------------------------
 
 
-async def schedule_timer(
-    conn: Connection, kind: str, subject: str, recipient: str, due_at: datetime, data: dict[str, Any],
-    *, replacing: Sequence[str] = (),
-) -> None:
-    """Add a timer; open timers of the `replacing` kinds for the same subject are cancelled (one statement)."""
-    await conn.execute(
-        "WITH cancelled AS (UPDATE timers SET cancelled_at = now() WHERE subject = $2 AND kind = ANY($6::text[])"
-        " AND fired_at IS NULL AND cancelled_at IS NULL)"
-        " INSERT INTO timers (kind, subject, recipient, due_at, data) VALUES ($1, $2, $3, $4, $5)",
-        kind, subject, recipient, due_at, json.dumps(data, ensure_ascii=False, default=str), list(replacing),
-    )
+@dataclass(frozen=True)
+class TimerChange:
+    """Cancel the subject's open timers of the `cancelling` kinds, then, with a `kind`, add a timer."""
+
+    subject: str
+    cancelling: Sequence[str]
+    kind: str | None = None
+    recipient: str | None = None
+    due_at: datetime | None = None
+    data: Mapping[str, Any] | None = None
 
 
-async def cancel_timers(conn: Connection, subject: str, kinds: Sequence[str]) -> int:
-    result: str = await conn.execute(
-        "UPDATE timers SET cancelled_at = now() WHERE subject = $1 AND kind = ANY($2::text[])"
-        " AND fired_at IS NULL AND cancelled_at IS NULL",
-        subject, list(kinds),
-    )
-    return int(result.split()[-1])
+async def change_timers(conn: Connection, changes: Sequence[TimerChange]) -> None:
+    """Apply the changes in order, in one round trip (each statement sees the ones before it, so a
+    subject's timer added and then cancelled in one batch of events ends cancelled)."""
+    if changes:
+        await conn.executemany(
+            "WITH cancelled AS (UPDATE timers SET cancelled_at = now() WHERE subject = $2 AND kind = ANY($6::text[])"
+            " AND fired_at IS NULL AND cancelled_at IS NULL)"
+            " INSERT INTO timers (kind, subject, recipient, due_at, data)"
+            " SELECT $1::text, $2::text, $3::text, $4::timestamptz, $5::jsonb WHERE $1::text IS NOT NULL",
+            [(c.kind, c.subject, c.recipient, c.due_at,
+              None if c.data is None else json.dumps(c.data, ensure_ascii=False, default=str), list(c.cancelling))
+             for c in changes],
+        )
 
 
 async def claim_due_timers(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
@@ -332,40 +370,63 @@ async def open_timers(conn: Connection, subject: str) -> list[asyncpg.Record]:
 # --- the digest's read model ------------------------------------------------------------------
 
 
-async def watch_lead(
-    conn: Connection, lead_id: str, *, owner_id: str | None = None, grade: str | None = None,
-    follow_up_due_at: datetime | None = None, contacted_at: datetime | None = None, closed: bool = False,
-    score: int | None = None, scored_at: datetime | None = None,
-) -> None:
-    """Merge what an event says about a lead (None: unchanged)."""
-    await conn.execute(
-        "INSERT INTO lead_watch (lead_id, owner_id, grade, follow_up_due_at, contacted_at, closed, score, scored_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (lead_id) DO UPDATE SET"
-        " owner_id = coalesce(excluded.owner_id, lead_watch.owner_id),"
-        " grade = coalesce(excluded.grade, lead_watch.grade),"
-        " follow_up_due_at = coalesce(excluded.follow_up_due_at, lead_watch.follow_up_due_at),"
-        " contacted_at = coalesce(excluded.contacted_at, lead_watch.contacted_at),"
-        " closed = lead_watch.closed OR excluded.closed,"
-        " score = coalesce(excluded.score, lead_watch.score),"
-        " scored_at = coalesce(excluded.scored_at, lead_watch.scored_at)",
-        lead_id, owner_id, grade, follow_up_due_at, contacted_at, closed, score, scored_at,
-    )
+@dataclass(frozen=True)
+class LeadWatch:
+    """What one event says about a lead (None: unchanged)."""
+
+    lead_id: str
+    owner_id: str | None = None
+    grade: str | None = None
+    follow_up_due_at: datetime | None = None
+    contacted_at: datetime | None = None
+    closed: bool = False
+    score: int | None = None
+    scored_at: datetime | None = None
 
 
-async def watch_opportunity(
-    conn: Connection, opportunity_id: str, *, owner_id: str | None = None, amount: str | None = None,
-    currency: str | None = None, expected_close_date: date | None = None, open_: bool | None = None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO opportunity_watch (opportunity_id, owner_id, amount, currency, expected_close_date, open)"
-        " VALUES ($1, $2, $3::numeric, $4, $5, coalesce($6, true)) ON CONFLICT (opportunity_id) DO UPDATE SET"
-        " owner_id = coalesce(excluded.owner_id, opportunity_watch.owner_id),"
-        " amount = coalesce($3::numeric, opportunity_watch.amount),"
-        " currency = coalesce(excluded.currency, opportunity_watch.currency),"
-        " expected_close_date = coalesce(excluded.expected_close_date, opportunity_watch.expected_close_date),"
-        " open = coalesce($6, opportunity_watch.open)",
-        opportunity_id, owner_id, amount, currency, expected_close_date, open_,
-    )
+@dataclass(frozen=True)
+class OpportunityWatch:
+    """What one event says about an opportunity (None: unchanged)."""
+
+    opportunity_id: str
+    owner_id: str | None = None
+    amount: str | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    open: bool | None = None
+
+
+async def watch_leads(conn: Connection, changes: Sequence[LeadWatch]) -> None:
+    """Merge what events say about leads, in order, in one round trip."""
+    if changes:
+        await conn.executemany(
+            "INSERT INTO lead_watch (lead_id, owner_id, grade, follow_up_due_at, contacted_at, closed, score,"
+            " scored_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (lead_id) DO UPDATE SET"
+            " owner_id = coalesce(excluded.owner_id, lead_watch.owner_id),"
+            " grade = coalesce(excluded.grade, lead_watch.grade),"
+            " follow_up_due_at = coalesce(excluded.follow_up_due_at, lead_watch.follow_up_due_at),"
+            " contacted_at = coalesce(excluded.contacted_at, lead_watch.contacted_at),"
+            " closed = lead_watch.closed OR excluded.closed,"
+            " score = coalesce(excluded.score, lead_watch.score),"
+            " scored_at = coalesce(excluded.scored_at, lead_watch.scored_at)",
+            [(c.lead_id, c.owner_id, c.grade, c.follow_up_due_at, c.contacted_at, c.closed, c.score, c.scored_at)
+             for c in changes],
+        )
+
+
+async def watch_opportunities(conn: Connection, changes: Sequence[OpportunityWatch]) -> None:
+    """Merge what events say about opportunities, in order, in one round trip."""
+    if changes:
+        await conn.executemany(
+            "INSERT INTO opportunity_watch (opportunity_id, owner_id, amount, currency, expected_close_date, open)"
+            " VALUES ($1, $2, $3::numeric, $4, $5, coalesce($6, true)) ON CONFLICT (opportunity_id) DO UPDATE SET"
+            " owner_id = coalesce(excluded.owner_id, opportunity_watch.owner_id),"
+            " amount = coalesce($3::numeric, opportunity_watch.amount),"
+            " currency = coalesce(excluded.currency, opportunity_watch.currency),"
+            " expected_close_date = coalesce(excluded.expected_close_date, opportunity_watch.expected_close_date),"
+            " open = coalesce($6, opportunity_watch.open)",
+            [(c.opportunity_id, c.owner_id, c.amount, c.currency, c.expected_close_date, c.open) for c in changes],
+        )
 
 
 async def digest_rows(

@@ -438,6 +438,68 @@ async def test_the_same_event_applied_by_two_consumers_at_once_notifies_once(
         await db.close()
 
 
+def lead_assigned(lead_id: str, owner: str, previous: str | None = None) -> CloudEvent:
+    now = datetime.now(UTC)
+    data = {"lead_id": lead_id, "owner_id": owner, "previous_owner_id": previous, "grade": "H",
+            "assigned_by": "system", "assigned_at": now.isoformat().replace("+00:00", "Z"),
+            "follow_up_due_at": (now + timedelta(days=1)).isoformat().replace("+00:00", "Z")}
+    return CloudEvent(type="sales.lead.assigned.v1", source="/funnelcast/leads", subject=lead_id, data=data)
+
+
+def lead_contacted(lead_id: str, by: str) -> CloudEvent:
+    data = {"lead_id": lead_id, "touch_id": f"touch-{uuid.uuid4()}", "channel": "phone",
+            "contacted_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "contacted_by": by}
+    return CloudEvent(type="sales.lead.contacted.v1", source="/funnelcast/leads", subject=lead_id, data=data)
+
+
+async def test_a_batch_of_events_ends_as_if_its_events_were_applied_one_by_one(
+    settings: Settings, tables: asyncpg.Pool, notifications: Served
+) -> None:
+    """A batch's notifications, timers and digest rows are written together before its commit: a
+    lead contacted later in the batch has its reminder cancelled, a lead reassigned in it keeps only
+    the new owner's, each assignment notifies its rep once, and the same batch again changes nothing."""
+    db = await Database.open(settings.database_url_for("notifications"), "/funnelcast/notifications", pool_size=2)
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        contacted_lead, reassigned_lead = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
+        events = [lead_assigned(contacted_lead, "rep-1"), lead_assigned(reassigned_lead, "rep-1"),
+                  lead_contacted(contacted_lead, "rep-1"), lead_assigned(reassigned_lead, "rep-2", "rep-1")]
+        messages = [Message("sales.leads", 0, i, e.subject.encode(), e.to_bytes()) for i, e in enumerate(events)]
+        processor = EventProcessor(db, f"batch-{uuid.uuid4()}", dict(service.handlers), DeadLetters(producer, "batch"))
+
+        assert [o.value for o in await processor.process_batch(messages)] == ["applied"] * 4
+
+        async def open_reminders(lead: str) -> list[str]:
+            rows = await tables.fetch("SELECT recipient FROM timers WHERE subject = $1 AND kind = 'follow-up-reminder'"
+                                      " AND fired_at IS NULL AND cancelled_at IS NULL", lead)
+            return [r["recipient"] for r in rows]
+
+        async def state() -> tuple[list[tuple[str, str, str]], list[str], list[str], list[tuple[str, bool]]]:
+            notified = await tables.fetch(
+                "SELECT cause_id, recipient, rule_id FROM notifications WHERE subject = ANY($1::text[]) ORDER BY seq",
+                [contacted_lead, reassigned_lead])
+            watched = await tables.fetch(
+                "SELECT owner_id, contacted_at IS NOT NULL AS contacted FROM lead_watch"
+                " WHERE lead_id = ANY($1::text[]) ORDER BY lead_id = $2", [contacted_lead, reassigned_lead],
+                contacted_lead)
+            return ([(r["cause_id"], r["recipient"], r["rule_id"]) for r in notified],
+                    await open_reminders(contacted_lead), await open_reminders(reassigned_lead),
+                    [(r["owner_id"], r["contacted"]) for r in watched])
+
+        applied = await state()
+        assert applied == (
+            [(events[0].id, "rep-1", "h-lead-assigned"), (events[1].id, "rep-1", "h-lead-assigned"),
+             (events[3].id, "rep-2", "h-lead-assigned")],
+            [], ["rep-2"], [("rep-2", False), ("rep-1", True)])
+
+        assert [o.value for o in await processor.process_batch(messages)] == ["duplicate"] * 4
+        assert await state() == applied
+    finally:
+        await producer.stop()
+        await db.close()
+
+
 # --- rules ------------------------------------------------------------------------------------
 
 
