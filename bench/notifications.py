@@ -27,13 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
+import psutil
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.harness import embedded_stack, open_loop, percentiles, ready_clients, service_processes
+from bench.leads import service_cpu_s, sessions
 from shared import kafka
 from shared.auth import issue_token
 from shared.settings import Settings
@@ -85,7 +88,7 @@ class Sockets:
         await asyncio.gather(*(s.close() for s in self.sockets), return_exceptions=True)
 
 
-async def push_latency(leads: httpx.AsyncClient, sockets: Sockets, reps: int, rate: float, seconds: float
+async def push_latency(leads: aiohttp.ClientSession, sockets: Sockets, reps: int, rate: float, seconds: float
                        ) -> tuple[list[float], int]:
     answered: dict[str, float] = {}
     owners = itertools.cycle(range(reps))
@@ -94,10 +97,10 @@ async def push_latency(leads: httpx.AsyncClient, sockets: Sockets, reps: int, ra
         n = next(_serial)
         body = {"contact": {"name": f"访客{n}", "company": f"公司{n}", "phone": f"139{n:08d}"},
                 "source": "web_form", "grade": "H", "region": "华东", "owner_id": f"rep-{next(owners)}"}
-        response = await leads.post("/v1/leads", json=body)
-        if response.status_code != 201:
-            raise RuntimeError(f"capture answered {response.status_code}: {response.text}")
-        answered[response.json()["id"]] = time.perf_counter()
+        async with leads.post("/v1/leads", json=body) as response:
+            if response.status != 201:
+                raise RuntimeError(f"capture answered {response.status}: {await response.text()}")
+            answered[(await response.json())["id"]] = time.perf_counter()
 
     await open_loop(rate, seconds, capture)
 
@@ -192,7 +195,24 @@ async def webhook_rate(notifications: httpx.AsyncClient, settings: Settings, hoo
             "live_deliveries": first, "dead": dead}
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def server_cpu_s(postmaster: psutil.Process) -> float:
+    """CPU seconds used so far by a Postgres server and its backends."""
+    total = 0.0
+    for process in (postmaster, *postmaster.children()):
+        with contextlib.suppress(psutil.Error):
+            used = process.cpu_times()
+            total += used.user + used.system
+    return total
+
+
+def cpu_seconds(postgres: psutil.Process) -> dict[str, float]:
+    """CPU seconds used so far by each part of the run: the two service processes, Postgres (both
+    services' databases) and this load client."""
+    return {"notifications": service_cpu_s("notifications"), "leads": service_cpu_s("leads"),
+            "postgres": server_cpu_s(postgres), "bench client": time.process_time()}
+
+
+async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Process) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
     org_file = settings.home / "org.toml"
     write_org(org_file, args.reps)
@@ -205,7 +225,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     since = datetime.now(UTC)
     with service_processes(bench_settings, "leads", 1) as leads_urls, \
             service_processes(bench_settings, "notifications", 1) as notification_urls:
-        async with ready_clients(leads_urls, bench_settings, 256) as [leads], \
+        # the captures go through aiohttp: it costs this load client a fraction of httpx's CPU, and the
+        # client shares the 2 cores with what it measures
+        async with ready_clients(leads_urls, bench_settings, 4), sessions(leads_urls, bench_settings, 256) as [leads], \
                 ready_clients(notification_urls, bench_settings, 16, user="svc-bench", role="integration"
                               ) as [notifications]:
             hooks = Hooks()
@@ -216,7 +238,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     # warm-up: the notifications consumer group has joined once a first push arrives
                     await push_latency(leads, sockets, args.reps, 10, 1)
+                    cpu_before = cpu_seconds(postgres)
                     latencies, captures = await push_latency(leads, sockets, args.reps, args.rate, args.seconds)
+                    cpu_ms = {name: (used - cpu_before[name]) * 1000 / captures
+                              for name, used in cpu_seconds(postgres).items()}
                 finally:
                     await sockets.close()
                 webhooks = await webhook_rate(notifications, bench_settings, hooks, since)
@@ -224,8 +249,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 await hooks.stop()
             stored = await stored_after_event(bench_settings)
     return {"push": percentiles(latencies), "pushed": len(latencies), "captures": captures, "webhooks": webhooks,
-            "sockets": args.reps,
-            "stored": percentiles(stored)}
+            "sockets": args.reps, "stored": percentiles(stored), "cpu_ms": cpu_ms}
 
 
 async def stored_after_event(settings: Settings) -> list[float]:
@@ -252,7 +276,8 @@ def main() -> None:
                     backlog=4096)
         return
     with embedded_stack() as stack:
-        result = asyncio.run(run(stack.settings, args))
+        assert stack.postgres.pid is not None
+        result = asyncio.run(run(stack.settings, args, psutil.Process(stack.postgres.pid)))
     p, hooks = result["push"], result["webhooks"]
     print(f"push, capture 201 -> WebSocket, {result['captures']} H-grade captures at {args.rate:g}/s, "
           f"{result['sockets']} connected reps ({result['pushed']} pushed within the wait): "
@@ -260,6 +285,9 @@ def main() -> None:
     s = result["stored"]
     print(f"  of which event -> notification stored: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms, "
           f"p99 {s['p99']:.1f} ms")
+    print("  CPU per capture (its captured and assigned events, the live webhook deliveries of the captured "
+          "one) from the first capture until all were pushed: "
+          + ", ".join(f"{name} {ms:.2f} ms" for name, ms in result["cpu_ms"].items()))
     print(f"webhooks: {hooks['deliveries']} replayed deliveries to a loopback receiver at {hooks['per_s']:.0f}/s "
           f"(receiver counted {hooks['received']}, dead {hooks['dead']}; {hooks['live_deliveries']} delivered live "
           "during the push phase)")
