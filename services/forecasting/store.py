@@ -101,43 +101,42 @@ async def signed_days(conn: Connection, opportunity_id: str) -> list[date]:
     return [r["signed_on"] for r in rows]
 
 
-# A deal's owners with their splits: its splits, else its primary owner alone at 100 %.
-_CREDITS = "coalesce({deal}.splits, jsonb_build_array(jsonb_build_object('owner_id', {owner}, 'split', 100)))"
+def _credits(owner_id: str, splits: str | None) -> tuple[OwnerSplit, ...]:
+    """A deal's owners with their splits: its splits, else its primary owner alone at 100 %."""
+    return _splits(splits) if splits is not None else (OwnerSplit(owner_id, 100),)
 
 
 async def deal_groups(conn: Connection, period: Period) -> list[DealGroup]:
-    """The period's figures summed per product and list of owners with their splits (the domain's
-    `roll_up` credits each owner their split): open deals by expected close date, won ones by close
-    day; signed contracts (booked) by signing day, with their deal's product and splits."""
-    credits = _CREDITS.format(deal="d", owner="d.owner_id")
+    """The period's figures summed per product, primary owner and splits (the domain's `roll_up`
+    credits each owner their split): open deals by expected close date, won ones by close day;
+    signed contracts (booked) by signing day, with their deal's product and splits."""
     rows = await conn.fetch(
-        f"SELECT d.product, {credits} AS owners,"  # noqa: S608 - the expression is ours
+        "SELECT product, owner_id, splits::text AS splits,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = ANY($3)), 0) AS open_amount,"
         " coalesce(sum(amount_reporting * probability / 100) FILTER (WHERE category = ANY($3)), 0) AS weighted,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'commit'), 0) AS commit_open,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'best_case'), 0) AS best_case_open,"
         " coalesce(sum(amount_reporting) FILTER (WHERE category = 'closed_won'), 0) AS closed_won,"
         " count(*) AS deals"
-        " FROM deals d WHERE forecast_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL"
-        " AND category <> 'omitted' AND owner_id IS NOT NULL GROUP BY 1, 2",
+        " FROM deals WHERE forecast_on BETWEEN $1 AND $2 AND amount_reporting IS NOT NULL"
+        " AND category <> 'omitted' AND owner_id IS NOT NULL GROUP BY 1, 2, 3",
         period.start, period.end, _OPEN,
     )
     groups = [
-        DealGroup(product_key(r["product"]), _splits(r["owners"]),
+        DealGroup(product_key(r["product"]), _credits(r["owner_id"], r["splits"]),
                   Figures(r["open_amount"], r["weighted"], r["commit_open"], r["best_case_open"], r["closed_won"],
                           Decimal(0), r["deals"]))
         for r in rows
     ]
     # a booking counts for its deal's owners when the deal is known here, else for its contract's owner
-    owner = "coalesce(d.owner_id, b.owner_id)"
     booked = await conn.fetch(
-        f"SELECT d.product, {_CREDITS.format(deal='d', owner=owner)} AS owners,"  # noqa: S608
+        "SELECT d.product, coalesce(d.owner_id, b.owner_id) AS owner_id, d.splits::text AS splits,"
         " sum(b.amount_reporting) AS booked FROM bookings b LEFT JOIN deals d USING (opportunity_id)"
         " WHERE b.signed_on BETWEEN $1 AND $2 AND b.status = 'signed' AND b.amount_reporting IS NOT NULL"
-        f" AND {owner} IS NOT NULL GROUP BY 1, 2",  # noqa: S608
+        " AND coalesce(d.owner_id, b.owner_id) IS NOT NULL GROUP BY 1, 2, 3",
         period.start, period.end,
     )
-    groups += [DealGroup(product_key(r["product"]), _splits(r["owners"]), Figures(booked=r["booked"]))
+    groups += [DealGroup(product_key(r["product"]), _credits(r["owner_id"], r["splits"]), Figures(booked=r["booked"]))
                for r in booked]
     return groups
 
