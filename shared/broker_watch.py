@@ -8,9 +8,10 @@ broker's identity: the same id means the same log, a new id means a new, empty l
 
 Both halves of a service act on a new identity (docs/broker-restarts.md):
 - the outbox relay re-publishes from its checkpoint (shared/outbox.py);
-- the consumer starts a new Faust app that reads every partition from offset 0: the old
-  app's in-memory read positions point into the lost log (Faust drops records below them)
-  and its committed offsets are gone. The inbox makes the repeats harmless.
+- the consumer starts a new Faust app that reads every partition from offset 0 until it has
+  committed there itself (shared/streaming.py): the old app's in-memory read positions point
+  into the lost log (Faust drops records below them), and so do any offsets it committed on
+  the new broker before it was stopped. The inbox makes the repeats harmless.
 """
 
 import logging
@@ -72,22 +73,3 @@ class BrokerWatch:
                 await admin.close()
             except (KafkaError, OSError) as exc:
                 log.debug("closing the broker watch: %r", exc)
-
-
-def rewind_on_first_assignment(app: Any) -> None:
-    """Make a Faust app read each partition, the first time it is assigned one, from offset 0.
-
-    For the app started on a new broker: offsets committed there by the previous app (which
-    skipped the records below its old positions) must not be trusted. Every partition, even one
-    assigned in a later rebalance, is rewound once."""
-    rewound: set[Any] = set()
-
-    async def rewind(sender: Any, assigned: set[Any], **_: Any) -> None:
-        fresh = set(assigned) - rewound
-        for tp in fresh:
-            await app.consumer.seek(tp, 0)
-        rewound.update(fresh)
-        if fresh:
-            log.info("new broker: reading %d partition(s) from offset 0", len(fresh))
-
-    app.on_partitions_assigned.connect(rewind)

@@ -23,9 +23,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from faust.types import TP
 
 from shared import kafka, replays, tracing
-from shared.broker_watch import WATCH_INTERVAL_S, BrokerWatch, rewind_on_first_assignment
+from shared.broker_watch import WATCH_INTERVAL_S, BrokerWatch
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.events.catalog import event_type
 from shared.inbox import DeadLetters, EventProcessor, Handler
@@ -115,7 +116,8 @@ class ServiceRuntime:
 
     async def _watch_broker(self) -> None:
         """A new, empty broker (another cluster id): consume it with a new Faust app from offset 0
-        (shared/broker_watch.py), once the topics exist again."""
+        (shared/broker_watch.py), once the topics exist again. An app that has waited for its
+        partitions far longer than a group join takes is replaced as well."""
         assert self.watch is not None
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -125,6 +127,7 @@ class ServiceRuntime:
                     self.stream_broker = identity
                     continue
                 if identity == self.stream_broker:
+                    await self._replace_stuck_stream()  # only while the broker answers: it may be away
                     continue
                 log.warning("the broker is a new one (cluster id %s, was %s): consuming it from the start",
                             identity, self.stream_broker)
@@ -133,18 +136,34 @@ class ServiceRuntime:
                 log.debug("broker watch: %r", exc)
                 continue
             try:
-                await self._restart_stream()
+                await self._restart_stream(trusted_offsets=set())
             except Exception:  # noqa: BLE001 - keep watching: the next round starts another app
                 log.exception("could not start consuming the new broker; retrying")
                 continue
             self.stream_broker = identity
 
-    async def _restart_stream(self) -> None:
+    async def _replace_stuck_stream(self) -> None:
+        """Seen on the embedded broker, now and then, after it restarted: the new app never got its
+        partitions (its group join never completed). A new app joins afresh."""
+        assert self.stream is not None
+        waited = self.stream.waiting_for_partitions()
+        if waited < self.settings.stream_assignment_deadline_s:
+            return
+        log.warning("the consumer has waited %.0f s for its partitions: starting a new one", waited)
+        trusted = self.stream.trusted_offsets
+        try:
+            await self._restart_stream(trusted_offsets=None if trusted is None else set(trusted))
+        except Exception:  # noqa: BLE001 - keep watching: the next round starts another app
+            log.exception("could not start a new consumer; retrying")
+
+    async def _restart_stream(self, trusted_offsets: set[TP] | None) -> None:
+        """Replace the Faust app by a new one; `trusted_offsets` as StreamApp.trusted_offsets."""
         old, self.stream = self.stream, self._new_stream_app()
         if old is not None:
+            old.superseded = True  # even if stopping it takes longer than the grace period
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=self.settings.shutdown_grace_s)
-        rewind_on_first_assignment(self.stream)
+        self.stream.trusted_offsets = trusted_offsets
         self.stream.finalize()
         await self.stream.start()
 

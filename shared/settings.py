@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Consumers apply the records that queued up while the previous batch was applied in one
     # transaction: at most this many (1 = one event a transaction).
     consumer_batch_max: int = 500
+    # A consumer that has waited this long for its partitions (a join that never completed, seen on
+    # Tansu after a restart) is replaced by a new one; joins take 3-15 s there.
+    stream_assignment_deadline_s: float = 30.0
 
     # --- outbox relay ---
     relay_batch_size: int = 1000

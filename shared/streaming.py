@@ -14,15 +14,25 @@ fetch only when that wait runs out, so every hop would cost up to 1.5 s (DESIGN.
 The `funnelcast://` transport below is Faust's aiokafka transport with that one value taken
 from FUNNELCAST_KAFKA_FETCH_MAX_WAIT_MS; it is registered through Faust's documented
 `faust.transports` entry point (pyproject.toml).
+
+Its consumer also keeps an app started on a new, empty broker (docs/broker-restarts.md) from trusting
+committed offsets it did not write: Faust seeks every assigned partition to its committed offset after
+each rebalance (table recovery's `perform_seek`) and then drops every record below that position, so
+an offset the previous app committed on the new broker (its position in the lost log) would hide the
+re-published records below it. Such an app reads a partition from offset 0 until it has committed
+there itself, and an app taken off a lost broker (`superseded`) commits nothing more.
 """
 
 import asyncio
 import logging
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from shared import metrics
 from shared.inbox import EventProcessor, Message
@@ -45,6 +55,25 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, except where the app does not trust them: there, to offset 0."""
+        committed = dict(await super().seek_to_committed())
+        trusted = cast(StreamApp, self.app).trusted_offsets
+        if trusted is not None:
+            for tp in self.assignment() - trusted:
+                await self._seek(tp, 0)
+                committed[tp] = 0
+        return committed
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        app = cast(StreamApp, self.app)
+        if app.superseded:
+            return False  # its positions belong to a log the broker lost
+        committed: bool = await super()._commit(offsets)
+        if committed and app.trusted_offsets is not None:
+            app.trusted_offsets.update(offsets)
+        return committed
+
 
 class Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
@@ -58,6 +87,19 @@ class StreamApp(faust.App):
     agent_failure: str | None = None
     processed_offsets: dict[tuple[str, int], int]
     batch_max: int = 1
+    # None: every committed offset is trusted. A set: the partitions whose committed offset this app
+    # wrote itself; the others are read from offset 0 (an app started on a new, empty broker).
+    trusted_offsets: set[TP] | None = None
+    # Taken off a broker that was replaced by a new, empty one: it must commit nothing more there.
+    superseded: bool = False
+
+    # Since when (time.monotonic) the app has been waiting for its partitions (started, or revoked in a
+    # rebalance); None while it has them.
+    waiting_since: float | None = None
+
+    def waiting_for_partitions(self) -> float:
+        """Seconds the app has been waiting for its partitions (0 while it has them)."""
+        return 0.0 if self.waiting_since is None else time.monotonic() - self.waiting_since
 
 
 def create_stream_app(service: str, settings: Settings) -> StreamApp:
@@ -87,6 +129,16 @@ def create_stream_app(service: str, settings: Settings) -> StreamApp:
     app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
     app.processed_offsets = {}
     app.batch_max = max(1, settings.consumer_batch_max)
+    app.waiting_since = time.monotonic()
+
+    async def revoked(sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        app.waiting_since = time.monotonic()
+
+    async def assigned(sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        app.waiting_since = None
+
+    app.on_partitions_revoked.connect(revoked)
+    app.on_partitions_assigned.connect(assigned)
     return app
 
 

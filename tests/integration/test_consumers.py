@@ -5,9 +5,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from faust.types import TP
 
-from shared import metrics
+from shared import kafka, metrics
+from shared.broker_watch import BrokerWatch
 from shared.db import Database, Transaction
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
@@ -150,3 +153,45 @@ async def test_an_event_of_an_unknown_type_is_dead_lettered(
     assert await processor.process(message) is Outcome.DEAD_LETTERED
     [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=event.subject.encode())
     assert b"sales.lead.teleported.v1" in dict(dead.headers)["dlq-error"]
+
+
+async def test_an_app_on_a_new_broker_reads_below_offsets_it_did_not_commit(
+    db: Database, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """On a new, empty broker the previous app may have committed its positions in the lost log before it
+    was stopped; Faust seeks to committed offsets after every rebalance and drops the records below them,
+    so the re-published records would never be applied. An app that distrusts them reads from 0."""
+    app = create_stream_app(f"test-{uuid.uuid4().hex[:8]}", settings)
+    group = app.conf.id
+    events = [captured(str(uuid.uuid4())) for _ in range(6)]
+    for event in events:
+        await producer.send_and_wait("sales.leads", key=event.subject.encode(), value=event.to_bytes())
+    previous_app = kafka.consumer(settings, group_id=group)
+    await previous_app.start()
+    partitions = [TopicPartition("sales.leads", p) for p in range(6)]
+    previous_app.assign(partitions)
+    await previous_app.commit({tp: OffsetAndMetadata(1_000_000, "") for tp in partitions})  # far beyond the log
+    await previous_app.stop()
+
+    processor = EventProcessor(db, group, {"sales.lead.captured.v1": count_application}, DeadLetters(producer, group))
+    subscribe(app, processor, ["sales.leads"])
+    app.trusted_offsets = set()  # as an app started on a new broker
+    app.finalize()
+    await app.start()
+    try:
+        for event in events:
+            assert await eventually(lambda e=event: applied(db, e.subject), timeout=30) == 1
+        await eventually(lambda: _trusted(app), timeout=30)  # its own commits are trusted from then on
+        app.superseded = True  # taken off its broker: what it would commit now belongs to a lost log
+        assert await app.consumer._commit({TP("sales.leads", 0): 999}) is False
+        watch = BrokerWatch(settings.kafka_bootstrap_servers)
+        try:
+            assert (await watch.committed(group, "sales.leads", [0]))[0] != 999
+        finally:
+            await watch.close()
+    finally:
+        await app.stop()
+
+
+async def _trusted(app: StreamApp) -> bool:
+    return bool(app.trusted_offsets)
