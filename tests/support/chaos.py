@@ -7,18 +7,26 @@ grades, qualification, conversions (the opportunities service opens the deal fro
 opportunities moved through their stages to a signed contract, retrying what a fault interrupted.
 `reconcile` then checks, across the services' stores, that every published event was applied by every
 service that consumes it (its inbox row commits with the effect), and that nothing was applied twice
-(no consumed event caused the same effect twice).
+(no consumed event caused the same effect twice). A `WebhookReceiver` on 127.0.0.1, subscribed to a few
+event types through the notifications API, is reconciled the same way: every event of those types
+delivered under exactly one distinct `webhook-id`; a `webhook-id` delivered again (a retry after a lost
+answer, which Standard Webhooks allows) is counted apart.
 """
 
 import asyncio
 import contextlib
 import importlib
 import json
+import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +41,69 @@ from shared.runtime.postgres import EmbeddedPostgres
 from shared.runtime.supervisor import ServiceInstance, Stack
 from shared.settings import Settings, with_database
 from shared.topology import SERVICES, TOPICS
-from tests.support.waiting import free_port
+from tests.support.waiting import eventually, free_port
 
 TRANSIENT_STATUSES = {500, 502, 503, 504}
 REQUEST_DEADLINE_S = 120.0
+REQUESTS_PER_FLOW = 13
+# What the webhook receiver subscribes to: captures and stage moves (published by the API), signatures
+# (a contract), and scores (caused by another service's consumption).
+WEBHOOK_EVENT_TYPES = ("sales.lead.captured.v1", "sales.opportunity.stage_changed.v1", "sales.contract.signed.v1",
+                       "sales.lead.scored.v1")
+
+
+# --- the webhook receiver -----------------------------------------------------------------------
+
+
+class WebhookReceiver:
+    """An HTTP endpoint on 127.0.0.1 that answers 204 and records each delivery's `webhook-id` and event id.
+
+    A thread of its own, so it answers whatever event loop the caller runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deliveries: list[tuple[str, str]] = []  # (webhook-id, CloudEvent id), in arrival order
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the notifications service's client expects
+
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                try:
+                    event_id = str(json.loads(body)["id"])
+                except (ValueError, KeyError, TypeError):
+                    event_id = ""
+                receiver._record(self.headers.get("webhook-id", ""), event_id)
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the overridden signature
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _record(self, webhook_id: str, event_id: str) -> None:
+        with self._lock:
+            self._deliveries.append((webhook_id, event_id))
+
+    def deliveries(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._deliveries)
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -55,25 +122,39 @@ class ChaosStack:
         self.stack: Stack | None = None
         self.instances: dict[str, ServiceInstance] = {}
         self.consumed: dict[str, set[str]] = {}  # what the started services consume, as started
+        self.webhooks = WebhookReceiver()
 
     def start(self) -> None:
         self.postgres.start()
         self.broker.start()
+        self.webhooks.start()
         self.settings = Settings(
             database_url=self.postgres.url, kafka_bootstrap=self.broker.bootstrap, kafka_idempotence=False,
             home=self.root / "home", log_level="WARNING",
         )
         self.instances = {name: ServiceInstance(name, 0, free_port()) for name in SERVICES}
         self.consumed = consumed_types()
-        self.stack = Stack(self.settings, self.root / "home", list(self.instances.values()), out=lambda _: None)
+        self.stack = Stack(self.settings, self.root / "home", list(self.instances.values()), out=lambda _: None,
+                           extra_env={"FUNNELCAST_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"})
         self.stack.start(ready_timeout=self.ready_timeout)
+        self._subscribe_webhooks()
+
+    def _subscribe_webhooks(self) -> None:
+        assert self.settings is not None
+        token = issue_token("admin-1", "admin", self.settings.signing_secret, 3600)
+        answer = httpx.post(f"{self.url('notifications')}/v1/webhooks", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"},
+                            json={"url": self.webhooks.url, "event_types": list(WEBHOOK_EVENT_TYPES)})
+        answer.raise_for_status()
 
     def stop(self) -> None:
         if self.stack is not None:
             with contextlib.suppress(Exception):
                 self.stack.stop()
+        self.thaw_broker()  # a stopped process cannot act on SIGTERM
         self.broker.stop()
         self.postgres.stop()
+        self.webhooks.stop()
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.instances[service].port}"
@@ -86,6 +167,17 @@ class ChaosStack:
 
     def start_broker(self) -> None:
         self.broker.start()  # new, empty, with a new cluster id
+
+    def freeze_broker(self) -> None:
+        """SIGSTOP the broker: unreachable, as behind a network partition. Connections stay open and new
+        ones are even accepted by the kernel, but nothing is answered; its state is kept."""
+        if self.broker.pid is not None:
+            os.kill(self.broker.pid, signal.SIGSTOP)
+
+    def thaw_broker(self) -> None:
+        """SIGCONT: the same broker (same cluster id, topics and offsets) answers again."""
+        if self.broker.pid is not None:
+            os.kill(self.broker.pid, signal.SIGCONT)
 
     def kill_service(self, name: str) -> None:
         assert self.stack is not None
@@ -155,6 +247,20 @@ class Workload:
             retried = True
             self.retries += 1
             await asyncio.sleep(0.2)
+
+    async def capture_once(self, n: int) -> tuple[int, float]:
+        """One capture, not retried: (HTTP status, seconds it took); 0 when no answer came."""
+        started = time.monotonic()
+        try:
+            response = await self._clients["leads"].post("/v1/leads", json={
+                "contact": {"name": f"Outage {n}", "email": f"outage-{self.run}-{n}@example.com"},
+                "owner_id": "rep-1", "source": "api",
+            })
+            status = response.status_code
+        except httpx.TransportError:
+            status = 0
+        self.requests += 1
+        return status, time.monotonic() - started
 
     async def flow(self, n: int) -> None:
         """One lead through to conversion, and one opportunity through to a signed contract."""
@@ -275,17 +381,53 @@ def dead_letters_expected(per_topic: dict[str, int]) -> int:
 class Reconciliation:
     scenario: str
     events_in: int  # events the services published (outbox rows) in the scenario
-    expected: int  # (consuming service, event) pairs: every event applied by every service that consumes it
-    seen: int  # of those, applied (in the consumer's inbox, committed with the effect)
+    # (consuming service, event) pairs: every event applied by every service that consumes it, and every
+    # event of a subscribed type delivered to the webhook receiver
+    expected: int
+    seen: int  # of those, applied (in the consumer's inbox, committed with the effect) or delivered
     lost: int
-    applied_twice: int  # consumed events that caused the same effect more than once
+    # consumed events that caused the same effect more than once, and events delivered under more than
+    # one distinct webhook-id
+    applied_twice: int
     recover_s: float | None = None
     lost_by: dict[str, int] = field(default_factory=dict)  # "consumer <- event type" -> events lost
     missing: list[str] = field(default_factory=list)  # a few lost event ids, to look them up
+    webhooks_expected: int = 0  # events of the subscribed types
+    webhooks_delivered: int = 0  # of those, delivered at least once
+    webhook_id_repeats: int = 0  # deliveries of a webhook-id already delivered (at-least-once HTTP: allowed)
+    webhook_strangers: int = 0  # deliveries of no published event of a subscribed type: never allowed
 
     @property
     def clean(self) -> bool:
-        return self.lost == 0 and self.applied_twice == 0
+        return self.lost == 0 and self.applied_twice == 0 and self.webhook_strangers == 0
+
+
+@dataclass
+class WebhookTally:
+    expected: int
+    delivered: int
+    lost: list[str]  # event ids never delivered
+    twice: int  # events delivered under more than one distinct webhook-id
+    id_repeats: int
+    strangers: int
+
+
+def tally_webhooks(deliveries: list[tuple[str, str]], wanted: set[str], published: set[str]) -> WebhookTally:
+    """`deliveries`: (webhook-id, event id) as received; `wanted`: the scenario's events of the subscribed
+    types; `published`: every such event ever published. A delivery of an event outside `published` is a
+    stranger."""
+    ids_by_event: dict[str, set[str]] = {}
+    for webhook_id, event_id in deliveries:
+        ids_by_event.setdefault(event_id, set()).add(webhook_id)
+    arrivals = Counter(webhook_id for webhook_id, event_id in deliveries if event_id in wanted)
+    return WebhookTally(
+        expected=len(wanted),
+        delivered=len(wanted & ids_by_event.keys()),
+        lost=sorted(wanted - ids_by_event.keys()),
+        twice=sum(1 for event_id in wanted if len(ids_by_event.get(event_id, ())) > 1),
+        id_repeats=sum(count - 1 for count in arrivals.values()),
+        strangers=sum(1 for _, event_id in deliveries if event_id not in published),
+    )
 
 
 def consumed_types() -> dict[str, set[str]]:
@@ -297,10 +439,11 @@ def consumed_types() -> dict[str, set[str]]:
 
 
 async def reconcile(server_url: str, scenario: str = "", consumed: dict[str, set[str]] | None = None,
-                    since: datetime | None = None) -> Reconciliation:
+                    since: datetime | None = None, webhooks: WebhookReceiver | None = None) -> Reconciliation:
     """Every event in every outbox against every consumer's inbox, and every caused event against its cause.
     `consumed`: consuming service -> the event types it applies (default: as the code says now);
-    `since`: only the events published from then on (one scenario's)."""
+    `since`: only the events published from then on (one scenario's); `webhooks`: a receiver subscribed
+    to WEBHOOK_EVENT_TYPES, whose deliveries are reconciled too."""
     conns = {name: await asyncpg.connect(with_database(server_url, SERVICES[name].database)) for name in SERVICES}
     try:
         published: dict[str, list[tuple[str, str]]] = {}  # publisher -> (event id, type)
@@ -341,8 +484,25 @@ async def reconcile(server_url: str, scenario: str = "", consumed: dict[str, set
             "SELECT count(*) FROM (SELECT 1 FROM notifications GROUP BY cause_id, rule_id, recipient"
             " HAVING count(*) > 1) AS twice"
         )
-        return Reconciliation(scenario, events_in, expected, seen, expected - seen, applied_twice, None, lost_by,
-                              missing)
+        result = Reconciliation(scenario, events_in, expected, seen, expected - seen, applied_twice, None, lost_by,
+                                missing)
+        if webhooks is not None:
+            tally = tally_webhooks(
+                webhooks.deliveries(),
+                {i for rows in published.values() for i, t in rows if t in WEBHOOK_EVENT_TYPES},
+                {r["id"] for conn in conns.values() for r in await conn.fetch(
+                    "SELECT id::text AS id FROM outbox WHERE type = ANY($1)", list(WEBHOOK_EVENT_TYPES))},
+            )
+            result.expected += tally.expected
+            result.seen += tally.delivered
+            result.lost += len(tally.lost)
+            result.applied_twice += tally.twice
+            if tally.lost:
+                result.lost_by["webhook receiver"] = len(tally.lost)
+                result.missing += tally.lost[:5]
+            result.webhooks_expected, result.webhooks_delivered = tally.expected, tally.delivered
+            result.webhook_id_repeats, result.webhook_strangers = tally.id_repeats, tally.strangers
+        return result
     finally:
         for conn in conns.values():
             await conn.close()
@@ -357,7 +517,7 @@ async def settle(stack: ChaosStack, scenario: str, since: float, timeout: float,
     deadline = time.monotonic() + timeout
     while True:
         try:
-            result = await reconcile(server_url, scenario, stack.consumed, started)
+            result = await reconcile(server_url, scenario, stack.consumed, started, stack.webhooks)
         except (OSError, asyncpg.PostgresError):
             result = None  # Postgres coming back
         if result is not None and (result.lost == 0 or time.monotonic() > deadline):
@@ -368,11 +528,65 @@ async def settle(stack: ChaosStack, scenario: str, since: float, timeout: float,
         await asyncio.sleep(0.5)
 
 
+# --- scenarios ----------------------------------------------------------------------------------
+
+
+Fault = Callable[[], Awaitable[None]]
+
+
+async def run_scenario(stack: ChaosStack, scenario: str, faults: list[Fault], flows: int, first: int,
+                       concurrency: int, settle_timeout: float) -> Reconciliation:
+    """Run `flows` flows (numbered from `first`); apply the faults in turn while they run, the k-th of n once
+    k/(n+1) of the flows' requests were made; then reconcile the events published meanwhile until nothing
+    is missing. `recover_s` counts from the end of the last fault."""
+    started = datetime.now(UTC)
+    async with Workload(stack, concurrency=concurrency) as workload:
+        load = asyncio.create_task(workload.flows(first, flows))
+        fault_over = time.monotonic()
+        for k, fault in enumerate(faults, start=1):
+            target = int(flows * REQUESTS_PER_FLOW * k / (len(faults) + 1))
+
+            async def reached(requests: int = target) -> bool:
+                return workload.requests >= requests or load.done()
+
+            await eventually(reached, timeout=3600, interval=0.05)
+            await fault()
+            fault_over = time.monotonic()
+        await load
+    return await settle(stack, scenario, fault_over, settle_timeout, started)
+
+
+@dataclass
+class OutageCaptures:
+    statuses: Counter[int]  # HTTP status -> captures answered with it (0: no answer)
+    slowest_s: float
+
+
+async def capture_while_broker_unreachable(stack: ChaosStack, seconds: float) -> OutageCaptures:
+    """Freeze the broker for `seconds` and capture leads one after another meanwhile, each tried once."""
+    statuses: Counter[int] = Counter()
+    slowest = 0.0
+    async with Workload(stack) as workload:
+        stack.freeze_broker()
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                status, took = await workload.capture_once(sum(statuses.values()))
+                statuses[status] += 1
+                slowest = max(slowest, took)
+                await asyncio.sleep(0.05)
+        finally:
+            stack.thaw_broker()
+    return OutageCaptures(statuses, slowest)
+
+
 def table(rows: list[Reconciliation]) -> str:
-    header = ("scenario", "events in", "effects expected", "effects seen", "lost", "applied twice", "recover s")
+    header = ("scenario", "events in", "effects expected", "effects seen", "lost", "applied twice", "recover s",
+              "webhooks delivered", "webhook-id repeats")
     lines = [header] + [
         (r.scenario, str(r.events_in), str(r.expected), str(r.seen), str(r.lost), str(r.applied_twice),
-         "-" if r.recover_s is None else f"{r.recover_s:.1f}")
+         "-" if r.recover_s is None else f"{r.recover_s:.1f}", f"{r.webhooks_delivered}/{r.webhooks_expected}",
+         str(r.webhook_id_repeats) + (f" ({r.webhook_strangers} not events)" if r.webhook_strangers else ""))
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
