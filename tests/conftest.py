@@ -28,6 +28,21 @@ def throwaway_postgres(root: Path) -> EmbeddedPostgres:
     return server
 
 
+def own_servers(factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[EmbeddedPostgres, TansuBroker]]:
+    """A Postgres server and a broker of a module's own, for a module-scoped fixture to yield from.
+
+    They go together: a service's outbox history belongs to the broker it was published to, and a relay
+    that finds its database on another broker publishes all of it again (broker restart recovery), which
+    would flood the session broker's later modules with earlier modules' events."""
+    root = factory.mktemp(f"{name}-servers")
+    database = throwaway_postgres(root / "postgres")
+    broker = TansuBroker(free_port(), root / "tansu.log")
+    broker.start()
+    yield database, broker
+    broker.stop()
+    database.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     server = throwaway_postgres(tmp_path_factory.mktemp("postgres"))

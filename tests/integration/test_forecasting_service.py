@@ -25,9 +25,9 @@ from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.service import create_service_app
 from shared.settings import Settings
-from tests.conftest import settings_for
+from tests.conftest import own_servers, settings_for
 from tests.support.topics import read_topic
-from tests.support.waiting import eventually, free_port
+from tests.support.waiting import eventually
 
 # The first wait covers three consumer groups joining (about 3 s each on Tansu) and their first fetches.
 TIMEOUT = 60.0
@@ -36,19 +36,16 @@ ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "rep-3": Role.REP, "mgr-1": Role.
 
 
 @pytest.fixture(scope="module")
-def forecasting_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    """A broker of this module's own, so the new consumer groups do not read every earlier module's events."""
-    server = TansuBroker(free_port(), tmp_path_factory.mktemp("forecasting-broker") / "tansu.log")
-    server.start()
-    yield server
-    server.stop()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedPostgres, TansuBroker]]:
+    """So the new consumer groups do not read every earlier module's events."""
+    yield from own_servers(tmp_path_factory, "forecasting")
 
 
 @pytest.fixture(scope="module")
 async def settings(
-    postgres: EmbeddedPostgres, forecasting_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory
+    servers: tuple[EmbeddedPostgres, TansuBroker], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    configured = settings_for(postgres, forecasting_broker, tmp_path_factory.mktemp("forecasting-home"))
+    configured = settings_for(*servers, tmp_path_factory.mktemp("forecasting-home"))
     await kafka.ensure_topics(configured)
     return configured
 

@@ -13,27 +13,28 @@ from shared import kafka
 from shared.auth import issue_token
 from shared.events.envelope import parse_and_validate
 from shared.runtime.broker import TansuBroker
+from shared.runtime.postgres import EmbeddedPostgres
 from shared.service import create_service_app
 from shared.settings import Settings
+from tests.conftest import own_servers, settings_for
 from tests.support.topics import read_topic
-from tests.support.waiting import eventually, free_port
+from tests.support.waiting import eventually
 
 CSV = {"Content-Type": "text/csv; charset=utf-8"}
 
 
 @pytest.fixture(scope="module")
-def import_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    """A broker of this module's own: the import's 10,000s of events stay off the session broker,
-    where other services' consumers would have to read through them."""
-    server = TansuBroker(free_port(), tmp_path_factory.mktemp("import-broker") / "tansu.log")
-    server.start()
-    yield server
-    server.stop()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedPostgres, TansuBroker]]:
+    """The import's 10,000s of events stay off the session broker, where other services' consumers would
+    have to read through them."""
+    yield from own_servers(tmp_path_factory, "import")
 
 
 @pytest.fixture(scope="module")
-async def import_settings(settings: Settings, import_broker: TansuBroker) -> Settings:
-    own = settings.model_copy(update={"kafka_bootstrap": import_broker.bootstrap})
+async def import_settings(
+    servers: tuple[EmbeddedPostgres, TansuBroker], tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    own = settings_for(*servers, tmp_path_factory.mktemp("import-home"))
     await kafka.ensure_topics(own)
     return own
 
@@ -58,8 +59,8 @@ async def outbox_drained(settings: Settings) -> bool:
 
 
 @pytest.fixture(scope="module")
-async def leads_db(settings: Settings, client: httpx.AsyncClient) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(settings.database_url_for("leads"))
+async def leads_db(import_settings: Settings, client: httpx.AsyncClient) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(import_settings.database_url_for("leads"))
     yield conn
     await conn.close()
 

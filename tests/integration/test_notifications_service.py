@@ -50,7 +50,7 @@ from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.service import create_service_app
 from shared.settings import Settings
-from tests.conftest import settings_for, throwaway_postgres
+from tests.conftest import own_servers, settings_for
 from tests.support.waiting import eventually, free_port
 
 # The first wait covers the consumer group's join (about 3 s on Tansu) and its first fetches.
@@ -130,31 +130,17 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def notifications_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    """A broker of this module's own: the service consumes every topic from the start, and the session
-    broker holds every event earlier modules produced."""
-    server = TansuBroker(free_port(), tmp_path_factory.mktemp("notifications-broker") / "tansu.log")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def notifications_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """A database server of this module's own too: the services' outbox history on the session server
-    belongs to the session broker (on this module's broker the leads relay would publish all of it again)."""
-    server = throwaway_postgres(tmp_path_factory.mktemp("notifications-postgres"))
-    yield server
-    server.stop()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedPostgres, TansuBroker]]:
+    """The service consumes every topic from the start; the session broker holds every earlier module's events."""
+    yield from own_servers(tmp_path_factory, "notifications")
 
 
 @pytest.fixture(scope="module")
 async def settings(
-    notifications_postgres: EmbeddedPostgres, notifications_broker: TansuBroker,
-    tmp_path_factory: pytest.TempPathFactory,
+    servers: tuple[EmbeddedPostgres, TansuBroker], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
     home = tmp_path_factory.mktemp("notifications-home")
-    configured = settings_for(notifications_postgres, notifications_broker, home,
+    configured = settings_for(*servers, home,
                               webhook_allowed_networks="127.0.0.0/8")
     await kafka.ensure_topics(configured)
     return configured

@@ -53,7 +53,7 @@ async def capture_leads(client: httpx.AsyncClient, settings: Settings, count: in
     ids = []
     for n in range(count):
         body = {"contact": {"name": f"回放 {n}", "email": f"replay.{uuid.uuid4().hex[:12]}@example.cn"},
-                "source": "api", "region": "华东"}
+                "source": "api", "region": "华东", "owner_id": "rep-1"}  # rep-1 touches them below
         created = await client.post("/v1/leads", json=body, headers=as_(settings, "rep-1"))
         assert created.status_code == 201, created.text
         ids.append(created.json()["id"])

@@ -22,9 +22,9 @@ from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.service import create_service_app
 from shared.settings import Settings
-from tests.conftest import settings_for
+from tests.conftest import own_servers, settings_for
 from tests.support.topics import read_topic
-from tests.support.waiting import eventually, free_port
+from tests.support.waiting import eventually
 
 # The first wait covers the consumer group's join (about 3 s on Tansu) and its first fetches.
 BACKLOG_TIMEOUT = 60.0
@@ -32,20 +32,17 @@ ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "mgr-1": Role.MANAGER, "dir-1": R
 
 
 @pytest.fixture(scope="module")
-def scoring_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
-    """A broker of this module's own: a new consumer group reads its topics from the start,
-    and the session broker's hold every event earlier modules produced."""
-    server = TansuBroker(free_port(), tmp_path_factory.mktemp("scoring-broker") / "tansu.log")
-    server.start()
-    yield server
-    server.stop()
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedPostgres, TansuBroker]]:
+    """A new consumer group reads its topics from the start; the session broker holds every earlier
+    module's events."""
+    yield from own_servers(tmp_path_factory, "scoring")
 
 
 @pytest.fixture(scope="module")
 async def settings(
-    postgres: EmbeddedPostgres, scoring_broker: TansuBroker, tmp_path_factory: pytest.TempPathFactory
+    servers: tuple[EmbeddedPostgres, TansuBroker], tmp_path_factory: pytest.TempPathFactory
 ) -> Settings:
-    configured = settings_for(postgres, scoring_broker, tmp_path_factory.mktemp("scoring-home"))
+    configured = settings_for(*servers, tmp_path_factory.mktemp("scoring-home"))
     await kafka.ensure_topics(configured)
     return configured
 
