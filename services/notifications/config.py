@@ -18,8 +18,12 @@ class NotificationsConfig(BaseSettings):
     webhook_retry_cap_s: float = 3600.0
     webhook_max_attempts: int = 8
     webhook_disable_after: int = 5  # dead-lettered deliveries in a row
-    webhook_timeout_s: float = 5.0
-    webhook_concurrency: int = 64
+    webhook_timeout_s: float = 5.0  # a whole attempt: connecting, sending, the answer's status and headers
+    webhook_concurrency: int = 64  # attempts in flight per instance
+    # per subscription (endpoint), so a slow or busy endpoint cannot take every slot: attempts in
+    # flight, and attempts started per second (bursts up to one second's worth); what is over waits
+    webhook_concurrency_per_subscription: int = 16
+    webhook_rate_per_s: float = 500.0
 
     # timers
     poll_interval_s: float = 1.0

@@ -274,11 +274,10 @@ async def notify(
 
 async def _queue_webhooks(conn: Connection, ctx: Context, event: CloudEvent) -> None:
     subscriptions = (await _subscriptions(conn, ctx)).get(event.type, [])
-    queued = 0
-    for subscription_id in subscriptions:
-        if await store.add_delivery(conn, subscription_id, event.id, event.type, event.time, event.to_json()):
-            queued += 1
-    if queued:
+    if not subscriptions:
+        return
+    # The cached list may still name a subscription deleted a moment ago: the store skips it.
+    if await store.add_deliveries(conn, subscriptions, event.id, event.type, event.time, event.to_json()):
         await conn.execute("SELECT pg_notify($1, '')", WEBHOOKS_DUE_CHANNEL)
 
 

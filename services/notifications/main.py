@@ -3,7 +3,8 @@
 Besides the shared runtime (database, relay, the Faust agent feeding `handlers.on_event` from every
 topic), each instance runs a push hub (LISTEN on Postgres, see push.py) and the background loops of
 workers.py. They start in a router lifespan, inside the service's own, so the database is open.
-Tests may set `app.state.notifications_config` and `app.state.clock` before start-up.
+Tests may set `app.state.notifications_config`, `app.state.clock` and `app.state.resolve_host` (a
+resolver for webhook targets, instead of DNS: targets.py) before start-up.
 """
 
 import contextlib
@@ -19,6 +20,7 @@ from services.notifications.config import NotificationsConfig
 from services.notifications.domain import NetworkPolicy, next_digest_at
 from services.notifications.push import PushHub
 from services.notifications.push import router as stream
+from services.notifications.targets import TargetGuard, resolve_with_dns
 from services.notifications.webhook_api import webhooks
 from services.notifications.workers import Workers
 from shared.service import ServiceDefinition
@@ -41,7 +43,10 @@ async def running(app: FastAPI) -> AsyncIterator[None]:
     hub = PushHub(runtime.settings.database_url_for("notifications"), ctx.cache)
     hub.start()
     app.state.push_hub = hub
-    workers = Workers(runtime.db, ctx, hub, NetworkPolicy.parse(runtime.settings.webhook_allowed_networks))
+    guard = TargetGuard(NetworkPolicy.parse(runtime.settings.webhook_allowed_networks),
+                        getattr(app.state, "resolve_host", None) or resolve_with_dns)
+    app.state.target_guard = guard
+    workers = Workers(runtime.db, ctx, guard, hub.webhooks_due)
     workers.start()
     app.state.workers = workers
     try:

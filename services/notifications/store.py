@@ -522,26 +522,61 @@ async def add_delivery(
     conn: Connection, subscription_id: str | uuid.UUID, event_id: str, event_type: str, event_time: datetime,
     payload: str, replay_of: uuid.UUID | None = None,
 ) -> uuid.UUID | None:
+    """A delivery (a replay when `replay_of` is set); None when the subscription is gone or the event
+    was already queued for it.
+
+    The subscription is locked against deletion until the transaction ends (FOR KEY SHARE: updates of
+    its state go on). One being deleted makes this wait for that transaction and then leaves it out,
+    so a delivery is never queued for a deleted subscription (no foreign-key violation failing the
+    consumer's whole batch), and one queued before a deletion commits goes with the subscription
+    (ON DELETE CASCADE)."""
     delivery_id = uuid.uuid4()
     inserted = await conn.fetchval(
-        "INSERT INTO webhook_deliveries (id, subscription_id, event_id, event_type, event_time, payload, replay_of)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING true",
-        delivery_id, _uuid(subscription_id), event_id, event_type, event_time, payload, replay_of,
+        "WITH live AS (SELECT id FROM webhook_subscriptions WHERE id = $1 FOR KEY SHARE)"
+        " INSERT INTO webhook_deliveries (id, subscription_id, event_id, event_type, event_time, payload, replay_of)"
+        " SELECT $2, id, $3, $4, $5, $6, $7 FROM live ON CONFLICT DO NOTHING RETURNING true",
+        _uuid(subscription_id), delivery_id, event_id, event_type, event_time, payload, replay_of,
     )
     return delivery_id if inserted else None
 
 
-async def claim_deliveries(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[asyncpg.Record]:
-    """Due deliveries of enabled subscriptions, leased to the caller until `lease_until`: other
-    instances skip them meanwhile, and a caller that dies leaves them due again when the lease ends."""
+async def add_deliveries(
+    conn: Connection, subscription_ids: Sequence[uuid.UUID], event_id: str, event_type: str, event_time: datetime,
+    payload: str,
+) -> int:
+    """Queue an event for each of these subscriptions still there and enabled (locked as in
+    `add_delivery`); how many were queued."""
+    queued: int = await conn.fetchval(
+        "WITH live AS (SELECT id FROM webhook_subscriptions WHERE id = ANY($1::uuid[]) AND enabled FOR KEY SHARE),"
+        " queued AS (INSERT INTO webhook_deliveries (id, subscription_id, event_id, event_type, event_time, payload)"
+        " SELECT gen_random_uuid(), id, $2, $3, $4, $5 FROM live ON CONFLICT DO NOTHING RETURNING 1)"
+        " SELECT count(*) FROM queued",
+        list(subscription_ids), event_id, event_type, event_time, payload,
+    )
+    return queued
+
+
+async def claim_deliveries(
+    conn: Connection, now: datetime, lease_until: datetime, limit: int, allowances: Mapping[uuid.UUID, int],
+    default_allowance: int,
+) -> list[asyncpg.Record]:
+    """Due deliveries of enabled subscriptions, oldest first, at most `limit`, and at most each
+    subscription's allowance (`allowances`, else `default_allowance`): one subscription's backlog
+    cannot fill a claim, and what is over its allowance stays due. Each is leased to the caller
+    until `lease_until`: other instances skip it meanwhile, and a caller that dies leaves it due again
+    when the lease ends."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "WITH due AS (SELECT d.id FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id"
-        " WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND s.enabled"
-        " ORDER BY d.next_attempt_at LIMIT $3 FOR UPDATE OF d SKIP LOCKED)"
+        "WITH allowed AS (SELECT s.id, coalesce(a.n, $6) AS n FROM webhook_subscriptions s"
+        "  LEFT JOIN unnest($4::uuid[], $5::int[]) AS a (id, n) ON a.id = s.id WHERE s.enabled),"
+        " due AS (SELECT d.id FROM allowed CROSS JOIN LATERAL ("
+        "  SELECT d.id, d.next_attempt_at FROM webhook_deliveries d"
+        "  WHERE d.subscription_id = allowed.id AND d.status = 'pending' AND d.next_attempt_at <= $1"
+        "  ORDER BY d.next_attempt_at LIMIT allowed.n FOR UPDATE SKIP LOCKED) d"
+        "  ORDER BY d.next_attempt_at LIMIT $3)"
         " UPDATE webhook_deliveries d SET next_attempt_at = $2 FROM due, webhook_subscriptions s"
         " WHERE d.id = due.id AND s.id = d.subscription_id"
         " RETURNING d.id, d.subscription_id, d.payload, d.attempts, s.url, s.secret",
-        now, lease_until, limit,
+        now, lease_until, limit, list(allowances), list(allowances.values()), default_allowance,
     )
     return rows
 
@@ -558,24 +593,30 @@ class Attempt:
 
 
 async def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None:
-    """Log a batch of attempts and move each delivery on (done, due again later, or dead)."""
-    await conn.executemany(
-        "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        [(a.delivery_id, a.attempt, a.status_code, a.error, a.duration_ms) for a in attempts],
-    )
-    await conn.executemany(
-        "UPDATE webhook_deliveries SET attempts = $2, last_status = $3, last_error = $4,"
-        " status = CASE $5 WHEN 'retry' THEN 'pending' ELSE $5 END,"
-        " next_attempt_at = coalesce($6, next_attempt_at),"
-        " finished_at = CASE WHEN $5 = 'retry' THEN NULL ELSE now() END WHERE id = $1",
-        [(a.delivery_id, a.attempt, a.status_code, a.error, a.outcome, a.next_attempt_at) for a in attempts],
+    """Log a batch of attempts and move each delivery on (done, due again later, or dead). A delivery
+    deleted meanwhile with its subscription is skipped: updating the delivery first locks it, so the
+    attempt's row never points at a delivery that is gone."""
+    await conn.execute(
+        "WITH a AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[], $5::float8[], $6::text[],"
+        "  $7::timestamptz[]) AS a (delivery_id, attempt, status_code, error, duration_ms, outcome, next_attempt_at)),"
+        " moved AS (UPDATE webhook_deliveries d SET attempts = a.attempt, last_status = a.status_code,"
+        "  last_error = a.error, status = CASE a.outcome WHEN 'retry' THEN 'pending' ELSE a.outcome END,"
+        "  next_attempt_at = coalesce(a.next_attempt_at, d.next_attempt_at),"
+        "  finished_at = CASE WHEN a.outcome = 'retry' THEN NULL ELSE now() END"
+        "  FROM a WHERE d.id = a.delivery_id RETURNING d.id)"
+        " INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms)"
+        " SELECT a.delivery_id, a.attempt, a.status_code, a.error, a.duration_ms FROM a JOIN moved ON moved.id ="
+        " a.delivery_id ON CONFLICT DO NOTHING",
+        [a.delivery_id for a in attempts], [a.attempt for a in attempts], [a.status_code for a in attempts],
+        [a.error for a in attempts], [a.duration_ms for a in attempts], [a.outcome for a in attempts],
+        [a.next_attempt_at for a in attempts],
     )
 
 
-async def count_failure(conn: Connection, subscription_id: uuid.UUID, succeeded: bool) -> int:
-    """Track dead-lettered deliveries in a row; a success resets the count. Returns the count."""
-    count: int = await conn.fetchval(
+async def count_failure(conn: Connection, subscription_id: uuid.UUID, succeeded: bool) -> int | None:
+    """Track dead-lettered deliveries in a row; a success resets the count. Returns the count (None when
+    the subscription was deleted meanwhile)."""
+    count: int | None = await conn.fetchval(
         "UPDATE webhook_subscriptions SET consecutive_failures ="
         " CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END WHERE id = $1 RETURNING consecutive_failures",
         subscription_id, succeeded,

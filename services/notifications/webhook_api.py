@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.notifications import handlers, store
-from services.notifications.domain import NetworkPolicy, new_secret, secret_key
-from services.notifications.workers import BlockedAddress, check_target
+from services.notifications.domain import new_secret, secret_key
+from services.notifications.targets import BlockedAddress
 from shared.auth import Principal
 from shared.errors import NotFound, Unprocessable
 from shared.org import Role
@@ -74,9 +74,8 @@ async def subscribe(body: SubscriptionBody, principal: Subscriber, db: ServiceDa
         secret_key(secret)
     except ValueError as exc:
         raise Unprocessable(f"secret: {exc}") from None
-    policy = NetworkPolicy.parse(request.app.state.settings.webhook_allowed_networks)
     try:
-        await check_target(body.url, policy)
+        await request.app.state.target_guard.check_url(body.url)
     except BlockedAddress as exc:
         raise Unprocessable(f"url: {exc}") from None
     async with db.transaction() as tx:
@@ -146,6 +145,8 @@ async def replay_delivery(subscription_id: uuid.UUID, delivery_id: uuid.UUID, pr
         replay = await store.add_delivery(tx.conn, subscription_id, original["event_id"], original["event_type"],
                                           original["event_time"], original["payload"],
                                           replay_of=original["replay_of"] or original["id"])
+        if replay is None:  # the subscription was deleted a moment ago
+            raise NotFound(f"there is no webhook subscription {subscription_id}")
     await _wake(db)
     return {"id": str(replay), "replay_of": str(delivery_id)}
 

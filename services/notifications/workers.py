@@ -4,79 +4,48 @@ All three read their work from Postgres, so it survives restarts and is shared b
 timers are claimed with FOR UPDATE SKIP LOCKED and fired in that transaction; deliveries and
 e-mails are leased (their due time pushed past the attempt's timeout) in a short transaction,
 sent outside it, and their outcome recorded after, so a slow endpoint never holds a database
-transaction open and an instance that dies mid-send leaves the work due again.
+transaction open and an instance that dies mid-send leaves the work due again. Webhook deliveries
+have a module of their own (deliveries.py).
 """
 
 import asyncio
 import contextlib
 import logging
-import socket
-import time
-import uuid
+import ssl
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from email.message import EmailMessage
-from urllib.parse import urlsplit
 
 import aiosmtplib
 import asyncpg
-import httpx
 
 from services.notifications import handlers, metrics, store
-from services.notifications.domain import NetworkPolicy, RetrySchedule, sign
+from services.notifications.deliveries import Deliveries
 from services.notifications.handlers import Context
-from services.notifications.push import PushHub
-from shared.db import Connection, Database
+from services.notifications.targets import TargetGuard
+from shared.db import Database
 
 log = logging.getLogger(__name__)
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-_BATCH = 200
-
-
-class BlockedAddress(Exception):
-    pass
-
-
-async def check_target(url: str, policy: NetworkPolicy) -> None:
-    """Refuse a URL whose host resolves to an address the policy does not permit."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BlockedAddress("the URL must be http(s)://host/...")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise BlockedAddress(f"{parts.hostname} does not resolve: {exc}") from None
-    for info in infos:
-        address = str(info[4][0])
-        if not policy.permits(address):
-            raise BlockedAddress(
-                f"{parts.hostname} resolves to {address}, a private or reserved address"
-                " (FUNNELCAST_WEBHOOK_ALLOWED_NETWORKS can allow it)")
 
 
 class Workers:
-    def __init__(self, db: Database, ctx: Context, hub: PushHub, policy: NetworkPolicy) -> None:
+    def __init__(self, db: Database, ctx: Context, guard: TargetGuard, webhooks_due: asyncio.Event,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`webhooks_due` is set when deliveries are queued (the push hub hears it at commit);
+        `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities)."""
         self.db = db
         self.ctx = ctx
-        self.hub = hub
-        self.policy = policy
-        config = ctx.config
-        self.schedule = RetrySchedule(config.webhook_retry_base_s, config.webhook_retry_cap_s,
-                                      config.webhook_max_attempts)
+        self.webhooks_due = webhooks_due
+        self.deliveries = Deliveries(db, ctx, guard, webhooks_due, ssl_context)
         self._tasks: list[asyncio.Task[None]] = []
-        self._http: httpx.AsyncClient | None = None
-        self._checked: dict[str, float] = {}  # host:port -> until when its addresses are known permitted
 
     def start(self) -> None:
         config = self.ctx.config
-        limits = httpx.Limits(max_connections=config.webhook_concurrency,
-                              max_keepalive_connections=config.webhook_concurrency)
-        self._http = httpx.AsyncClient(timeout=config.webhook_timeout_s, limits=limits, follow_redirects=False)
         self._tasks = [
             asyncio.create_task(self._forever("timers", self.fire_due_timers), name="timers"),
-            asyncio.create_task(self._forever("webhooks", self.deliver_due_webhooks), name="webhooks"),
+            asyncio.create_task(self._forever("webhooks", self.deliveries.step), name="webhooks"),
         ]
         if config.smtp_host:
             self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
@@ -87,8 +56,7 @@ class Workers:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._http is not None:
-            await self._http.aclose()
+        await self.deliveries.close()
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[bool]]) -> None:
         """Run a step again at once while it found work; otherwise wait a poll interval (or a wake-up)."""
@@ -104,8 +72,8 @@ class Workers:
             if not busy:
                 if name == "webhooks":
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.hub.webhooks_due.wait(), self.ctx.config.poll_interval_s)
-                    self.hub.webhooks_due.clear()
+                        await asyncio.wait_for(self.webhooks_due.wait(), self.ctx.config.poll_interval_s)
+                    self.webhooks_due.clear()
                 else:
                     await asyncio.sleep(self.ctx.config.poll_interval_s)
 
@@ -120,77 +88,6 @@ class Workers:
         async with self.db.pool.acquire() as conn:
             metrics.timers_due.set(await store.timers_due(conn, now))
         return len(timers) == 100
-
-    # --- webhooks -------------------------------------------------------------------------------
-
-    async def deliver_due_webhooks(self) -> bool:
-        now = self.ctx.clock.now()
-        lease = now + timedelta(seconds=self.ctx.config.webhook_timeout_s + 30)
-        async with self.db.pool.acquire() as conn:
-            due = await store.claim_deliveries(conn, now, lease, _BATCH)
-        if not due:
-            return False
-        attempts = await asyncio.gather(*(self._attempt(row) for row in due))
-        dead_by_subscription: dict[uuid.UUID, list[bool]] = {}
-        for row, attempt in zip(due, attempts, strict=True):
-            metrics.webhook_deliveries.labels(attempt.outcome, str(min(attempt.attempt, 10))).inc()
-            if attempt.outcome != "retry":
-                dead_by_subscription.setdefault(row["subscription_id"], []).append(attempt.outcome == "succeeded")
-        async with self.db.transaction() as tx:
-            await store.record_attempts(tx.conn, attempts)
-            for subscription_id, outcomes in dead_by_subscription.items():
-                await self._count_outcomes(tx.conn, subscription_id, outcomes)
-        return len(due) == _BATCH
-
-    async def _count_outcomes(self, conn: Connection, subscription_id: uuid.UUID, outcomes: list[bool]) -> None:
-        failures = 0
-        for succeeded in outcomes:
-            failures = await store.count_failure(conn, subscription_id, succeeded)
-        if failures >= self.ctx.config.webhook_disable_after:
-            subscription = await store.subscription(conn, str(subscription_id))
-            if subscription is not None and subscription["enabled"]:
-                await handlers.webhook_disabled(conn, self.ctx, subscription, failures)
-
-    async def _check(self, url: str) -> None:
-        """The address check, remembered for 30 s per host on success (resolving goes through a thread)."""
-        host = urlsplit(url).netloc
-        if self._checked.get(host, 0.0) > time.monotonic():
-            return
-        await check_target(url, self.policy)
-        self._checked[host] = time.monotonic() + 30
-
-    async def _attempt(self, row: asyncpg.Record) -> store.Attempt:
-        number = row["attempts"] + 1
-        started = time.perf_counter()
-        status_code: int | None = None
-        error: str | None = None
-        try:
-            await self._check(row["url"])
-            assert self._http is not None
-            message_id = f"msg_{row['id'].hex}"
-            timestamp = int(time.time())
-            body = row["payload"].encode()
-            response = await self._http.post(row["url"], content=body, headers={
-                "content-type": "application/cloudevents+json",
-                "webhook-id": message_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(row["secret"], message_id, timestamp, body),
-            })
-            status_code = response.status_code
-            if not 200 <= status_code < 300:
-                error = f"HTTP {status_code}"
-        except BlockedAddress as exc:
-            error = str(exc)
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
-        duration_ms = (time.perf_counter() - started) * 1000
-        if error is None:
-            return store.Attempt(row["id"], number, status_code, None, duration_ms, "succeeded", None)
-        delay = self.schedule.delay_after(number)
-        if delay is None:
-            return store.Attempt(row["id"], number, status_code, error, duration_ms, "dead", None)
-        return store.Attempt(row["id"], number, status_code, error, duration_ms, "retry",
-                             self.ctx.clock.now() + delay)
 
     # --- e-mail ---------------------------------------------------------------------------------
 

@@ -689,10 +689,11 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_and_its_owner_told(
 async def test_webhook_targets_on_private_networks_are_refused_unless_allowed(
     http: httpx.AsyncClient, settings: Settings, notifications: Served
 ) -> None:
-    for url in ("http://10.0.0.5/hook", "http://192.168.1.1/hook", "http://169.254.169.254/latest"):
+    for url, kind in (("http://10.0.0.5/hook", "private"), ("http://192.168.1.1/hook", "private"),
+                      ("http://169.254.169.254/latest", "metadata"), ("http://[fe80::1]/hook", "link-local")):
         refused = await http.post("/v1/webhooks", json={"url": url, "event_types": ["sales.lead.captured.v1"]},
                                   headers=auth(settings, "svc-erp"))
-        assert refused.status_code == 422 and "private" in refused.json()["detail"], url
+        assert refused.status_code == 422 and f"a {kind} address" in refused.json()["detail"], url
     bad_type = await http.post("/v1/webhooks", json={"url": "http://127.0.0.1:1/x", "event_types": ["nope"]},
                                headers=auth(settings, "svc-erp"))
     assert bad_type.status_code == 422

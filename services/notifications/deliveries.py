@@ -1,0 +1,199 @@
+"""The webhook delivery loop of one instance: claim due deliveries fairly, send them, record the outcomes.
+
+- Claims are per subscription: each gets at most its allowance, i.e. what its token bucket
+  (`webhook_rate_per_s`) and its share of the attempts in flight (`webhook_concurrency_per_subscription`)
+  allow now. A backlog, a limit or a slow endpoint of one subscriber leaves the others' deliveries
+  flowing; what is over the limit stays due in the table and is claimed later, never dropped.
+- Attempts run as tasks and do not wait for one another: the loop claims again as soon as slots
+  free up, and records whatever has finished in one transaction per pass. A delivery is leased
+  (its due time pushed past the attempt's deadline) while in flight, so another instance does not
+  send it too, and one whose instance died is due again when the lease ends.
+- Sending goes through httpcore with `CheckedBackend` (targets.py): every connection goes to an address
+  that passed the address policy when it was resolved, never to a second DNS answer.
+The buckets are per instance: with N instances an endpoint may get up to N times the rate.
+"""
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import asyncpg
+import httpcore
+import httpx
+
+from services.notifications import handlers, metrics, store
+from services.notifications.domain import RetrySchedule, TokenBucket, sign
+from services.notifications.handlers import Context
+from services.notifications.targets import BlockedAddress, CheckedBackend, TargetGuard
+from shared.db import Connection, Database
+
+log = logging.getLogger(__name__)
+
+_KEEPALIVE_S = 5.0  # an idle connection is closed after this (httpx's default): the next one looks up again
+_ANSWER_READ_LIMIT = 64 * 1024  # of a receiver's answer body, read (and discarded) to keep the connection
+_SEND_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
+                httpcore.UnsupportedProtocol, httpx.InvalidURL)
+
+
+class Deliveries:
+    def __init__(self, db: Database, ctx: Context, guard: TargetGuard, wake: asyncio.Event,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.db = db
+        self.ctx = ctx
+        self.wake = wake  # set when deliveries are queued (NOTIFY) or an attempt finishes
+        config = ctx.config
+        self.schedule = RetrySchedule(config.webhook_retry_base_s, config.webhook_retry_cap_s,
+                                      config.webhook_max_attempts)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context, max_connections=config.webhook_concurrency,
+            max_keepalive_connections=config.webhook_concurrency, keepalive_expiry=_KEEPALIVE_S,
+            network_backend=CheckedBackend(guard))
+        self._buckets: dict[uuid.UUID, TokenBucket] = {}
+        self._in_flight: Counter[uuid.UUID] = Counter()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[uuid.UUID, store.Attempt]] = []  # (subscription, attempt) not yet recorded
+
+    async def step(self) -> bool:
+        """Record what finished, then claim and start what may be sent now. True when there may be more
+        due at once (every free slot was filled)."""
+        await self.record_finished()
+        return await self._claim_and_send()
+
+    async def close(self) -> None:
+        """Stop sending (interrupted deliveries are due again when their lease ends), record what
+        finished, close the connections."""
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.record_finished()
+        await self._pool.aclose()
+
+    async def _claim_and_send(self) -> bool:
+        config = self.ctx.config
+        slots = config.webhook_concurrency - len(self._sending)
+        if slots <= 0:
+            return False  # an attempt finishing sets `wake`
+        now = time.monotonic()
+        for subscription_id in [s for s, b in self._buckets.items() if not self._in_flight[s]
+                                and b.available(now) >= b.burst]:
+            del self._buckets[subscription_id]  # idle and full: the same as a new bucket
+        per_subscription = config.webhook_concurrency_per_subscription
+        allowances = {s: max(0, min(b.available(now), per_subscription - self._in_flight[s]))
+                      for s, b in self._buckets.items()}
+        fresh = min(TokenBucket.full(config.webhook_rate_per_s, now).available(now), per_subscription)
+        claimed_at = self.ctx.clock.now()
+        lease = claimed_at + timedelta(seconds=config.webhook_timeout_s + 30)
+        async with self.db.pool.acquire() as conn:
+            due = await store.claim_deliveries(conn, claimed_at, lease, slots, allowances, fresh)
+        for row in due:
+            subscription_id = row["subscription_id"]
+            bucket = self._buckets.setdefault(subscription_id, TokenBucket.full(config.webhook_rate_per_s, now))
+            bucket.take(1, now)
+            self._in_flight[subscription_id] += 1
+            task = asyncio.create_task(self._send(row), name=f"webhook {row['id']}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return len(due) == slots
+
+    async def _send(self, row: asyncpg.Record) -> None:
+        subscription_id = row["subscription_id"]
+        try:
+            attempt = await self._attempt(row)
+            self._finished.append((subscription_id, attempt))  # the list as it is now: recording swaps it
+        except Exception:
+            log.exception("webhook delivery %s failed unexpectedly; due again when its lease ends", row["id"])
+        finally:
+            self._in_flight[subscription_id] -= 1
+            if not self._in_flight[subscription_id]:
+                del self._in_flight[subscription_id]
+            self.wake.set()
+
+    async def _attempt(self, row: asyncpg.Record) -> store.Attempt:
+        config = self.ctx.config
+        number = row["attempts"] + 1
+        started = time.perf_counter()
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(config.webhook_timeout_s):
+                status_code = await self._post(row)
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except BlockedAddress as exc:
+            error = str(exc)
+        except TimeoutError:
+            error = f"no answer within {config.webhook_timeout_s} s"
+        except _SEND_ERRORS as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration_ms = (time.perf_counter() - started) * 1000
+        if error is None:
+            return store.Attempt(row["id"], number, status_code, None, duration_ms, "succeeded", None)
+        delay = self.schedule.delay_after(number)
+        if delay is None:
+            return store.Attempt(row["id"], number, status_code, error, duration_ms, "dead", None)
+        return store.Attempt(row["id"], number, status_code, error, duration_ms, "retry", self.ctx.clock.now() + delay)
+
+    async def _post(self, row: asyncpg.Record) -> int:
+        """POST the signed CloudEvent; the answer's status code."""
+        url = httpx.URL(row["url"])  # httpx's parser: IPv6 literals, IDNA hosts, userinfo
+        message_id = f"msg_{row['id'].hex}"
+        timestamp = int(time.time())
+        body = row["payload"].encode()
+        headers = [
+            (b"Host", url.netloc),
+            (b"Content-Type", b"application/cloudevents+json"),
+            (b"webhook-id", message_id.encode()),
+            (b"webhook-timestamp", str(timestamp).encode()),
+            (b"webhook-signature", sign(row["secret"], message_id, timestamp, body).encode()),
+        ]
+        if url.username or url.password:
+            credentials = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+            headers.append((b"Authorization", f"Basic {credentials}".encode()))
+        target = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
+        timeout = self.ctx.config.webhook_timeout_s
+        async with self._pool.stream("POST", target, headers=headers, content=body, extensions={
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout},
+        }) as response:
+            read = 0
+            async for chunk in response.aiter_stream():
+                read += len(chunk)
+                if read > _ANSWER_READ_LIMIT:
+                    break  # the rest is not wanted: the connection is closed instead of kept
+            return int(response.status)
+
+    async def record_finished(self) -> None:
+        """Record every finished attempt in one transaction; on failure they are kept for the next try
+        (their leases give that time)."""
+        if not self._finished:
+            return
+        finished, self._finished = self._finished, []
+        try:
+            async with self.db.transaction() as tx:
+                await store.record_attempts(tx.conn, [attempt for _, attempt in finished])
+                outcomes: dict[uuid.UUID, list[bool]] = {}
+                for subscription_id, attempt in finished:
+                    if attempt.outcome != "retry":
+                        outcomes.setdefault(subscription_id, []).append(attempt.outcome == "succeeded")
+                for subscription_id, succeeded in outcomes.items():
+                    await self._count_outcomes(tx.conn, subscription_id, succeeded)
+        except BaseException:
+            self._finished[:0] = finished
+            raise
+        for _, attempt in finished:
+            metrics.webhook_deliveries.labels(attempt.outcome, str(min(attempt.attempt, 10))).inc()
+
+    async def _count_outcomes(self, conn: Connection, subscription_id: uuid.UUID, outcomes: list[bool]) -> None:
+        failures: int | None = 0
+        for succeeded in outcomes:
+            failures = await store.count_failure(conn, subscription_id, succeeded)
+        if failures is not None and failures >= self.ctx.config.webhook_disable_after:
+            subscription = await store.subscription(conn, str(subscription_id))
+            if subscription is not None and subscription["enabled"]:
+                await handlers.webhook_disabled(conn, self.ctx, subscription, failures)
