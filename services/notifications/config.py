@@ -1,5 +1,6 @@
 """The notifications service's own settings (FUNNELCAST_NOTIFICATIONS_*), with documented defaults."""
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +13,10 @@ class NotificationsConfig(BaseSettings):
     smtp_from: str = "Funnelcast <notifications@funnelcast.local>"
     smtp_starttls: bool = False
     smtp_max_attempts: int = 5
+    # SMTP AUTH when a username is set; the password is a SecretStr: it shows as ********** in any
+    # repr or log of the settings, and no answer of the API carries it
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
 
     # webhooks: retry schedule, auto-disable, delivery concurrency
     webhook_retry_base_s: float = 5.0

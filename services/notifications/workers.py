@@ -105,7 +105,9 @@ class Workers:
             message.set_content(row["body"])
             try:
                 await aiosmtplib.send(message, hostname=config.smtp_host, port=config.smtp_port,
-                                      start_tls=config.smtp_starttls, timeout=10)
+                                      start_tls=config.smtp_starttls, timeout=10, username=config.smtp_username,
+                                      password=config.smtp_password.get_secret_value() if config.smtp_password
+                                      else None)
             except (aiosmtplib.SMTPException, OSError) as exc:
                 attempts = row["attempts"] + 1
                 retry_at = None if attempts >= config.smtp_max_attempts else now + timedelta(seconds=30 * 2 ** attempts)

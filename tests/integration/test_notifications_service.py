@@ -16,6 +16,8 @@ import email.policy
 import hashlib
 import hmac
 import json
+import logging
+import secrets
 import shutil
 import time
 import uuid
@@ -33,6 +35,7 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from fastapi import FastAPI, Request, Response
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -56,6 +59,7 @@ from tests.support.waiting import eventually, free_port
 # The first wait covers the consumer group's join (about 3 s on Tansu) and its first fetches.
 FIRST_TIMEOUT = 60.0
 TIMEOUT = 30.0
+SMTP_USER, SMTP_PASSWORD = "notifications", "smtp-" + secrets.token_hex(16)
 ROLES = {"rep-1": Role.REP, "rep-2": Role.REP, "rep-3": Role.REP, "mgr-1": Role.MANAGER, "mgr-2": Role.MANAGER,
          "dir-1": Role.DIRECTOR, "admin-1": Role.ADMIN, "svc-erp": Role.INTEGRATION}
 
@@ -72,10 +76,19 @@ def auth(settings: Settings, user: str) -> dict[str, str]:
 
 
 class Mailbox:
-    """An aiosmtpd handler keeping what it received."""
+    """An aiosmtpd handler keeping what it received, and the server's authenticator (SMTP AUTH)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
+        self.logins: list[str] = []
+
+    def authenticate(self, server: object, session: object, envelope: object, mechanism: str,
+                     auth_data: object) -> AuthResult:
+        known = (isinstance(auth_data, LoginPassword) and auth_data.login == SMTP_USER.encode()
+                 and auth_data.password == SMTP_PASSWORD.encode())
+        if known:
+            self.logins.append(SMTP_USER)
+        return AuthResult(success=known)
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
         parsed = BytesParser(policy=email.policy.default).parsebytes(envelope.content)
@@ -149,7 +162,8 @@ async def settings(
 @pytest.fixture(scope="module")
 def mailbox() -> Iterator[Mailbox]:
     box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller = Controller(box, hostname="127.0.0.1", port=free_port(), authenticator=box.authenticate,
+                            auth_required=True, auth_require_tls=False)  # loopback only: no TLS needed
     controller.start()
     box.port = controller.port  # type: ignore[attr-defined]
     yield box
@@ -174,6 +188,7 @@ def clock() -> Clock:
 def config(mailbox: Mailbox) -> NotificationsConfig:
     return NotificationsConfig(
         smtp_host="127.0.0.1", smtp_port=mailbox.port,  # type: ignore[attr-defined]
+        smtp_username=SMTP_USER, smtp_password=SMTP_PASSWORD,
         poll_interval_s=0.1, webhook_retry_base_s=0.3, webhook_retry_cap_s=2, webhook_max_attempts=3,
         webhook_disable_after=2, escalate_after_s=3600,
     )
@@ -558,6 +573,7 @@ async def test_an_h_grade_lead_is_also_mailed_to_its_rep(
 
     [(sender, recipients, message)] = await eventually(mailed, timeout=FIRST_TIMEOUT)
     assert recipients == ["rep-2@funnelcast.test"] and sender == "notifications@funnelcast.local"
+    assert SMTP_USER in mailbox.logins  # sent after SMTP AUTH with the configured password
     assert message["Subject"] == f"新的H级线索：{lead}"
     body = message.get_body()
     assert body is not None and "H级线索（5天内购买）已分配给您" in body.get_content()
@@ -684,6 +700,45 @@ async def test_an_endpoint_that_keeps_failing_is_disabled_and_its_owner_told(
     enabled = await http.patch(f"/v1/webhooks/{subscription['id']}", json={"enabled": True},
                                headers=auth(settings, "svc-erp"))
     assert enabled.json()["enabled"] is True and enabled.json()["consecutive_failures"] == 0
+
+
+async def test_webhook_secrets_and_the_smtp_password_are_never_returned_again_nor_logged(
+    http: httpx.AsyncClient, leads: httpx.AsyncClient, settings: Settings, receiver: tuple[Receiver, str],
+    mailbox: Mailbox, notifications: Served, config: NotificationsConfig, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # everything the service (and its libraries) log, in this process
+    hooks, url = receiver
+    generated = await subscribe(http, settings, f"{url}/secret-keeper", ["sales.lead.assigned.v1"])
+    given_secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    given = await subscribe(http, settings, f"{url}/secret-keeper", ["sales.lead.assigned.v1"], secret=given_secret)
+    assert generated["secret"].startswith("whsec_") and "secret" not in given  # shown once, when generated
+    lead = await capture(leads, settings, "rep-2")  # H grade: both webhooks and an e-mail (after SMTP AUTH)
+
+    async def delivered_and_mailed() -> bool:
+        signed = [h for h, b, _ in hooks.on("secret-keeper") if json.loads(b)["subject"] == lead]
+        mailed = [m for m in mailbox.messages if lead in str(m[2]["Subject"])]
+        return len(signed) == 2 and len(mailed) == 1
+
+    await eventually(delivered_and_mailed, timeout=FIRST_TIMEOUT)
+    headers = auth(settings, "svc-erp")
+    answers = [(await http.get("/v1/webhooks", headers=headers)).text]
+    for subscription in (generated, given):
+        path = f"/v1/webhooks/{subscription['id']}"
+        answers += [(await http.get(path, headers=headers)).text,
+                    (await http.patch(path, json={"enabled": True}, headers=headers)).text,
+                    (await http.get(f"{path}/deliveries", headers=headers)).text]
+    # the service's own log records (not those of this test's SMTP server, which sees the login)
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records if not r.name.startswith("mail"))
+    assert logged, "nothing was logged: the check would prove nothing"
+    assert config.smtp_password is not None and SMTP_PASSWORD not in repr(config) + str(config)
+    plain_login = base64.b64encode(f"\0{SMTP_USER}\0{SMTP_PASSWORD}".encode()).decode()
+    for secret in (generated["secret"], given_secret, generated["secret"].removeprefix("whsec_"),
+                   given_secret.removeprefix("whsec_"), SMTP_PASSWORD, plain_login):
+        for answer in answers:
+            assert secret not in answer
+        assert secret not in logged
+    for subscription in (generated, given):
+        assert (await http.delete(f"/v1/webhooks/{subscription['id']}", headers=headers)).status_code == 204
 
 
 async def test_webhook_targets_on_private_networks_are_refused_unless_allowed(
