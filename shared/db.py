@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -86,18 +86,7 @@ class Transaction:
 
     def publish(self, type_: str, subject: str, data: dict[str, Any], *, sequence: int | None = None) -> CloudEvent:
         """Queue an event for the outbox; it is checked against its schema now, refused if invalid."""
-        cause = current_cause.get()
-        event = CloudEvent(
-            type=type_,
-            source=self.source,
-            subject=subject,
-            data=data,
-            sequence=sequence,
-            correlationid=cause.correlation_id if cause else None,
-            causationid=cause.causation_id if cause else None,
-            traceparent=cause.traceparent if cause else None,
-        )
-        validate(event)
+        event = new_event(self.source, type_, subject, data, sequence=sequence)
         self.events.append(event)
         return event
 
@@ -107,32 +96,123 @@ class Transaction:
         await self.conn.executemany(
             "INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
-            [(e.id, e.type.split(".")[1], e.subject, e.type, e.topic, e.to_json()) for e in self.events],
+            [_outbox_row(e) for e in self.events],
         )  # the outbox_notify trigger wakes the relay at commit (migrations/0002)
 
 
+def new_event(
+    source: str, type_: str, subject: str, data: dict[str, Any], *, sequence: int | None = None
+) -> CloudEvent:
+    """An event caused by the request or event being handled, checked against its schema (InvalidEvent)."""
+    cause = current_cause.get()
+    event = CloudEvent(
+        type=type_,
+        source=source,
+        subject=subject,
+        data=data,
+        sequence=sequence,
+        correlationid=cause.correlation_id if cause else None,
+        causationid=cause.causation_id if cause else None,
+        traceparent=cause.traceparent if cause else None,
+    )
+    validate(event)
+    return event
+
+
+def _outbox_row(event: CloudEvent) -> tuple[str, str, str, str, str, str]:
+    return event.id, event.type.split(".")[1], event.subject, event.type, event.topic, event.to_json()
+
+
+def outbox_insert(events: Sequence[CloudEvent], *, after: str, first_parameter: int) -> tuple[str, list[Any]]:
+    """A data-modifying CTE, `outbox_rows AS (...)`, writing `events` to the outbox only when the CTE named
+    `after` returned a row, and its arguments (numbered from `first_parameter`). With it, a change made by
+    one statement (e.g. `WITH saved AS (UPDATE ... WHERE version = $2 RETURNING *), <this> SELECT * FROM
+    saved`) writes its events in its own implicit transaction: no BEGIN and COMMIT round trips, and no
+    event for a change that did not happen."""
+    n = first_parameter
+    # Only parameter numbers and the caller's CTE name are put in the text.
+    sql = (
+        "outbox_rows AS (INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload)"  # noqa: S608
+        " SELECT id, aggregatetype, aggregateid, type, topic, payload::jsonb FROM unnest("
+        f"${n}::uuid[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[])"
+        " AS e (id, aggregatetype, aggregateid, type, topic, payload)"
+        f" WHERE EXISTS (SELECT FROM {after}))"  # the outbox_notify trigger wakes the relay at commit
+    )
+    columns = [list(column) for column in zip(*(_outbox_row(e) for e in events), strict=True)] or [[]] * 6
+    return sql, columns
+
+
+class _PooledConnection(asyncpg.Connection):
+    """A connection of a `Database.open` pool: it may go back to the pool without asyncpg's reset."""
+
+    reset_on_release = True
+
+    def release_without_reset(self) -> None:
+        self.reset_on_release = False
+
+
+async def _reset_unless_spared(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release (asyncpg has already rolled back any open transaction and dropped the
+    listener callbacks): asyncpg's reset query (advisory locks, cursors, LISTEN, settings), a round trip,
+    unless the connection was used only in ways that leave no session state (`release_without_reset`)."""
+    if isinstance(conn, _PooledConnection) and not conn.reset_on_release:
+        conn.reset_on_release = True
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
 class Database:
-    def __init__(self, pool: asyncpg.Pool, source: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, source: str, *, spares_resets: bool = False) -> None:
         self.pool = pool
         self.source = source
+        self._spares_resets = spares_resets  # the pool's connections are _PooledConnection (open())
 
     @classmethod
     async def open(cls, url: str, source: str, *, pool_size: int = 10) -> "Database":
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size)
-        return cls(pool, source)
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=pool_size, connection_class=_PooledConnection, reset=_reset_unless_spared
+        )
+        return cls(pool, source, spares_resets=True)
 
     async def close(self) -> None:
         await self.pool.close()
 
+    def _spare_reset(self, conn: Connection) -> None:
+        if self._spares_resets:
+            cast(_PooledConnection, conn).release_without_reset()  # a proxy: the call reaches the connection
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """A transaction whose published events reach the outbox only if it commits."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            tx = Transaction(conn, self.source)
-            yield tx
-            for action in tx._before_commit:
-                await action()
-            await tx._write_outbox()
+        """A transaction whose published events reach the outbox only if it commits.
+
+        Only transaction-scoped state belongs in it (SET LOCAL, row locks, pg_advisory_xact_lock), never
+        session state (SET, session advisory locks, LISTEN): once it commits, its connection goes back to
+        the pool without asyncpg's reset query, which saves a round trip per transaction. A transaction
+        that fails is reset as usual."""
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                tx = Transaction(conn, self.source)
+                yield tx
+                for action in tx._before_commit:
+                    await action()
+                await tx._write_outbox()
+            self._spare_reset(conn)
+
+    @contextlib.asynccontextmanager
+    async def statements(self) -> AsyncIterator[Connection]:
+        """A connection for statements that each commit on their own: reads, and a change made by one
+        statement that writes its events itself (`event`, `outbox_insert`). The same rule as in a
+        transaction: no session state on it, since after a block that ends without an error the connection
+        goes back to the pool without asyncpg's reset query."""
+        async with self.pool.acquire() as conn:
+            yield conn
+            self._spare_reset(conn)
+
+    def event(self, type_: str, subject: str, data: dict[str, Any], *, sequence: int | None = None) -> CloudEvent:
+        """An event of this service, for a change that writes it with `outbox_insert`."""
+        return new_event(self.source, type_, subject, data, sequence=sequence)
 
     async def ping(self) -> bool:
         try:
