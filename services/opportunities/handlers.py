@@ -190,7 +190,7 @@ async def update_account(
 
 
 async def get_account(db: Database, account_id: str) -> asyncpg.Record:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         row = await store.account(conn, account_id)
     if row is None:
         raise NotFound(f"no account {account_id}")
@@ -200,7 +200,7 @@ async def get_account(db: Database, account_id: str) -> asyncpg.Record:
 async def list_accounts(
     db: Database, *, name: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[asyncpg.Record]:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         return await store.list_accounts(conn, name=name, after=after, limit=limit)
 
 
@@ -279,7 +279,7 @@ async def create_opportunity(
 
 
 async def get_opportunity(db: Database, actor: Actor, opportunity_id: str) -> tuple[asyncpg.Record, list[Any]]:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         row = await store.opportunity(conn, opportunity_id)
         if row is None:
             raise NotFound(f"no opportunity {opportunity_id}")
@@ -293,7 +293,7 @@ async def list_opportunities(
     owners = where.owners
     if actor.owners is not None:
         owners = set(actor.owners) if owners is None else owners & actor.owners
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         return await store.list_opportunities(
             conn, store.OpportunityFilter(**{**where.__dict__, "owners": owners}), after=after, limit=limit
         )
@@ -307,9 +307,16 @@ async def _change(
     db: Database, actor: Actor, opportunity_id: str, expected_version: int | None,
     apply: Callable[[Opportunity, datetime], Change],
 ) -> asyncpg.Record:
-    """Load, check scope and version, apply the domain, save only if the version is unchanged, publish."""
-    async with db.transaction() as tx:
-        row = await store.opportunity(tx.conn, opportunity_id)
+    """Load, check scope and version, apply the domain, then save and publish in one statement.
+
+    That statement is its own transaction: it changes the row only if the version is still the one
+    loaded (else 412), and writes the stage_history row and the event (outbox) only if it did. The load
+    needs no transaction around it: the versioned update is what keeps a concurrent change from being
+    lost, as it was when both ran in one transaction (read committed: the load took no lock there either).
+    Two round trips (load, statement) instead of five plus the pool's reset.
+    """
+    async with db.statements() as conn:
+        row = await store.opportunity(conn, opportunity_id)
         if row is None:
             raise NotFound(f"no opportunity {opportunity_id}")
         actor.check(row["owner_id"], f"opportunity {opportunity_id}")
@@ -317,22 +324,27 @@ async def _change(
         now = _now()
         changed, move, extra, event_type, event_data = apply(store.to_domain(row), now)
         recorded = None if move is None else store.RecordedMove(move, actor.user_id, now)
-        saved = await store.save_opportunity(tx.conn, changed, expected_version=row["version"], move=recorded, **extra)
+        version = row["version"] + 1  # what the update makes it
+        event = db.event(event_type, opportunity_id, _common(changed, row) | event_data, sequence=version)
+        saved = await store.save_opportunity(
+            conn, changed, expected_version=row["version"], move=recorded, events=[event], **extra
+        )
         if saved is None:
             raise changed_meanwhile(f"opportunity {opportunity_id}")
-        tx.publish(event_type, opportunity_id, _common(saved) | event_data, sequence=saved["version"])
         return saved
 
 
-def _common(row: asyncpg.Record) -> dict[str, Any]:
+def _common(changed: Opportunity, loaded: asyncpg.Record) -> dict[str, Any]:
+    """What every event of a changed opportunity carries, from the change and the row it was loaded from
+    (known before it is saved: the event is written by the same statement)."""
     return {
-        "opportunity_id": row["id"],
-        "owner_id": row["owner_id"],
-        "account_id": row["account_id"],
-        "stage": row["stage"],
-        "amount": str(row["amount"]),
-        "currency": row["currency"],
-        "product": row["product"],
+        "opportunity_id": changed.id,
+        "owner_id": changed.owner_id,
+        "account_id": changed.account_id,
+        "stage": changed.stage,
+        "amount": str(changed.money.amount),
+        "currency": changed.money.currency,
+        "product": loaded["product"],
     }
 
 
@@ -461,7 +473,7 @@ async def create_contract(
 
 
 async def get_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         row = await store.contract(conn, contract_id)
     if row is None:
         raise NotFound(f"no contract {contract_id}")

@@ -1,5 +1,6 @@
 """asyncpg queries for the opportunities service's tables (migrations/ beside this file)."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -9,6 +10,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.opportunities.domain import Money, Opportunity, StageChange, Status
+from shared.db import outbox_insert
+from shared.events.envelope import CloudEvent
 
 Row = asyncpg.Record
 Conn = asyncpg.Connection | PoolConnectionProxy
@@ -128,14 +131,16 @@ def to_domain(row: Row) -> Opportunity:
 
 
 async def save_opportunity(
-    conn: Conn, changed: Opportunity, *, expected_version: int, move: "RecordedMove | None" = None, **extra: Any
+    conn: Conn, changed: Opportunity, *, expected_version: int, move: "RecordedMove | None" = None,
+    events: Sequence[CloudEvent] = (), **extra: Any,
 ) -> Row | None:
     """Write the changed opportunity if nobody changed it since `expected_version`; None if someone did.
 
     The version check is in the UPDATE itself: of two concurrent writers holding one version,
     the second waits for the first's row lock, then finds the version moved and changes nothing.
-    A stage move's history row is inserted by the same statement (one round trip, not two), and
-    only when the update happened.
+    A stage move's history row and the change's `events` (outbox rows) are written by the same
+    statement, only when the update happened: one round trip, and one statement is its own
+    transaction (no BEGIN and COMMIT round trips either).
     """
     sets = ["stage = $3", "status = $4", "probability = $5", "stage_entered_at = $6"]
     args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status), changed.probability,
@@ -143,23 +148,25 @@ async def save_opportunity(
     for column, value in extra.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
-    update = (
-        f"UPDATE opportunities SET {', '.join(sets)}, version = version + 1, updated_at = now()"  # noqa: S608
-        " WHERE id = $1 AND version = $2 RETURNING *"
-    )
-    if move is None:
-        return await conn.fetchrow(update, *args)
-    first = len(args) + 1
-    args += [move.change.from_stage, move.change.to_stage, move.changed_by, move.changed_at,
-             move.change.seconds_in_previous_stage]
-    return await conn.fetchrow(
-        f"WITH saved AS ({update}),"  # noqa: S608 - column names are ours
-        " history AS (INSERT INTO stage_history"
-        " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
-        f" SELECT id, ${first}, ${first + 1}, ${first + 2}, ${first + 3}::timestamptz, ${first + 4}::bigint FROM saved)"
-        " SELECT * FROM saved",
-        *args,
-    )
+    ctes = [
+        f"saved AS (UPDATE opportunities SET {', '.join(sets)}, version = version + 1, updated_at = now()"  # noqa: S608
+        " WHERE id = $1 AND version = $2 RETURNING *)"
+    ]
+    if move is not None:
+        first = len(args) + 1
+        args += [move.change.from_stage, move.change.to_stage, move.changed_by, move.changed_at,
+                 move.change.seconds_in_previous_stage]
+        ctes.append(
+            "history AS (INSERT INTO stage_history"  # noqa: S608 - parameter numbers only
+            " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
+            f" SELECT id, ${first}, ${first + 1}, ${first + 2}, ${first + 3}::timestamptz, ${first + 4}::bigint"
+            " FROM saved)"
+        )
+    if events:
+        outbox_rows, outbox_args = outbox_insert(events, after="saved", first_parameter=len(args) + 1)
+        ctes.append(outbox_rows)
+        args += outbox_args
+    return await conn.fetchrow(f"WITH {', '.join(ctes)} SELECT * FROM saved", *args)  # noqa: S608 - names are ours
 
 
 @dataclass(frozen=True)

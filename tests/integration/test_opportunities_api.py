@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from services.opportunities import store
 from services.opportunities.main import service
 from shared.auth import issue_token
+from shared.db import new_event
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
 from shared.org import Role
 from shared.service import create_service_app
@@ -334,18 +335,29 @@ async def test_two_concurrent_updates_one_wins_the_other_gets_412(
 
 async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient, settings: Settings,
                                                          tables: asyncpg.Pool) -> None:
-    """Two writers that both read version 1: the second waits on the first's row lock, then changes nothing."""
+    """Two writers that both read version 1: the second waits on the first's row lock, then changes nothing
+    and writes neither a history row nor its event."""
     opp = await open_opportunity(http, settings)
     now = datetime.now(UTC)
+
+    def moved_event(to_stage: str, by: str) -> CloudEvent:
+        return new_event("/funnelcast/opportunities", "sales.opportunity.stage_changed.v1", opp["id"], {
+            "opportunity_id": opp["id"], "from_stage": "prospecting", "to_stage": to_stage, "probability": 30,
+            "amount": opp["amount"], "currency": opp["currency"], "owner_id": opp["owner_id"], "changed_by": by,
+            "changed_at": now.isoformat()}, sequence=2)
+
     async with tables.acquire() as first, tables.acquire() as second:
         current = store.to_domain(await store.opportunity(first, opp["id"]))
         to_bidding, first_move = current.move_to("bidding", now)
         to_negotiation, late_move = current.move_to("negotiation", now)
         async with first.transaction():
             recorded = store.RecordedMove(first_move, "rep-1", now)
-            assert await store.save_opportunity(first, to_bidding, expected_version=1, move=recorded) is not None
+            assert await store.save_opportunity(
+                first, to_bidding, expected_version=1, move=recorded, events=[moved_event("bidding", "rep-1")]
+            ) is not None
             late = asyncio.create_task(store.save_opportunity(
-                second, to_negotiation, expected_version=1, move=store.RecordedMove(late_move, "mgr-1", now)))
+                second, to_negotiation, expected_version=1, move=store.RecordedMove(late_move, "mgr-1", now),
+                events=[moved_event("negotiation", "mgr-1")]))
 
             async def waiting_on_the_lock() -> bool:
                 return bool(await tables.fetchval(
@@ -355,8 +367,14 @@ async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient
         assert await late is None
     got = (await http.get(f"/v1/opportunities/{opp['id']}", headers=as_(settings, "rep-1"))).json()
     assert (got["stage"], got["version"]) == ("bidding", 2)
-    # the history row is written by the update's own statement: none for the writer that changed nothing
+    # the history row and the event are written by the update's own statement: none for the writer that
+    # changed nothing
     assert [(h["to_stage"], h["changed_by"]) for h in got["stage_history"]] == [("bidding", "rep-1")]
+    published = await tables.fetch(
+        "SELECT type, payload->'data'->>'to_stage' AS to_stage FROM outbox WHERE aggregateid = $1 ORDER BY position",
+        opp["id"])
+    assert [(e["type"], e["to_stage"]) for e in published] == [
+        ("sales.opportunity.created.v1", None), ("sales.opportunity.stage_changed.v1", "bidding")]
 
 
 # --- scope and listing --------------------------------------------------------------------

@@ -192,7 +192,7 @@ async def decide_quote(
 
 
 async def get_quote(db: Database, actor: Actor, quote_id: str) -> asyncpg.Record:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         row = await store.quote(conn, quote_id)
     if row is None:
         raise NotFound(f"no quote {quote_id}")
@@ -204,7 +204,7 @@ async def list_quotes(
     db: Database, actor: Actor, *, opportunity_id: str | None, status: str | None, approver_id: str | None,
     after: tuple[datetime, str] | None, limit: int,
 ) -> list[asyncpg.Record]:
-    async with db.pool.acquire() as conn:
+    async with db.statements() as conn:
         return await store.list_quotes(
             conn, owners=None if actor.owners is None else set(actor.owners), opportunity_id=opportunity_id,
             status=status, approver_id=approver_id, after=after, limit=limit,
