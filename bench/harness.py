@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import httpx
+import psutil
 
 from shared.auth import issue_token
 from shared.runtime.broker import TansuBroker
@@ -105,6 +107,51 @@ async def ready_clients(
     finally:
         for client in made:
             await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def load_sessions(
+    urls: list[str], settings: Settings, connections: int, user: str = "admin-1", role: str = "admin"
+) -> AsyncIterator[list[aiohttp.ClientSession]]:
+    """An aiohttp session per service URL acting as `user`, for sending a benchmark's load. aiohttp
+    rather than httpx: on a 2-core machine the client shares the CPU with the service, Postgres and
+    the broker, and httpx spent more CPU per request than the service did (leads README, *Benchmark*)."""
+    token = issue_token(user, role, settings.signing_secret, 3600)
+    made = [
+        aiohttp.ClientSession(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        for url in urls
+    ]
+    try:
+        yield made
+    finally:
+        for session in made:
+            await session.close()
+
+
+def service_cpu_s(service: str) -> float:
+    """CPU seconds used so far by this process's children running the service."""
+    total = 0.0
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if f"services.{service}" in child.cmdline():
+                cpu = child.cpu_times()
+                total += cpu.user + cpu.system
+    return total
+
+
+def server_cpu_s(postmaster: psutil.Process) -> float:
+    """CPU seconds used so far by a Postgres server and its backends."""
+    total = 0.0
+    for process in (postmaster, *postmaster.children()):
+        with contextlib.suppress(psutil.Error):
+            used = process.cpu_times()
+            total += used.user + used.system
+    return total
 
 
 async def open_loop(rate: float, seconds: float, start: Callable[[], Awaitable[T]]) -> list[T]:

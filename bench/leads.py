@@ -16,19 +16,15 @@ Run: .venv/bin/python -m bench.leads [--processes 2] [--captures 20000] [--rate 
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
-import psutil
 
-from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
+from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_cpu_s, service_processes
 from shared import kafka
-from shared.auth import issue_token
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
 from tests.support.waiting import eventually
@@ -37,39 +33,6 @@ REGIONS = ("华东", "华北")
 
 
 _serial = itertools.count(10_000_000)
-
-
-@contextlib.asynccontextmanager
-async def sessions(urls: list[str], settings: Settings, connections: int) -> AsyncIterator[list[aiohttp.ClientSession]]:
-    """An aiohttp session per service URL acting as admin-1. The load is sent with aiohttp rather
-    than httpx: on a 2-core machine the client shares the CPU with the service, Postgres and the
-    broker, and httpx spent more CPU per capture than the service did (README, *Benchmark*)."""
-    token = issue_token("admin-1", "admin", settings.signing_secret, 3600)
-    made = [
-        aiohttp.ClientSession(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}"},
-            connector=aiohttp.TCPConnector(limit=connections),
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
-        for url in urls
-    ]
-    try:
-        yield made
-    finally:
-        for session in made:
-            await session.close()
-
-
-def service_cpu_s(service: str) -> float:
-    """CPU seconds used so far by this process's children running the service."""
-    total = 0.0
-    for child in psutil.Process().children():
-        with contextlib.suppress(psutil.Error):
-            if f"services.{service}" in child.cmdline():
-                cpu = child.cpu_times()
-                total += cpu.user + cpu.system
-    return total
 
 
 async def capture(client: aiohttp.ClientSession) -> float:
@@ -182,7 +145,7 @@ async def outbox_drained(settings: Settings) -> bool:
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
     with service_processes(settings, "leads", args.processes) as urls:
-        async with ready_clients(urls, settings, 1), sessions(urls, settings, args.concurrency) as http:
+        async with ready_clients(urls, settings, 1), load_sessions(urls, settings, args.concurrency) as http:
             await throughput(http, min(args.captures, 500), args.concurrency)  # warm-up: connections, statements
             measured = await throughput(http, args.captures, args.concurrency)
             latencies = await latency_at(http, args.rate, args.seconds)

@@ -35,8 +35,16 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.harness import embedded_stack, open_loop, percentiles, ready_clients, service_processes
-from bench.leads import service_cpu_s, sessions
+from bench.harness import (
+    embedded_stack,
+    load_sessions,
+    open_loop,
+    percentiles,
+    ready_clients,
+    server_cpu_s,
+    service_cpu_s,
+    service_processes,
+)
 from shared import kafka
 from shared.auth import issue_token
 from shared.settings import Settings
@@ -195,16 +203,6 @@ async def webhook_rate(notifications: httpx.AsyncClient, settings: Settings, hoo
             "live_deliveries": first, "dead": dead}
 
 
-def server_cpu_s(postmaster: psutil.Process) -> float:
-    """CPU seconds used so far by a Postgres server and its backends."""
-    total = 0.0
-    for process in (postmaster, *postmaster.children()):
-        with contextlib.suppress(psutil.Error):
-            used = process.cpu_times()
-            total += used.user + used.system
-    return total
-
-
 def cpu_seconds(postgres: psutil.Process) -> dict[str, float]:
     """CPU seconds used so far by each part of the run: the two service processes, Postgres (both
     services' databases) and this load client."""
@@ -227,7 +225,8 @@ async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Pro
             service_processes(bench_settings, "notifications", 1) as notification_urls:
         # the captures go through aiohttp: it costs this load client a fraction of httpx's CPU, and the
         # client shares the 2 cores with what it measures
-        async with ready_clients(leads_urls, bench_settings, 4), sessions(leads_urls, bench_settings, 256) as [leads], \
+        async with ready_clients(leads_urls, bench_settings, 4), \
+                load_sessions(leads_urls, bench_settings, 256) as [leads], \
                 ready_clients(notification_urls, bench_settings, 16, user="svc-bench", role="integration"
                               ) as [notifications]:
             hooks = Hooks()

@@ -25,7 +25,8 @@ from typing import Any
 
 import psutil
 
-from bench.notifications import server_cpu_s, write_org
+from bench.harness import server_cpu_s
+from bench.notifications import write_org
 from services.notifications import handlers, store
 from services.notifications.push import PushHub
 from shared.db import SHARED_MIGRATIONS, Database, migrate

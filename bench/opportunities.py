@@ -3,7 +3,9 @@ the outbox, relayed to the broker), beside the bare Postgres outbox-transaction 
 
 Starts its own embedded Postgres and Tansu and `--processes` service processes (uvicorn, loopback),
 opens `--opportunities` opportunities, then:
-- throughput: `--changes` stage changes, `--concurrency` in flight, as fast as they are answered;
+- throughput: `--changes` stage changes, `--concurrency` in flight, as fast as they are answered (after
+  a warm-up), with the CPU each change cost in the service processes and in the load client (aiohttp:
+  it shares the machine's cores with the service, Postgres and the broker);
 - latency: stage changes sent open-loop at `--rate`/s for `--seconds`, p50 / p95 / p99;
 - the bare rate: one-event outbox transactions (Database.transaction + publish) on `--concurrency`
   connections, no HTTP;
@@ -18,10 +20,11 @@ import itertools
 import time
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
 
-from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
+from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_cpu_s, service_processes
 from shared import kafka
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
@@ -38,14 +41,16 @@ class Opportunities:
         for opportunity_id in ids:
             self.free.put_nowait((opportunity_id, 0))
 
-    async def change(self, client: httpx.AsyncClient) -> float:
+    async def change(self, client: aiohttp.ClientSession) -> float:
         opportunity_id, moves = await self.free.get()
         started = time.perf_counter()
-        response = await client.post(f"/v1/opportunities/{opportunity_id}/stage", json={"stage": STAGES[moves % 2]})
+        path = f"/v1/opportunities/{opportunity_id}/stage"
+        async with client.post(path, json={"stage": STAGES[moves % 2]}) as response:
+            answer = await response.read()
         elapsed = time.perf_counter() - started
         self.free.put_nowait((opportunity_id, moves + 1))
-        if response.status_code != 200:
-            raise RuntimeError(f"stage change answered {response.status_code}: {response.text}")
+        if response.status != 200:
+            raise RuntimeError(f"stage change answered {response.status}: {answer.decode()}")
         return elapsed
 
 
@@ -69,7 +74,10 @@ async def open_opportunities(client: httpx.AsyncClient, count: int) -> list[str]
     return ids
 
 
-async def throughput(pool: Opportunities, http: list[httpx.AsyncClient], changes: int, concurrency: int) -> float:
+async def throughput(
+    pool: Opportunities, http: list[aiohttp.ClientSession], changes: int, concurrency: int
+) -> dict[str, float]:
+    """Changes/s, and the CPU the service processes and this client spent per change."""
     spread = itertools.cycle(http)
     remaining = iter(range(changes))
 
@@ -77,12 +85,20 @@ async def throughput(pool: Opportunities, http: list[httpx.AsyncClient], changes
         for _ in remaining:
             await pool.change(next(spread))
 
+    service_cpu, client_cpu = service_cpu_s("opportunities"), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return changes / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return {
+        "changes_per_s": changes / elapsed,
+        "service_cpu_ms": (service_cpu_s("opportunities") - service_cpu) / changes * 1000,
+        "client_cpu_ms": (time.process_time() - client_cpu) / changes * 1000,
+    }
 
 
-async def latency_at(pool: Opportunities, http: list[httpx.AsyncClient], rate: float, seconds: float) -> list[float]:
+async def latency_at(
+    pool: Opportunities, http: list[aiohttp.ClientSession], rate: float, seconds: float
+) -> list[float]:
     """Open loop: request i leaves at start + i / rate, whatever the answers before it."""
     spread = itertools.cycle(http)
     total = int(rate * seconds)
@@ -146,14 +162,19 @@ async def outbox_drained(settings: Settings) -> bool:
 
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
+    director = {"user": "dir-1", "role": "director"}
     with service_processes(settings, "opportunities", args.processes) as urls:
-        async with ready_clients(urls, settings, args.concurrency, user="dir-1", role="director") as http:
-            pool = Opportunities(await open_opportunities(http[0], args.opportunities))
-            rate = await throughput(pool, http, args.changes, args.concurrency)
+        async with (
+            ready_clients(urls, settings, 50, **director) as opening,
+            load_sessions(urls, settings, args.concurrency, **director) as http,
+        ):
+            pool = Opportunities(await open_opportunities(opening[0], args.opportunities))
+            await throughput(pool, http, min(args.changes, 500), args.concurrency)  # warm-up: connections, statements
+            measured = await throughput(pool, http, args.changes, args.concurrency)
             latencies = await latency_at(pool, http, args.rate, args.seconds)
         await eventually(lambda: outbox_drained(settings), timeout=120, interval=0.5)
     bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
-    return {"changes_per_s": rate, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
+    return {**measured, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
 
 
 def report(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -162,6 +183,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         [
             f"stage changes via API:   {result['changes_per_s']:8,.0f} /s   ({args.changes:,} changes, "
             f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
+            f"CPU per change:          {result['service_cpu_ms']:8.2f} ms in the service processes,"
+            f" {result['client_cpu_ms']:.2f} ms in the load client",
             f"latency at {args.rate:,.0f}/s:        p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  p99 {p['p99']:.1f} ms"
             f"  ({result['samples']:,} changes; target p99 <= 50 ms)",
             f"bare outbox transactions: {result['bare']:8,.0f} /s   "

@@ -3,8 +3,9 @@ client, no sockets between them), against its own embedded Postgres and Tansu, s
 the test client's own per-request costs are out of the picture.
 
 Prints the SQL round trips of one stage change, statement by statement (traced at asyncpg's
-Connection), then the changes/s and the process CPU per change (the outbox relay included) of
-`--changes` changes with `--concurrency` in flight, and with `--profile` the top of a cProfile of that run.
+Connection), then the changes/s, the process CPU per change (the outbox relay included) and the
+Postgres server's CPU per change (the server and its backends) of `--changes` changes with
+`--concurrency` in flight, and with `--profile` the top of a cProfile of that run.
 
 Run: .venv/bin/python -m bench.opportunities_profile [--changes 2000] [--concurrency 16] [--profile]
 """
@@ -20,11 +21,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 from asyncpg import connection
 from fastapi import FastAPI
 from starlette.types import Message
 
-from bench.harness import embedded_stack
+from bench.harness import embedded_stack, server_cpu_s
 from services.opportunities.main import service
 from shared import kafka
 from shared.auth import issue_token
@@ -67,11 +69,11 @@ async def asgi(app: FastAPI, method: str, path: str, body: dict[str, Any], token
 
 @contextlib.contextmanager
 def traced_round_trips() -> Iterator[list[str]]:
-    """Each statement sent on the connections the current task uses while inside, up to and including the
-    pool's reset of the connection on release (which asyncpg runs in a task of its own); the outbox
-    relay's statements on other connections are left out."""
+    """Each statement sent on the connections the current task uses while inside, and the pool's reset of
+    the connection on release if it runs one (in a task of its own); what another task sends on such a
+    connection once it is back in the pool (the outbox relay's reads) is left out."""
     task = asyncio.current_task()
-    seen: list[tuple[object, bool, str]] = []
+    seen: list[tuple[connection.Connection, bool, str]] = []
     sent: list[str] = []
     originals = {name: getattr(connection.Connection, name) for name in ("execute", "executemany", "_execute")}
 
@@ -79,7 +81,7 @@ def traced_round_trips() -> Iterator[list[str]]:
         original = originals[name]
 
         async def traced(self: connection.Connection, query: Any, *args: Any, **kwargs: Any) -> Any:
-            seen.append((self, asyncio.current_task() is task, " ".join(str(query).split())[:100]))
+            seen.append((self, asyncio.current_task() is task, " ".join(str(query).split())))
             return await original(self, query, *args, **kwargs)
 
         return traced
@@ -93,13 +95,15 @@ def traced_round_trips() -> Iterator[list[str]]:
             setattr(connection.Connection, name, original)
         ours = {id(conn) for conn, mine, _ in seen if mine}
         for conn, mine, statement in seen:
-            if id(conn) in ours:
-                sent.append(statement)
-                if not mine:  # the reset on release: the connection is back in the pool after it
-                    ours.discard(id(conn))
+            if id(conn) not in ours:
+                continue
+            if mine or statement == " ".join(conn.get_reset_query().split()):
+                sent.append(statement[:100])
+            if not mine:  # the connection is back in the pool: what follows is not the change's
+                ours.discard(id(conn))
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> None:
+async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Process) -> None:
     await kafka.ensure_topics(settings)
     app = create_service_app(service, settings)
     token = issue_token("dir-1", "director", settings.signing_secret, 3600)
@@ -129,16 +133,18 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
         await changes(ids[0], 1, first=1)  # back where it started
         per_opportunity = 2 * max(1, args.changes // args.concurrency // 2)
         profiler = cProfile.Profile()
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, server_cpu, wall = time.process_time(), server_cpu_s(postgres), time.perf_counter()
         if args.profile:
             profiler.enable()
         await asyncio.gather(*(changes(i, per_opportunity) for i in ids))
         if args.profile:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        server_cpu = server_cpu_s(postgres) - server_cpu
         done = per_opportunity * len(ids)
         print(f"{done:,} stage changes, {args.concurrency} in flight: {done / wall:,.0f} /s, "
-              f"{1000 * cpu / done:.2f} ms CPU per change in this process (outbox relay included)")
+              f"{1000 * cpu / done:.2f} ms CPU per change in this process (outbox relay included), "
+              f"{1000 * server_cpu / done:.2f} ms in Postgres")
         if args.profile:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
@@ -153,7 +159,8 @@ def main() -> None:
     parsed.add_argument("--top", type=int, default=30)
     args = parsed.parse_args()
     with embedded_stack() as stack:
-        asyncio.run(run(stack.settings, args))
+        assert stack.postgres.pid is not None
+        asyncio.run(run(stack.settings, args, psutil.Process(stack.postgres.pid)))
 
 
 if __name__ == "__main__":
