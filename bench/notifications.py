@@ -243,12 +243,24 @@ async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Pro
                               for name, used in cpu_seconds(postgres).items()}
                 finally:
                     await sockets.close()
-                webhooks = await webhook_rate(notifications, bench_settings, hooks, since)
+                # printed now: the webhook phase after it can take minutes on a busy machine
+                report_push(args, latencies, captures, await stored_after_event(bench_settings), cpu_ms)
+                return await webhook_rate(notifications, bench_settings, hooks, since)
             finally:
                 await hooks.stop()
-            stored = await stored_after_event(bench_settings)
-    return {"push": percentiles(latencies), "pushed": len(latencies), "captures": captures, "webhooks": webhooks,
-            "sockets": args.reps, "stored": percentiles(stored), "cpu_ms": cpu_ms}
+
+
+def report_push(args: argparse.Namespace, latencies: list[float], captures: int, stored: list[float],
+                cpu_ms: dict[str, float]) -> None:
+    p, s = percentiles(latencies), percentiles(stored)
+    print(f"push, capture 201 -> WebSocket, {captures} H-grade captures at {args.rate:g}/s, {args.reps} connected "
+          f"reps ({len(latencies)} pushed within the wait): "
+          f"p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, p99 {p['p99']:.1f} ms")
+    print(f"  of which event -> notification stored: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms, "
+          f"p99 {s['p99']:.1f} ms")
+    print("  CPU per capture (its captured and assigned events, the live webhook deliveries of the captured "
+          "one) from the first capture until all were pushed: "
+          + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items()), flush=True)
 
 
 async def stored_after_event(settings: Settings) -> list[float]:
@@ -276,17 +288,7 @@ def main() -> None:
         return
     with embedded_stack() as stack:
         assert stack.postgres.pid is not None
-        result = asyncio.run(run(stack.settings, args, psutil.Process(stack.postgres.pid)))
-    p, hooks = result["push"], result["webhooks"]
-    print(f"push, capture 201 -> WebSocket, {result['captures']} H-grade captures at {args.rate:g}/s, "
-          f"{result['sockets']} connected reps ({result['pushed']} pushed within the wait): "
-          f"p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, p99 {p['p99']:.1f} ms")
-    s = result["stored"]
-    print(f"  of which event -> notification stored: p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms, "
-          f"p99 {s['p99']:.1f} ms")
-    print("  CPU per capture (its captured and assigned events, the live webhook deliveries of the captured "
-          "one) from the first capture until all were pushed: "
-          + ", ".join(f"{name} {ms:.2f} ms" for name, ms in result["cpu_ms"].items()))
+        hooks = asyncio.run(run(stack.settings, args, psutil.Process(stack.postgres.pid)))
     print(f"webhooks: {hooks['deliveries']} replayed deliveries to a loopback receiver at {hooks['per_s']:.0f}/s "
           f"(receiver counted {hooks['received']}, dead {hooks['dead']}; {hooks['live_deliveries']} delivered live "
           "during the push phase)")
