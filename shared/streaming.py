@@ -20,7 +20,7 @@ committed offsets it did not write: Faust seeks every assigned partition to its 
 each rebalance (table recovery's `perform_seek`) and then drops every record below that position, so
 an offset the previous app committed on the new broker (its position in the lost log) would hide the
 re-published records below it. Such an app reads a partition from offset 0 until it has committed
-there itself, and an app taken off a lost broker (`superseded`) commits nothing more.
+there itself, and an app that was replaced (`superseded`) commits nothing more.
 """
 
 import asyncio
@@ -90,7 +90,8 @@ class StreamApp(faust.App):
     # None: every committed offset is trusted. A set: the partitions whose committed offset this app
     # wrote itself; the others are read from offset 0 (an app started on a new, empty broker).
     trusted_offsets: set[TP] | None = None
-    # Taken off a broker that was replaced by a new, empty one: it must commit nothing more there.
+    # Replaced by a new app (its broker was replaced by a new, empty one, or it never got its
+    # partitions): it must commit nothing more, its positions may belong to a lost log.
     superseded: bool = False
 
     # Since when (time.monotonic) the app has been waiting for its partitions (started, or revoked in a
