@@ -5,7 +5,8 @@ the test client's own per-request costs are out of the picture.
 Prints the SQL round trips of one stage change, statement by statement (traced at asyncpg's
 Connection), then the changes/s, the process CPU per change (the outbox relay included) and the
 Postgres server's CPU per change (the server and its backends) of `--changes` changes with
-`--concurrency` in flight, and with `--profile` the top of a cProfile of that run.
+`--concurrency` in flight; the share of a core the process uses while idle, and the CPU per change net
+of it; and with `--profile` the top of a cProfile of that run.
 
 Run: .venv/bin/python -m bench.opportunities_profile [--changes 2000] [--concurrency 16] [--profile]
 """
@@ -34,6 +35,7 @@ from shared.service import create_service_app
 from shared.settings import Settings
 
 STAGES = ("bidding", "prospecting")
+IDLE_S = 5.0
 
 
 async def asgi(app: FastAPI, method: str, path: str, body: dict[str, Any], token: str) -> tuple[int, bytes]:
@@ -131,6 +133,11 @@ async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Pro
         for statement in sent:
             print(f"  {statement}")
         await changes(ids[0], 1, first=1)  # back where it started
+        # What the process spends doing nothing for the API (the consumer's fetch loop, broker and relay
+        # checks): charged to every change below, it makes the CPU per change depend on the rate.
+        idle_cpu, idle_wall = time.process_time(), time.perf_counter()
+        await asyncio.sleep(IDLE_S)
+        idle_share = (time.process_time() - idle_cpu) / (time.perf_counter() - idle_wall)
         per_opportunity = 2 * max(1, args.changes // args.concurrency // 2)
         profiler = cProfile.Profile()
         cpu, server_cpu, wall = time.process_time(), server_cpu_s(postgres), time.perf_counter()
@@ -145,6 +152,8 @@ async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Pro
         print(f"{done:,} stage changes, {args.concurrency} in flight: {done / wall:,.0f} /s, "
               f"{1000 * cpu / done:.2f} ms CPU per change in this process (outbox relay included), "
               f"{1000 * server_cpu / done:.2f} ms in Postgres")
+        print(f"idle, the process used {100 * idle_share:.1f} % of a core; net of that, "
+              f"{1000 * (cpu - idle_share * wall) / done:.2f} ms CPU per change in this process")
         if args.profile:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)
