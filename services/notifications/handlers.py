@@ -4,9 +4,9 @@
 belongs to (the inbox rows are written in it), and in that transaction: applies the rules (one
 notification per rule and recipient, kept unique by (cause, rule, recipient) in the store as well),
 queues the e-mails, queues a webhook delivery per matching subscription, and sets or cancels the
-timers the event concerns. Notifications, e-mails, timers and the digest's rows are gathered while
-the batch's events are handled and written, in their order, just before the commit: a few round
-trips a batch rather than several an event. A committed notification is announced to every instance
+timers the event concerns. Notifications, e-mails, webhook deliveries, timers and the digest's rows
+are gathered while the batch's events are handled and written, in their order, just before the
+commit: a few round trips a batch rather than several an event. A committed notification is announced to every instance
 with NOTIFY, so the one holding the rep's socket pushes it.
 """
 
@@ -129,7 +129,10 @@ async def on_event(tx: Transaction, event: CloudEvent) -> None:
             writes.drafts += await _drafts(tx.conn, ctx, Notice.of(rule), recipients, cause_id=event.id,
                                            event_type=event.type, subject=event.subject, data=event.data,
                                            cause_time=event.time, traceparent=event.traceparent)
-    await _queue_webhooks(tx.conn, ctx, event)
+    subscriptions = (await _subscriptions(tx.conn, ctx)).get(event.type, [])
+    if subscriptions:
+        writes.deliveries.append(store.EventToDeliver(subscriptions, event.id, event.type, event.time,
+                                                      event.to_json()))
     if (timer_change := _timer_change(ctx, event)) is not None:
         writes.timers.append(timer_change)
     match _watched(event):
@@ -149,9 +152,13 @@ class _Writes:
     timers: list[store.TimerChange] = field(default_factory=list)
     leads: list[store.LeadWatch] = field(default_factory=list)
     opportunities: list[store.OpportunityWatch] = field(default_factory=list)
+    deliveries: list[store.EventToDeliver] = field(default_factory=list)
 
     async def write(self, conn: Connection, ctx: Context) -> None:
         await store_drafts(conn, ctx, self.drafts)
+        # The cached subscriptions may still name one deleted a moment ago: the store skips it.
+        if await store.add_deliveries_of(conn, self.deliveries):
+            await conn.execute("SELECT pg_notify($1, '')", WEBHOOKS_DUE_CHANNEL)
         await store.change_timers(conn, self.timers)
         await store.watch_leads(conn, self.leads)
         await store.watch_opportunities(conn, self.opportunities)
@@ -270,15 +277,6 @@ async def notify(
     drafts = await _drafts(conn, ctx, notice, recipients, cause_id=cause_id, event_type=event_type,
                            subject=subject, data=data, cause_time=cause_time, traceparent=traceparent)
     return await store_drafts(conn, ctx, drafts)
-
-
-async def _queue_webhooks(conn: Connection, ctx: Context, event: CloudEvent) -> None:
-    subscriptions = (await _subscriptions(conn, ctx)).get(event.type, [])
-    if not subscriptions:
-        return
-    # The cached list may still name a subscription deleted a moment ago: the store skips it.
-    if await store.add_deliveries(conn, subscriptions, event.id, event.type, event.time, event.to_json()):
-        await conn.execute("SELECT pg_notify($1, '')", WEBHOOKS_DUE_CHANNEL)
 
 
 def _timer_change(ctx: Context, event: CloudEvent) -> store.TimerChange | None:
