@@ -8,7 +8,8 @@ moment its capture was sent. Every `--window` seconds it prints:
 - capture -> scored latency p50 / p99 of the leads scored in the window;
 - the broker backlog: the scoring group's lag on `sales.leads` (`funnelcast_consumer_lag` from the
   scoring service) and the outbox backlog of both services (`funnelcast_outbox_backlog`);
-- the resident memory of every process: each service, Postgres (all its processes), the broker.
+- the memory (proportional set size) of every process: each service, Postgres (all its processes),
+  the broker.
 At the end: a PNG chart (`--chart`, default docs/soak.png) and the slope of memory and backlog over
 the second half of the run, the signs of a leak or of falling behind.
 
@@ -65,11 +66,13 @@ class Soak:
 
 
 def resident_mb(process: psutil.Process, with_children: bool = False) -> float:
+    """Proportional set size: a page shared by n processes counts 1/n in each, so a tree's sum is its
+    memory (RSS would count Postgres's shared buffers once for every backend that touched them)."""
     processes = [process, *process.children(recursive=True)] if with_children else [process]
     total = 0
     for each in processes:
         try:
-            total += each.memory_info().rss
+            total += each.memory_full_info().pss
         except psutil.NoSuchProcess:
             continue
     return total / MEGABYTE
@@ -182,7 +185,7 @@ def report_line(window: Window) -> str:
     return (
         f"{window.minute:6.1f}  sent {window.sent:6,}  201 {window.answered:6,}  failed {window.failed:4,}  "
         f"scored {len(window.latencies_s):6,}  p50 {latency['p50']:7.1f} ms  p99 {latency['p99']:7.1f} ms  "
-        f"lag {window.consumer_lag:7,.0f}  outbox {window.outbox_backlog:7,.0f}  RSS MB: {memory}"
+        f"lag {window.consumer_lag:7,.0f}  outbox {window.outbox_backlog:7,.0f}  PSS MB: {memory}"
     )
 
 
@@ -204,7 +207,7 @@ def trends(windows: list[Window]) -> dict[str, float]:
         "outbox backlog / min": slope_per_minute((w.minute, w.outbox_backlog) for w in second_half),
     }
     for name in windows[0].memory_mb:
-        result[f"{name} RSS MB / min"] = slope_per_minute((w.minute, w.memory_mb[name]) for w in second_half)
+        result[f"{name} PSS MB / min"] = slope_per_minute((w.minute, w.memory_mb[name]) for w in second_half)
     return result
 
 
@@ -228,7 +231,7 @@ def chart(windows: list[Window], path: Path, rate: float) -> None:
     backlog_axis.legend()
     for name in windows[0].memory_mb:
         memory_axis.plot(minutes, [w.memory_mb[name] for w in windows], label=name)
-    memory_axis.set_ylabel("resident MB")
+    memory_axis.set_ylabel("memory (PSS), MB")
     memory_axis.set_xlabel("minutes")
     memory_axis.legend()
     figure.tight_layout()
