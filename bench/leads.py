@@ -1,12 +1,13 @@
-"""Benchmark: lead captures through the HTTP API (each a transaction: duplicate check, round-robin
-cursor, the lead, `captured` + `assigned` in the outbox, relayed to the broker), beside the bare
-Postgres outbox-transaction rate of the same run.
+"""Benchmark: lead captures through the HTTP API (each two statements: the duplicate check with the
+team's round-robin turn, then the lead with `captured` + `assigned` in the outbox; relayed to the
+broker), beside the bare Postgres outbox-transaction rate of the same run.
 
 Starts its own embedded Postgres and Tansu and `--processes` leads service processes (uvicorn,
 loopback), then:
 - throughput: `--captures` new leads (fresh phone numbers), `--concurrency` in flight, regions
   alternating 华东 / 华北 (two teams, so two round-robin cursors), as fast as they are answered;
-- latency: captures sent open-loop at `--rate`/s for `--seconds`, p50 / p95 / p99;
+- latency: once the relay has published the burst, captures sent open-loop at `--rate`/s for
+  `--seconds`, p50 / p95 / p99;
 - the bare rate: two-event outbox transactions (Database.transaction + publish) on `--concurrency`
   connections, no HTTP;
 and checks that the relay published every event.
@@ -22,8 +23,18 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import psutil
 
-from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_cpu_s, service_processes
+from bench.harness import (
+    embedded_stack,
+    load_sessions,
+    open_loop,
+    percentiles,
+    ready_clients,
+    server_cpu_s,
+    service_cpu_s,
+    service_processes,
+)
 from shared import kafka
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
@@ -53,8 +64,11 @@ async def capture(client: aiohttp.ClientSession) -> float:
     return elapsed
 
 
-async def throughput(http: list[aiohttp.ClientSession], captures: int, concurrency: int) -> dict[str, float]:
-    """Captures/s, and the CPU the service processes and this client spent per capture."""
+async def throughput(
+    http: list[aiohttp.ClientSession], captures: int, concurrency: int, postgres: psutil.Process
+) -> dict[str, float]:
+    """Captures/s, and the CPU the service processes (relay included), Postgres and this client spent
+    per capture."""
     spread = itertools.cycle(http)
     remaining = iter(range(captures))
 
@@ -62,28 +76,16 @@ async def throughput(http: list[aiohttp.ClientSession], captures: int, concurren
         for _ in remaining:
             await capture(next(spread))
 
-    service_cpu, client_cpu = service_cpu_s("leads"), time.process_time()
+    service_cpu, server_cpu, client_cpu = service_cpu_s("leads"), server_cpu_s(postgres), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {
         "rate": captures / elapsed,
         "service_cpu_ms": (service_cpu_s("leads") - service_cpu) / captures * 1000,
+        "postgres_cpu_ms": (server_cpu_s(postgres) - server_cpu) / captures * 1000,
         "client_cpu_ms": (time.process_time() - client_cpu) / captures * 1000,
     }
-
-
-async def latency_at(http: list[aiohttp.ClientSession], rate: float, seconds: float) -> list[float]:
-    """Open loop: request i leaves at start + i / rate, whatever the answers before it."""
-    spread = itertools.cycle(http)
-    started = time.perf_counter()
-    tasks = []
-    for i in range(int(rate * seconds)):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(capture(next(spread))))
-    return list(await asyncio.gather(*tasks))
 
 
 async def bare_outbox_rate(settings: Settings, seconds: float, connections: int) -> float:
@@ -142,13 +144,16 @@ async def outbox_drained(settings: Settings) -> bool:
         await conn.close()
 
 
-async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Process) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
     with service_processes(settings, "leads", args.processes) as urls:
         async with ready_clients(urls, settings, 1), load_sessions(urls, settings, args.concurrency) as http:
-            await throughput(http, min(args.captures, 500), args.concurrency)  # warm-up: connections, statements
-            measured = await throughput(http, args.captures, args.concurrency)
-            latencies = await latency_at(http, args.rate, args.seconds)
+            await throughput(http, min(args.captures, 500), args.concurrency, postgres)  # warm-up
+            measured = await throughput(http, args.captures, args.concurrency, postgres)
+            # the latency at a steady rate starts once the relay has caught up with the burst
+            await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
+            spread = itertools.cycle(http)
+            latencies = await open_loop(args.rate, args.seconds, lambda: capture(next(spread)))
         await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
     bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
     return {**measured, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
@@ -161,7 +166,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"lead captures via API:    {result['rate']:8,.0f} /s   ({args.captures:,} captures, "
             f"{args.concurrency} in flight, {args.processes} service processes; target >= 1,500/s)",
             f"CPU per capture:          {result['service_cpu_ms']:8.2f} ms in the service processes,"
-            f" {result['client_cpu_ms']:.2f} ms in the load client",
+            f" {result['postgres_cpu_ms']:.2f} ms in Postgres, {result['client_cpu_ms']:.2f} ms in the load client",
             f"latency at {args.rate:,.0f}/s:         p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms"
             f"  p99 {p['p99']:.1f} ms"
             f"  ({result['samples']:,} captures; target p99 <= 50 ms)",
@@ -185,7 +190,8 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     with embedded_stack() as stack:
-        result = asyncio.run(run(stack.settings, args))
+        assert stack.postgres.pid is not None
+        result = asyncio.run(run(stack.settings, args, psutil.Process(stack.postgres.pid)))
     print(report(result, args))
 
 

@@ -93,13 +93,11 @@ def normalise_company(raw: str | None) -> str | None:
     return company or None
 
 
-def next_in_round_robin(reps: Sequence[str], last_assigned: str | None) -> str:
-    """The rep after the last one assigned, wrapping; the first rep when the last is unknown."""
+def rep_for_turn(reps: Sequence[str], turn: int) -> str:
+    """The rep whose turn it is: a team's turns count 1, 2, 3, ... through its reps in order, wrapping."""
     if not reps:
         raise ValueError("round robin needs at least one rep")
-    if last_assigned not in reps:
-        return reps[0]
-    return reps[(reps.index(last_assigned) + 1) % len(reps)]
+    return reps[(turn - 1) % len(reps)]
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 from services.leads import metrics, store
-from services.leads.domain import Campaign, Contact, Grade, Lead, money, next_in_round_robin
+from services.leads.domain import Campaign, Contact, Grade, Lead, money, rep_for_turn
 from shared.auth import Principal, may_act_on
-from shared.db import Database, Transaction
+from shared.db import Database
 from shared.errors import DomainError, Forbidden, NotFound, Unprocessable
+from shared.events.envelope import CloudEvent
 from shared.org import Organisation, Role
 
 SYSTEM = "system"
@@ -46,34 +47,77 @@ class Captured:
     matched_on: tuple[str, ...] = ()
 
 
-class _LostRace(Exception):
-    """A concurrent capture took the same phone or e-mail first: retry as a duplicate."""
-
-
 async def capture_lead(db: Database, org: Organisation, actor: Principal | None, cmd: CaptureLead) -> Captured:
-    """Capture a lead, or, when its phone or e-mail is already known, note the contact on that lead."""
+    """Capture a lead, or, when its phone or e-mail is already known, note the contact on that lead.
+
+    Two statements and no explicit transaction: one looks for a duplicate, checks the campaign and takes
+    the team's round-robin turn; one writes the lead with its events. A capture that loses a race for the
+    same contact between the two writes nothing and finds the duplicate on its next try (its turn is not
+    given back: the team's next capture goes to the rep after)."""
+    assignment = _assignment(org, actor, cmd)
     for _ in range(_CAPTURE_ATTEMPTS):
-        try:
-            async with db.transaction() as tx:
-                found = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
-                if found is not None:
-                    existing, matched_on = found
-                    existing = await _survivor(tx.conn, existing)
-                    await _note_duplicate(tx.conn, existing, matched_on, actor, cmd)
-                    result = Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
-                else:
-                    result = Captured(await _capture_new(tx, org, actor, cmd))
-        except _LostRace:
-            continue
-        if result.duplicate_of is None:
-            metrics.leads_captured.labels(cmd.source, str(cmd.grade) if cmd.grade else "none").inc()
-        else:
-            metrics.lead_duplicates.labels(cmd.source, "+".join(result.matched_on)).inc()
-        return result
+        async with db.statements() as conn:
+            check = await store.check_capture(
+                conn, cmd.contact.phone, cmd.contact.email, cmd.campaign_id, assignment.round_robin_team
+            )
+            if check.duplicate is None:
+                if not check.campaign_known:
+                    raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
+                lead, events = _new_lead(db, actor, cmd, assignment, check.turn)
+                if not await store.insert_new(conn, lead, events):
+                    continue
+                metrics.leads_captured.labels(cmd.source, str(cmd.grade) if cmd.grade else "none").inc()
+                return Captured(lead)
+            existing, matched_on = check.duplicate
+            existing = await _survivor(conn, existing)
+            await _note_duplicate(conn, existing, matched_on, actor, cmd)
+        metrics.lead_duplicates.labels(cmd.source, "+".join(matched_on)).inc()
+        return Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
     raise RuntimeError("capture kept colliding with concurrent captures of the same contact")
 
 
-async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | None, cmd: CaptureLead) -> Lead:
+@dataclass(frozen=True)
+class _Assignment:
+    """Whom a new lead goes to: an owner known before it is written, or a turn of a team's round robin."""
+
+    owner_id: str | None = None
+    team: str | None = None
+    method: str | None = None  # explicit / round_robin
+    round_robin_reps: tuple[str, ...] = ()
+
+    @property
+    def round_robin_team(self) -> str | None:
+        return self.team if self.round_robin_reps else None
+
+    def owner(self, turn: int | None) -> str | None:
+        if self.round_robin_reps and turn is not None:
+            return rep_for_turn(self.round_robin_reps, turn)
+        return self.owner_id
+
+
+def _assignment(org: Organisation, actor: Principal | None, cmd: CaptureLead) -> _Assignment:
+    """Explicit owner; else the region's team by round robin; else a capturing rep; else nobody."""
+    if cmd.owner_id is not None:
+        user = org.user(cmd.owner_id)
+        if user is None or user.role not in (Role.REP, Role.MANAGER):
+            raise Unprocessable(f"owner_id: {cmd.owner_id!r} is not a rep or manager of the organisation")
+        if actor is not None and not may_act_on(actor, user.id, org):
+            raise Forbidden(f"owner_id: {actor.user_id} may not give leads to {user.id}")
+        return _Assignment(user.id, user.team, "explicit")
+    if cmd.region is not None:
+        for team in org.teams_in_region(cmd.region):
+            reps = tuple(u.id for u in org.members(team.id))
+            if reps:
+                return _Assignment(None, team.id, "round_robin", reps)
+    if actor is not None and actor.role is Role.REP:
+        return _Assignment(actor.user_id, actor.team, "explicit")
+    return _Assignment()
+
+
+def _new_lead(
+    db: Database, actor: Principal | None, cmd: CaptureLead, assignment: _Assignment, turn: int | None
+) -> tuple[Lead, list[CloudEvent]]:
+    """The new lead, given to its owner, and its `captured` (and `assigned`) events."""
     lead = Lead.capture(
         str(uuid.uuid4()),
         cmd.contact,
@@ -85,78 +129,53 @@ async def _capture_new(tx: Transaction, org: Organisation, actor: Principal | No
         captured_at=cmd.captured_at or datetime.now(UTC),
         captured_by=actor.user_id if actor else None,
     )
-    if cmd.campaign_id is not None and not await store.campaign_exists(tx.conn, cmd.campaign_id):
-        raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
-    owner, team, method = await _choose_owner(tx.conn, org, actor, cmd)
+    owner = assignment.owner(turn)
     if owner is not None:
-        lead.assign(owner, team)
-    captured_sequence = lead.next_version()
-    assigned_sequence = lead.next_version() if owner is not None else None
-    if not await store.insert_if_unique(tx.conn, lead, round_robin_team=team if method == "round_robin" else None):
-        raise _LostRace()
-    tx.publish(
-        "sales.lead.captured.v1",
-        lead.id,
-        {
-            "lead_id": lead.id,
-            "source": lead.source,
-            "grade": lead.grade and str(lead.grade),
-            "owner_id": lead.owner_id,
-            "campaign_id": lead.campaign_id,
-            "region": lead.region,
-            "contact": lead.contact.as_event(),
-            "captured_at": _ts(lead.captured_at),
-            "left_at": _ts(cmd.left_at),
-            "attributes": lead.attributes,
-            "captured_by": lead.captured_by,
-            "follow_up_due_at": _ts(lead.follow_up_due_at),
-        },
-        sequence=captured_sequence,
-    )
-    if owner is not None:
-        tx.publish(
-            "sales.lead.assigned.v1",
+        lead.assign(owner, assignment.team)
+    events = [
+        db.event(
+            "sales.lead.captured.v1",
             lead.id,
             {
                 "lead_id": lead.id,
-                "owner_id": owner,
-                "previous_owner_id": None,
-                "team": team,
-                "region": lead.region,
+                "source": lead.source,
                 "grade": lead.grade and str(lead.grade),
-                "method": method,
-                "assigned_by": SYSTEM if method == "round_robin" else (actor.user_id if actor else SYSTEM),
-                "reason": None,
-                "assigned_at": _ts(datetime.now(UTC)),  # captured_at may be a walk-in's earlier arrival
+                "owner_id": lead.owner_id,
+                "campaign_id": lead.campaign_id,
+                "region": lead.region,
+                "contact": lead.contact.as_event(),
+                "captured_at": _ts(lead.captured_at),
+                "left_at": _ts(cmd.left_at),
+                "attributes": lead.attributes,
+                "captured_by": lead.captured_by,
                 "follow_up_due_at": _ts(lead.follow_up_due_at),
             },
-            sequence=assigned_sequence,
+            sequence=lead.next_version(),
         )
-    return lead
-
-
-async def _choose_owner(
-    conn: store.Connection, org: Organisation, actor: Principal | None, cmd: CaptureLead
-) -> tuple[str | None, str | None, str | None]:
-    """Explicit owner; else the region's team by round robin; else a capturing rep; else nobody."""
-    if cmd.owner_id is not None:
-        user = org.user(cmd.owner_id)
-        if user is None or user.role not in (Role.REP, Role.MANAGER):
-            raise Unprocessable(f"owner_id: {cmd.owner_id!r} is not a rep or manager of the organisation")
-        if actor is not None and not may_act_on(actor, user.id, org):
-            raise Forbidden(f"owner_id: {actor.user_id} may not give leads to {user.id}")
-        return user.id, user.team, "explicit"
-    if cmd.region is not None:
-        for team in org.teams_in_region(cmd.region):
-            reps = [u.id for u in org.members(team.id)]
-            if not reps:
-                continue
-            # The cursor row stays locked until commit: parallel captures for the team take turns.
-            # The lead's insert moves it (one round trip less while it is held).
-            return next_in_round_robin(reps, await store.lock_cursor(conn, team.id)), team.id, "round_robin"
-    if actor is not None and actor.role is Role.REP:
-        return actor.user_id, actor.team, "explicit"
-    return None, None, None
+    ]
+    if owner is not None:
+        round_robin = assignment.method == "round_robin"
+        events.append(
+            db.event(
+                "sales.lead.assigned.v1",
+                lead.id,
+                {
+                    "lead_id": lead.id,
+                    "owner_id": owner,
+                    "previous_owner_id": None,
+                    "team": assignment.team,
+                    "region": lead.region,
+                    "grade": lead.grade and str(lead.grade),
+                    "method": assignment.method,
+                    "assigned_by": SYSTEM if round_robin or actor is None else actor.user_id,
+                    "reason": None,
+                    "assigned_at": _ts(datetime.now(UTC)),  # captured_at may be a walk-in's earlier arrival
+                    "follow_up_due_at": _ts(lead.follow_up_due_at),
+                },
+                sequence=lead.next_version(),
+            )
+        )
+    return lead, events
 
 
 async def _survivor(conn: store.Connection, lead: Lead) -> Lead:
@@ -425,19 +444,34 @@ async def import_leads(
                     report.duplicates.append((line, match))
                     continue
                 try:
-                    # the owner is checked before anything is written, so a refusal leaves no trace
-                    lead = await _capture_new(tx, org, actor, cmd)
-                    created.append(lead)
-                    known.update({value: lead.id for value in (lead.contact.phone, lead.contact.email) if value})
-                except _LostRace:
-                    existing = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
-                    report.duplicates.append((line, existing[0].id if existing else ""))
+                    lead = await _import_row(db, tx.conn, org, actor, cmd)
                 except DomainError as exc:
                     report.rejected.append((line, str(exc)))
+                    continue
+                if lead is None:  # a concurrent capture took the contact after the look-up
+                    existing = await store.find_duplicate(tx.conn, cmd.contact.phone, cmd.contact.email)
+                    report.duplicates.append((line, existing[0].id if existing else ""))
+                    continue
+                created.append(lead)
+                known.update({value: lead.id for value in (lead.contact.phone, lead.contact.email) if value})
         for lead in created:
             report.created.append(lead.id)
             metrics.leads_captured.labels(lead.source, str(lead.grade) if lead.grade else "none").inc()
     return report
+
+
+async def _import_row(
+    db: Database, conn: store.Connection, org: Organisation, actor: Principal, cmd: CaptureLead
+) -> Lead | None:
+    """A new lead of an import, written with its events; None when its contact was taken meanwhile.
+    The owner and the campaign are checked before anything is written, so a refusal leaves no trace."""
+    assignment = _assignment(org, actor, cmd)
+    if cmd.campaign_id is not None and not await store.campaign_exists(conn, cmd.campaign_id):
+        raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
+    team = assignment.round_robin_team
+    turn = await store.take_turn(conn, team) if team else None
+    lead, events = _new_lead(db, actor, cmd, assignment, turn)
+    return lead if await store.insert_new(conn, lead, events) else None
 
 
 def _campaign_event(campaign: Campaign) -> dict[str, Any]:

@@ -5,6 +5,7 @@ value travels as a bind parameter.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from services.leads.domain import Campaign, CampaignStatus, Contact, Grade, Lead, Status
+from shared.db import outbox_insert
+from shared.events.envelope import CloudEvent
 
 # A plain connection or one borrowed from the pool: the queries work on either.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -49,23 +52,18 @@ def _lead(row: asyncpg.Record) -> Lead:
     )
 
 
-async def insert_if_unique(conn: Connection, lead: Lead, *, round_robin_team: str | None = None) -> bool:
-    """Insert a new lead; False when another lead already holds its phone or e-mail.
-
-    With `round_robin_team` (locked by `lock_cursor` in this transaction) the team's cursor moves
-    to the lead's owner in the same statement, and only when the lead was inserted: a capture that
-    lost a race for the contact takes no turn.
-    """
+async def insert_new(conn: Connection, lead: Lead, events: Sequence[CloudEvent]) -> bool:
+    """Insert a new lead and write its events to the outbox, in one statement (its own transaction
+    outside one); False, with no event written, when another lead already holds its phone or e-mail."""
+    values = _values(lead)
+    outbox_rows, outbox_args = outbox_insert(events, after="inserted", first_parameter=len(values) + 1)
     inserted = await conn.fetchval(
         f"WITH inserted AS (INSERT INTO leads ({_COLUMNS}) VALUES"  # noqa: S608
         " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, $16, $17, $18, $19, $20,"
-        " $21, $22, $23)"
-        " ON CONFLICT DO NOTHING RETURNING owner_id),"
-        " moved AS (UPDATE assignment_cursors SET last_owner_id = (SELECT owner_id FROM inserted)"
-        " WHERE team = $24 AND EXISTS (SELECT FROM inserted))"
+        f" $21, $22, $23) ON CONFLICT DO NOTHING RETURNING id), {outbox_rows}"
         " SELECT EXISTS (SELECT FROM inserted)",
-        *_values(lead),
-        round_robin_team,
+        *values,
+        *outbox_args,
     )
     return bool(inserted)
 
@@ -135,13 +133,62 @@ async def find_duplicate(
         phone,
         email,
     )
-    if row is None:
-        return None
+    return _matched(row, phone, email) if row is not None else None
+
+
+def _matched(row: asyncpg.Record, phone: str | None, email: str | None) -> tuple[Lead, list[str]]:
     lead = _lead(row)
     matched = [
         name for name, mine in (("phone", phone), ("email", email)) if mine and getattr(lead.contact, name) == mine
     ]
     return lead, matched
+
+
+@dataclass(frozen=True)
+class CaptureCheck:
+    duplicate: tuple[Lead, list[str]] | None  # the known lead with this phone or e-mail, and what matched
+    campaign_known: bool  # the capture names no campaign, or one that exists
+    turn: int | None  # the round-robin turn this capture took in its team; None when it took none
+
+
+async def check_capture(
+    conn: Connection, phone: str | None, email: str | None, campaign_id: str | None, round_robin_team: str | None
+) -> CaptureCheck:
+    """Before a capture, in one statement: the duplicate, if any; whether its campaign exists; and,
+    for a round-robin team when neither stops the capture, the team's next turn (taking the cursor's row
+    lock only for this statement, so parallel captures each get their own turn without waiting on one
+    another's commits)."""
+    row = await conn.fetchrow(
+        f"WITH found AS (SELECT {_COLUMNS} FROM leads WHERE (phone = $1) OR (email = $2)"  # noqa: S608
+        " ORDER BY captured_at, id LIMIT 1),"
+        " campaign AS (SELECT $3::text IS NULL OR EXISTS (SELECT FROM campaigns WHERE id = $3) AS known),"
+        " turn AS (INSERT INTO assignment_cursors AS cursor (team, turns) SELECT $4, 1"
+        " WHERE $4::text IS NOT NULL AND NOT EXISTS (SELECT FROM found) AND (SELECT known FROM campaign)"
+        " ON CONFLICT (team) DO UPDATE SET turns = cursor.turns + 1 RETURNING turns)"
+        " SELECT campaign.known AS campaign_known, (SELECT turns FROM turn) AS turn, found.*"
+        " FROM campaign LEFT JOIN found ON true",
+        phone,
+        email,
+        campaign_id,
+        round_robin_team,
+    )
+    assert row is not None  # the campaign CTE always yields its one row
+    return CaptureCheck(
+        duplicate=_matched(row, phone, email) if row["id"] is not None else None,
+        campaign_known=row["campaign_known"],
+        turn=row["turn"],
+    )
+
+
+async def take_turn(conn: Connection, team: str) -> int:
+    """The team's next round-robin turn (1, 2, 3, ...); inside a transaction its cursor stays locked
+    until the end."""
+    turn: int = await conn.fetchval(
+        "INSERT INTO assignment_cursors AS cursor (team, turns) VALUES ($1, 1)"
+        " ON CONFLICT (team) DO UPDATE SET turns = cursor.turns + 1 RETURNING turns",
+        team,
+    )
+    return turn
 
 
 async def known_contacts(conn: Connection, phones: list[str], emails: list[str]) -> dict[str, str]:
@@ -155,18 +202,6 @@ async def known_contacts(conn: Connection, phones: list[str], emails: list[str])
             if value is not None:
                 known.setdefault(value, row["id"])
     return known
-
-
-async def lock_cursor(conn: Connection, team: str) -> str | None:
-    """Lock the team's round-robin cursor until this transaction ends (creating it on first use);
-    the last rep it gave a lead to. `insert_if_unique` moves it. One statement: the lock is held
-    from here to the commit, so the fewer round trips after it, the more captures a team takes."""
-    owner: str | None = await conn.fetchval(
-        "INSERT INTO assignment_cursors (team) VALUES ($1)"
-        " ON CONFLICT (team) DO UPDATE SET team = EXCLUDED.team RETURNING last_owner_id",
-        team,
-    )
-    return owner
 
 
 async def add_note(

@@ -15,10 +15,10 @@ from services.leads.domain import (
     TransitionNotAllowed,
     follow_up_due,
     money,
-    next_in_round_robin,
     normalise_company,
     normalise_email,
     normalise_phone,
+    rep_for_turn,
 )
 from shared.errors import Unprocessable
 
@@ -84,14 +84,13 @@ def test_a_contact_needs_a_phone_or_an_email():
     assert Contact.normalised("王伟", None, None, "A@B.cn").email == "a@b.cn"
 
 
-def test_round_robin_takes_the_next_rep_and_wraps():
+def test_round_robin_turns_go_through_the_team_in_order_and_wrap():
     reps = ["rep-1", "rep-2", "rep-3"]
-    assert next_in_round_robin(reps, None) == "rep-1"
-    assert next_in_round_robin(reps, "rep-1") == "rep-2"
-    assert next_in_round_robin(reps, "rep-3") == "rep-1"
-    assert next_in_round_robin(reps, "someone-who-left") == "rep-1"
+    assert [rep_for_turn(reps, turn) for turn in range(1, 8)] == [
+        "rep-1", "rep-2", "rep-3", "rep-1", "rep-2", "rep-3", "rep-1"]
+    assert rep_for_turn(["rep-1", "rep-3"], 3) == "rep-1"  # a rep who left: the turns go round the rest
     with pytest.raises(ValueError):
-        next_in_round_robin([], None)
+        rep_for_turn([], 1)
 
 
 def test_the_first_touch_moves_a_new_lead_to_contacted_and_records_the_first_response():
