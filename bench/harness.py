@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import aiohttp
+import asyncpg
 import httpx
 import psutil
 
@@ -164,3 +165,12 @@ async def open_loop(rate: float, seconds: float, start: Callable[[], Awaitable[T
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(start()))
     return list(await asyncio.gather(*tasks))
+
+
+async def outbox_drained(settings: Settings, service: str) -> bool:
+    """Whether the service's relay has published every event of its outbox."""
+    conn = await asyncpg.connect(settings.database_url_for(service))
+    try:
+        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    finally:
+        await conn.close()

@@ -29,6 +29,7 @@ from bench.harness import (
     embedded_stack,
     load_sessions,
     open_loop,
+    outbox_drained,
     percentiles,
     ready_clients,
     server_cpu_s,
@@ -136,14 +137,6 @@ async def bare_outbox_rate(settings: Settings, seconds: float, connections: int)
     return rate
 
 
-async def outbox_drained(settings: Settings) -> bool:
-    conn = await asyncpg.connect(settings.database_url_for("leads"))
-    try:
-        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-    finally:
-        await conn.close()
-
-
 async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Process) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
     with service_processes(settings, "leads", args.processes) as urls:
@@ -151,10 +144,10 @@ async def run(settings: Settings, args: argparse.Namespace, postgres: psutil.Pro
             await throughput(http, min(args.captures, 500), args.concurrency, postgres)  # warm-up
             measured = await throughput(http, args.captures, args.concurrency, postgres)
             # the latency at a steady rate starts once the relay has caught up with the burst
-            await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
+            await eventually(lambda: outbox_drained(settings, "leads"), timeout=180, interval=0.5)
             spread = itertools.cycle(http)
             latencies = await open_loop(args.rate, args.seconds, lambda: capture(next(spread)))
-        await eventually(lambda: outbox_drained(settings), timeout=180, interval=0.5)
+        await eventually(lambda: outbox_drained(settings, "leads"), timeout=180, interval=0.5)
     bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
     return {**measured, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
 

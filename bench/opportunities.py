@@ -6,7 +6,8 @@ opens `--opportunities` opportunities, then:
 - throughput: `--changes` stage changes, `--concurrency` in flight, as fast as they are answered (after
   a warm-up), with the CPU each change cost in the service processes and in the load client (aiohttp:
   it shares the machine's cores with the service, Postgres and the broker);
-- latency: stage changes sent open-loop at `--rate`/s for `--seconds`, p50 / p95 / p99;
+- latency: once the relay has published the burst, stage changes sent open-loop at `--rate`/s for
+  `--seconds`, p50 / p95 / p99;
 - the bare rate: one-event outbox transactions (Database.transaction + publish) on `--concurrency`
   connections, no HTTP;
 and checks that the relay published every event.
@@ -24,7 +25,16 @@ import aiohttp
 import asyncpg
 import httpx
 
-from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_cpu_s, service_processes
+from bench.harness import (
+    embedded_stack,
+    load_sessions,
+    open_loop,
+    outbox_drained,
+    percentiles,
+    ready_clients,
+    service_cpu_s,
+    service_processes,
+)
 from shared import kafka
 from shared.db import SHARED_MIGRATIONS, Database, migrate
 from shared.settings import Settings, with_database
@@ -96,22 +106,6 @@ async def throughput(
     }
 
 
-async def latency_at(
-    pool: Opportunities, http: list[aiohttp.ClientSession], rate: float, seconds: float
-) -> list[float]:
-    """Open loop: request i leaves at start + i / rate, whatever the answers before it."""
-    spread = itertools.cycle(http)
-    total = int(rate * seconds)
-    started = time.perf_counter()
-    tasks = []
-    for i in range(total):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(pool.change(next(spread))))
-    return list(await asyncio.gather(*tasks))
-
-
 async def bare_outbox_rate(settings: Settings, seconds: float, connections: int) -> float:
     """One-event outbox transactions through shared.db, no HTTP: the ceiling of the API's path."""
     admin = await asyncpg.connect(with_database(settings.server_url, "postgres"))
@@ -152,14 +146,6 @@ async def bare_outbox_rate(settings: Settings, seconds: float, connections: int)
     return rate
 
 
-async def outbox_drained(settings: Settings) -> bool:
-    conn = await asyncpg.connect(settings.database_url_for("opportunities"))
-    try:
-        return not await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-    finally:
-        await conn.close()
-
-
 async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     await kafka.ensure_topics(settings)
     director = {"user": "dir-1", "role": "director"}
@@ -171,8 +157,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             pool = Opportunities(await open_opportunities(opening[0], args.opportunities))
             await throughput(pool, http, min(args.changes, 500), args.concurrency)  # warm-up: connections, statements
             measured = await throughput(pool, http, args.changes, args.concurrency)
-            latencies = await latency_at(pool, http, args.rate, args.seconds)
-        await eventually(lambda: outbox_drained(settings), timeout=120, interval=0.5)
+            # the latency at a steady rate starts once the relay has caught up with the burst
+            await eventually(lambda: outbox_drained(settings, "opportunities"), timeout=120, interval=0.5)
+            spread = itertools.cycle(http)
+            latencies = await open_loop(args.rate, args.seconds, lambda: pool.change(next(spread)))
+        await eventually(lambda: outbox_drained(settings, "opportunities"), timeout=120, interval=0.5)
     bare = await bare_outbox_rate(settings, 3.0, args.concurrency)
     return {**measured, "latency": percentiles(latencies), "samples": len(latencies), "bare": bare}
 
