@@ -378,6 +378,13 @@ async def opportunity_terminated(tx: Transaction, event: CloudEvent) -> None:
     await _apply(tx, event, _status("terminated"))
 
 
+async def opportunity_updated(tx: Transaction, event: CloudEvent) -> None:
+    """An edit without a stage move: its amount, currency, expected close date and product are the common
+    fields every opportunity event carries (the stage it names is the one it is in)."""
+    data = event.data
+    await _apply(tx, event, lambda d: _staged(d, data.get("stage"), data.get("probability")))
+
+
 async def opportunity_owners_changed(tx: Transaction, event: CloudEvent) -> None:
     splits = credited_splits([OwnerSplit(str(e["owner_id"]), int(e["split"])) for e in event.data["owners"]])
     await _apply(tx, event, lambda d: d.shared_by(splits))
@@ -461,6 +468,7 @@ HANDLERS = {
     "sales.opportunity.reactivated.v1": opportunity_reactivated,
     "sales.opportunity.terminated.v1": opportunity_terminated,
     "sales.opportunity.owners_changed.v1": opportunity_owners_changed,
+    "sales.opportunity.updated.v1": opportunity_updated,
     "sales.opportunity.scored.v1": opportunity_scored,
     "sales.contract.signed.v1": contract_signed,
     "sales.contract.terminated.v1": contract_terminated,

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.opportunities import handlers, store
 from services.opportunities.domain import (
@@ -14,6 +14,7 @@ from services.opportunities.domain import (
     Assessment,
     CloseSummary,
     Money,
+    OpportunityEdit,
     Status,
     owner_splits,
     parse_money,
@@ -92,6 +93,19 @@ class OpportunityIn(BaseModel):
     campaign_id: str | None = None
     product: str | None = Field(None, min_length=1, max_length=200,
                                 description="The product or product line it is for; the forecast rolls up by it")
+
+
+class OpportunityChange(BaseModel):
+    """The fields to change; those absent stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")  # a stage or status is changed by its own route, never here
+
+    name: str | None = Field(None, min_length=1, max_length=500)
+    amount: str | None = Field(None, description='Decimal string, e.g. "120000.00"; never a float')
+    currency: str | None = Field(None, description="ISO 4217")
+    expected_close_date: date | None = Field(None, description="null clears it (the forecast then leaves it out)")
+    product: str | None = Field(None, min_length=1, max_length=200, description="null clears it")
+    version: int | None = None
 
 
 class StageIn(BaseModel):
@@ -237,6 +251,19 @@ async def get_opportunity(
 def _answer(row: asyncpg.Record, response: Response) -> dict[str, Any]:
     response.headers["ETag"] = _etag(row["version"])
     return opportunity_json(row)
+
+
+@opportunities.patch("/{opportunity_id}")
+async def edit_opportunity(
+    opportunity_id: str, body: OpportunityChange, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Change the name, amount, currency, expected close date or product of an open or suspended
+    opportunity (the fields given; a closed or terminated one: 409). The stage moves by POST .../stage.
+    A stale If-Match or version gets 412; a change publishes sales.opportunity.updated.v1."""
+    expected = _expected_version(if_match, body.version)
+    changes = OpportunityEdit.of(body.model_dump(exclude_unset=True, exclude={"version"}))
+    return _answer(await handlers.edit(db, actor, opportunity_id, changes, expected), response)
 
 
 @opportunities.post("/{opportunity_id}/stage")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from shared.errors import DomainError, Unprocessable
 
@@ -167,6 +168,7 @@ class Opportunity:
     expected_close_date: date | None = None
     stage_entered_at: datetime | None = None
     version: int = 1
+    product: str | None = None
 
     @property
     def probability(self) -> int:
@@ -240,6 +242,31 @@ class Opportunity:
             raise StatusNotAllowed(f"cannot change the owners of opportunity {self.id}: it is {self.status}")
         return replace(self, owner_id=owners[0].owner_id)
 
+    def edit(self, edit: "OpportunityEdit") -> tuple["Opportunity", dict[str, Any]]:
+        """The opportunity with the edit's fields, and those that changed with their new values (nothing
+        changed: the same opportunity and an empty dict). An open or suspended deal only: a closed one
+        keeps the figures it was closed with, a terminated one is never tracked again."""
+        if self.status not in (Status.OPEN, Status.SUSPENDED):
+            raise StatusNotAllowed(f"cannot edit opportunity {self.id}: it is {self.status}")
+        money = parse_money(edit.amount if edit.amount is not None else self.money.amount,
+                            edit.currency or self.money.currency)
+        edited = replace(
+            self,
+            name=self.name if edit.name is None else edit.name,
+            money=money,
+            expected_close_date=edit.expected_close_date if "expected_close_date" in edit.given
+            else self.expected_close_date,
+            product=edit.product if "product" in edit.given else self.product,
+        )
+        before, after = self.editable_values(), edited.editable_values()
+        changes = {name: value for name, value in after.items() if before[name] != value}
+        return (edited, changes) if changes else (self, {})
+
+    def editable_values(self) -> dict[str, Any]:
+        """The fields an edit may change, by name."""
+        return {"name": self.name, "amount": self.money.amount, "currency": self.money.currency,
+                "expected_close_date": self.expected_close_date, "product": self.product}
+
     def may_take_contract(self) -> None:
         """A contract is drawn up for a won opportunity or one in the contract stage."""
         if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
@@ -253,6 +280,41 @@ class Opportunity:
         if self.stage_entered_at is None:
             return 0
         return max(0, int((at - self.stage_entered_at).total_seconds()))
+
+
+@dataclass(frozen=True)
+class OpportunityEdit:
+    """The fields a PATCH may change; `given` names those the caller sent (expected_close_date and product
+    may be cleared with null; name, amount and currency may not)."""
+
+    given: frozenset[str]
+    name: str | None = None
+    amount: str | None = None
+    currency: str | None = None
+    expected_close_date: date | None = None
+    product: str | None = None
+
+    EDITABLE: ClassVar[tuple[str, ...]] = ("name", "amount", "currency", "expected_close_date", "product")
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> "OpportunityEdit":
+        """From the fields sent (absent ones unchanged); 422 naming the field that cannot be taken."""
+        for required in ("name", "amount", "currency"):
+            if required in values and values[required] is None:
+                raise Unprocessable(f"{required} cannot be null")
+        name = values.get("name")
+        if name is not None and not name.strip():
+            raise Unprocessable("name must not be blank")
+        product = values.get("product")
+        product = product.strip() if isinstance(product, str) and product.strip() else None
+        return cls(
+            given=frozenset(f for f in cls.EDITABLE if f in values),
+            name=None if name is None else name.strip(),
+            amount=values.get("amount"),
+            currency=values.get("currency"),
+            expected_close_date=values.get("expected_close_date"),
+            product=product,
+        )
 
 
 # --- owners and splits ----------------------------------------------------------------------

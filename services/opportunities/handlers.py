@@ -19,6 +19,7 @@ from services.opportunities.domain import (
     ContractStatus,
     Money,
     Opportunity,
+    OpportunityEdit,
     Outcome,
     OwnerSplit,
     StageChange,
@@ -299,8 +300,9 @@ async def list_opportunities(
         )
 
 
-# A change of one opportunity: the changed opportunity, the stage move (if any), extra columns, event.
-Change = tuple[Opportunity, StageChange | None, dict[str, Any], str, dict[str, Any]]
+# A change of one opportunity: the changed opportunity, the stage move (if any), extra columns, event;
+# None when the request changes nothing (no update, no event).
+Change = tuple[Opportunity, StageChange | None, dict[str, Any], str, dict[str, Any]] | None
 
 
 async def _change(
@@ -322,10 +324,13 @@ async def _change(
         actor.check(row["owner_id"], f"opportunity {opportunity_id}")
         check_version(f"opportunity {opportunity_id}", row["version"], expected_version)
         now = _now()
-        changed, move, extra, event_type, event_data = apply(store.to_domain(row), now)
+        change = apply(store.to_domain(row), now)
+        if change is None:
+            return row
+        changed, move, extra, event_type, event_data = change
         recorded = None if move is None else store.RecordedMove(move, actor.user_id, now)
         version = row["version"] + 1  # what the update makes it
-        event = db.event(event_type, opportunity_id, _common(changed, row) | event_data, sequence=version)
+        event = db.event(event_type, opportunity_id, _common(changed) | event_data, sequence=version)
         saved = await store.save_opportunity(
             conn, changed, expected_version=row["version"], move=recorded, events=[event], **extra
         )
@@ -334,9 +339,9 @@ async def _change(
         return saved
 
 
-def _common(changed: Opportunity, loaded: asyncpg.Record) -> dict[str, Any]:
-    """What every event of a changed opportunity carries, from the change and the row it was loaded from
-    (known before it is saved: the event is written by the same statement)."""
+def _common(changed: Opportunity) -> dict[str, Any]:
+    """What every event of a changed opportunity carries, from the change (known before it is saved: the
+    event is written by the same statement)."""
     return {
         "opportunity_id": changed.id,
         "owner_id": changed.owner_id,
@@ -344,7 +349,7 @@ def _common(changed: Opportunity, loaded: asyncpg.Record) -> dict[str, Any]:
         "stage": changed.stage,
         "amount": str(changed.money.amount),
         "currency": changed.money.currency,
-        "product": loaded["product"],
+        "product": changed.product,
     }
 
 
@@ -377,6 +382,38 @@ async def close(
             data["competitor"] = summary.competitor
         type_ = "sales.opportunity.won.v1" if summary.outcome is Outcome.WON else "sales.opportunity.lost.v1"
         return closed, move, extra, type_, data
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+def _event_value(value: Any) -> Any:
+    """An edited field's value as events carry it: amounts as decimal strings, days as ISO dates."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+async def edit(
+    db: Database, actor: Actor, opportunity_id: str, changes: OpportunityEdit, expected_version: int | None
+) -> asyncpg.Record:
+    """Change an open or suspended opportunity's name, amount, currency, expected close date or product
+    without moving its stage; publishes sales.opportunity.updated.v1 with the fields that changed. A
+    request that changes nothing changes nothing (no new version, no event)."""
+
+    def apply(current: Opportunity, now: datetime) -> Change:
+        edited, changed = current.edit(changes)
+        if not changed:
+            return None
+        previous = {f: _event_value(v) for f, v in current.editable_values().items() if f in changed}
+        data = {
+            "name": edited.name, "expected_close_date": _day(edited.expected_close_date),
+            "probability": edited.probability, "changed_fields": sorted(changed),
+            "changes": {f: _event_value(v) for f, v in changed.items()}, "previous": previous,
+            "changed_by": actor.user_id, "changed_at": _ts(now),
+        }
+        return edited, None, changed, "sales.opportunity.updated.v1", data
 
     return await _change(db, actor, opportunity_id, expected_version, apply)
 

@@ -127,6 +127,7 @@ def to_domain(row: Row) -> Opportunity:
         expected_close_date=row["expected_close_date"],
         stage_entered_at=row["stage_entered_at"],
         version=row["version"],
+        product=row["product"],
     )
 
 

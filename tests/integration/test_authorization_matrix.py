@@ -540,6 +540,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("opportunities", "GET /v1/opportunities"): naming(
         "GET", "/v1/opportunities", params=lambda owner: {"owner_id": owner}),
     ("opportunities", "GET /v1/opportunities/{opportunity_id}"): reading("opportunity", "GET", OPPORTUNITY),
+    ("opportunities", "PATCH /v1/opportunities/{opportunity_id}"): changing(
+        "opportunity", "PATCH", OPPORTUNITY, {"amount": "25000.00", "expected_close_date": "2027-03-31"}),
     ("opportunities", "POST /v1/opportunities/{opportunity_id}/stage"): changing(
         "opportunity", "POST", OPPORTUNITY + "/stage", {"stage": "bidding"}),
     ("opportunities", "POST /v1/opportunities/{opportunity_id}/close"): changing(

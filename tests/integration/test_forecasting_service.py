@@ -223,6 +223,50 @@ async def test_a_stage_move_and_a_close_update_the_forecast_and_publish_it(
     assert emptied[-1].data["commit"] == "0.00" and emptied[-1].sequence == len(emptied)
 
 
+async def test_an_edit_without_a_stage_move_moves_the_forecast_once(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer,
+    tables: asyncpg.Pool,
+) -> None:
+    deal = await open_opportunity(clients, settings, "rep-2", "200000.00", "2033-06-10", "GTX Basic")
+    path, headers = f"/v1/opportunities/{deal['id']}", as_(settings, "rep-2")
+
+    async def counted() -> bool:
+        return (await forecast(http, settings, "2033-06")).get("rep-2", {}).get("open_amount") == "200000.00"
+
+    await eventually(counted, timeout=TIMEOUT)
+    edit = {"amount": "260000.00", "expected_close_date": "2033-08-05", "product": "GTX Pro"}
+    edited = await clients["opportunities"].patch(path, json=edit, headers={**headers, "If-Match": '"1"'})
+    assert edited.status_code == 200, edited.text
+
+    async def moved() -> bool:
+        return (await forecast(http, settings, "2033-08")).get("rep-2", {}).get("open_amount") == "260000.00"
+
+    await eventually(moved, timeout=TIMEOUT)
+    assert "rep-2" not in await forecast(http, settings, "2033-06")  # it left June
+    products = await forecast(http, settings, "2033-08", "product")
+    assert products["GTX Pro"]["open_amount"] == "260000.00" and "GTX Basic" not in products
+    august = await published_until(settings, "2033-08/owner/rep-2", lambda data: data["open_amount"] == "260000.00")
+    [update] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.opportunities", count=2, match=deal["id"].encode())
+        if b"sales.opportunity.updated.v1" in r.value]
+    assert august[-1].causationid == update.id  # the edit caused the published row
+    await published_until(settings, "2033-06/owner/rep-2", lambda data: data["open_amount"] == "0.00")
+
+    history = "SELECT count(*) FROM forecast_history WHERE cause_event_id = $1"
+    caused = await tables.fetchval(history, update.id)
+    await send(producer, update)  # redelivered; the next edit (same key) is applied after it
+    again = await clients["opportunities"].patch(path, json={"amount": "270000.00"}, headers=headers)
+    assert again.status_code == 200, again.text
+
+    async def edited_again() -> bool:
+        return (await forecast(http, settings, "2033-08")).get("rep-2", {}).get("open_amount") == "270000.00"
+
+    await eventually(edited_again, timeout=TIMEOUT)
+    assert await tables.fetchval(history, update.id) == caused  # the copy published nothing
+    assert await tables.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", update.id) == 1
+    assert (await forecast(http, settings, "2033-08"))["rep-2"]["deals"] == 1
+
+
 async def test_owner_splits_products_and_yearly_rows(
     clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
 ) -> None:

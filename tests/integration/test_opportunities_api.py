@@ -297,6 +297,64 @@ async def test_only_closed_opportunities_are_archived(http: httpx.AsyncClient, s
         "sales.opportunity.archived.v1", 3, "lost", "mgr-1")
 
 
+# --- editing ------------------------------------------------------------------------------
+
+
+async def patch(http: httpx.AsyncClient, settings: Settings, path: str, body: dict[str, Any], user: str = "rep-1",
+                **headers: str) -> httpx.Response:
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    return await http.patch(path, json=body, headers={**as_(settings, user), **named})
+
+
+async def test_editing_an_open_opportunity_publishes_the_changed_fields(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    opp = await open_opportunity(http, settings, expected_close_date="2026-12-15", product="GTX Basic")
+    path = f"/v1/opportunities/{opp['id']}"
+    edited = await patch(http, settings, path, {"amount": "150000.50", "expected_close_date": "2027-01-20",
+                                                "name": "  Phase two  "}, if_match='"1"')
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["amount"], body["expected_close_date"], body["name"], body["stage"], body["version"]) == (
+        "150000.50", "2027-01-20", "Phase two", "prospecting", 2)
+    assert edited.headers["etag"] == '"2"'
+    cleared = await patch(http, settings, path, {"product": None, "amount": "150000.50", "version": 2})
+    assert (cleared.json()["product"], cleared.json()["version"]) == (None, 3)  # the amount did not change
+    unchanged = await patch(http, settings, path, {"amount": "150000.50"})
+    assert unchanged.json()["version"] == 3  # nothing changed: no new version, no event
+
+    records = await read_topic(settings, "sales.opportunities", count=3, match=opp["id"].encode())
+    events = [parse_and_validate(r.value) for r in records]
+    assert [(e.type, e.sequence) for e in events] == [
+        ("sales.opportunity.created.v1", 1), ("sales.opportunity.updated.v1", 2), ("sales.opportunity.updated.v1", 3)]
+    first, second = events[1].data, events[2].data
+    assert first["changed_fields"] == ["amount", "expected_close_date", "name"]
+    assert first["changes"] == {"amount": "150000.50", "expected_close_date": "2027-01-20", "name": "Phase two"}
+    assert first["previous"]["amount"] == "120000.00" and first["previous"]["expected_close_date"] == "2026-12-15"
+    assert (first["amount"], first["product"], first["stage"], first["changed_by"]) == (
+        "150000.50", "GTX Basic", "prospecting", "rep-1")
+    assert (second["changes"], second["previous"], second["product"]) == (
+        {"product": None}, {"product": "GTX Basic"}, None)
+
+
+async def test_editing_refuses_bad_fields_stale_versions_closed_deals_and_other_scopes(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    opp = await open_opportunity(http, settings)
+    path = f"/v1/opportunities/{opp['id']}"
+    for body, field in [({"amount": 12.5}, "amount"), ({"amount": "1.234"}, "amount"), ({"amount": "-3"}, "amount"),
+                        ({"currency": "yuan"}, "currency"), ({"name": None}, "name"), ({"name": "  "}, "name"),
+                        ({"expected_close_date": "soon"}, "expected_close_date"), ({"stage": "won"}, "stage")]:
+        problem(await patch(http, settings, path, body), 422, field)
+    problem(await patch(http, settings, path, {"amount": "1.00"}, if_match='"7"'), 412, "version 1")
+    problem(await patch(http, settings, path, {"amount": "1.00"}, user="rep-2"), 403)
+    assert (await patch(http, settings, path, {"amount": "1.00"}, user="mgr-1")).status_code == 200
+    await post(http, settings, f"{path}/close", {"outcome": "won", "reason": "signed"})
+    problem(await patch(http, settings, path, {"amount": "2.00"}), 409, "won")
+    got = (await http.get(path, headers=as_(settings, "rep-1"))).json()
+    assert (got["amount"], got["version"]) == ("1.00", 3)
+
+
 # --- concurrency --------------------------------------------------------------------------
 
 

@@ -165,6 +165,14 @@ EXAMPLES = {
         "amount": "365000.00", "currency": "CNY", "stage": "negotiation", "changed_by": "mgr-1",
         "changed_at": "2026-11-20T09:00:00Z",
     },
+    "sales.opportunity.updated.v1": {
+        "opportunity_id": "opp-204", "name": "Smart campus phase 2", "owner_id": "rep-1", "account_id": "acc-51",
+        "stage": "negotiation", "probability": 60, "amount": "420000.00", "currency": "CNY",
+        "expected_close_date": "2027-02-28", "product": "GTX Pro", "changed_fields": ["amount", "expected_close_date"],
+        "changes": {"amount": "420000.00", "expected_close_date": "2027-02-28"},
+        "previous": {"amount": "365000.00", "expected_close_date": "2027-01-31"},
+        "changed_by": "rep-1", "changed_at": "2026-11-21T09:00:00Z",
+    },
     "sales.opportunity.archived.v1": {
         "opportunity_id": "opp-205", "owner_id": "rep-2", "outcome": "lost", "stage": "lost", "amount": "120000",
         "currency": "CNY", "by": "mgr-1", "reason": None, "at": "2027-03-01T00:00:00Z",

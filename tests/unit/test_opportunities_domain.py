@@ -1,6 +1,6 @@
 """The opportunities domain (services/opportunities/domain.py): pipeline, moves, status, money, credit."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,6 +12,7 @@ from services.opportunities.domain import (
     CreditLimitExceeded,
     Money,
     Opportunity,
+    OpportunityEdit,
     StageNotAllowed,
     Status,
     StatusNotAllowed,
@@ -172,3 +173,41 @@ def test_the_contract_lifecycle() -> None:
     for status, action in [("draft", "execute"), ("executed", "terminate"), ("terminated", "sign")]:
         with pytest.raises(StatusNotAllowed, match=f"it is {status}"):
             contract_transition("c", status, action)
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+
+def test_an_edit_changes_the_fields_given_and_names_those_that_moved() -> None:
+    current = opportunity(expected_close_date=date(2026, 12, 1), product="GTX Basic")
+    edited, changes = current.edit(OpportunityEdit.of(
+        {"amount": "1500", "name": " 星河 CRM ", "expected_close_date": None, "product": "GTX Pro"}))
+    assert changes == {"amount": Decimal("1500.00"), "expected_close_date": None, "product": "GTX Pro"}
+    assert (edited.money, edited.name, edited.stage, edited.owner_id) == (
+        Money(Decimal("1500.00")), "星河 CRM", "prospecting", "rep-1")
+    moved_currency, changes = current.edit(OpportunityEdit.of({"currency": "USD"}))
+    assert (moved_currency.money, changes) == (Money(Decimal("1000.00"), "USD"), {"currency": "USD"})
+
+
+def test_an_edit_that_changes_nothing_names_no_field() -> None:
+    current = opportunity(product="GTX Basic")
+    assert current.edit(OpportunityEdit.of({"amount": "1000.00", "product": "GTX Basic"})) == (current, {})
+    assert current.edit(OpportunityEdit.of({})) == (current, {})
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"amount": None}, "amount"), ({"currency": None}, "currency"), ({"name": None}, "name"),
+    ({"name": "   "}, "name"), ({"amount": "12.345"}, "amount"), ({"amount": "-1"}, "amount"),
+    ({"currency": "rmb"}, "currency"),
+])
+def test_an_edit_refuses_what_cannot_be_taken_naming_the_field(values: dict[str, object], field: str) -> None:
+    with pytest.raises(Unprocessable, match=field):
+        opportunity().edit(OpportunityEdit.of(values))
+
+
+@pytest.mark.parametrize("status", [Status.WON, Status.LOST, Status.TERMINATED, Status.ARCHIVED])
+def test_only_an_open_or_suspended_opportunity_is_edited(status: Status) -> None:
+    with pytest.raises(StatusNotAllowed, match=str(status)):
+        opportunity(status=status).edit(OpportunityEdit.of({"amount": "5.00"}))
+    edited, _ = opportunity(status=Status.SUSPENDED).edit(OpportunityEdit.of({"amount": "5.00"}))
+    assert edited.money.amount == Decimal("5.00") and edited.status is Status.SUSPENDED
