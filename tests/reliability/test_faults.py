@@ -6,8 +6,8 @@ and the five services as `funnelcast up` runs them, plus a webhook receiver on 1
 few event types. Each scenario runs the whole flow (captures, touches, grades, conversions, opportunities
 to signed contracts, with scores, forecasts, notifications and webhook deliveries following), injects its
 faults mid-flow, and then waits until every published event is applied by every service that consumes it
-and every subscribed one delivered: 0 lost and 0 applied twice, or the test fails with the table. Each
-scenario is reconciled on the events published during it.
+and every subscribed one delivered: 0 lost, 0 applied twice and no webhook delivery of an event no outbox
+holds, or the test fails with the table. Each scenario is reconciled on the events published during it.
 """
 
 import asyncio

@@ -57,6 +57,7 @@ WEBHOOK_EVENT_TYPES = ("sales.lead.captured.v1", "sales.opportunity.stage_change
 
 class WebhookReceiver:
     """An HTTP endpoint on 127.0.0.1 that answers 204 and records each delivery's `webhook-id` and event id.
+    A request whose body did not arrive whole is no delivery: it is neither recorded nor answered.
 
     A thread of its own, so it answers whatever event loop the caller runs."""
 
@@ -69,7 +70,15 @@ class WebhookReceiver:
             protocol_version = "HTTP/1.1"  # keep-alive, as the notifications service's client expects
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender went away mid-request: a fault SIGKILLed the notifications service after
+                    # it wrote a request's headers (httpcore writes the body separately, after yielding to
+                    # its event loop). Nothing was delivered and nothing is answered: the delivery is due
+                    # again when its lease ends and is sent whole under the same webhook-id.
+                    self.close_connection = True
+                    return
                 try:
                     event_id = str(json.loads(body)["id"])
                 except (ValueError, KeyError, TypeError):
@@ -395,15 +404,15 @@ class Reconciliation:
     webhooks_expected: int = 0  # events of the subscribed types
     webhooks_delivered: int = 0  # of those, delivered at least once
     webhook_id_repeats: int = 0  # deliveries of a webhook-id already delivered (at-least-once HTTP: allowed)
-    # Deliveries of no published event of a subscribed type. Reported, not yet failing the row: one was
-    # seen once (a mixed scenario in a full `make test`, not reproduced alone) and is not explained yet;
-    # its ids are kept to look them up.
+    # Deliveries of no published event of a subscribed type: never allowed (a few of their event ids are
+    # kept, to look them up). Counted over every delivery the receiver has had, so one fails the rows of
+    # the later scenarios as well.
     webhook_strangers: int = 0
     stranger_ids: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return self.lost == 0 and self.applied_twice == 0
+        return self.lost == 0 and self.applied_twice == 0 and self.webhook_strangers == 0
 
 
 @dataclass
