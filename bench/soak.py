@@ -1,9 +1,10 @@
 """Soak: a steady rate of lead captures for a long time, watched minute by minute.
 
-Starts its own embedded Postgres and Tansu, one leads and one scoring service process (as
-`funnelcast up` runs them), then sends captures through the HTTP API open loop at `--rate`/s for
-`--minutes`. A reader of `sales.scores` matches every lead's first `sales.lead.scored.v1` to the
-moment its capture was sent. Every `--window` seconds it prints:
+Starts its own embedded Postgres and Tansu, `--leads-processes` leads service processes and one
+scoring service process (as `funnelcast up` runs them), then sends captures through the HTTP API
+open loop at `--rate`/s for `--minutes` (with aiohttp, whose CPU per request is a fraction of
+httpx's: the client shares the cores with what it measures). A reader of `sales.scores` matches
+every lead's first `sales.lead.scored.v1` to the moment its capture was sent. Every `--window` seconds it prints:
 - captures sent, answered 201, failed; scored leads;
 - capture -> scored latency p50 / p99 of the leads scored in the window;
 - the broker backlog: the scoring group's lag on `sales.leads` (`funnelcast_consumer_lag` from the
@@ -13,7 +14,7 @@ moment its capture was sent. Every `--window` seconds it prints:
 At the end: a PNG chart (`--chart`, default docs/soak.png) and the slope of memory and backlog over
 the second half of the run, the signs of a leak or of falling behind.
 
-Run: .venv/bin/python -m bench.soak [--rate 1000] [--minutes 10] [--window 60]
+Run: .venv/bin/python -m bench.soak [--rate 1000] [--minutes 10] [--window 60] [--leads-processes 2]
 """
 
 import argparse
@@ -27,11 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
+from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_processes
 from shared import kafka
 from shared.settings import Settings
 from tests.support.waiting import eventually
@@ -95,7 +97,7 @@ def gauge_sum(metrics_text: str, name: str) -> float:
     )
 
 
-async def capture(client: httpx.AsyncClient, soak: Soak, serial: int) -> None:
+async def capture(client: aiohttp.ClientSession, soak: Soak, serial: int) -> None:
     body = {
         "contact": {"name": f"访客{serial}", "company": f"公司{serial % 500}", "phone": f"137{serial:08d}"},
         "source": "web_form",
@@ -107,15 +109,16 @@ async def capture(client: httpx.AsyncClient, soak: Soak, serial: int) -> None:
     window.sent += 1
     sent_at = time.perf_counter()
     try:
-        response = await client.post("/v1/leads", json=body)
-    except httpx.HTTPError:
+        async with client.post("/v1/leads", json=body) as response:
+            answer = await response.json() if response.status == 201 else None
+    except (aiohttp.ClientError, TimeoutError):
         window.failed += 1
         return
-    if response.status_code != 201:
+    if answer is None:
         window.failed += 1
         return
     window.answered += 1
-    soak.sent_at[response.json()["id"]] = sent_at
+    soak.sent_at[answer["id"]] = sent_at
 
 
 async def read_scores(settings: Settings, soak: Soak) -> None:
@@ -164,16 +167,18 @@ async def watch(
             await client.aclose()
 
 
-async def send_captures(leads: httpx.AsyncClient, soak: Soak, rate: float, seconds: float) -> None:
-    """Open loop: capture i leaves at start + i / rate, whatever the answers before it."""
+async def send_captures(leads: list[aiohttp.ClientSession], soak: Soak, rate: float, seconds: float) -> None:
+    """Open loop: capture i leaves at start + i / rate, whatever the answers before it, spread over the
+    leads processes."""
     serial = itertools.count(uuid.uuid4().int % 10_000_000)
+    spread = itertools.cycle(leads)
     started = time.perf_counter()
     in_flight: set[asyncio.Task[None]] = set()
     for i in range(int(rate * seconds)):
         delay = started + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(capture(leads, soak, next(serial)))
+        task = asyncio.create_task(capture(next(spread), soak, next(serial)))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     await asyncio.gather(*in_flight)
@@ -240,22 +245,23 @@ def chart(windows: list[Window], path: Path, rate: float) -> None:
 
 
 async def run(
-    settings: Settings, leads_url: str, scoring_url: str, args: argparse.Namespace, servers: dict[str, psutil.Process]
+    settings: Settings, leads_urls: list[str], scoring_url: str, args: argparse.Namespace,
+    servers: dict[str, psutil.Process],
 ) -> Soak:
     soak = Soak(windows=[Window(minute=0.0)])
     await kafka.ensure_topics(settings)
-    async with ready_clients([leads_url, scoring_url], settings, connections=args.connections) as clients:
-        leads, _ = clients
+    services = {f"leads-{n}": url for n, url in enumerate(leads_urls, 1)} | {"scoring": scoring_url}
+    async with (
+        ready_clients(list(services.values()), settings, 1),
+        load_sessions(leads_urls, settings, args.connections) as leads,
+    ):
         processes = {
-            "leads": (listening_process(int(leads_url.rsplit(":", 1)[1])), False),
-            "scoring": (listening_process(int(scoring_url.rsplit(":", 1)[1])), False),
+            **{name: (listening_process(int(url.rsplit(":", 1)[1])), False) for name, url in services.items()},
             "postgres": (servers["postgres"], True),
             "broker": (servers["broker"], False),
         }
         reader = asyncio.create_task(read_scores(settings, soak))
-        watcher = asyncio.create_task(
-            watch(soak, {"leads": leads_url, "scoring": scoring_url}, processes, args.window)
-        )
+        watcher = asyncio.create_task(watch(soak, services, processes, args.window))
         await send_captures(leads, soak, args.rate, args.minutes * 60)
 
         # The scores still on their way count in the last window (bounded: a shortfall shows in the report).
@@ -266,10 +272,12 @@ async def run(
             await eventually(all_scored, timeout=30, interval=0.2)
         watcher.cancel()
         reader.cancel()
-        async with httpx.AsyncClient(base_url=leads_url) as leads_metrics, httpx.AsyncClient(
-            base_url=scoring_url
-        ) as scoring_metrics:
-            await observe(soak, {"leads": leads_metrics, "scoring": scoring_metrics}, processes)
+        metrics = {name: httpx.AsyncClient(base_url=url, timeout=30) for name, url in services.items()}
+        try:
+            await observe(soak, metrics, processes)
+        finally:
+            for client in metrics.values():
+                await client.aclose()
         print(report_line(soak.current), flush=True)
     return soak
 
@@ -279,7 +287,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="captures per second, open loop")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--window", type=float, default=60.0, help="seconds per report line")
-    p.add_argument("--connections", type=int, default=64, help="HTTP connections to the leads service")
+    p.add_argument("--connections", type=int, default=64, help="HTTP connections to each leads process")
+    p.add_argument("--leads-processes", type=int, default=2)
     p.add_argument("--chart", type=Path, default=Path("docs/soak.png"))
     return p
 
@@ -292,10 +301,10 @@ def main() -> None:
             "broker": psutil.Process(stack.broker.pid),
         }
         with (
-            service_processes(stack.settings, "leads", 1) as (leads_url,),
+            service_processes(stack.settings, "leads", args.leads_processes) as leads_urls,
             service_processes(stack.settings, "scoring", 1) as (scoring_url,),
         ):
-            soak = asyncio.run(run(stack.settings, leads_url, scoring_url, args, servers))
+            soak = asyncio.run(run(stack.settings, leads_urls, scoring_url, args, servers))
     sent = sum(w.sent for w in soak.windows)
     answered = sum(w.answered for w in soak.windows)
     elapsed_s = args.minutes * 60
