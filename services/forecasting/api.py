@@ -5,9 +5,10 @@ see everything. A team or region row shown to a rep or manager sums only the dea
 """
 
 import json
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
@@ -16,9 +17,26 @@ from services.forecasting import handlers, store
 from services.forecasting.bookings import wape
 from services.forecasting.charts import ForecastPoint, forecast_vs_actual_svg, funnel_svg
 from services.forecasting.config import forecast_settings
-from services.forecasting.domain import By, InvalidPeriod, Period, PeriodKind, money, parse_period, rank_reps
-from services.forecasting.funnel import CohortDeal, Funnel, Transition, funnel
-from services.forecasting.marketing import CampaignFigures, LeadFact, conversion_by_source_and_grade
+from services.forecasting.domain import (
+    NO_KEY,
+    By,
+    InvalidPeriod,
+    Period,
+    PeriodKind,
+    money,
+    parse_period,
+    rank_reps,
+)
+from services.forecasting.funnel import CohortDeal, Funnel, Transition, funnel, funnels_by
+from services.forecasting.marketing import (
+    Campaign,
+    CampaignActivity,
+    CampaignFigures,
+    LeadFact,
+    company_economics,
+    conversion_by_source_and_grade,
+    economics_by,
+)
 from shared.auth import Principal, may_act_on, visible_owners
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.org import Organisation, Role
@@ -270,6 +288,41 @@ async def get_forecast_accuracy(
                     wape=None if error_rate is None else f"{error_rate * 100:.1f}")
 
 
+Breakdown = Literal["owner", "team", "region"]
+BreakdownQuery = Annotated[Breakdown | None, Query(description="also one answer per owner, team or region")]
+OwnerQuery = Annotated[str | None, Query(description="only this owner's deals and leads")]
+TeamQuery = Annotated[str | None, Query(description="only the deals and leads of this team's members")]
+RegionQuery = Annotated[str | None, Query(description="only the deals and leads of the owners in this region")]
+
+
+def _owners_asked(
+    principal: Principal, org: Organisation, owner_id: str | None, team: str | None, region: str | None
+) -> set[str] | None:
+    """The owners whose figures the caller asks for: their scope, narrowed to one owner, a team's members
+    or a region's owners (None: everyone's, unowned records too). Naming only owners outside the scope: 403."""
+    owners = visible_owners(principal, org)
+    placements = {user_id: handlers.placement(org, user_id) for user_id in org.users}
+    asked: list[tuple[str, set[str]]] = []
+    if owner_id is not None:
+        asked.append((owner_id, {owner_id}))
+    if team is not None:
+        asked.append((team, {u for u, place in placements.items() if place.team == team}))
+    if region is not None:
+        asked.append((region, {u for u, place in placements.items() if place.region == region}))
+    for value, members in asked:
+        allowed = members if owners is None else members & owners
+        if owners is not None and not allowed:
+            raise Forbidden(f"{value} is outside {principal.user_id}'s scope")
+        owners = allowed
+    return owners
+
+
+def _key_of(org: Organisation, by: Breakdown) -> Callable[[str | None], str]:
+    """Where an owner's records roll up by owner, team or region (a record without owner: unassigned)."""
+    breakdown = By(by)
+    return lambda owner: NO_KEY if owner is None else handlers.placement(org, owner).key(breakdown, owner)
+
+
 class StageOut(BaseModel):
     stage: str
     reached: int
@@ -278,11 +331,7 @@ class StageOut(BaseModel):
     median_days_in_stage: float | None
 
 
-class FunnelOut(BaseModel):
-    period: str
-    currency: str
-    scope: str
-    owner_id: str | None
+class FunnelFigures(BaseModel):
     deals: int
     stages: list[StageOut]
     won: int
@@ -291,14 +340,35 @@ class FunnelOut(BaseModel):
     win_rate: float | None
     median_sales_cycle_days: float | None
 
+    @classmethod
+    def of(cls, figures: Funnel) -> "FunnelFigures":
+        return cls(
+            deals=figures.deals, won=figures.won, lost=figures.lost, won_amount=money(figures.won_amount),
+            win_rate=figures.win_rate, median_sales_cycle_days=figures.median_sales_cycle_days,
+            stages=[StageOut(stage=s.stage, reached=s.reached, amount=money(s.amount),
+                             conversion_to_next=s.conversion_to_next, median_days_in_stage=s.median_days_in_stage)
+                    for s in figures.stages],
+        )
 
-async def _funnel(db: ServiceDatabase, principal: Principal, org: Organisation, period: Period,
-                  owner_id: str | None) -> Funnel:
-    owners = visible_owners(principal, org)
-    if owner_id is not None:
-        if owners is not None and owner_id not in owners:
-            raise Forbidden(f"{owner_id} is outside {principal.user_id}'s scope")
-        owners = {owner_id}
+
+class FunnelRow(FunnelFigures):
+    key: str
+
+
+class FunnelOut(FunnelFigures):
+    period: str
+    currency: str
+    scope: str
+    owner_id: str | None
+    team: str | None = None
+    region: str | None = None
+    by: Breakdown | None = None
+    rows: list[FunnelRow] = Field(default_factory=list, description="one funnel per key of `by` (empty without)")
+
+
+async def _cohort(
+    db: ServiceDatabase, owners: set[str] | None, period: Period
+) -> tuple[list[CohortDeal], dict[str, list[Transition]]]:
     async with db.pool.acquire() as conn:
         rows = await store.cohort(conn, period.start, period.end, None if owners is None else sorted(owners))
         moves = await store.transitions(conn, [r["opportunity_id"] for r in rows])
@@ -306,27 +376,27 @@ async def _funnel(db: ServiceDatabase, principal: Principal, org: Organisation, 
     for move in moves:
         by_deal.setdefault(move["opportunity_id"], []).append(
             Transition(move["opportunity_id"], move["to_stage"], move["at"]))
-    return funnel([CohortDeal(r["opportunity_id"], r["amount"], r["opened_on"], r["closed_on"], r["status"])
-                   for r in rows], by_deal)
+    deals = [CohortDeal(r["opportunity_id"], r["amount"], r["opened_on"], r["closed_on"], r["status"], r["owner_id"])
+             for r in rows]
+    return deals, by_deal
 
 
 @router.get("/funnel", response_model=FunnelOut)
 async def get_funnel(
     principal: CurrentPrincipal, org: Org, db: ServiceDatabase, period: Annotated[str, Query()],
-    owner_id: str | None = None,
+    owner_id: OwnerQuery = None, team: TeamQuery = None, region: RegionQuery = None, by: BreakdownQuery = None,
 ) -> FunnelOut:
-    """The funnel of the deals opened in the period (the caller's scope, or one owner's): how many
-    reached each stage and with what amount, conversion to the next stage, median days in each stage,
-    win rate and median sales cycle."""
+    """The funnel of the deals opened in the period (the caller's scope, narrowed to one owner, team or
+    region): how many reached each stage and with what amount, conversion to the next stage, median days
+    in each stage, win rate and median sales cycle; with `by`, the same per owner, team or region too
+    (a deal under its primary owner's)."""
     wanted = _period(period)
-    figures = await _funnel(db, principal, org, wanted, owner_id)
+    deals, moves = await _cohort(db, _owners_asked(principal, org, owner_id, team, region), wanted)
+    rows = [] if by is None else [FunnelRow(key=key, **FunnelFigures.of(figures).model_dump())
+                                  for key, figures in funnels_by(deals, moves, _key_of(org, by)).items()]
     return FunnelOut(
         period=wanted.name, currency=forecast_settings().currency, scope=_scope(principal), owner_id=owner_id,
-        deals=figures.deals, won=figures.won, lost=figures.lost, won_amount=money(figures.won_amount),
-        win_rate=figures.win_rate, median_sales_cycle_days=figures.median_sales_cycle_days,
-        stages=[StageOut(stage=s.stage, reached=s.reached, amount=money(s.amount),
-                         conversion_to_next=s.conversion_to_next, median_days_in_stage=s.median_days_in_stage)
-                for s in figures.stages],
+        team=team, region=region, by=by, rows=rows, **FunnelFigures.of(funnel(deals, moves)).model_dump(),
     )
 
 
@@ -350,38 +420,83 @@ class CampaignOut(BaseModel):
     roi: float | None
 
 
-class MarketingOut(BaseModel):
-    period: str
-    currency: str
-    conversion: list[ConversionOut] = Field(description="leads captured in the period, by source and grade")
-    campaigns: list[CampaignOut] = Field(description="every campaign, over all its leads and won deals")
+def _conversion(leads: list[LeadFact]) -> list[ConversionOut]:
+    return [ConversionOut(source=c.source, grade=c.grade, leads=c.leads, converted=c.converted, conversion_rate=c.rate)
+            for c in conversion_by_source_and_grade(leads)]
 
 
-@router.get("/funnel/marketing", response_model=MarketingOut)
-async def get_marketing_funnel(_: EveryOwner, db: ServiceDatabase, period: Annotated[str, Query()]) -> MarketingOut:
-    """Lead-to-opportunity conversion by source and grade for the leads captured in the period; cost per
-    lead, customer acquisition cost and ROI per campaign (directors, admins, integrations)."""
-    wanted = _period(period)
-    rates = forecast_settings().conversion()
-    async with db.pool.acquire() as conn:
-        leads = await store.leads_captured(conn, wanted.start, wanted.end)
-        campaigns = await store.campaign_figures(conn)
-    conversion = conversion_by_source_and_grade([LeadFact(r["source"], r["grade"], r["converted"]) for r in leads])
-    figures = [CampaignFigures(r["campaign_id"], r["name"], rates.convert(r["actual_cost"], r["currency"]),
-                               r["leads"], r["deals_won"], r["won_amount"]) for r in campaigns]
-
+def _campaigns(figures: list[CampaignFigures]) -> list[CampaignOut]:
     def amount(value: Decimal | None) -> str | None:
         return None if value is None else money(value)
 
-    return MarketingOut(
-        period=wanted.name, currency=rates.currency,
-        conversion=[ConversionOut(source=c.source, grade=c.grade, leads=c.leads, converted=c.converted,
-                                  conversion_rate=c.rate) for c in conversion],
-        campaigns=[CampaignOut(campaign_id=c.campaign_id, name=c.name, cost=amount(c.cost), leads=c.leads,
-                               deals_won=c.deals_won, won_amount=money(c.won_amount),
-                               cost_per_lead=amount(c.cost_per_lead), acquisition_cost=amount(c.acquisition_cost),
-                               roi=None if c.roi is None else float(c.roi)) for c in figures],
-    )
+    return [CampaignOut(campaign_id=c.campaign_id, name=c.name, cost=amount(c.cost), leads=c.leads,
+                        deals_won=c.deals_won, won_amount=money(c.won_amount), cost_per_lead=amount(c.cost_per_lead),
+                        acquisition_cost=amount(c.acquisition_cost), roi=None if c.roi is None else float(c.roi))
+            for c in figures]
+
+
+class MarketingRow(BaseModel):
+    key: str
+    conversion: list[ConversionOut]
+    campaigns: list[CampaignOut]
+
+
+class MarketingOut(BaseModel):
+    period: str
+    currency: str
+    scope: str = Field(description="all, team or own: whose leads and deals the figures count")
+    campaigns_over: Literal["lifetime", "period"] = Field(
+        description="lifetime: each campaign's whole life; period: its leads captured, deals won and cost in it")
+    by: Breakdown | None = None
+    conversion: list[ConversionOut] = Field(description="leads captured in the period, by source and grade")
+    campaigns: list[CampaignOut] = Field(description="the campaigns, over `campaigns_over`")
+    rows: list[MarketingRow] = Field(default_factory=list, description="the same per key of `by` (empty without)")
+
+
+@router.get("/funnel/marketing", response_model=MarketingOut)
+async def get_marketing_funnel(
+    principal: CurrentPrincipal, org: Org, db: ServiceDatabase, period: Annotated[str, Query()],
+    campaigns: Annotated[Literal["lifetime", "period"], Query(
+        description="each campaign over its whole life (the default) or over the period")] = "lifetime",
+    owner_id: OwnerQuery = None, team: TeamQuery = None, region: RegionQuery = None, by: BreakdownQuery = None,
+) -> MarketingOut:
+    """Lead-to-opportunity conversion by source and grade for the leads captured in the period; cost per
+    lead, customer acquisition cost and ROI per campaign, over its whole life or over the period. Reps see
+    their own leads and deals, managers their team's, directors everyone's; narrowed to one owner, team or
+    region, and with `by` also per owner, team or region. Everyone's figures carry each campaign's whole
+    cost; a part of them (a scope, an owner, a team, a region) is charged the share of each campaign's
+    cost that its leads are of the campaign's leads."""
+    wanted = _period(period)
+    owners = _owners_asked(principal, org, owner_id, team, region)
+    window = (wanted.start, wanted.end) if campaigns == "period" else None
+    rates = forecast_settings().conversion()
+    async with db.pool.acquire() as conn:
+        asked = None if owners is None else sorted(owners)
+        lead_rows = await store.leads_captured(conn, wanted.start, wanted.end, asked)
+        campaign_rows = await store.campaigns(conn)
+        activity_rows = await store.campaign_activity(conn, *(window or (None, None)))
+    leads = [LeadFact(r["source"], r["grade"], r["converted"], r["owner_id"]) for r in lead_rows]
+    known = [Campaign(r["campaign_id"], r["name"], rates.convert(r["actual_cost"], r["currency"]), r["starts_on"],
+                      r["ends_on"], r["leads_lifetime"]) for r in campaign_rows]
+    activity = [CampaignActivity(r["campaign_id"], r["owner_id"], r["leads"], r["deals_won"], r["won_amount"])
+                for r in activity_rows]
+    if owners is None:
+        overall = company_economics(known, activity, window)
+    else:
+        overall = economics_by(known, activity, window, lambda o: "asked" if o in owners else None).get("asked", [])
+    rows: list[MarketingRow] = []
+    if by is not None:
+        key_of = _key_of(org, by)
+        per_key = economics_by(known, activity, window,
+                               lambda o: key_of(o) if owners is None or o in owners else None)
+        leads_per_key: dict[str, list[LeadFact]] = {}
+        for lead in leads:
+            leads_per_key.setdefault(key_of(lead.owner_id), []).append(lead)
+        rows = [MarketingRow(key=key, conversion=_conversion(leads_per_key.get(key, [])),
+                             campaigns=_campaigns(per_key.get(key, [])))
+                for key in sorted(set(per_key) | set(leads_per_key))]
+    return MarketingOut(period=wanted.name, currency=rates.currency, scope=_scope(principal), campaigns_over=campaigns,
+                        by=by, conversion=_conversion(leads), campaigns=_campaigns(overall), rows=rows)
 
 
 SVG = "image/svg+xml"
@@ -390,12 +505,12 @@ SVG = "image/svg+xml"
 @router.get("/charts/funnel.svg", response_class=Response, responses={200: {"content": {SVG: {}}}})
 async def get_funnel_chart(
     principal: CurrentPrincipal, org: Org, db: ServiceDatabase, period: Annotated[str, Query()],
-    owner_id: str | None = None,
+    owner_id: OwnerQuery = None, team: TeamQuery = None, region: RegionQuery = None,
 ) -> Response:
     """The funnel of GET /v1/funnel as an SVG picture."""
     wanted = _period(period)
-    figures = await _funnel(db, principal, org, wanted, owner_id)
-    title = f"Funnel {wanted.name}" + (f" · {owner_id}" if owner_id else "")
+    figures = funnel(*await _cohort(db, _owners_asked(principal, org, owner_id, team, region), wanted))
+    title = " · ".join([f"Funnel {wanted.name}", *(v for v in (owner_id, team, region) if v)])
     return Response(funnel_svg(figures, title, forecast_settings().currency), media_type=SVG)
 
 

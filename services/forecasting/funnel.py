@@ -8,7 +8,7 @@ of a won deal; time in stage is how long deals stayed in a stage before their ne
 """
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -24,6 +24,7 @@ class CohortDeal:
     opened_on: date | None
     closed_on: date | None
     status: str
+    owner_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,14 @@ def funnel(deals: Sequence[CohortDeal], transitions: Mapping[str, Sequence[Trans
         win_rate=len(won) / (len(won) + len(lost)) if won or lost else None,
         median_sales_cycle_days=statistics.median(cycles) if cycles else None,
     )
+
+
+def funnels_by(
+    deals: Sequence[CohortDeal], transitions: Mapping[str, Sequence[Transition]],
+    key_of: Callable[[str | None], str],
+) -> dict[str, Funnel]:
+    """One funnel per key (an owner, their team or region, as `key_of` places a deal's owner)."""
+    grouped: dict[str, list[CohortDeal]] = {}
+    for deal in deals:
+        grouped.setdefault(key_of(deal.owner_id), []).append(deal)
+    return {key: funnel(members, transitions) for key, members in sorted(grouped.items())}

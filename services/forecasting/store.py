@@ -272,20 +272,36 @@ async def save_campaign(
         campaign_id, name, channel, actual_cost, currency, starts_on, ends_on)
 
 
-async def leads_captured(conn: Connection, since: date, until: date) -> list[asyncpg.Record]:
+async def leads_captured(conn: Connection, since: date, until: date, owners: list[str] | None) -> list[asyncpg.Record]:
+    """The leads captured in [since, until] (held by these owners; None: everyone's, unowned ones too)."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT source, grade, converted_on IS NOT NULL AS converted FROM leads WHERE captured_on BETWEEN $1 AND $2",
-        since, until)
+        "SELECT source, grade, owner_id, converted_on IS NOT NULL AS converted FROM leads"
+        " WHERE captured_on BETWEEN $1 AND $2 AND ($3::text[] IS NULL OR owner_id = ANY($3))",
+        since, until, owners)
     return rows
 
 
-async def campaign_figures(conn: Connection) -> list[asyncpg.Record]:
-    """Per campaign: its cost and currency, its leads, and the deals attributed to it that were won."""
+async def campaigns(conn: Connection) -> list[asyncpg.Record]:
+    """Every campaign: its cost and currency, its run, and how many leads it brought in all."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT c.campaign_id, c.name, c.actual_cost, c.currency,"
-        " (SELECT count(*) FROM leads l WHERE l.campaign_id = c.campaign_id) AS leads,"
-        " (SELECT count(*) FROM deals d WHERE d.campaign_id = c.campaign_id AND d.status = 'won') AS deals_won,"
-        " (SELECT coalesce(sum(amount_reporting), 0) FROM deals d WHERE d.campaign_id = c.campaign_id"
-        "  AND d.status = 'won') AS won_amount"
+        "SELECT c.campaign_id, c.name, c.actual_cost, c.currency, c.starts_on, c.ends_on,"
+        " (SELECT count(*) FROM leads l WHERE l.campaign_id = c.campaign_id) AS leads_lifetime"
         " FROM campaigns c ORDER BY c.campaign_id")
+    return rows
+
+
+async def campaign_activity(conn: Connection, since: date | None, until: date | None) -> list[asyncpg.Record]:
+    """Per campaign and owner: the campaign's leads they hold (captured in [since, until]) and the deals
+    attributed to it that they won (closed in it); None: over the campaigns' whole life."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "WITH brought AS (SELECT campaign_id, owner_id, count(*) AS leads FROM leads"
+        "  WHERE campaign_id IS NOT NULL AND ($1::date IS NULL OR captured_on BETWEEN $1 AND $2) GROUP BY 1, 2),"
+        " won AS (SELECT campaign_id, owner_id, count(*) AS deals_won, coalesce(sum(amount_reporting), 0) AS won_amount"
+        "  FROM deals WHERE campaign_id IS NOT NULL AND status = 'won'"
+        "  AND ($1::date IS NULL OR closed_on BETWEEN $1 AND $2) GROUP BY 1, 2)"
+        " SELECT campaign_id, owner_id, coalesce(brought.leads, 0) AS leads, coalesce(won.deals_won, 0) AS deals_won,"
+        " coalesce(won.won_amount, 0) AS won_amount"
+        " FROM brought FULL JOIN won USING (campaign_id, owner_id)"
+        " WHERE campaign_id IN (SELECT campaign_id FROM campaigns)",
+        since, until)
     return rows

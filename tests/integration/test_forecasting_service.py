@@ -497,15 +497,29 @@ async def test_funnel_bookings_forecast_accuracy_and_charts(
     assert chart.status_code == 200 and chart.text.count("<circle") >= 1
 
 
+def campaign_created(campaign: str, cost: str, starts_on: str, ends_on: str) -> CloudEvent:
+    return CloudEvent(type="sales.campaign.created.v1", source="/funnelcast/leads", subject=campaign, sequence=1, data={
+        "campaign_id": campaign, "name": "展会推广", "channel": "event", "status": "running", "budget": cost,
+        "actual_cost": cost, "currency": "CNY", "starts_on": starts_on, "ends_on": ends_on,
+        "created_at": f"{starts_on}T00:00:00Z"})
+
+
+async def win_for_campaign(producer: AIOKafkaProducer, campaign: str, owner: str, amount: str, day: str) -> None:
+    """A deal attributed to the campaign, opened and won on `day`."""
+    opp = f"opp-{uuid.uuid4()}"
+    opened = created(opp, owner, amount, day)
+    await send(producer, CloudEvent(type=opened.type, source=opened.source, subject=opp, sequence=1,
+                                    data={**opened.data, "campaign_id": campaign}))
+    await send(producer, opportunity_event(
+        "sales.opportunity.won.v1", opp, 2, opportunity_id=opp, amount=amount, currency="CNY", owner_id=owner,
+        reason="活动签约", closed_at=f"{day}T08:00:00Z", closed_by=owner))
+
+
 async def test_lead_conversion_and_campaign_economics(
     http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
     campaign, month = f"camp-{uuid.uuid4()}", "2031-02"
-    await send(producer, CloudEvent(
-        type="sales.campaign.created.v1", source="/funnelcast/leads", subject=campaign, sequence=1, data={
-            "campaign_id": campaign, "name": "春季展会", "channel": "event", "status": "running", "budget": "20000.00",
-            "actual_cost": "12000.00", "currency": "CNY", "starts_on": "2031-02-01", "ends_on": "2031-02-28",
-            "created_at": "2031-01-20T08:00:00Z"}))
+    await send(producer, campaign_created(campaign, "12000.00", "2031-02-01", "2031-02-28"))
     leads = [f"lead-{uuid.uuid4()}" for _ in range(3)]
     for lead, grade in zip(leads, ("H", "H", "B"), strict=True):
         await send(producer, CloudEvent(
@@ -521,13 +535,7 @@ async def test_lead_conversion_and_campaign_economics(
             "campaign_id": campaign, "converted_by": "rep-1",
             "opportunity": {"name": "展会项目", "amount": None, "currency": "CNY", "expected_close_date": None},
             "converted_at": "2031-02-12T08:00:00Z"}))
-    opp = f"opp-{uuid.uuid4()}"
-    opened = created(opp, "rep-1", "48000.00", "2031-03-30")
-    await send(producer, CloudEvent(type=opened.type, source=opened.source, subject=opp, sequence=1,
-                                    data={**opened.data, "campaign_id": campaign}))
-    await send(producer, opportunity_event(
-        "sales.opportunity.won.v1", opp, 2, opportunity_id=opp, amount="48000.00", currency="CNY", owner_id="rep-1",
-        reason="展会签约", closed_at="2031-02-27T08:00:00Z", closed_by="rep-1"))
+    await win_for_campaign(producer, campaign, "rep-1", "48000.00", "2031-02-27")
 
     async def economics() -> dict[str, Any] | None:
         response = await http.get("/v1/funnel/marketing", params={"period": month}, headers=as_(settings, "dir-1"))
@@ -545,5 +553,94 @@ async def test_lead_conversion_and_campaign_economics(
     assert row["roi"] == 3.0
     by_grade = {r["grade"]: r for r in body["conversion"] if r["source"] == "event"}
     assert (by_grade["H"]["leads"], by_grade["H"]["converted"], by_grade["B"]["conversion_rate"]) == (2, 1, 0.0)
-    refused = await http.get("/v1/funnel/marketing", params={"period": month}, headers=as_(settings, "rep-1"))
+    own = await http.get("/v1/funnel/marketing", params={"period": month}, headers=as_(settings, "rep-1"))
+    assert own.status_code == 200 and own.json()["scope"] == "own"  # a rep sees their own leads' figures
+    [mine] = [c for c in own.json()["campaigns"] if c["campaign_id"] == campaign]
+    assert (mine["leads"], mine["cost"], mine["deals_won"]) == (3, "12000.00", 1)  # rep-1 holds every lead
+
+
+def lead_captured(lead: str, owner: str, campaign: str, day: str) -> CloudEvent:
+    return CloudEvent(type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead, sequence=1, data={
+        "lead_id": lead, "source": "event", "grade": "A", "owner_id": owner, "campaign_id": campaign, "region": None,
+        "captured_at": f"{day}T08:00:00Z", "contact": {"name": "访客", "company": None, "phone": None,
+                                                        "email": f"{lead}@example.test"}})
+
+
+async def test_campaign_economics_per_period_and_team_and_scope(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+) -> None:
+    campaign, month = f"camp-{uuid.uuid4()}", "2034-02"
+    # 90 days, 28 of them in February
+    await send(producer, campaign_created(campaign, "9000.00", "2034-01-01", "2034-03-31"))
+    for owner, day in [("rep-1", "2034-02-05"), ("rep-1", "2034-02-06"), ("rep-3", "2034-02-07"),
+                       ("rep-1", "2034-01-10")]:
+        await send(producer, lead_captured(f"lead-{uuid.uuid4()}", owner, campaign, day))
+    await win_for_campaign(producer, campaign, "rep-3", "30000.00", "2034-02-20")
+
+    async def marketing(user: str = "dir-1", **params: str) -> dict[str, Any]:
+        response = await http.get("/v1/funnel/marketing", params={"period": month, **params},
+                                   headers=as_(settings, user))
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def ours(campaigns: list[dict[str, Any]]) -> dict[str, Any]:
+        [row] = [c for c in campaigns if c["campaign_id"] == campaign]
+        return row
+
+    async def arrived() -> bool:
+        lifetime = [c for c in (await marketing())["campaigns"] if c["campaign_id"] == campaign]
+        return [(c["leads"], c["deals_won"]) for c in lifetime] == [(4, 1)]
+
+    await eventually(arrived, timeout=TIMEOUT)
+    period = await marketing(campaigns="period", by="team")
+    assert period["campaigns_over"] == "period"
+    whole = ours(period["campaigns"])
+    assert (whole["cost"], whole["leads"], whole["cost_per_lead"], whole["acquisition_cost"]) == (
+        "2800.00", 3, "933.33", "2800.00")
+    assert round(whole["roi"], 4) == round((30000 - 2800) / 2800, 4)
+    teams = {row["key"]: row for row in period["rows"]}
+    east, north = ours(teams["east"]["campaigns"]), ours(teams["north"]["campaigns"])
+    assert (east["cost"], east["leads"], east["deals_won"]) == ("1866.67", 2, 0)  # cost follows the leads
+    assert (north["cost"], north["leads"], north["deals_won"], north["won_amount"]) == ("933.33", 1, 1, "30000.00")
+    assert [(c["source"], c["grade"], c["leads"]) for c in teams["east"]["conversion"]
+            if c["source"] == "event" and c["grade"] == "A"][0][2] >= 2
+    in_region = ours((await marketing(campaigns="period", region="华北"))["campaigns"])
+    assert in_region == north
+    managed = await marketing("mgr-1", campaigns="period", by="owner")
+    assert managed["scope"] == "team" and ours(managed["campaigns"]) == east
+    assert {row["key"] for row in managed["rows"]} <= {"rep-1", "rep-2", "mgr-1"}
+    outside = await http.get("/v1/funnel/marketing", params={"period": month, "team": "north"},
+                             headers=as_(settings, "mgr-1"))
+    assert outside.status_code == 403
+
+
+async def test_the_funnel_per_team_and_region_in_one_call(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
+) -> None:
+    month = f"{datetime.now(UTC).date():%Y-%m}"
+    north_deal = await open_opportunity(clients, settings, "rep-3", "10000.00", "2031-12-31")
+    await move(clients, settings, north_deal, "bidding")
+
+    async def funnel(user: str = "dir-1", **params: str) -> dict[str, Any]:
+        response = await http.get("/v1/funnel", params={"period": month, **params}, headers=as_(settings, user))
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def counted() -> bool:
+        stage = await tables.fetchval("SELECT stage FROM deals WHERE opportunity_id = $1", north_deal["id"])
+        return bool(stage == "bidding")
+
+    await eventually(counted, timeout=TIMEOUT)
+    body = await funnel(by="team")
+    rows = {row["key"]: row for row in body["rows"]}
+    assert sum(row["deals"] for row in rows.values()) == body["deals"]
+    north = await funnel(team="north")
+    figures = ("deals", "stages", "won", "lost", "won_amount", "win_rate", "median_sales_cycle_days")
+    assert {k: north[k] for k in figures} == {k: rows["north"][k] for k in figures}
+    assert north["stages"][1]["reached"] >= 1  # the deal moved to bidding
+    by_region = {row["key"]: row for row in (await funnel(by="region"))["rows"]}
+    assert {k: by_region["华北"][k] for k in figures} == {k: north[k] for k in figures}
+    managed = await funnel("mgr-1", by="team")
+    assert [row["key"] for row in managed["rows"]] == ["east"] and managed["deals"] == rows["east"]["deals"]
+    refused = await http.get("/v1/funnel", params={"period": month, "team": "north"}, headers=as_(settings, "mgr-1"))
     assert refused.status_code == 403

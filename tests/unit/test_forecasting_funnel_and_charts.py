@@ -73,3 +73,52 @@ def test_lead_conversion_by_source_and_grade_and_campaign_economics() -> None:
     assert (campaign.cost_per_lead, campaign.acquisition_cost, campaign.roi) == (250, 5000, 4)
     unpriced = CampaignFigures("c2", "other currency", None, leads=3, deals_won=0, won_amount=Decimal(0))
     assert (unpriced.cost_per_lead, unpriced.acquisition_cost, unpriced.roi) == (None, None, None)
+
+
+def test_one_funnel_per_key_of_the_deals_owners() -> None:
+    from services.forecasting.funnel import funnels_by
+
+    deals, transitions = cohort()
+    owned = [CohortDeal(d.opportunity_id, d.amount, d.opened_on, d.closed_on, d.status, owner)
+             for d, owner in zip(deals, ("rep-1", "rep-3", "rep-1", None), strict=True)]
+    teams = {"rep-1": "east", "rep-3": "north"}
+    per_team = funnels_by(owned, transitions, lambda owner: teams.get(owner or "", "unassigned"))
+    assert list(per_team) == ["east", "north", "unassigned"]
+    assert (per_team["east"].deals, per_team["east"].won, per_team["east"].won_amount) == (2, 1, Decimal(300))
+    assert (per_team["unassigned"].lost, per_team["north"].stages[1].reached) == (1, 1)
+    assert sum(f.deals for f in per_team.values()) == funnel(owned, transitions).deals
+
+
+def test_a_campaigns_cost_in_a_period_follows_its_run_else_its_leads() -> None:
+    from services.forecasting.marketing import Campaign, cost_in_window
+
+    first_quarter = Campaign("c1", "推广", Decimal(9000), date(2034, 1, 1), date(2034, 3, 31), leads_lifetime=4)
+    february = (date(2034, 2, 1), date(2034, 2, 28))
+    assert cost_in_window(first_quarter, february, leads_in_window=0) == Decimal(9000) * 28 / 90
+    assert cost_in_window(first_quarter, (date(2034, 4, 1), date(2034, 4, 30)), 0) == 0
+    assert cost_in_window(first_quarter, None, 0) == 9000  # the whole life
+    undated = Campaign("c2", "转介绍", Decimal(1000), None, None, leads_lifetime=4)
+    assert cost_in_window(undated, february, leads_in_window=1) == 250
+    assert cost_in_window(Campaign("c3", "x", Decimal(1000), None, None, 0), february, 0) is None
+    assert cost_in_window(Campaign("c4", "x", None, None, None, 4), february, 1) is None  # no rate
+
+
+def test_a_campaigns_cost_is_charged_to_the_owners_of_its_leads() -> None:
+    from services.forecasting.marketing import Campaign, CampaignActivity, company_economics, economics_by
+
+    campaigns = [Campaign("c1", "推广", Decimal(3000), None, None, leads_lifetime=3),
+                 Campaign("c2", "no leads yet", Decimal(500), None, None, leads_lifetime=0)]
+    activity = [CampaignActivity("c1", "rep-1", 2, 0, Decimal(0)), CampaignActivity("c1", "rep-3", 1, 1, Decimal(9000)),
+                CampaignActivity("c1", None, 0, 1, Decimal(100))]
+    [whole, unstarted] = company_economics(campaigns, activity, None)
+    assert (whole.cost, whole.leads, whole.deals_won, whole.won_amount) == (3000, 3, 2, 9100)
+    assert (unstarted.cost, unstarted.leads) == (500, 0)  # listed with its whole cost
+    teams = {"rep-1": "east", "rep-3": "north"}
+    per_team = economics_by(campaigns, activity, None, lambda owner: teams.get(owner or "", "unassigned"))
+    [east], [north], [unowned] = per_team["east"], per_team["north"], per_team["unassigned"]
+    assert (east.cost, east.leads, east.deals_won) == (2000, 2, 0)
+    assert (north.cost, north.acquisition_cost, north.roi) == (1000, 1000, 8)
+    assert (unowned.cost, unowned.deals_won, unowned.acquisition_cost) == (0, 1, 0)  # a won deal without a lead
+    assert sum((f.cost or Decimal(0)) for rows in per_team.values() for f in rows) == whole.cost
+    only_north = economics_by(campaigns, activity, None, lambda owner: "asked" if owner == "rep-3" else None)
+    assert only_north == {"asked": [north]}
