@@ -61,6 +61,7 @@ class Soak:
     windows: list[Window]
     sent_at: dict[str, float] = field(default_factory=dict)  # lead id -> when its capture was sent
     scored: set[str] = field(default_factory=set)
+    failures: dict[str, int] = field(default_factory=dict)  # exception name -> captures it failed
 
     @property
     def current(self) -> Window:
@@ -111,8 +112,9 @@ async def capture(client: aiohttp.ClientSession, soak: Soak, serial: int) -> Non
     try:
         async with client.post("/v1/leads", json=body) as response:
             answer = await response.json() if response.status == 201 else None
-    except (aiohttp.ClientError, TimeoutError):
+    except Exception as exc:  # noqa: BLE001 - a capture that failed in any way is counted, by kind
         window.failed += 1
+        soak.failures[type(exc).__name__] = soak.failures.get(type(exc).__name__, 0) + 1
         return
     if answer is None:
         window.failed += 1
@@ -313,6 +315,8 @@ def main() -> None:
         f"{len(soak.scored):,} scored; all latencies: "
         + "  ".join(f"{k} {v:.1f} ms" for k, v in percentiles([x for w in soak.windows for x in w.latencies_s]).items())
     )
+    if soak.failures:
+        print("failed captures by error: " + ", ".join(f"{name} {n:,}" for name, n in soak.failures.items()))
     print("trends over the second half (least-squares slope):")
     for name, slope in trends(soak.windows).items():
         print(f"  {name:28} {slope:+10.2f}")
