@@ -4,12 +4,16 @@
   (`webhook_rate_per_s`) and its share of the attempts in flight (`webhook_concurrency_per_subscription`)
   allow now. A backlog, a limit or a slow endpoint of one subscriber leaves the others' deliveries
   flowing; what is over the limit stays due in the table and is claimed later, never dropped.
-- Attempts run as tasks and do not wait for one another: the loop claims again as soon as slots
-  free up, and records whatever has finished in one transaction per pass. A delivery is leased
+- Attempts run as tasks and do not wait for one another: the loop claims again as slots free up,
+  and records whatever has finished in one transaction per pass. A finished attempt wakes the loop
+  `_RECORD_WINDOW_S` later, not at once, so the attempts that finish meanwhile share that pass (its
+  transaction and its claim) instead of costing a pass each. A delivery is leased
   (its due time pushed past the attempt's deadline) while in flight, so another instance does not
   send it too, and one whose instance died is due again when the lease ends.
-- Sending goes through httpcore with `CheckedBackend` (targets.py): every connection goes to an address
-  that passed the address policy when it was resolved, never to a second DNS answer.
+- Sending goes through httpcore connections opened by `CheckedBackend` (targets.py): every connection
+  goes to an address that passed the address policy when it was resolved, never to a second DNS
+  answer. They are kept alive per origin by `connections.Connections` (not httpcore's pool, whose
+  bookkeeping cost more CPU than the rest of an attempt).
 The buckets are per instance: with N instances an endpoint may get up to N times the rate.
 """
 
@@ -28,6 +32,7 @@ import httpcore
 import httpx
 
 from services.notifications import handlers, metrics, store
+from services.notifications.connections import Connections
 from services.notifications.domain import RetrySchedule, TokenBucket, sign
 from services.notifications.handlers import Context
 from services.notifications.targets import BlockedAddress, CheckedBackend, TargetGuard
@@ -36,6 +41,7 @@ from shared.db import Connection, Database
 log = logging.getLogger(__name__)
 
 _KEEPALIVE_S = 5.0  # an idle connection is closed after this (httpx's default): the next one looks up again
+_RECORD_WINDOW_S = 0.02  # a finished attempt is recorded (its slot refilled) at most this late, with others
 _ANSWER_READ_LIMIT = 64 * 1024  # of a receiver's answer body, read (and discarded) to keep the connection
 _SEND_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
                 httpcore.UnsupportedProtocol, httpx.InvalidURL)
@@ -50,14 +56,12 @@ class Deliveries:
         config = ctx.config
         self.schedule = RetrySchedule(config.webhook_retry_base_s, config.webhook_retry_cap_s,
                                       config.webhook_max_attempts)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context, max_connections=config.webhook_concurrency,
-            max_keepalive_connections=config.webhook_concurrency, keepalive_expiry=_KEEPALIVE_S,
-            network_backend=CheckedBackend(guard))
+        self._connections = Connections(CheckedBackend(guard), ssl_context, _KEEPALIVE_S, config.webhook_concurrency)
         self._buckets: dict[uuid.UUID, TokenBucket] = {}
         self._in_flight: Counter[uuid.UUID] = Counter()
         self._sending: set[asyncio.Task[None]] = set()
         self._finished: list[tuple[uuid.UUID, store.Attempt]] = []  # (subscription, attempt) not yet recorded
+        self._wake_after_window: asyncio.TimerHandle | None = None
 
     async def step(self) -> bool:
         """Record what finished, then claim and start what may be sent now. True when there may be more
@@ -71,9 +75,11 @@ class Deliveries:
         for task in self._sending:
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
+        if self._wake_after_window is not None:
+            self._wake_after_window.cancel()
         with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self.record_finished()
-        await self._pool.aclose()
+        await self._connections.aclose()
 
     async def _claim_and_send(self) -> bool:
         config = self.ctx.config
@@ -113,7 +119,12 @@ class Deliveries:
             self._in_flight[subscription_id] -= 1
             if not self._in_flight[subscription_id]:
                 del self._in_flight[subscription_id]
-            self.wake.set()
+            if self._wake_after_window is None:
+                self._wake_after_window = asyncio.get_running_loop().call_later(_RECORD_WINDOW_S, self._wake)
+
+    def _wake(self) -> None:
+        self._wake_after_window = None
+        self.wake.set()
 
     async def _attempt(self, row: asyncpg.Record) -> store.Attempt:
         config = self.ctx.config
@@ -149,6 +160,7 @@ class Deliveries:
         headers = [
             (b"Host", url.netloc),
             (b"Content-Type", b"application/cloudevents+json"),
+            (b"Content-Length", str(len(body)).encode()),
             (b"webhook-id", message_id.encode()),
             (b"webhook-timestamp", str(timestamp).encode()),
             (b"webhook-signature", sign(row["secret"], message_id, timestamp, body).encode()),
@@ -158,15 +170,9 @@ class Deliveries:
             headers.append((b"Authorization", f"Basic {credentials}".encode()))
         target = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path)
         timeout = self.ctx.config.webhook_timeout_s
-        async with self._pool.stream("POST", target, headers=headers, content=body, extensions={
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout},
-        }) as response:
-            read = 0
-            async for chunk in response.aiter_stream():
-                read += len(chunk)
-                if read > _ANSWER_READ_LIMIT:
-                    break  # the rest is not wanted: the connection is closed instead of kept
-            return int(response.status)
+        request = httpcore.Request("POST", target, headers=headers, content=body, extensions={
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}})
+        return await self._connections.request(request, _ANSWER_READ_LIMIT)
 
     async def record_finished(self) -> None:
         """Record every finished attempt in one transaction; on failure they are kept for the next try
@@ -181,19 +187,17 @@ class Deliveries:
                 for subscription_id, attempt in finished:
                     if attempt.outcome != "retry":
                         outcomes.setdefault(subscription_id, []).append(attempt.outcome == "succeeded")
-                for subscription_id, succeeded in outcomes.items():
-                    await self._count_outcomes(tx.conn, subscription_id, succeeded)
+                if outcomes:
+                    await self._count_outcomes(tx.conn, outcomes)
         except BaseException:
             self._finished[:0] = finished
             raise
         for _, attempt in finished:
             metrics.webhook_deliveries.labels(attempt.outcome, str(min(attempt.attempt, 10))).inc()
 
-    async def _count_outcomes(self, conn: Connection, subscription_id: uuid.UUID, outcomes: list[bool]) -> None:
-        failures: int | None = 0
-        for succeeded in outcomes:
-            failures = await store.count_failure(conn, subscription_id, succeeded)
-        if failures is not None and failures >= self.ctx.config.webhook_disable_after:
-            subscription = await store.subscription(conn, str(subscription_id))
-            if subscription is not None and subscription["enabled"]:
-                await handlers.webhook_disabled(conn, self.ctx, subscription, failures)
+    async def _count_outcomes(self, conn: Connection, outcomes: dict[uuid.UUID, list[bool]]) -> None:
+        for subscription_id, failures in (await store.count_outcomes(conn, outcomes)).items():
+            if failures >= self.ctx.config.webhook_disable_after:
+                subscription = await store.subscription(conn, str(subscription_id))
+                if subscription is not None and subscription["enabled"]:
+                    await handlers.webhook_disabled(conn, self.ctx, subscription, failures)

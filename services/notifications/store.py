@@ -634,15 +634,26 @@ async def record_attempts(conn: Connection, attempts: Sequence[Attempt]) -> None
     )
 
 
-async def count_failure(conn: Connection, subscription_id: uuid.UUID, succeeded: bool) -> int | None:
-    """Track dead-lettered deliveries in a row; a success resets the count. Returns the count (None when
-    the subscription was deleted meanwhile)."""
-    count: int | None = await conn.fetchval(
-        "UPDATE webhook_subscriptions SET consecutive_failures ="
-        " CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END WHERE id = $1 RETURNING consecutive_failures",
-        subscription_id, succeeded,
+async def count_outcomes(conn: Connection, outcomes: Mapping[uuid.UUID, Sequence[bool]]) -> dict[uuid.UUID, int]:
+    """Track dead-lettered deliveries in a row per subscription, given each one's final outcomes in
+    order (True: succeeded); a success resets the count. One statement for all; a subscription whose
+    count stays 0 is not written (the usual case: every delivery succeeded). Returns the counts of the
+    subscriptions that have failures in a row now (a deleted subscription is left out)."""
+    ids, resets, added = [], [], []
+    for subscription_id, succeeded in outcomes.items():
+        last_success = max((i for i, ok in enumerate(succeeded) if ok), default=None)
+        ids.append(subscription_id)
+        resets.append(last_success is not None)
+        added.append(len(succeeded) if last_success is None else len(succeeded) - last_success - 1)
+    rows = await conn.fetch(
+        "UPDATE webhook_subscriptions s SET consecutive_failures ="
+        " CASE WHEN o.reset THEN o.added ELSE s.consecutive_failures + o.added END"
+        " FROM unnest($1::uuid[], $2::bool[], $3::int[]) AS o (id, reset, added)"
+        " WHERE s.id = o.id AND NOT (o.reset AND o.added = 0 AND s.consecutive_failures = 0)"
+        " RETURNING s.id, s.consecutive_failures",
+        ids, resets, added,
     )
-    return count
+    return {row["id"]: row["consecutive_failures"] for row in rows if row["consecutive_failures"]}
 
 
 async def subscription_secret_row(conn: Connection, subscription_id: uuid.UUID) -> asyncpg.Record | None:
