@@ -30,6 +30,11 @@ class NotificationsConfig(BaseSettings):
     webhook_concurrency_per_subscription: int = 16
     webhook_rate_per_s: float = 500.0
 
+    # true: webhook and e-mail deliveries are left to `python -m services.notifications.worker` processes,
+    # so attempts to slow or many endpoints never share this process's event loop and CPU with the
+    # consumer and the sockets; false: this process runs them too (one process, e.g. `funnelcast up`)
+    delivery_worker: bool = False
+
     # timers
     poll_interval_s: float = 1.0
     escalate_after_s: float = 4 * 3600  # after a missed follow-up, before the manager hears of it

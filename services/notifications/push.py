@@ -34,8 +34,11 @@ _CLOSED: dict[str, Any] = {"closed": True}
 class PushHub:
     """Listens on Postgres for committed notifications and hands them to local sockets."""
 
-    def __init__(self, dsn: str, cache: ConfigCache | None = None) -> None:
+    def __init__(self, dsn: str, cache: ConfigCache | None = None, *, push: bool = True) -> None:
+        """`push`: listen for notifications to hand to sockets (a delivery worker, with no sockets,
+        listens only for queued deliveries and configuration changes)."""
         self.dsn = dsn
+        self.push = push
         self.cache = cache or ConfigCache()
         self.webhooks_due = asyncio.Event()
         self._sockets: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
@@ -63,7 +66,8 @@ class PushHub:
                 self._lost.clear()
                 self._conn = await asyncpg.connect(self.dsn)
                 self._conn.add_termination_listener(lambda _: self._lost.set())
-                await self._conn.add_listener(store.PUSH_CHANNEL, self._on_push)
+                if self.push:
+                    await self._conn.add_listener(store.PUSH_CHANNEL, self._on_push)
                 await self._conn.add_listener(WEBHOOKS_DUE_CHANNEL, self._on_webhooks_due)
                 await self._conn.add_listener(store.CONFIG_CHANNEL, self._on_config_change)
                 self.cache.reset(live=True)

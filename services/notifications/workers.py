@@ -1,5 +1,8 @@
 """The background loops of one instance: due timers, webhook deliveries, e-mails.
 
+The service process runs the timers, and the deliveries too unless `delivery_worker` leaves them to
+worker processes (worker.py), which run only the deliveries.
+
 All three read their work from Postgres, so it survives restarts and is shared by instances:
 timers are claimed with FOR UPDATE SKIP LOCKED and fired in that transaction; deliveries and
 e-mails are leased (their due time pushed past the attempt's timeout) in a short transaction,
@@ -32,9 +35,12 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 class Workers:
     def __init__(self, db: Database, ctx: Context, guard: TargetGuard, webhooks_due: asyncio.Event,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True) -> None:
         """`webhooks_due` is set when deliveries are queued (the push hub hears it at commit);
-        `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities)."""
+        `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities);
+        `timers` and `deliveries` say which loops this process runs."""
+        self.run_timers = timers
+        self.run_deliveries = deliveries
         self.db = db
         self.ctx = ctx
         self.webhooks_due = webhooks_due
@@ -42,13 +48,12 @@ class Workers:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        config = self.ctx.config
-        self._tasks = [
-            asyncio.create_task(self._forever("timers", self.fire_due_timers), name="timers"),
-            asyncio.create_task(self._forever("webhooks", self.deliveries.step), name="webhooks"),
-        ]
-        if config.smtp_host:
-            self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
+        if self.run_timers:
+            self._tasks.append(asyncio.create_task(self._forever("timers", self.fire_due_timers), name="timers"))
+        if self.run_deliveries:
+            self._tasks.append(asyncio.create_task(self._forever("webhooks", self.deliveries.step), name="webhooks"))
+            if self.ctx.config.smtp_host:
+                self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
 
     async def stop(self) -> None:
         for task in self._tasks:
