@@ -35,11 +35,12 @@ class Stack:
 
 
 @contextlib.contextmanager
-def embedded_stack() -> Iterator[Stack]:
-    """A Postgres and a Tansu of the benchmark's own, configured as `make run` configures them."""
+def embedded_stack(postgres_settings: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A Postgres and a Tansu of the benchmark's own, configured as `make run` configures them (plus
+    `postgres_settings`, `postgres -c` options a benchmark needs for its measuring)."""
     with tempfile.TemporaryDirectory(prefix="funnelcast-bench-") as root:
         home = Path(root)
-        postgres = EmbeddedPostgres(home / "postgres", free_port(), home / "postgres.log")
+        postgres = EmbeddedPostgres(home / "postgres", free_port(), home / "postgres.log", postgres_settings)
         broker = TansuBroker(free_port(), home / "tansu.log")
         postgres.start()
         broker.start()
@@ -60,8 +61,9 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def service_processes(settings: Settings, service: str, count: int) -> Iterator[list[str]]:
-    """`count` processes of one service on loopback, as `funnelcast up --replicas` runs them; their URLs."""
+def service_processes(settings: Settings, service: str, count: int, module: str | None = None) -> Iterator[list[str]]:
+    """`count` processes of one service on loopback, as `funnelcast up --replicas` runs them; their URLs.
+    `module`: another entry point of the service than `services.<service>` (e.g. a worker)."""
     ports = [free_port() for _ in range(count)]
     procs = []
     for port in ports:
@@ -74,7 +76,7 @@ def service_processes(settings: Settings, service: str, count: int) -> Iterator[
             "FUNNELCAST_LOG_LEVEL": "WARNING",
             "FUNNELCAST_HOME": str(settings.home),
         }
-        procs.append(subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", module or f"services.{service}"], env=env))
     try:
         yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
@@ -134,12 +136,12 @@ async def load_sessions(
             await session.close()
 
 
-def service_cpu_s(service: str) -> float:
-    """CPU seconds used so far by this process's children running the service."""
+def service_cpu_s(service: str, module: str | None = None) -> float:
+    """CPU seconds used so far by this process's children running the service (or its `module`)."""
     total = 0.0
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
-            if f"services.{service}" in child.cmdline():
+            if (module or f"services.{service}") in child.cmdline():
                 cpu = child.cpu_times()
                 total += cpu.user + cpu.system
     return total
