@@ -27,7 +27,7 @@ from services.forecasting.domain import (
     parse_period,
     rank_reps,
 )
-from services.forecasting.funnel import CohortDeal, Funnel, Transition, funnel, funnels_by
+from services.forecasting.funnel import CohortDeal, Funnel, Transition, credited_to, funnel, funnels_by
 from services.forecasting.marketing import (
     Campaign,
     CampaignActivity,
@@ -369,6 +369,8 @@ class FunnelOut(FunnelFigures):
 async def _cohort(
     db: ServiceDatabase, owners: set[str] | None, period: Period
 ) -> tuple[list[CohortDeal], dict[str, list[Transition]]]:
+    """The deals opened in the period that these owners hold or share (None: everyone's), whole, with
+    their owners' splits, and their stage moves."""
     async with db.pool.acquire() as conn:
         rows = await store.cohort(conn, period.start, period.end, None if owners is None else sorted(owners))
         moves = await store.transitions(conn, [r["opportunity_id"] for r in rows])
@@ -376,9 +378,15 @@ async def _cohort(
     for move in moves:
         by_deal.setdefault(move["opportunity_id"], []).append(
             Transition(move["opportunity_id"], move["to_stage"], move["at"]))
-    deals = [CohortDeal(r["opportunity_id"], r["amount"], r["opened_on"], r["closed_on"], r["status"], r["owner_id"])
+    deals = [CohortDeal(r["opportunity_id"], r["amount"], r["opened_on"], r["closed_on"], r["status"],
+                        () if r["owner_id"] is None else store.credits_of(r["owner_id"], r["splits"]))
              for r in rows]
     return deals, by_deal
+
+
+def _funnel_of(owners: set[str] | None, deals: list[CohortDeal], moves: dict[str, list[Transition]]) -> Funnel:
+    """The funnel of everyone's deals, or of the shares these owners hold of theirs."""
+    return funnel(deals if owners is None else credited_to(deals, owners), moves)
 
 
 @router.get("/funnel", response_model=FunnelOut)
@@ -388,15 +396,19 @@ async def get_funnel(
 ) -> FunnelOut:
     """The funnel of the deals opened in the period (the caller's scope, narrowed to one owner, team or
     region): how many reached each stage and with what amount, conversion to the next stage, median days
-    in each stage, win rate and median sales cycle; with `by`, the same per owner, team or region too
-    (a deal under its primary owner's)."""
+    in each stage, win rate and median sales cycle; with `by`, the same per owner, team or region too.
+    A deal shared by several owners counts in each row holding a share, with that share of its amounts."""
     wanted = _period(period)
-    deals, moves = await _cohort(db, _owners_asked(principal, org, owner_id, team, region), wanted)
-    rows = [] if by is None else [FunnelRow(key=key, **FunnelFigures.of(figures).model_dump())
-                                  for key, figures in funnels_by(deals, moves, _key_of(org, by)).items()]
+    owners = _owners_asked(principal, org, owner_id, team, region)
+    deals, moves = await _cohort(db, owners, wanted)
+    rows = []
+    if by is not None:
+        key_of = _key_of(org, by)
+        per_key = funnels_by(deals, moves, lambda owner: key_of(owner) if owners is None or owner in owners else None)
+        rows = [FunnelRow(key=key, **FunnelFigures.of(figures).model_dump()) for key, figures in per_key.items()]
     return FunnelOut(
         period=wanted.name, currency=forecast_settings().currency, scope=_scope(principal), owner_id=owner_id,
-        team=team, region=region, by=by, rows=rows, **FunnelFigures.of(funnel(deals, moves)).model_dump(),
+        team=team, region=region, by=by, rows=rows, **FunnelFigures.of(_funnel_of(owners, deals, moves)).model_dump(),
     )
 
 
@@ -509,7 +521,8 @@ async def get_funnel_chart(
 ) -> Response:
     """The funnel of GET /v1/funnel as an SVG picture."""
     wanted = _period(period)
-    figures = funnel(*await _cohort(db, _owners_asked(principal, org, owner_id, team, region), wanted))
+    owners = _owners_asked(principal, org, owner_id, team, region)
+    figures = _funnel_of(owners, *await _cohort(db, owners, wanted))
     title = " · ".join([f"Funnel {wanted.name}", *(v for v in (owner_id, team, region) if v)])
     return Response(funnel_svg(figures, title, forecast_settings().currency), media_type=SVG)
 

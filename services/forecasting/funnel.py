@@ -8,10 +8,12 @@ of a won deal; time in stage is how long deals stayed in a stage before their ne
 """
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
+
+from services.forecasting.domain import OwnerSplit
 
 OPEN_STAGES = ("prospecting", "bidding", "negotiation", "contract")
 _RANK = {**{s: i for i, s in enumerate(OPEN_STAGES)}, "won": len(OPEN_STAGES)}
@@ -24,7 +26,11 @@ class CohortDeal:
     opened_on: date | None
     closed_on: date | None
     status: str
-    owner_id: str | None = None
+    owners: tuple[OwnerSplit, ...] = ()  # who is credited what share of it (empty: nobody)
+
+    def share(self, percent: int) -> "CohortDeal":
+        """The deal as counted for owners holding `percent` of it: that part of its amount."""
+        return replace(self, amount=self.amount * percent / 100)
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,31 @@ def funnel(deals: Sequence[CohortDeal], transitions: Mapping[str, Sequence[Trans
     )
 
 
+def credited_to(deals: Sequence[CohortDeal], owners: Collection[str]) -> list[CohortDeal]:
+    """The deals these owners hold a share of, each counted once with their shares of its amount."""
+    credited = []
+    for deal in deals:
+        percent = sum(credit.split for credit in deal.owners if credit.owner_id in owners)
+        if percent:
+            credited.append(deal.share(percent))
+    return credited
+
+
 def funnels_by(
     deals: Sequence[CohortDeal], transitions: Mapping[str, Sequence[Transition]],
-    key_of: Callable[[str | None], str],
+    key_of: Callable[[str | None], str | None],
 ) -> dict[str, Funnel]:
-    """One funnel per key (an owner, their team or region, as `key_of` places a deal's owner)."""
+    """One funnel per key (an owner, their team or region, as `key_of` places an owner; None: left out).
+    A deal shared by several owners counts once under each key holding a share, with the key's shares
+    of its amount; a deal of nobody under the key of None."""
     grouped: dict[str, list[CohortDeal]] = {}
     for deal in deals:
-        grouped.setdefault(key_of(deal.owner_id), []).append(deal)
+        percent_per_key: dict[str, int] = {}
+        shares: list[tuple[str | None, int]] = [(c.owner_id, c.split) for c in deal.owners] or [(None, 100)]
+        for owner, split in shares:
+            key = key_of(owner)
+            if key is not None:
+                percent_per_key[key] = percent_per_key.get(key, 0) + split
+        for key, percent in percent_per_key.items():
+            grouped.setdefault(key, []).append(deal.share(percent))
     return {key: funnel(members, transitions) for key, members in sorted(grouped.items())}

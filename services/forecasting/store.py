@@ -101,7 +101,7 @@ async def signed_days(conn: Connection, opportunity_id: str) -> list[date]:
     return [r["signed_on"] for r in rows]
 
 
-def _credits(owner_id: str, splits: str | None) -> tuple[OwnerSplit, ...]:
+def credits_of(owner_id: str, splits: str | None) -> tuple[OwnerSplit, ...]:
     """A deal's owners with their splits: its splits, else its primary owner alone at 100 %."""
     return _splits(splits) if splits is not None else (OwnerSplit(owner_id, 100),)
 
@@ -123,7 +123,7 @@ async def deal_groups(conn: Connection, period: Period) -> list[DealGroup]:
         period.start, period.end, _OPEN,
     )
     groups = [
-        DealGroup(product_key(r["product"]), _credits(r["owner_id"], r["splits"]),
+        DealGroup(product_key(r["product"]), credits_of(r["owner_id"], r["splits"]),
                   Figures(r["open_amount"], r["weighted"], r["commit_open"], r["best_case_open"], r["closed_won"],
                           Decimal(0), r["deals"]))
         for r in rows
@@ -136,7 +136,7 @@ async def deal_groups(conn: Connection, period: Period) -> list[DealGroup]:
         " AND coalesce(d.owner_id, b.owner_id) IS NOT NULL GROUP BY 1, 2, 3",
         period.start, period.end,
     )
-    groups += [DealGroup(product_key(r["product"]), _credits(r["owner_id"], r["splits"]), Figures(booked=r["booked"]))
+    groups += [DealGroup(product_key(r["product"]), credits_of(r["owner_id"], r["splits"]), Figures(booked=r["booked"]))
                for r in booked]
     return groups
 
@@ -224,11 +224,12 @@ async def bookings_forecasts(conn: Connection, limit: int) -> list[asyncpg.Recor
 
 
 async def cohort(conn: Connection, since: date, until: date, owners: list[str] | None) -> list[asyncpg.Record]:
-    """The deals opened in [since, until] (of these owners; None: all)."""
+    """The deals opened in [since, until] (that these owners hold or share; None: all), with their splits."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT opportunity_id, owner_id, coalesce(amount_reporting, 0) AS amount,"
+        "SELECT opportunity_id, owner_id, splits::text AS splits, coalesce(amount_reporting, 0) AS amount,"
         " (created_at AT TIME ZONE 'UTC')::date AS opened_on, closed_on, status FROM deals"
-        " WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN $1 AND $2 AND ($3::text[] IS NULL OR owner_id = ANY($3))",
+        " WHERE (created_at AT TIME ZONE 'UTC')::date BETWEEN $1 AND $2 AND ($3::text[] IS NULL OR owner_id = ANY($3)"
+        " OR EXISTS (SELECT 1 FROM jsonb_array_elements(splits) AS s WHERE s->>'owner_id' = ANY($3)))",
         since, until, owners)
     return rows
 

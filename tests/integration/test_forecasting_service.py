@@ -633,7 +633,9 @@ async def test_the_funnel_per_team_and_region_in_one_call(
     await eventually(counted, timeout=TIMEOUT)
     body = await funnel(by="team")
     rows = {row["key"]: row for row in body["rows"]}
-    assert sum(row["deals"] for row in rows.values()) == body["deals"]
+    # a shared deal counts in each team holding a share, with that share of its amount
+    assert sum(row["deals"] for row in rows.values()) >= body["deals"]
+    assert sum(Decimal(row["stages"][0]["amount"]) for row in rows.values()) == Decimal(body["stages"][0]["amount"])
     north = await funnel(team="north")
     figures = ("deals", "stages", "won", "lost", "won_amount", "win_rate", "median_sales_cycle_days")
     assert {k: north[k] for k in figures} == {k: rows["north"][k] for k in figures}
@@ -644,3 +646,37 @@ async def test_the_funnel_per_team_and_region_in_one_call(
     assert [row["key"] for row in managed["rows"]] == ["east"] and managed["deals"] == rows["east"]["deals"]
     refused = await http.get("/v1/funnel", params={"period": month, "team": "north"}, headers=as_(settings, "mgr-1"))
     assert refused.status_code == 403
+
+
+async def test_the_funnel_counts_each_owners_share_of_a_shared_deal(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
+) -> None:
+    month = f"{datetime.now(UTC).date():%Y-%m}"
+
+    async def opened_amounts() -> dict[str, tuple[int, Decimal]]:
+        """Deals and prospecting amount per owner and team (a director's view), and as mgr-2 sees them."""
+        seen: dict[str, tuple[int, Decimal]] = {}
+        for user, by in (("dir-1", "owner"), ("dir-1", "team"), ("mgr-2", "team")):
+            response = await http.get("/v1/funnel", params={"period": month, "by": by}, headers=as_(settings, user))
+            assert response.status_code == 200, response.text
+            seen |= {f"{user}/{row['key']}": (row["deals"], Decimal(row["stages"][0]["amount"]))
+                     for row in response.json()["rows"]}
+        return seen
+
+    before = await opened_amounts()
+    deal = await open_opportunity(clients, settings, "rep-1", "50000.00", "2031-12-31")
+    split = {"owners": [{"owner_id": "rep-1", "split": 60}, {"owner_id": "rep-3", "split": 40}]}
+    shared = await clients["opportunities"].put(
+        f"/v1/opportunities/{deal['id']}/owners", json=split, headers=as_(settings, "dir-1"))
+    assert shared.status_code == 200, shared.text
+
+    async def split_applied() -> bool:
+        return await tables.fetchval("SELECT splits FROM deals WHERE opportunity_id = $1", deal["id"]) is not None
+
+    await eventually(split_applied, timeout=TIMEOUT)
+    after = await opened_amounts()
+    grew = {key: (after[key][0] - before.get(key, (0, Decimal(0)))[0], after[key][1] - before.get(key, (0, 0))[1])
+            for key in after if after[key] != before.get(key)}
+    assert grew == {"dir-1/rep-1": (1, Decimal(30000)), "dir-1/rep-3": (1, Decimal(20000)),
+                    "dir-1/east": (1, Decimal(30000)), "dir-1/north": (1, Decimal(20000)),
+                    "mgr-2/north": (1, Decimal(20000))}  # mgr-2 sees rep-3's share of rep-1's deal

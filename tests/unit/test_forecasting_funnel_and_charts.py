@@ -75,18 +75,27 @@ def test_lead_conversion_by_source_and_grade_and_campaign_economics() -> None:
     assert (unpriced.cost_per_lead, unpriced.acquisition_cost, unpriced.roi) == (None, None, None)
 
 
-def test_one_funnel_per_key_of_the_deals_owners() -> None:
-    from services.forecasting.funnel import funnels_by
+def test_one_funnel_per_key_of_the_deals_owners_counting_their_shares() -> None:
+    from services.forecasting.domain import OwnerSplit
+    from services.forecasting.funnel import credited_to, funnels_by
 
     deals, transitions = cohort()
-    owned = [CohortDeal(d.opportunity_id, d.amount, d.opened_on, d.closed_on, d.status, owner)
-             for d, owner in zip(deals, ("rep-1", "rep-3", "rep-1", None), strict=True)]
+    owners = [(OwnerSplit("rep-1", 100),), (OwnerSplit("rep-3", 100),),
+              (OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 40)), ()]  # c is shared; d is nobody's
+    owned = [CohortDeal(d.opportunity_id, d.amount, d.opened_on, d.closed_on, d.status, o)
+             for d, o in zip(deals, owners, strict=True)]
     teams = {"rep-1": "east", "rep-3": "north"}
     per_team = funnels_by(owned, transitions, lambda owner: teams.get(owner or "", "unassigned"))
     assert list(per_team) == ["east", "north", "unassigned"]
-    assert (per_team["east"].deals, per_team["east"].won, per_team["east"].won_amount) == (2, 1, Decimal(300))
-    assert (per_team["unassigned"].lost, per_team["north"].stages[1].reached) == (1, 1)
-    assert sum(f.deals for f in per_team.values()) == funnel(owned, transitions).deals
+    east, north = per_team["east"], per_team["north"]
+    assert (east.deals, east.won, east.won_amount, east.stages[0].amount) == (2, 1, 180, 100 + 180)
+    assert (north.deals, north.won, north.won_amount, north.stages[1].reached) == (2, 1, 120, 2)
+    assert (per_team["unassigned"].deals, per_team["unassigned"].lost) == (1, 1)
+    one_team = funnels_by(owned, transitions, lambda owner: "east" if owner == "rep-1" else None)
+    assert list(one_team) == ["east"] and one_team["east"] == east
+    shares = credited_to(owned, {"rep-3"})
+    assert [(d.opportunity_id, d.amount) for d in shares] == [("b", 200), ("c", 120)]
+    assert funnel(shares, transitions).won_amount == north.won_amount
 
 
 def test_a_campaigns_cost_in_a_period_follows_its_run_else_its_leads() -> None:
