@@ -445,6 +445,12 @@ async def lead_captured(tx: Transaction, event: CloudEvent) -> None:
                           data_time(data.get("captured_at"), event.time).date())
 
 
+async def lead_assigned(tx: Transaction, event: CloudEvent) -> None:
+    """A lead given to another owner: its conversion and its campaign's cost count under them from now."""
+    data = event.data
+    await store.assign_lead(tx.conn, str(data.get("lead_id") or event.subject), str(data["owner_id"]))
+
+
 async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
     data = event.data
     await store.convert_lead(tx.conn, str(data.get("lead_id") or event.subject),
@@ -473,6 +479,7 @@ HANDLERS = {
     "sales.contract.signed.v1": contract_signed,
     "sales.contract.terminated.v1": contract_terminated,
     "sales.lead.captured.v1": lead_captured,
+    "sales.lead.assigned.v1": lead_assigned,
     "sales.lead.converted.v1": lead_converted,
     "sales.campaign.created.v1": campaign_changed,
     "sales.campaign.updated.v1": campaign_changed,

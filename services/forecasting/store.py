@@ -252,6 +252,13 @@ async def save_lead(
         lead_id, source, grade, campaign_id, owner_id, captured_on)
 
 
+async def assign_lead(conn: Connection, lead_id: str, owner_id: str) -> None:
+    """The lead's owner now (a lead captured before this service listened is recorded as it is now)."""
+    await conn.execute(
+        "INSERT INTO leads (lead_id, owner_id) VALUES ($1, $2) ON CONFLICT (lead_id) DO UPDATE SET owner_id = $2",
+        lead_id, owner_id)
+
+
 async def convert_lead(conn: Connection, lead_id: str, converted_on: date, campaign_id: str | None) -> None:
     """Mark a lead converted (a lead captured before this service listened is recorded as it is now)."""
     await conn.execute(

@@ -572,9 +572,14 @@ async def test_campaign_economics_per_period_and_team_and_scope(
     campaign, month = f"camp-{uuid.uuid4()}", "2034-02"
     # 90 days, 28 of them in February
     await send(producer, campaign_created(campaign, "9000.00", "2034-01-01", "2034-03-31"))
-    for owner, day in [("rep-1", "2034-02-05"), ("rep-1", "2034-02-06"), ("rep-3", "2034-02-07"),
-                       ("rep-1", "2034-01-10")]:
-        await send(producer, lead_captured(f"lead-{uuid.uuid4()}", owner, campaign, day))
+    leads = [f"lead-{uuid.uuid4()}" for _ in range(4)]
+    for lead, owner, day in zip(leads, ("rep-1", "rep-1", "rep-3", "rep-1"),
+                                ("2034-02-05", "2034-02-06", "2034-02-07", "2034-01-10"), strict=True):
+        await send(producer, lead_captured(lead, owner, campaign, day))
+    await send(producer, CloudEvent(  # a manager gives one of rep-1's leads to rep-2
+        type="sales.lead.assigned.v1", source="/funnelcast/leads", subject=leads[1], sequence=2, data={
+            "lead_id": leads[1], "owner_id": "rep-2", "previous_owner_id": "rep-1", "team": "east", "grade": "A",
+            "method": "explicit", "assigned_by": "mgr-1", "reason": None, "assigned_at": "2034-02-08T08:00:00Z"}))
     await win_for_campaign(producer, campaign, "rep-3", "30000.00", "2034-02-20")
 
     async def marketing(user: str = "dir-1", **params: str) -> dict[str, Any]:
@@ -589,7 +594,8 @@ async def test_campaign_economics_per_period_and_team_and_scope(
 
     async def arrived() -> bool:
         lifetime = [c for c in (await marketing())["campaigns"] if c["campaign_id"] == campaign]
-        return [(c["leads"], c["deals_won"]) for c in lifetime] == [(4, 1)]
+        reassigned = [c for c in (await marketing(owner_id="rep-2"))["campaigns"] if c["campaign_id"] == campaign]
+        return [(c["leads"], c["deals_won"]) for c in lifetime + reassigned] == [(4, 1), (1, 0)]
 
     await eventually(arrived, timeout=TIMEOUT)
     period = await marketing(campaigns="period", by="team")
@@ -609,6 +615,9 @@ async def test_campaign_economics_per_period_and_team_and_scope(
     managed = await marketing("mgr-1", campaigns="period", by="owner")
     assert managed["scope"] == "team" and ours(managed["campaigns"]) == east
     assert {row["key"] for row in managed["rows"]} <= {"rep-1", "rep-2", "mgr-1"}
+    reps = {row["key"]: ours(row["campaigns"]) for row in managed["rows"] if row["key"] in ("rep-1", "rep-2")}
+    assert {rep: (c["leads"], c["cost"]) for rep, c in reps.items()} == {
+        "rep-1": (1, "933.33"), "rep-2": (1, "933.33")}  # the reassigned lead counts under rep-2
     outside = await http.get("/v1/funnel/marketing", params={"period": month, "team": "north"},
                              headers=as_(settings, "mgr-1"))
     assert outside.status_code == 403
