@@ -30,9 +30,10 @@ from services.forecasting.domain import (
 from services.forecasting.funnel import CohortDeal, Funnel, Transition, credited_to, funnel, funnels_by
 from services.forecasting.marketing import (
     Campaign,
-    CampaignActivity,
     CampaignFigures,
+    CampaignLeads,
     LeadFact,
+    WonDeal,
     company_economics,
     conversion_by_source_and_grade,
     economics_by,
@@ -486,20 +487,23 @@ async def get_marketing_funnel(
         asked = None if owners is None else sorted(owners)
         lead_rows = await store.leads_captured(conn, wanted.start, wanted.end, asked)
         campaign_rows = await store.campaigns(conn)
-        activity_rows = await store.campaign_activity(conn, *(window or (None, None)))
+        brought_rows = await store.campaign_leads(conn, *(window or (None, None)))
+        won_rows = await store.campaign_won_deals(conn, *(window or (None, None)))
     leads = [LeadFact(r["source"], r["grade"], r["converted"], r["owner_id"]) for r in lead_rows]
     known = [Campaign(r["campaign_id"], r["name"], rates.convert(r["actual_cost"], r["currency"]), r["starts_on"],
                       r["ends_on"], r["leads_lifetime"]) for r in campaign_rows]
-    activity = [CampaignActivity(r["campaign_id"], r["owner_id"], r["leads"], r["deals_won"], r["won_amount"])
-                for r in activity_rows]
+    brought = [CampaignLeads(r["campaign_id"], r["owner_id"], r["leads"]) for r in brought_rows]
+    won = [WonDeal(r["campaign_id"], r["amount"],
+                   () if r["owner_id"] is None else store.credits_of(r["owner_id"], r["splits"])) for r in won_rows]
     if owners is None:
-        overall = company_economics(known, activity, window)
+        overall = company_economics(known, brought, won, window)
     else:
-        overall = economics_by(known, activity, window, lambda o: "asked" if o in owners else None).get("asked", [])
+        in_scope = economics_by(known, brought, won, window, lambda o: "asked" if o in owners else None)
+        overall = in_scope.get("asked", [])
     rows: list[MarketingRow] = []
     if by is not None:
         key_of = _key_of(org, by)
-        per_key = economics_by(known, activity, window,
+        per_key = economics_by(known, brought, won, window,
                                lambda o: key_of(o) if owners is None or o in owners else None)
         leads_per_key: dict[str, list[LeadFact]] = {}
         for lead in leads:

@@ -196,6 +196,18 @@ class InvalidSplits(ValueError):
     pass
 
 
+def percent_per_key(owners: Sequence[OwnerSplit], key_of: Callable[[str | None], str | None]) -> dict[str, int]:
+    """The percent of a deal each key holds, as `key_of` places its owners (None: left out); a deal of
+    nobody (no owners) is wholly under the key of None."""
+    shares: list[tuple[str | None, int]] = [(o.owner_id, o.split) for o in owners] or [(None, 100)]
+    held: dict[str, int] = {}
+    for owner, split in shares:
+        key = key_of(owner)
+        if key is not None:
+            held[key] = held.get(key, 0) + split
+    return held
+
+
 def credited_splits(splits: Sequence[OwnerSplit]) -> tuple[OwnerSplit, ...]:
     """Owners' splits as a deal's credits: each owner once, the splits summing to 100 (anything else
     would credit more or less than the deal: such an event is refused, not half applied)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from services.forecasting.domain import OwnerSplit
+from services.forecasting.domain import OwnerSplit, percent_per_key
 
 OPEN_STAGES = ("prospecting", "bidding", "negotiation", "contract")
 _RANK = {**{s: i for i, s in enumerate(OPEN_STAGES)}, "won": len(OPEN_STAGES)}
@@ -111,12 +111,6 @@ def funnels_by(
     of its amount; a deal of nobody under the key of None."""
     grouped: dict[str, list[CohortDeal]] = {}
     for deal in deals:
-        percent_per_key: dict[str, int] = {}
-        shares: list[tuple[str | None, int]] = [(c.owner_id, c.split) for c in deal.owners] or [(None, 100)]
-        for owner, split in shares:
-            key = key_of(owner)
-            if key is not None:
-                percent_per_key[key] = percent_per_key.get(key, 0) + split
-        for key, percent in percent_per_key.items():
+        for key, percent in percent_per_key(deal.owners, key_of).items():
             grouped.setdefault(key, []).append(deal.share(percent))
     return {key: funnel(members, transitions) for key, members in sorted(grouped.items())}

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+from services.forecasting.domain import OwnerSplit, percent_per_key
+
 
 @dataclass(frozen=True)
 class LeadFact:
@@ -84,14 +86,21 @@ class Campaign:
 
 
 @dataclass(frozen=True)
-class CampaignActivity:
-    """One owner's part of a campaign (in the window): its leads they hold, its deals they won."""
+class CampaignLeads:
+    """A campaign's leads (captured in the window) that one owner holds (None: nobody)."""
 
     campaign_id: str
     owner_id: str | None
     leads: int
-    deals_won: int
-    won_amount: Decimal
+
+
+@dataclass(frozen=True)
+class WonDeal:
+    """A deal attributed to a campaign and won (in the window), with its owners' splits (empty: nobody's)."""
+
+    campaign_id: str
+    amount: Decimal
+    owners: tuple[OwnerSplit, ...]
 
 
 def cost_in_window(campaign: Campaign, window: Window | None, leads_in_window: int) -> Decimal | None:
@@ -110,51 +119,64 @@ def cost_in_window(campaign: Campaign, window: Window | None, leads_in_window: i
     return None
 
 
-def _grouped(activity: Sequence[CampaignActivity]) -> dict[str, list[CampaignActivity]]:
-    grouped: dict[str, list[CampaignActivity]] = {}
-    for part in activity:
-        grouped.setdefault(part.campaign_id, []).append(part)
-    return grouped
+def _per_campaign(
+    leads: Sequence[CampaignLeads], won: Sequence[WonDeal]
+) -> tuple[dict[str, list[CampaignLeads]], dict[str, list[WonDeal]]]:
+    leads_of: dict[str, list[CampaignLeads]] = {}
+    for part in leads:
+        leads_of.setdefault(part.campaign_id, []).append(part)
+    won_of: dict[str, list[WonDeal]] = {}
+    for deal in won:
+        won_of.setdefault(deal.campaign_id, []).append(deal)
+    return leads_of, won_of
 
 
 def company_economics(
-    campaigns: Sequence[Campaign], activity: Sequence[CampaignActivity], window: Window | None
+    campaigns: Sequence[Campaign], leads: Sequence[CampaignLeads], won: Sequence[WonDeal], window: Window | None
 ) -> list[CampaignFigures]:
-    """Every campaign over everyone's leads and deals, with its whole cost (in the window)."""
-    grouped = _grouped(activity)
+    """Every campaign over everyone's leads and won deals (each deal once, whole), with its whole cost
+    (in the window)."""
+    leads_of, won_of = _per_campaign(leads, won)
     figures = []
     for campaign in campaigns:
-        parts = grouped.get(campaign.campaign_id, [])
-        leads = sum(p.leads for p in parts)
+        brought = sum(p.leads for p in leads_of.get(campaign.campaign_id, []))
+        deals = won_of.get(campaign.campaign_id, [])
         figures.append(CampaignFigures(
-            campaign.campaign_id, campaign.name, cost_in_window(campaign, window, leads), leads,
-            sum(p.deals_won for p in parts), sum((p.won_amount for p in parts), Decimal(0))))
+            campaign.campaign_id, campaign.name, cost_in_window(campaign, window, brought), brought, len(deals),
+            sum((d.amount for d in deals), Decimal(0))))
     return figures
 
 
 def economics_by(
-    campaigns: Sequence[Campaign], activity: Sequence[CampaignActivity], window: Window | None,
+    campaigns: Sequence[Campaign], leads: Sequence[CampaignLeads], won: Sequence[WonDeal], window: Window | None,
     key_of: Callable[[str | None], str | None],
 ) -> dict[str, list[CampaignFigures]]:
-    """Each key's campaigns (those with leads or won deals under it): the owners `key_of` places under a
-    key (None: left out) are charged the share of the campaign's cost that their leads are of all its
-    leads in the window; with no lead in the window, nobody is charged."""
-    grouped = _grouped(activity)
+    """Each key's campaigns (those with leads or won deals under it), as `key_of` places owners (None: left
+    out). A key is charged the share of the campaign's cost (in the window) that its leads are of all the
+    campaign's leads (no lead in the window: nobody is charged); a won deal counts once under each key
+    holding a share of it, with that share of its amount."""
+    leads_of, won_of = _per_campaign(leads, won)
     by_key: dict[str, list[CampaignFigures]] = {}
     for campaign in campaigns:
-        parts = grouped.get(campaign.campaign_id, [])
+        parts = leads_of.get(campaign.campaign_id, [])
         all_leads = sum(p.leads for p in parts)
         cost = cost_in_window(campaign, window, all_leads)
-        sums: dict[str, tuple[Decimal | None, int, int, Decimal]] = {}
+        charged: dict[str, Decimal] = {}
+        brought: dict[str, int] = {}
+        deals_won: dict[str, int] = {}
+        won_amount: dict[str, Decimal] = {}
         for part in parts:
             key = key_of(part.owner_id)
-            if key is None:
-                continue
-            charged = None if cost is None else (cost * part.leads / all_leads if all_leads else Decimal(0))
-            before = sums.get(key, (Decimal(0), 0, 0, Decimal(0)))
-            sums[key] = (None if charged is None or before[0] is None else before[0] + charged,
-                         before[1] + part.leads, before[2] + part.deals_won, before[3] + part.won_amount)
-        for key, (charged, leads, won, amount) in sums.items():
-            by_key.setdefault(key, []).append(
-                CampaignFigures(campaign.campaign_id, campaign.name, charged, leads, won, amount))
+            if key is not None:
+                brought[key] = brought.get(key, 0) + part.leads
+                if cost is not None and all_leads:
+                    charged[key] = charged.get(key, Decimal(0)) + cost * part.leads / all_leads
+        for deal in won_of.get(campaign.campaign_id, []):
+            for key, percent in percent_per_key(deal.owners, key_of).items():
+                deals_won[key] = deals_won.get(key, 0) + 1
+                won_amount[key] = won_amount.get(key, Decimal(0)) + deal.amount * percent / 100
+        for key in sorted(set(brought) | set(deals_won)):
+            by_key.setdefault(key, []).append(CampaignFigures(
+                campaign.campaign_id, campaign.name, None if cost is None else charged.get(key, Decimal(0)),
+                brought.get(key, 0), deals_won.get(key, 0), won_amount.get(key, Decimal(0))))
     return by_key

@@ -298,18 +298,21 @@ async def campaigns(conn: Connection) -> list[asyncpg.Record]:
     return rows
 
 
-async def campaign_activity(conn: Connection, since: date | None, until: date | None) -> list[asyncpg.Record]:
-    """Per campaign and owner: the campaign's leads they hold (captured in [since, until]) and the deals
-    attributed to it that they won (closed in it); None: over the campaigns' whole life."""
+async def campaign_leads(conn: Connection, since: date | None, until: date | None) -> list[asyncpg.Record]:
+    """Per campaign and owner: the campaign's leads they hold (captured in [since, until]; None: ever)."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "WITH brought AS (SELECT campaign_id, owner_id, count(*) AS leads FROM leads"
-        "  WHERE campaign_id IS NOT NULL AND ($1::date IS NULL OR captured_on BETWEEN $1 AND $2) GROUP BY 1, 2),"
-        " won AS (SELECT campaign_id, owner_id, count(*) AS deals_won, coalesce(sum(amount_reporting), 0) AS won_amount"
-        "  FROM deals WHERE campaign_id IS NOT NULL AND status = 'won'"
-        "  AND ($1::date IS NULL OR closed_on BETWEEN $1 AND $2) GROUP BY 1, 2)"
-        " SELECT campaign_id, owner_id, coalesce(brought.leads, 0) AS leads, coalesce(won.deals_won, 0) AS deals_won,"
-        " coalesce(won.won_amount, 0) AS won_amount"
-        " FROM brought FULL JOIN won USING (campaign_id, owner_id)"
-        " WHERE campaign_id IN (SELECT campaign_id FROM campaigns)",
+        "SELECT campaign_id, owner_id, count(*) AS leads FROM leads WHERE campaign_id IN (SELECT campaign_id"
+        " FROM campaigns) AND ($1::date IS NULL OR captured_on BETWEEN $1 AND $2) GROUP BY 1, 2",
+        since, until)
+    return rows
+
+
+async def campaign_won_deals(conn: Connection, since: date | None, until: date | None) -> list[asyncpg.Record]:
+    """The deals attributed to a campaign that were won (closed in [since, until]; None: ever), with their
+    owner and splits."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT campaign_id, coalesce(amount_reporting, 0) AS amount, owner_id, splits::text AS splits FROM deals"
+        " WHERE campaign_id IN (SELECT campaign_id FROM campaigns) AND status = 'won'"
+        " AND ($1::date IS NULL OR closed_on BETWEEN $1 AND $2)",
         since, until)
     return rows

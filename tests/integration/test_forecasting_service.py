@@ -504,14 +504,21 @@ def campaign_created(campaign: str, cost: str, starts_on: str, ends_on: str) -> 
         "created_at": f"{starts_on}T00:00:00Z"})
 
 
-async def win_for_campaign(producer: AIOKafkaProducer, campaign: str, owner: str, amount: str, day: str) -> None:
-    """A deal attributed to the campaign, opened and won on `day`."""
+async def win_for_campaign(
+    producer: AIOKafkaProducer, campaign: str, owner: str, amount: str, day: str, shared_with: str | None = None
+) -> None:
+    """A deal attributed to the campaign, opened and won on `day` (shared 50/50 with `shared_with`)."""
     opp = f"opp-{uuid.uuid4()}"
     opened = created(opp, owner, amount, day)
     await send(producer, CloudEvent(type=opened.type, source=opened.source, subject=opp, sequence=1,
                                     data={**opened.data, "campaign_id": campaign}))
+    if shared_with is not None:
+        await send(producer, opportunity_event(
+            "sales.opportunity.owners_changed.v1", opp, 2, opportunity_id=opp, owner_id=owner,
+            previous_owner_id=owner, owners=[{"owner_id": owner, "split": 50}, {"owner_id": shared_with, "split": 50}],
+            changed_by="dir-1", changed_at=f"{day}T07:00:00Z"))
     await send(producer, opportunity_event(
-        "sales.opportunity.won.v1", opp, 2, opportunity_id=opp, amount=amount, currency="CNY", owner_id=owner,
+        "sales.opportunity.won.v1", opp, 3, opportunity_id=opp, amount=amount, currency="CNY", owner_id=owner,
         reason="活动签约", closed_at=f"{day}T08:00:00Z", closed_by=owner))
 
 
@@ -581,6 +588,7 @@ async def test_campaign_economics_per_period_and_team_and_scope(
             "lead_id": leads[1], "owner_id": "rep-2", "previous_owner_id": "rep-1", "team": "east", "grade": "A",
             "method": "explicit", "assigned_by": "mgr-1", "reason": None, "assigned_at": "2034-02-08T08:00:00Z"}))
     await win_for_campaign(producer, campaign, "rep-3", "30000.00", "2034-02-20")
+    await win_for_campaign(producer, campaign, "rep-1", "10000.00", "2034-02-21", shared_with="rep-3")
 
     async def marketing(user: str = "dir-1", **params: str) -> dict[str, Any]:
         response = await http.get("/v1/funnel/marketing", params={"period": month, **params},
@@ -595,19 +603,20 @@ async def test_campaign_economics_per_period_and_team_and_scope(
     async def arrived() -> bool:
         lifetime = [c for c in (await marketing())["campaigns"] if c["campaign_id"] == campaign]
         reassigned = [c for c in (await marketing(owner_id="rep-2"))["campaigns"] if c["campaign_id"] == campaign]
-        return [(c["leads"], c["deals_won"]) for c in lifetime + reassigned] == [(4, 1), (1, 0)]
+        return [(c["leads"], c["deals_won"]) for c in lifetime + reassigned] == [(4, 2), (1, 0)]
 
     await eventually(arrived, timeout=TIMEOUT)
     period = await marketing(campaigns="period", by="team")
     assert period["campaigns_over"] == "period"
     whole = ours(period["campaigns"])
-    assert (whole["cost"], whole["leads"], whole["cost_per_lead"], whole["acquisition_cost"]) == (
-        "2800.00", 3, "933.33", "2800.00")
-    assert round(whole["roi"], 4) == round((30000 - 2800) / 2800, 4)
+    assert (whole["cost"], whole["leads"], whole["cost_per_lead"], whole["acquisition_cost"], whole["deals_won"]) == (
+        "2800.00", 3, "933.33", "1400.00", 2)
+    assert round(whole["roi"], 4) == round((40000 - 2800) / 2800, 4)
     teams = {row["key"]: row for row in period["rows"]}
     east, north = ours(teams["east"]["campaigns"]), ours(teams["north"]["campaigns"])
-    assert (east["cost"], east["leads"], east["deals_won"]) == ("1866.67", 2, 0)  # cost follows the leads
-    assert (north["cost"], north["leads"], north["deals_won"], north["won_amount"]) == ("933.33", 1, 1, "30000.00")
+    # the cost follows the leads; a shared deal counts in both teams with its shares
+    assert (east["cost"], east["leads"], east["deals_won"], east["won_amount"]) == ("1866.67", 2, 1, "5000.00")
+    assert (north["cost"], north["leads"], north["deals_won"], north["won_amount"]) == ("933.33", 1, 2, "35000.00")
     assert [(c["source"], c["grade"], c["leads"]) for c in teams["east"]["conversion"]
             if c["source"] == "event" and c["grade"] == "A"][0][2] >= 2
     in_region = ours((await marketing(campaigns="period", region="华北"))["campaigns"])

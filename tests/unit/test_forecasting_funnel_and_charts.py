@@ -112,22 +112,26 @@ def test_a_campaigns_cost_in_a_period_follows_its_run_else_its_leads() -> None:
     assert cost_in_window(Campaign("c4", "x", None, None, None, 4), february, 1) is None  # no rate
 
 
-def test_a_campaigns_cost_is_charged_to_the_owners_of_its_leads() -> None:
-    from services.forecasting.marketing import Campaign, CampaignActivity, company_economics, economics_by
+def test_a_campaigns_cost_is_charged_to_the_owners_of_its_leads_and_won_deals_split() -> None:
+    from services.forecasting.domain import OwnerSplit
+    from services.forecasting.marketing import Campaign, CampaignLeads, WonDeal, company_economics, economics_by
 
     campaigns = [Campaign("c1", "推广", Decimal(3000), None, None, leads_lifetime=3),
                  Campaign("c2", "no leads yet", Decimal(500), None, None, leads_lifetime=0)]
-    activity = [CampaignActivity("c1", "rep-1", 2, 0, Decimal(0)), CampaignActivity("c1", "rep-3", 1, 1, Decimal(9000)),
-                CampaignActivity("c1", None, 0, 1, Decimal(100))]
-    [whole, unstarted] = company_economics(campaigns, activity, None)
-    assert (whole.cost, whole.leads, whole.deals_won, whole.won_amount) == (3000, 3, 2, 9100)
+    leads = [CampaignLeads("c1", "rep-1", 2), CampaignLeads("c1", "rep-3", 1)]
+    won = [WonDeal("c1", Decimal(9000), (OwnerSplit("rep-3", 100),)),
+           WonDeal("c1", Decimal(1000), (OwnerSplit("rep-1", 60), OwnerSplit("rep-3", 40))),
+           WonDeal("c1", Decimal(100), ())]
+    [whole, unstarted] = company_economics(campaigns, leads, won, None)
+    assert (whole.cost, whole.leads, whole.deals_won, whole.won_amount) == (3000, 3, 3, 10100)
     assert (unstarted.cost, unstarted.leads) == (500, 0)  # listed with its whole cost
     teams = {"rep-1": "east", "rep-3": "north"}
-    per_team = economics_by(campaigns, activity, None, lambda owner: teams.get(owner or "", "unassigned"))
+    per_team = economics_by(campaigns, leads, won, None, lambda owner: teams.get(owner or "", "unassigned"))
     [east], [north], [unowned] = per_team["east"], per_team["north"], per_team["unassigned"]
-    assert (east.cost, east.leads, east.deals_won) == (2000, 2, 0)
-    assert (north.cost, north.acquisition_cost, north.roi) == (1000, 1000, 8)
+    assert (east.cost, east.leads, east.deals_won, east.won_amount) == (2000, 2, 1, 600)  # its 60 % of a deal
+    assert (north.cost, north.deals_won, north.won_amount, north.acquisition_cost) == (1000, 2, 9400, 500)
     assert (unowned.cost, unowned.deals_won, unowned.acquisition_cost) == (0, 1, 0)  # a won deal without a lead
     assert sum((f.cost or Decimal(0)) for rows in per_team.values() for f in rows) == whole.cost
-    only_north = economics_by(campaigns, activity, None, lambda owner: "asked" if owner == "rep-3" else None)
+    assert sum(f.won_amount for rows in per_team.values() for f in rows) == whole.won_amount
+    only_north = economics_by(campaigns, leads, won, None, lambda owner: "asked" if owner == "rep-3" else None)
     assert only_north == {"asked": [north]}
