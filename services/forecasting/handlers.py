@@ -451,6 +451,12 @@ async def lead_assigned(tx: Transaction, event: CloudEvent) -> None:
     await store.assign_lead(tx.conn, str(data.get("lead_id") or event.subject), str(data["owner_id"]))
 
 
+async def lead_merged(tx: Transaction, event: CloudEvent) -> None:
+    """A duplicate folded into another lead is no lead of its own in the conversion and campaign figures."""
+    data = event.data
+    await store.merge_lead(tx.conn, str(data["merged_lead_id"]), str(data.get("lead_id") or event.subject))
+
+
 async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
     data = event.data
     await store.convert_lead(tx.conn, str(data.get("lead_id") or event.subject),
@@ -481,6 +487,7 @@ HANDLERS = {
     "sales.lead.captured.v1": lead_captured,
     "sales.lead.assigned.v1": lead_assigned,
     "sales.lead.converted.v1": lead_converted,
+    "sales.lead.merged.v1": lead_merged,
     "sales.campaign.created.v1": campaign_changed,
     "sales.campaign.updated.v1": campaign_changed,
 }

@@ -259,6 +259,14 @@ async def assign_lead(conn: Connection, lead_id: str, owner_id: str) -> None:
         lead_id, owner_id)
 
 
+async def merge_lead(conn: Connection, lead_id: str, survivor_id: str) -> None:
+    """Mark a lead merged into another (a lead not seen yet is recorded as merged)."""
+    await conn.execute(
+        "INSERT INTO leads (lead_id, merged_into) VALUES ($1, $2)"
+        " ON CONFLICT (lead_id) DO UPDATE SET merged_into = EXCLUDED.merged_into",
+        lead_id, survivor_id)
+
+
 async def convert_lead(conn: Connection, lead_id: str, converted_on: date, campaign_id: str | None) -> None:
     """Mark a lead converted (a lead captured before this service listened is recorded as it is now)."""
     await conn.execute(
@@ -284,7 +292,7 @@ async def leads_captured(conn: Connection, since: date, until: date, owners: lis
     """The leads captured in [since, until] (held by these owners; None: everyone's, unowned ones too)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT source, grade, owner_id, converted_on IS NOT NULL AS converted FROM leads"
-        " WHERE captured_on BETWEEN $1 AND $2 AND ($3::text[] IS NULL OR owner_id = ANY($3))",
+        " WHERE captured_on BETWEEN $1 AND $2 AND merged_into IS NULL AND ($3::text[] IS NULL OR owner_id = ANY($3))",
         since, until, owners)
     return rows
 
@@ -293,7 +301,8 @@ async def campaigns(conn: Connection) -> list[asyncpg.Record]:
     """Every campaign: its cost and currency, its run, and how many leads it brought in all."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT c.campaign_id, c.name, c.actual_cost, c.currency, c.starts_on, c.ends_on,"
-        " (SELECT count(*) FROM leads l WHERE l.campaign_id = c.campaign_id) AS leads_lifetime"
+        " (SELECT count(*) FROM leads l WHERE l.campaign_id = c.campaign_id AND l.merged_into IS NULL)"
+        " AS leads_lifetime"
         " FROM campaigns c ORDER BY c.campaign_id")
     return rows
 
@@ -302,7 +311,8 @@ async def campaign_leads(conn: Connection, since: date | None, until: date | Non
     """Per campaign and owner: the campaign's leads they hold (captured in [since, until]; None: ever)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT campaign_id, owner_id, count(*) AS leads FROM leads WHERE campaign_id IN (SELECT campaign_id"
-        " FROM campaigns) AND ($1::date IS NULL OR captured_on BETWEEN $1 AND $2) GROUP BY 1, 2",
+        " FROM campaigns) AND merged_into IS NULL AND ($1::date IS NULL OR captured_on BETWEEN $1 AND $2)"
+        " GROUP BY 1, 2",
         since, until)
     return rows
 

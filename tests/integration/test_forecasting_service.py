@@ -574,7 +574,7 @@ def lead_captured(lead: str, owner: str, campaign: str, day: str) -> CloudEvent:
 
 
 async def test_campaign_economics_per_period_and_team_and_scope(
-    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
 ) -> None:
     campaign, month = f"camp-{uuid.uuid4()}", "2034-02"
     # 90 days, 28 of them in February
@@ -583,6 +583,12 @@ async def test_campaign_economics_per_period_and_team_and_scope(
     for lead, owner, day in zip(leads, ("rep-1", "rep-1", "rep-3", "rep-1"),
                                 ("2034-02-05", "2034-02-06", "2034-02-07", "2034-01-10"), strict=True):
         await send(producer, lead_captured(lead, owner, campaign, day))
+    duplicate = f"lead-{uuid.uuid4()}"  # captured again, then merged into the first: not a lead of its own
+    await send(producer, lead_captured(duplicate, "rep-1", campaign, "2034-02-09"))
+    await send(producer, CloudEvent(
+        type="sales.lead.merged.v1", source="/funnelcast/leads", subject=leads[0], sequence=2, data={
+            "lead_id": leads[0], "merged_lead_id": duplicate, "matched_on": ["email"], "merged_by": "rep-1",
+            "merged_at": "2034-02-10T08:00:00Z"}))
     await send(producer, CloudEvent(  # a manager gives one of rep-1's leads to rep-2
         type="sales.lead.assigned.v1", source="/funnelcast/leads", subject=leads[1], sequence=2, data={
             "lead_id": leads[1], "owner_id": "rep-2", "previous_owner_id": "rep-1", "team": "east", "grade": "A",
@@ -601,6 +607,9 @@ async def test_campaign_economics_per_period_and_team_and_scope(
         return row
 
     async def arrived() -> bool:
+        merged = await tables.fetchrow("SELECT captured_on, merged_into FROM leads WHERE lead_id = $1", duplicate)
+        if merged is None or merged["captured_on"] is None or merged["merged_into"] != leads[0]:
+            return False
         lifetime = [c for c in (await marketing())["campaigns"] if c["campaign_id"] == campaign]
         reassigned = [c for c in (await marketing(owner_id="rep-2"))["campaigns"] if c["campaign_id"] == campaign]
         return [(c["leads"], c["deals_won"]) for c in lifetime + reassigned] == [(4, 2), (1, 0)]
