@@ -12,9 +12,13 @@ contacted, engaged again for each lead), and reads sales.scores in this process:
   garbage collector paused meanwhile, so its pauses are not billed to the service);
 - the bare rates, for ratios: Faust's delivery of the same kind of backlog to an agent that does
   nothing (the ceiling of any Faust consumer on this machine), the broker's produce rate and
-  Postgres's commit rate (one row a transaction).
+  Postgres's commit rate (one row a transaction);
+- the issue's path, lead captured over HTTP -> scored: `--leads-processes` leads service processes
+  take captures open loop at `--capture-rate`/s for `--seconds`; for each lead, from the request sent
+  and from its HTTP 201 read to its first `sales.lead.scored.v1` read (through the leads service's
+  outbox and relay, the broker, the scoring consumer, its outbox and relay, the broker).
 
-Run: .venv/bin/python -m bench.scoring [--backlog 8000] [--rate 300] [--seconds 10]
+Run: .venv/bin/python -m bench.scoring [--backlog 8000] [--rate 300] [--seconds 10] [--capture-rate 500]
 """
 
 import argparse
@@ -28,17 +32,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from aiokafka import AIOKafkaProducer
 
 from bench.backbone import bare_broker_produce_rate, bare_postgres_commit_rate
-from bench.harness import embedded_stack, percentiles, ready_clients, service_processes
+from bench.harness import embedded_stack, load_sessions, open_loop, percentiles, ready_clients, service_processes
 from shared import kafka
 from shared.events.caused import CausedEventReader
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Outcome
 from shared.settings import Settings
 from shared.streaming import create_stream_app, subscribe
+from tests.support.waiting import eventually
 
 _serial = itertools.count(1)
 
@@ -130,6 +136,37 @@ async def latency_at(producer: AIOKafkaProducer, reader: CausedEventReader, rate
     return [reader.arrived[i] - at for i, at in sent.items()]
 
 
+async def capture_latency_at(
+    leads: list[aiohttp.ClientSession], reader: CausedEventReader, rate: float, seconds: float
+) -> tuple[list[float], list[float]]:
+    """Captures through the leads service's API, open loop at `rate`; for each lead, from the request
+    sent and from its HTTP 201 read to the first `sales.lead.scored.v1` of the lead read."""
+    spread = itertools.cycle(leads)
+    sent: dict[bytes, float] = {}
+    answered: dict[bytes, float] = {}
+
+    async def capture() -> None:
+        n = next(_serial)
+        body = {"contact": {"name": f"访客{n}", "phone": f"138{n:08d}"}, "source": "web_form",
+                "grade": "HABC"[n % 4], "region": ("华东", "华北")[n % 2]}
+        started = time.perf_counter()
+        async with next(spread).post("/v1/leads", json=body) as response:
+            lead = await response.json()
+        if response.status != 201:
+            raise RuntimeError(f"capture answered {response.status}: {lead}")
+        key = lead["id"].encode()
+        sent[key], answered[key] = started, time.perf_counter()
+
+    await open_loop(rate, seconds, capture)
+
+    async def all_scored() -> bool:
+        return all(key in reader.first_arrived for key in sent)
+
+    await eventually(all_scored, timeout=120, interval=0.2)
+    return ([reader.first_arrived[key] - at for key, at in sent.items()],
+            [reader.first_arrived[key] - at for key, at in answered.items()])
+
+
 class _Counting(EventProcessor):
     """Applies nothing: counts what Faust hands over."""
 
@@ -191,6 +228,19 @@ async def main(args: argparse.Namespace) -> None:
                     throughput, cpu_ms = await backlog_throughput(producer, reader, service, args.backlog)
                     with collector_paused():
                         latencies = await latency_at(producer, reader, args.rate, args.seconds)
+                    if args.capture_rate:
+                        with (
+                            service_processes(settings, "leads", args.leads_processes) as leads_urls,
+                            collector_paused(),
+                        ):
+                            async with (
+                                ready_clients(leads_urls, settings, 1),
+                                load_sessions(leads_urls, settings, 64) as leads,
+                            ):
+                                await capture_latency_at(leads, reader, 20, 2)  # warm-up: connections, groups
+                                from_sent, from_201 = await capture_latency_at(
+                                    leads, reader, args.capture_rate, args.seconds
+                                )
                 finally:
                     await producer.stop()
                     await reader.stop()
@@ -207,8 +257,14 @@ async def main(args: argparse.Namespace) -> None:
     print(f"bare Postgres commits:    {commit_rate:9,.0f} txn/s     (scored / bare commit = "
           f"{throughput / commit_rate:.2f}: a batch shares a commit)")
     print(f"bare broker produce:      {produce_rate:9,.0f} msgs/s    (scored / bare = {throughput / produce_rate:.3f})")
-    print(f"capture -> scored at {args.rate:,.0f}/s: p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  "
+    print(f"lead event -> scored at {args.rate:,.0f} events/s: p50 {p['p50']:.1f} ms  p95 {p['p95']:.1f} ms  "
           f"p99 {p['p99']:.1f} ms  ({len(latencies):,} events; target p99 <= 100 ms)")
+    if args.capture_rate:
+        for start, samples in (("request sent", from_sent), ("HTTP 201 read", from_201)):
+            q = percentiles(samples)
+            print(f"HTTP capture -> scored at {args.capture_rate:,.0f} captures/s, from the {start}:"
+                  f" p50 {q['p50']:.1f} ms  p95 {q['p95']:.1f} ms  p99 {q['p99']:.1f} ms"
+                  f"  ({len(samples):,} leads, {args.leads_processes} leads processes; target p99 <= 100 ms)")
 
 
 if __name__ == "__main__":
@@ -216,4 +272,8 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=8_000)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--capture-rate", type=float, default=500.0,
+                        help="captures/s through the leads service's API for the HTTP capture -> scored latency"
+                             " (0: leave that phase out)")
+    parser.add_argument("--leads-processes", type=int, default=2)
     asyncio.run(main(parser.parse_args()))

@@ -24,6 +24,7 @@ class CausedEventReader:
         self.arrived: dict[str, float] = {}
         self.caused: dict[str, dict[str, Any]] = {}  # causing event id -> the data of the first event it caused
         self.latest: dict[bytes, dict[str, Any]] = {}  # the data of the last event read per key
+        self.first_arrived: dict[bytes, float] = {}  # when the first event of each key was read
         self.awaited: set[str] = set()
         self.all_arrived = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -53,6 +54,7 @@ class CausedEventReader:
                     self.caused.setdefault(cause, event["data"])
                     if record.key is not None:
                         self.latest[record.key] = event["data"]
+                        self.first_arrived.setdefault(record.key, now)
                     self.awaited.discard(cause)
             if not self.awaited:
                 self.all_arrived.set()
