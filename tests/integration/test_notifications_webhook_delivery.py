@@ -8,6 +8,7 @@ the delivery loop (services/notifications/deliveries.py) as the service runs it,
 - A subscription deleted while deliveries for it are queued or in flight: no error, nothing else lost.
 - The per-subscription rate limit and in-flight share: over the limit waits, none is dropped, and a
   slow endpoint leaves the others' deliveries flowing.
+- A service that leaves deliveries to a worker (delivery_worker) sends none; the worker sends each once.
 """
 
 import asyncio
@@ -24,9 +25,10 @@ import asyncpg
 import pytest
 import trustme
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 import services.notifications
-from services.notifications import store
+from services.notifications import metrics, store
 from services.notifications.clock import Clock
 from services.notifications.config import NotificationsConfig
 from services.notifications.domain import NetworkPolicy, new_secret
@@ -110,10 +112,12 @@ async def serving(address: str, port: int, tls: ssl.SSLContext | None = None) ->
 
 @contextlib.asynccontextmanager
 async def delivering(db: Database, config: NotificationsConfig, guard: TargetGuard,
-                     ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[asyncio.Event]:
-    """The instance's background loops, as the service starts them; yields the 'deliveries queued' event."""
+                     ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True
+                     ) -> AsyncIterator[asyncio.Event]:
+    """The instance's background loops, as the service (or, `timers` off, a delivery worker) starts them;
+    yields the 'deliveries queued' event."""
     due = asyncio.Event()
-    workers = Workers(db, Context(ORG, config, Clock()), guard, due, ssl_context)
+    workers = Workers(db, Context(ORG, config, Clock()), guard, due, ssl_context, timers=timers, deliveries=deliveries)
     workers.start()
     try:
         yield due
@@ -330,3 +334,40 @@ async def test_a_slow_endpoint_holds_only_its_share_of_the_attempts_in_flight(db
 
             await eventually(slow_done, timeout=TIMEOUT)
     assert receiver.concurrent["/gate/slow"] == 2 and receiver.concurrent["/fast"] <= 2
+
+
+# --- deliveries in a worker process -----------------------------------------------------------
+
+
+async def untouched(db: Database, subscription: uuid.UUID) -> int:
+    """Deliveries never attempted nor leased (a claim pushes the due time past now)."""
+    async with db.pool.acquire() as conn:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'"
+            " AND attempts = 0 AND next_attempt_at <= now()", subscription))
+
+
+async def test_a_service_leaving_deliveries_to_a_worker_sends_none_and_the_worker_sends_each_once(
+        db: Database) -> None:
+    port = free_port()
+    config = NotificationsConfig(poll_interval_s=0.05, delivery_worker=True)
+    guard = TargetGuard(ONLY_127_0_0_1)
+    async with serving("127.0.0.1", port) as receiver:
+        subscription = await subscribe(db, f"http://127.0.0.1:{port}/hook")
+        await queue(db, subscription, 5)
+        async with delivering(db, config, guard, deliveries=not config.delivery_worker) as due:
+            due.set()  # as the NOTIFY of queued deliveries would: a delivery loop, had it started, would claim
+            for _ in range(2):  # two passes of the service's timers loop (each sets the gauge), a poll apart
+                metrics.timers_due.set(-1)
+
+                async def timers_passed() -> bool:
+                    return REGISTRY.get_sample_value("funnelcast_timers_due") != -1
+
+                await eventually(timers_passed)
+            assert await untouched(db, subscription) == 5 and receiver.received == []
+            async with delivering(db, config, guard, timers=False):
+                async def delivered() -> bool:
+                    return await statuses(db, subscription) == {"succeeded": 5}
+
+                await eventually(delivered, timeout=TIMEOUT)
+    assert len(receiver.received) == len({r.webhook_id for r in receiver.received}) == 5
