@@ -231,6 +231,7 @@ class ServiceRuntime:
             await self.watch.close()
         if self.db is not None:
             await self.db.close()
+        gc.unfreeze()  # what start-up built is garbage now (a process may start a service again: tests)
 
     async def readiness(self) -> dict[str, str]:
         problems: dict[str, str] = {}
@@ -261,9 +262,9 @@ def freeze_start_up_objects() -> None:
     Python's full (generation 2) collection walks every tracked object, and one runs each time enough
     new objects have survived: in the scoring service at 500 events/s that was a pause of 70-170 ms of
     CPU every several seconds, during which no event moved (the tail of bench/scoring.py's latency).
-    Frozen objects are still freed by reference counting; only cycles among them are never collected,
-    which start-up objects, living as long as the process, do not form as garbage. What is garbage now
-    is collected first."""
+    Frozen objects are still freed by reference counting; only cycles among them are not collected
+    while they are frozen (until the service stops; a Faust app replaced after a broker restart stays
+    frozen). What is garbage now is collected first."""
     gc.collect()
     gc.freeze()
 
