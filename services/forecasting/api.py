@@ -324,6 +324,12 @@ def _key_of(org: Organisation, by: Breakdown) -> Callable[[str | None], str]:
     return lambda owner: NO_KEY if owner is None else handlers.placement(org, owner).key(breakdown, owner)
 
 
+def _asked_key_of(org: Organisation, by: Breakdown, owners: set[str] | None) -> Callable[[str | None], str | None]:
+    """`_key_of` for the owners asked for (None: everyone); the others' shares are left out (None)."""
+    key_of = _key_of(org, by)
+    return lambda owner: key_of(owner) if owners is None or owner in owners else None
+
+
 class StageOut(BaseModel):
     stage: str
     reached: int
@@ -404,8 +410,7 @@ async def get_funnel(
     deals, moves = await _cohort(db, owners, wanted)
     rows = []
     if by is not None:
-        key_of = _key_of(org, by)
-        per_key = funnels_by(deals, moves, lambda owner: key_of(owner) if owners is None or owner in owners else None)
+        per_key = funnels_by(deals, moves, _asked_key_of(org, by, owners))
         rows = [FunnelRow(key=key, **FunnelFigures.of(figures).model_dump()) for key, figures in per_key.items()]
     return FunnelOut(
         period=wanted.name, currency=forecast_settings().currency, scope=_scope(principal), owner_id=owner_id,
@@ -502,9 +507,8 @@ async def get_marketing_funnel(
         overall = in_scope.get("asked", [])
     rows: list[MarketingRow] = []
     if by is not None:
-        key_of = _key_of(org, by)
-        per_key = economics_by(known, brought, won, window,
-                               lambda o: key_of(o) if owners is None or o in owners else None)
+        per_key = economics_by(known, brought, won, window, _asked_key_of(org, by, owners))
+        key_of = _key_of(org, by)  # the leads read are the asked owners' already
         leads_per_key: dict[str, list[LeadFact]] = {}
         for lead in leads:
             leads_per_key.setdefault(key_of(lead.owner_id), []).append(lead)
