@@ -456,7 +456,9 @@ def main() -> None:
     print(f"webhooks: {hooks['deliveries']} replayed deliveries to a loopback receiver at {hooks['per_s']:.0f}/s "
           f"(receiver counted {hooks['received']}, dead {hooks['dead']}; {hooks['live_deliveries']} delivered live "
           "during the push phase)")
-    print("  CPU per replayed delivery: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in hooks["cpu_ms"].items()))
+    if hooks["deliveries"]:
+        print("  CPU per replayed delivery: "
+              + ", ".join(f"{name} {ms:.2f} ms" for name, ms in hooks["cpu_ms"].items()))
 
 
 if __name__ == "__main__":
