@@ -54,6 +54,8 @@ _LEAD_DONE = {"sales.lead.contacted.v1", "sales.lead.qualified.v1", "sales.lead.
 _OPPORTUNITY_ACTIVE = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
                        "sales.opportunity.assessed.v1", "sales.opportunity.owners_changed.v1",
                        "sales.opportunity.reactivated.v1"}
+# an edit (name, amount, close date, product) is activity too, but it may be of a suspended deal
+_OPPORTUNITY_EDITED = "sales.opportunity.updated.v1"
 _OPPORTUNITY_DONE = {"sales.opportunity.won.v1", "sales.opportunity.lost.v1", "sales.opportunity.terminated.v1",
                      "sales.opportunity.archived.v1", "sales.opportunity.suspended.v1"}
 
@@ -292,11 +294,12 @@ def _timer_change(ctx: Context, event: CloudEvent) -> store.TimerChange | None:
         return store.TimerChange(event.subject, follow_ups)
     if event.type in _LEAD_DONE:
         return store.TimerChange(event.subject, follow_ups)
-    if event.type in _OPPORTUNITY_ACTIVE and owner:
+    if (event.type in _OPPORTUNITY_ACTIVE or event.type == _OPPORTUNITY_EDITED) and owner:
         days = ctx.config.opportunity_idle_days
         return store.TimerChange(event.subject, (OPPORTUNITY_IDLE,), OPPORTUNITY_IDLE, owner,
                                  event.time + timedelta(days=days),
-                                 {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner})
+                                 {"opportunity_id": event.subject, "idle_days": days, "owner_id": owner},
+                                 after_cancellation=event.type != _OPPORTUNITY_EDITED)
     if event.type in _OPPORTUNITY_ACTIVE or event.type in _OPPORTUNITY_DONE:
         return store.TimerChange(event.subject, (OPPORTUNITY_IDLE,))
     return None

@@ -322,6 +322,9 @@ class TimerChange:
     recipient: str | None = None
     due_at: datetime | None = None
     data: Mapping[str, Any] | None = None
+    # False: add no timer while the subject's latest timer of the kind stands cancelled, i.e. stopped by
+    # a close or a suspension rather than replaced (an edit of a suspended deal restarts no reminder)
+    after_cancellation: bool = True
 
 
 async def change_timers(conn: Connection, changes: Sequence[TimerChange]) -> None:
@@ -332,9 +335,12 @@ async def change_timers(conn: Connection, changes: Sequence[TimerChange]) -> Non
             "WITH cancelled AS (UPDATE timers SET cancelled_at = now() WHERE subject = $2 AND kind = ANY($6::text[])"
             " AND fired_at IS NULL AND cancelled_at IS NULL)"
             " INSERT INTO timers (kind, subject, recipient, due_at, data)"
-            " SELECT $1::text, $2::text, $3::text, $4::timestamptz, $5::jsonb WHERE $1::text IS NOT NULL",
+            " SELECT $1::text, $2::text, $3::text, $4::timestamptz, $5::jsonb WHERE $1::text IS NOT NULL"
+            " AND ($7::boolean OR NOT coalesce((SELECT cancelled_at IS NOT NULL FROM timers"
+            " WHERE subject = $2 AND kind = $1::text ORDER BY id DESC LIMIT 1), false))",
             [(c.kind, c.subject, c.recipient, c.due_at,
-              None if c.data is None else json.dumps(c.data, ensure_ascii=False, default=str), list(c.cancelling))
+              None if c.data is None else json.dumps(c.data, ensure_ascii=False, default=str), list(c.cancelling),
+              c.after_cancellation)
              for c in changes],
         )
 

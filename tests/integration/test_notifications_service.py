@@ -503,6 +503,58 @@ async def test_a_batch_of_events_ends_as_if_its_events_were_applied_one_by_one(
         await db.close()
 
 
+def opportunity_event(kind: str, opportunity_id: str, at: datetime, sequence: int) -> CloudEvent:
+    """An opportunity of rep-1's created, suspended or edited (its amount) at `at`."""
+    stamp = at.isoformat().replace("+00:00", "Z")
+    figures = {"opportunity_id": opportunity_id, "owner_id": "rep-1", "account_id": "acc-1", "stage": "bidding",
+               "amount": "120000.00", "currency": "CNY", "expected_close_date": "2027-03-31"}
+    data = {
+        "created": {**figures, "name": "华东云平台", "status": "open", "probability": 40, "created_at": stamp,
+                    "lead_id": None, "campaign_id": None},
+        "suspended": {"opportunity_id": opportunity_id, "owner_id": "rep-1", "by": "rep-1", "reason": "客户预算冻结",
+                      "at": stamp},
+        "updated": {**figures, "product": None, "changed_fields": ["amount"], "changes": {"amount": "120000.00"},
+                    "previous": {"amount": "100000.00"}, "changed_by": "rep-1", "changed_at": stamp},
+    }[kind]
+    return CloudEvent(type=f"sales.opportunity.{kind}.v1", source="/funnelcast/opportunities", subject=opportunity_id,
+                      data=data, sequence=sequence, time=at)
+
+
+async def test_an_edit_of_an_open_deal_restarts_its_idle_reminder_and_an_edit_of_a_suspended_one_none(
+    settings: Settings, tables: asyncpg.Pool, config: NotificationsConfig, notifications: Served
+) -> None:
+    """sales.opportunity.updated.v1 is activity on the deal, as a stage change is; a suspended deal has no
+    idle reminder, and editing it does not give it one."""
+    db = await Database.open(settings.database_url_for("notifications"), "/funnelcast/notifications", pool_size=2)
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        opened_at = datetime.now(UTC).replace(microsecond=0)
+        edited_at = opened_at + timedelta(days=3)
+        open_deal, suspended_deal = f"opp-{uuid.uuid4()}", f"opp-{uuid.uuid4()}"
+        events = [opportunity_event("created", open_deal, opened_at, 1),
+                  opportunity_event("created", suspended_deal, opened_at, 1),
+                  opportunity_event("suspended", suspended_deal, opened_at + timedelta(days=1), 2),
+                  opportunity_event("updated", open_deal, edited_at, 2),
+                  opportunity_event("updated", suspended_deal, edited_at, 3)]
+        messages = [Message("sales.opportunities", 0, i, e.subject.encode(), e.to_bytes())
+                    for i, e in enumerate(events)]
+        processor = EventProcessor(db, f"idle-{uuid.uuid4()}", dict(service.handlers), DeadLetters(producer, "idle"))
+
+        assert [o.value for o in await processor.process_batch(messages)] == ["applied"] * 5
+
+        async def idle_reminders_due(deal: str) -> list[datetime]:
+            rows = await tables.fetch("SELECT due_at FROM timers WHERE subject = $1 AND kind = 'opportunity-idle'"
+                                      " AND fired_at IS NULL AND cancelled_at IS NULL", deal)
+            return [r["due_at"] for r in rows]
+
+        assert await idle_reminders_due(open_deal) == [edited_at + timedelta(days=config.opportunity_idle_days)]
+        assert await idle_reminders_due(suspended_deal) == []
+    finally:
+        await producer.stop()
+        await db.close()
+
+
 # --- rules ------------------------------------------------------------------------------------
 
 
