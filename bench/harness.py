@@ -22,6 +22,7 @@ from shared.auth import issue_token
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
+from shared.topology import WORKERS, port_variable
 from tests.support.waiting import eventually, free_port
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 def service_processes(settings: Settings, service: str, count: int, module: str | None = None) -> Iterator[list[str]]:
     """`count` processes of one service on loopback, as `funnelcast up --replicas` runs them; their URLs.
     `module`: another entry point of the service than `services.<service>` (e.g. a worker)."""
+    process = next((worker.name for worker in WORKERS.values() if worker.module == module), service)
     ports = [free_port() for _ in range(count)]
     procs = []
     for port in ports:
@@ -72,7 +74,7 @@ def service_processes(settings: Settings, service: str, count: int, module: str 
             "FUNNELCAST_DATABASE_URL": settings.server_url,
             "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap_servers,
             "FUNNELCAST_KAFKA_IDEMPOTENCE": "false",
-            f"FUNNELCAST_{service.upper()}_PORT": str(port),
+            port_variable(process): str(port),
             "FUNNELCAST_LOG_LEVEL": "WARNING",
             "FUNNELCAST_HOME": str(settings.home),
         }

@@ -341,12 +341,13 @@ ServiceDatabase = Annotated[Database, Depends(database)]
 HTTP_KEEP_ALIVE_S = 75
 
 
-def server_config(definition: ServiceDefinition, settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration one service process runs with."""
+def server_config(definition: ServiceDefinition, settings: Settings, process: str | None = None) -> uvicorn.Config:
+    """The uvicorn configuration one service process runs with; `process`: a worker of the service
+    (shared/topology.py WORKERS), on the worker's port."""
     return uvicorn.Config(
         create_service_app(definition, settings),
         host=settings.host,
-        port=settings.port_for(definition.name),
+        port=settings.port_for(process or definition.name),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
@@ -354,11 +355,12 @@ def server_config(definition: ServiceDefinition, settings: Settings) -> uvicorn.
     )
 
 
-def serve(definition: ServiceDefinition) -> None:
-    """Run one service process (`python -m services.<name>`)."""
+def serve(definition: ServiceDefinition, process: str | None = None) -> None:
+    """Run one service process (`python -m services.<name>`), or one of its workers' (`process`: its name
+    in shared/topology.py WORKERS, which gives its port and names its log lines)."""
     settings = get_settings()
-    configure_logging(definition.name, settings.log_level)
-    server = uvicorn.Server(server_config(definition, settings))
+    configure_logging(process or definition.name, settings.log_level)
+    server = uvicorn.Server(server_config(definition, settings, process))
     server.run()
     if not server.started:
         sys.exit(3)  # what uvicorn.run exits with when the server failed to start

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.topology import SERVICES
+from shared.topology import PROCESSES, SERVICES, port_variable
 
 DEV_AUTH_SECRET = "funnelcast-dev-secret-not-for-production-use"  # noqa: S105 - documented dev default, warned about
 EMBEDDED_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -77,8 +77,9 @@ class Settings(BaseSettings):
         """Each service has its own database on the configured server."""
         return with_database(self.server_url, SERVICES[service].database)
 
-    def port_for(self, service: str) -> int:
-        return int(os.environ.get(f"FUNNELCAST_{service.upper()}_PORT", SERVICES[service].port))
+    def port_for(self, process: str) -> int:
+        """A service's or a worker's port (shared/topology.py PROCESSES), unless its variable says otherwise."""
+        return int(os.environ.get(port_variable(process), PROCESSES[process].port))
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -39,6 +39,38 @@ SERVICES: dict[str, Service] = {
 
 
 @dataclass(frozen=True)
+class Worker:
+    """A process of a service's own beside it: the service's image, settings and database, another entry
+    point (`python -m <module>`), and a port of its own for /healthz, /readyz and /metrics."""
+
+    name: str
+    service: str
+    module: str
+    port: int
+    does: str
+    # the variable that, set to true on the service, leaves this work to the worker; `funnelcast up`,
+    # docker-compose.yml and deploy/k8s set it wherever they run the worker
+    hand_over: str
+
+
+WORKERS: dict[str, Worker] = {
+    w.name: w
+    for w in (
+        Worker("notifications-worker", "notifications", "services.notifications.worker", 8006,
+               "webhook and e-mail deliveries", "FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKER"),
+    )
+}
+
+# Every process the system runs, by name: the services, then their workers.
+PROCESSES: dict[str, Service | Worker] = {**SERVICES, **WORKERS}
+
+
+def port_variable(process: str) -> str:
+    """The setting of a process's port: FUNNELCAST_LEADS_PORT, FUNNELCAST_NOTIFICATIONS_WORKER_PORT."""
+    return f"FUNNELCAST_{process.upper().replace('-', '_')}_PORT"
+
+
+@dataclass(frozen=True)
 class Topic:
     name: str
     partitions: int

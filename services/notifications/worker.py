@@ -7,8 +7,8 @@ capture's notification waited seconds behind 800 webhook attempts a second in th
 work is in the tables (leased with FOR UPDATE SKIP LOCKED), so any number of workers and service
 instances share it, each delivery once; a worker wakes on the NOTIFY that queued deliveries send at
 commit (a push hub that listens for nothing else but configuration changes). Settings, health,
-readiness and metrics (`funnelcast_webhook_deliveries_total` ...) are the service's, on its port
-setting (FUNNELCAST_NOTIFICATIONS_PORT); it consumes no events.
+readiness and metrics (`funnelcast_webhook_deliveries_total` ...) are the service's, on a port of its
+own (shared/topology.py WORKERS: 8006, FUNNELCAST_NOTIFICATIONS_WORKER_PORT); it consumes no events.
 """
 
 import contextlib
@@ -29,4 +29,4 @@ async def delivering(app: FastAPI) -> AsyncIterator[None]:
 worker = ServiceDefinition(name=service.name, routers=(APIRouter(lifespan=delivering),), migrations=service.migrations)
 
 if __name__ == "__main__":
-    serve(worker)
+    serve(worker, process="notifications-worker")

@@ -36,7 +36,7 @@ from shared.runtime.supervisor import (
     stop_recorded,
 )
 from shared.settings import Settings
-from shared.topology import SERVICES
+from shared.topology import PROCESSES, SERVICES
 
 EXIT_USAGE = 2
 DEFAULT_READY_TIMEOUT_S = 90.0
@@ -67,8 +67,8 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
         name, sep, count = value.partition("=")
         if not sep or not count.isdigit() or int(count) < 1:
             raise ValueError(f"--replicas wants SERVICE=N with N >= 1, not {value!r}")
-        if name not in SERVICES:
-            raise ValueError(f"--replicas: unknown service {name!r}; services are {', '.join(SERVICES)}")
+        if name not in PROCESSES:
+            raise ValueError(f"--replicas: unknown service {name!r}; services and workers are {', '.join(PROCESSES)}")
         replicas[name] = int(count)
     return replicas
 

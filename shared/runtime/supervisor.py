@@ -1,7 +1,8 @@
 """Starting and stopping the whole system on one machine.
 
 `Stack` starts the embedded database and broker (unless external ones are configured), creates
-the topics, runs every service as its own process and waits for their `/readyz`. Every pid it
+the topics, runs every service and every service's worker (shared/topology.py PROCESSES) as its own
+process and waits for their `/readyz`. Every pid it
 starts is recorded in FUNNELCAST_HOME/runtime.json as soon as it exists, so `funnelcast down`
 (`stop_recorded`) can stop the lot from another process, even after a crash of `up`.
 """
@@ -27,7 +28,7 @@ from shared.runtime.broker import TansuBroker, stop_broker_process
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.runtime.processes import LOCALHOST, ProcessRef, log_tail, port_in_use, stop_processes, wait_until
 from shared.settings import Settings
-from shared.topology import SERVICES
+from shared.topology import PROCESSES, WORKERS, port_variable
 
 RUNTIME_FILE = "runtime.json"
 REPLICA_PORT_STEP = 10  # instance k of a service listens on its base port + 10 * k
@@ -59,14 +60,14 @@ class ServiceInstance:
 
 
 def plan_instances(settings: Settings, replicas: dict[str, int] | None = None) -> list[ServiceInstance]:
-    """Every service process to run: one per service, or N with --replicas (ports base + 10 * k)."""
+    """Every process to run: one per service and per worker, or N with --replicas (ports base + 10 * k)."""
     replicas = replicas or {}
-    unknown = set(replicas) - set(SERVICES)
+    unknown = set(replicas) - set(PROCESSES)
     if unknown:
-        raise StackError(f"unknown service(s) {', '.join(sorted(unknown))}; services are {', '.join(SERVICES)}")
+        raise StackError(f"unknown service(s) {', '.join(sorted(unknown))}; services are {', '.join(PROCESSES)}")
     return [
         ServiceInstance(name, k, settings.port_for(name) + REPLICA_PORT_STEP * k)
-        for name in SERVICES
+        for name in PROCESSES
         for k in range(replicas.get(name, 1))
     ]
 
@@ -301,12 +302,15 @@ class Stack:
         self.timings["topics"] = time.monotonic() - started
 
     def _service_env(self, instance: ServiceInstance) -> dict[str, str]:
+        # a worker that runs takes its work from its service (in every process: the worker reads it too)
+        hand_overs = {WORKERS[i.name].hand_over: "true" for i in self.instances if i.name in WORKERS}
         env = {
             **os.environ,
             "FUNNELCAST_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "FUNNELCAST_DATABASE_URL": self.database_url,
             "FUNNELCAST_HOME": str(self.home),
-            f"FUNNELCAST_{instance.name.upper()}_PORT": str(instance.port),
+            port_variable(instance.name): str(instance.port),
+            **hand_overs,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -319,7 +323,7 @@ class Stack:
         log_file = self._rotated(self.logs / f"{instance.label}.log")
         with log_file.open("wb") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", SERVICES[instance.name].module],
+                [sys.executable, "-m", PROCESSES[instance.name].module],
                 env=self._service_env(instance), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )

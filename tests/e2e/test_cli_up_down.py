@@ -13,7 +13,7 @@ import pytest
 
 from shared.runtime.processes import ProcessRef, port_in_use
 from shared.runtime.supervisor import REPLICA_PORT_STEP
-from shared.topology import SERVICES
+from shared.topology import PROCESSES, port_variable
 from tests.support.waiting import free_port
 
 pytestmark = pytest.mark.slow
@@ -26,11 +26,14 @@ def funnelcast(*args: str, env: dict[str, str], timeout: float = 60) -> subproce
     return subprocess.run([str(FUNNELCAST), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def free_port_with_replica_room() -> int:
-    """A free port whose replica port (base + 10) is free too."""
+def free_port_with_replica_room(taken: set[int]) -> int:
+    """A free port whose replica port (base + 10) is free too, neither of them `taken` by another process's
+    port or replica port (which is added to `taken`)."""
     while True:
         port = free_port()
-        if port + REPLICA_PORT_STEP < 65536 and not port_in_use(port + REPLICA_PORT_STEP):
+        replica = port + REPLICA_PORT_STEP
+        if replica < 65536 and not port_in_use(replica) and not {port, replica} & taken:
+            taken.update((port, replica))
             return port
 
 
@@ -40,15 +43,17 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["FUNNELCAST_HOME"] = str(tmp_path / "home")
     env["FUNNELCAST_EMBEDDED_POSTGRES_PORT"] = str(free_port())
     env["FUNNELCAST_EMBEDDED_KAFKA_PORT"] = str(free_port())
-    for name in SERVICES:
-        env[f"FUNNELCAST_{name.upper()}_PORT"] = str(free_port_with_replica_room())
+    taken: set[int] = set()
+    for name in PROCESSES:
+        env[port_variable(name)] = str(free_port_with_replica_room(taken))
     yield env
     if (tmp_path / "home" / "runtime.json").exists():  # a failed test must not leave processes behind
         funnelcast("down", env=env)
 
 
 def service_ports(env: dict[str, str]) -> dict[str, int]:
-    return {name: int(env[f"FUNNELCAST_{name.upper()}_PORT"]) for name in SERVICES}
+    """Every process's port: the five services' and the notifications delivery worker's."""
+    return {name: int(env[port_variable(name)]) for name in PROCESSES}
 
 
 def up_detached(env: dict[str, str], *args: str) -> None:

@@ -22,7 +22,7 @@ from shared.auth import issue_token
 from shared.context import trace_id_of
 from shared.org import Role
 from shared.settings import Settings
-from shared.topology import SERVICES
+from shared.topology import PROCESSES
 from tests.e2e.test_cli_up_down import funnelcast, service_ports, stack_env, up_detached  # noqa: F401 - fixture
 from tests.support.metric_names import metrics_used
 
@@ -130,7 +130,7 @@ def test_status_figures_and_the_metrics_every_rule_and_dashboard_needs(stack_env
     status = funnelcast("status", "--json", env=stack_env)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
-    assert {s["name"] for s in report["services"]} == set(SERVICES)
+    assert {s["name"] for s in report["services"]} == set(PROCESSES)
     for service in report["services"]:
         figures = (service["consumer_lag"], service["outbox_backlog"], service["dead_letters"])
         assert all(isinstance(f, int) and f >= 0 for f in figures), service

@@ -1,11 +1,13 @@
 """The `funnelcast` command line's pure parts: replicas, ports, URLs shown, tokens."""
 
+from pathlib import Path
+
 import pytest
 
 from shared.auth import verify_token
 from shared.org import Role, load_organisation
 from shared.runtime.cli import main, parse_replicas
-from shared.runtime.supervisor import plan_instances, redact_url
+from shared.runtime.supervisor import Stack, plan_instances, redact_url
 from shared.settings import DEV_AUTH_SECRET, Settings
 
 
@@ -13,7 +15,23 @@ def test_replicas_listen_ten_ports_apart() -> None:
     instances = plan_instances(Settings(), parse_replicas(["scoring=3"]))
     scoring = [(i.label, i.port) for i in instances if i.name == "scoring"]
     assert scoring == [("scoring", 8003), ("scoring-1", 8013), ("scoring-2", 8023)]
-    assert len(instances) == 7
+    assert len(instances) == 8  # five services, two more scoring instances, the notifications worker
+
+
+def test_up_runs_the_delivery_worker_and_leaves_the_deliveries_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKER", raising=False)
+    instances = plan_instances(Settings(), parse_replicas(["notifications-worker=2"]))
+    workers = [(i.label, i.port) for i in instances if i.name == "notifications-worker"]
+    assert workers == [("notifications-worker", 8006), ("notifications-worker-1", 8016)]
+    stack = Stack(Settings(), tmp_path, instances, out=lambda _line: None)
+    [service] = [i for i in instances if i.name == "notifications"]
+    env = stack._service_env(service)  # noqa: SLF001 - what the service process is started with
+    assert env["FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKER"] == "true"
+    assert env["FUNNELCAST_NOTIFICATIONS_PORT"] == "8005"
+    alone = Stack(Settings(), tmp_path, [service], out=lambda _line: None)  # no worker: the service delivers
+    assert "FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKER" not in alone._service_env(service)  # noqa: SLF001
 
 
 @pytest.mark.parametrize("value", ["scoring", "scoring=0", "scoring=two", "billing=2"])
