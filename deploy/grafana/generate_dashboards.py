@@ -148,6 +148,9 @@ OWN_PANELS: dict[str, list[dict[str, Any]]] = {
                f"(rate(funnelcast_notification_push_latency_seconds_bucket[{R}])))", "p95")),
         panel("Open WebSocket connections", "Per instance.", "short",
               ("sum by (instance) (funnelcast_websocket_connections)", "{{instance}}")),
+        panel("Delivery workers", "notifications-worker processes (webhooks, e-mail) ready, and scraped.", "short",
+              ('sum(funnelcast_ready{service="notifications-worker"})', "ready"),
+              ('sum(up{job="funnelcast", service="notifications-worker"})', "up")),
     ],
 }
 

@@ -5,6 +5,7 @@ shared/settings.py; where a piece of a file is a command (the image's health che
 they run it.
 """
 
+import importlib
 import json
 import os
 import re
@@ -18,9 +19,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
+from pydantic_settings import BaseSettings
 
 from shared.settings import Settings
-from shared.topology import SERVICES
+from shared.topology import PROCESSES, SERVICES, WORKERS, port_variable
 from tests.support.metric_names import exported_metric_names, metrics_used
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,8 +80,13 @@ def interpolate(value: str, required_placeholder: str = "set-from-the-environmen
 
 
 def app_services(compose: dict) -> dict[str, dict]:
-    """The services built from this repository (the rest are images: Kafka, Postgres ...)."""
+    """The containers built from this repository (the rest are images: Kafka, Postgres ...)."""
     return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+def built_image(compose: dict, name: str) -> str:
+    """The image a built container runs: its `image`, or the name compose gives a build (<project>-<name>)."""
+    return str(compose["services"][name].get("image", f"{compose['name']}-{name}"))
 
 
 def published_ports(service: dict) -> list[tuple[int, int]]:
@@ -137,11 +145,36 @@ def dockerfile() -> list[tuple[str, str]]:
     return dockerfile_instructions(DOCKERFILE.read_text())
 
 
-# --- the five services ---------------------------------------------------------------------------
+# --- the five services and their workers ---------------------------------------------------------
 
 
-def test_the_built_services_are_exactly_the_topology(compose):
-    assert sorted(app_services(compose)) == sorted(SERVICES)
+def test_the_built_containers_are_exactly_the_topology_s_processes(compose):
+    assert sorted(app_services(compose)) == sorted(PROCESSES)
+
+
+def test_five_images_one_per_service_and_a_worker_runs_its_service_s(compose):
+    assert len({built_image(compose, name) for name in app_services(compose)}) == len(SERVICES)
+    for worker in WORKERS.values():
+        container, service = compose["services"][worker.name], compose["services"][worker.service]
+        assert built_image(compose, worker.name) == built_image(compose, worker.service)
+        assert container["build"] == service["build"], "the same image must come from the same build"
+        assert container["entrypoint"] == ["python", "-m", worker.module]
+        assert importlib.util.find_spec(worker.module) is not None
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_a_worker_publishes_no_host_port_and_exposes_its_own(compose, name):
+    container = compose["services"][name]
+    assert "ports" not in container, "a worker serves only /healthz, /readyz and /metrics, to the compose network"
+    assert [int(port) for port in container["expose"]] == [WORKERS[name].port]
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_a_service_whose_worker_runs_leaves_the_work_to_it(compose, name):
+    hand_over = WORKERS[name].hand_over
+    for container in (name, WORKERS[name].service):
+        value = interpolate(environment(compose["services"][container]).get(hand_over, "false"))
+        assert TypeAdapter(bool).validate_python(value) is True, f"{container}: {hand_over}={value!r}"
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -167,13 +200,32 @@ def test_no_two_containers_publish_the_same_host_port(compose):
 # --- configuration -------------------------------------------------------------------------------
 
 
+def services_own_settings() -> set[str]:
+    """The FUNNELCAST_* variables of the services' own settings classes (services/<name>/config.py)."""
+    variables = set()
+    for service in SERVICES:
+        if importlib.util.find_spec(f"services.{service}.config") is None:
+            continue
+        for value in vars(importlib.import_module(f"services.{service}.config")).values():
+            if isinstance(value, type) and issubclass(value, BaseSettings) and value is not BaseSettings:
+                prefix = value.model_config.get("env_prefix", "")
+                variables |= {f"{prefix}{field}".upper() for field in value.model_fields}
+    return variables
+
+
 def _is_setting(variable: str) -> bool:
     field = variable.removeprefix("FUNNELCAST_").lower()
-    port_overrides = {f"FUNNELCAST_{name.upper()}_PORT" for name in SERVICES}
-    return field in Settings.model_fields or variable in port_overrides
+    port_overrides = {port_variable(name) for name in PROCESSES}
+    return field in Settings.model_fields or variable in port_overrides or variable in services_own_settings()
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_a_misspelt_variable_is_not_taken_for_a_setting():
+    assert _is_setting("FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKER")
+    assert not _is_setting("FUNNELCAST_NOTIFICATIONS_DELIVERY_WORKERS")
+    assert _is_setting("FUNNELCAST_NOTIFICATIONS_WORKER_PORT") and not _is_setting("FUNNELCAST_WORKER_PORT")
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_every_funnelcast_variable_is_a_real_setting(compose, name):
     # Settings ignores unknown FUNNELCAST_* variables (extra="ignore"), so a misspelt one in
     # compose would be silently dropped: catch it here.
@@ -183,7 +235,7 @@ def test_every_funnelcast_variable_is_a_real_setting(compose, name):
     assert not unknown, f"not fields of shared.settings.Settings: {unknown}"
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_the_environment_is_accepted_by_settings(compose, name, monkeypatch):
     """Values must parse as their fields' types (a bool as a bool, a number as a number)."""
     for key in list(os.environ):
@@ -195,10 +247,10 @@ def test_the_environment_is_accepted_by_settings(compose, name, monkeypatch):
     settings = Settings()
     assert settings.host == "0.0.0.0"
     assert settings.kafka_bootstrap and settings.database_url
-    assert settings.port_for(name) == SERVICES[name].port
+    assert settings.port_for(name) == PROCESSES[name].port
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_required_settings_are_set(compose, name):
     env = environment(compose["services"][name])
     assert env.get("FUNNELCAST_HOST") == "0.0.0.0", "the service would bind 127.0.0.1 inside its container"
@@ -220,7 +272,7 @@ def _listeners(value: str) -> dict[str, tuple[str, int]]:
     return result
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_bootstrap_servers_are_listeners_of_the_kafka_service(compose, name):
     kafkas = infrastructure(compose, "apache/kafka")
     assert kafkas, "no apache/kafka service"
@@ -238,7 +290,7 @@ def test_bootstrap_servers_are_listeners_of_the_kafka_service(compose, name):
         assert name in app_services(compose) and host in compose["services"][name]["depends_on"]
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_database_url_names_the_postgres_service_and_its_user(compose, name):
     postgreses = infrastructure(compose, "postgres")
     assert postgreses, "no postgres service"
@@ -255,7 +307,7 @@ def test_database_url_names_the_postgres_service_and_its_user(compose, name):
     assert url.path.lstrip("/") in existing
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_service_waits_for_healthy_kafka_and_postgres(compose, name):
     depends_on = compose["services"][name].get("depends_on") or {}
     assert isinstance(depends_on, dict), "the list form of depends_on cannot wait for health"
@@ -370,9 +422,7 @@ def _healthcheck_command(dockerfile) -> list[str]:
     assert len(checks) == 1, "one HEALTHCHECK in the runtime stage"
     options, _, command = checks[0].partition("CMD ")
     assert command, "HEALTHCHECK without CMD"
-    argv = exec_form(command.strip())
-    assert "/healthz" in " ".join(argv)
-    return argv
+    return exec_form(command.strip())
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -386,6 +436,15 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
+def _closed_ports(count: int) -> list[int]:
+    """Ports nothing listens on: the other processes' ports must answer nothing in the check."""
+    sockets = [ThreadingHTTPServer(("127.0.0.1", 0), _Health) for _ in range(count)]
+    ports = [server.server_address[1] for server in sockets]
+    for server in sockets:
+        server.server_close()
+    return ports
+
+
 def _run_in_image_env(argv: list[str], env: dict[str, str], path: str | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELCAST_")}
     if path is not None:
@@ -393,8 +452,11 @@ def _run_in_image_env(argv: list[str], env: dict[str, str], path: str | None = N
     return subprocess.run(argv, env={**base, **env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.parametrize("process", ["leads", *sorted(WORKERS)])
 @pytest.mark.parametrize("answer", [200, 503, None])
-def test_dockerfile_healthcheck_probes_healthz_on_the_service_port(dockerfile, answer):
+def test_dockerfile_healthcheck_probes_healthz_on_the_process_s_port(dockerfile, answer, process):
+    """The image of `leads` runs the service; a worker's image (its service's) runs with another command and
+    only the worker's port answers."""
     argv = _healthcheck_command(dockerfile)
     assert argv[0] in {"python", "python3"}, "the slim image has no curl or wget: use Python"
     argv = [sys.executable, *argv[1:]]
@@ -404,8 +466,10 @@ def test_dockerfile_healthcheck_probes_healthz_on_the_service_port(dockerfile, a
         server.server_close()  # nothing listens: the check must fail, not hang
     else:
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    service = WORKERS[process].service if process in WORKERS else process
+    env = {port_variable(name): str(free) for name, free in zip(PROCESSES, _closed_ports(len(PROCESSES)), strict=True)}
     try:
-        result = _run_in_image_env(argv, {"SERVICE": "leads", "FUNNELCAST_LEADS_PORT": str(port)})
+        result = _run_in_image_env(argv, {**env, "SERVICE": service, port_variable(process): str(port)})
     finally:
         if answer is not None:
             server.shutdown()

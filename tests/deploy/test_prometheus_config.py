@@ -1,4 +1,5 @@
-"""deploy/prometheus/prometheus.yml against the topology, and through promtool when it is installed."""
+"""deploy/prometheus/prometheus.yml against the topology (the services and their workers), and through promtool
+when it is installed."""
 
 import json
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.topology import SERVICES
+from shared.topology import PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -50,9 +51,9 @@ def service_targets(config: dict) -> list[tuple[str, int, str, str, dict]]:
     return targets
 
 
-def test_scrapes_exactly_the_five_services_at_their_ports(config):
+def test_scrapes_exactly_the_five_services_and_their_workers_at_their_ports(config):
     scraped = sorted((host, port) for host, port, *_ in service_targets(config))
-    assert scraped == sorted((name, service.port) for name, service in SERVICES.items())
+    assert scraped == sorted((name, process.port) for name, process in PROCESSES.items())
 
 
 def test_scrapes_metrics_over_http_and_labels_each_service(config):
