@@ -1,5 +1,6 @@
-"""deploy/k8s/ against the Kubernetes schemas (kubernetes-validate, offline) and against the code: ports,
-probe paths, settings names, the runtime user, the migrations command. Overlays are rendered with
+"""deploy/k8s/ against the Kubernetes schemas (kubernetes-validate, offline) and against the code: the services
+and their workers (shared/topology.py PROCESSES), ports, probe paths, settings names, the runtime user, the
+migrations command. Overlays are rendered with
 kustomize when `kustomize` or `kubectl` is installed (skipped otherwise; the base is checked regardless)."""
 
 import re
@@ -14,7 +15,8 @@ import yaml
 
 from shared.runtime.cli import build_parser
 from shared.settings import Settings
-from shared.topology import SERVICES, TOPICS
+from shared.topology import PROCESSES, SERVICES, TOPICS, WORKERS, port_variable
+from tests.deploy.test_compose import _is_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -46,7 +48,8 @@ def validate(resource: dict[str, Any]) -> None:
 
 def test_every_base_manifest_is_valid_kubernetes() -> None:
     resources = base_resources()
-    assert len(resources) == 2 + 4 * len(SERVICES)
+    # a Deployment, Service, PodDisruptionBudget and HPA per service; a worker has no Service
+    assert len(resources) == 2 + 4 * len(SERVICES) + 3 * len(WORKERS)
     for resource in resources:
         validate(resource)
 
@@ -58,22 +61,39 @@ def test_the_validator_refuses_a_broken_manifest() -> None:
         validate(deployment)
 
 
-def test_each_service_has_a_deployment_service_pdb_and_hpa_agreeing_with_the_topology() -> None:
+def test_each_process_has_a_deployment_pdb_and_hpa_and_each_service_a_service_agreeing_with_the_topology() -> None:
     resources = base_resources()
     deployments, services = by_kind(resources, "Deployment"), by_kind(resources, "Service")
     budgets, autoscalers = by_kind(resources, "PodDisruptionBudget"), by_kind(resources, "HorizontalPodAutoscaler")
-    assert set(deployments) == set(services) == set(budgets) == set(autoscalers) == set(SERVICES)
-    for name, topology in SERVICES.items():
+    assert set(deployments) == set(budgets) == set(autoscalers) == set(PROCESSES)
+    # a worker answers nobody but the kubelet's probes and Prometheus, both on the pod itself
+    assert set(services) == set(SERVICES)
+    for name, topology in PROCESSES.items():
         pod = deployments[name]["spec"]["template"]
         [container] = pod["spec"]["containers"]
         [port] = container["ports"]
         assert port["containerPort"] == topology.port and port["name"] == "http"
         env = {e["name"]: e["value"] for e in container.get("env", [])}
-        assert int(env.get(f"FUNNELCAST_{name.upper()}_PORT", topology.port)) == topology.port
-        assert container["image"] == f"funnelcast-{name}"
-        [service_port] = services[name]["spec"]["ports"]
-        assert service_port["port"] == topology.port and service_port["targetPort"] == "http"
-        assert services[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]["matchLabels"]
+        assert int(env.get(port_variable(name), topology.port)) == topology.port
+        assert not [variable for variable in env if not _is_setting(variable)], env
+        if name in SERVICES:
+            assert container["image"] == f"funnelcast-{name}"
+            assert "command" not in container and "args" not in container  # the image's entrypoint
+            [service_port] = services[name]["spec"]["ports"]
+            assert service_port["port"] == topology.port and service_port["targetPort"] == "http"
+            assert services[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]["matchLabels"]
+        else:  # a worker: its service's image, another command
+            worker = WORKERS[name]
+            assert container["image"] == f"funnelcast-{worker.service}"
+            assert container["command"] == ["python", "-m", worker.module]
+            service_env = {e["name"]: e["value"] for e in
+                           deployments[worker.service]["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+            assert service_env.get(worker.hand_over) == "true", "the service would deliver too"
+        # no Service or Deployment selects another process's pods
+        labels = pod["metadata"]["labels"]
+        others = [other for other, d in deployments.items() if other != name and
+                  d["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert not others, f"{name}'s pods are selected by {others}"
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(topology.port)
         assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
         assert budgets[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]
