@@ -12,6 +12,7 @@ restart, and escalates to the manager.
 
 import asyncio
 import base64
+import contextlib
 import email.policy
 import hashlib
 import hmac
@@ -21,7 +22,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -455,28 +456,48 @@ def lead_contacted(lead_id: str, by: str) -> CloudEvent:
     return CloudEvent(type="sales.lead.contacted.v1", source="/funnelcast/leads", subject=lead_id, data=data)
 
 
+@contextlib.asynccontextmanager
+async def one_batch_consumer(settings: Settings) -> AsyncIterator[Callable[[list[CloudEvent]], Awaitable[list[str]]]]:
+    """Applies events as the service's consumer applies one fetch: in one transaction, under a consumer
+    group of its own; gives each event's outcome ("applied", "duplicate" ...)."""
+    db = await Database.open(settings.database_url_for("notifications"), "/funnelcast/notifications", pool_size=2)
+    producer = kafka.producer(settings)
+    await producer.start()
+    processor = EventProcessor(db, f"batch-{uuid.uuid4()}", dict(service.handlers), DeadLetters(producer, "batch"))
+
+    async def apply(events: list[CloudEvent]) -> list[str]:
+        messages = [Message(e.topic, 0, i, e.subject.encode(), e.to_bytes()) for i, e in enumerate(events)]
+        return [outcome.value for outcome in await processor.process_batch(messages)]
+
+    try:
+        yield apply
+    finally:
+        await producer.stop()
+        await db.close()
+
+
+async def open_timers(tables: asyncpg.Pool, subject: str, kind: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await tables.fetch(
+        "SELECT recipient, due_at FROM timers WHERE subject = $1 AND kind = $2 AND fired_at IS NULL"
+        " AND cancelled_at IS NULL", subject, kind)
+    return rows
+
+
 async def test_a_batch_of_events_ends_as_if_its_events_were_applied_one_by_one(
     settings: Settings, tables: asyncpg.Pool, notifications: Served
 ) -> None:
     """A batch's notifications, timers and digest rows are written together before its commit: a
     lead contacted later in the batch has its reminder cancelled, a lead reassigned in it keeps only
     the new owner's, each assignment notifies its rep once, and the same batch again changes nothing."""
-    db = await Database.open(settings.database_url_for("notifications"), "/funnelcast/notifications", pool_size=2)
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
+    async with one_batch_consumer(settings) as apply:
         contacted_lead, reassigned_lead = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
         events = [lead_assigned(contacted_lead, "rep-1"), lead_assigned(reassigned_lead, "rep-1"),
                   lead_contacted(contacted_lead, "rep-1"), lead_assigned(reassigned_lead, "rep-2", "rep-1")]
-        messages = [Message("sales.leads", 0, i, e.subject.encode(), e.to_bytes()) for i, e in enumerate(events)]
-        processor = EventProcessor(db, f"batch-{uuid.uuid4()}", dict(service.handlers), DeadLetters(producer, "batch"))
 
-        assert [o.value for o in await processor.process_batch(messages)] == ["applied"] * 4
+        assert await apply(events) == ["applied"] * 4
 
         async def open_reminders(lead: str) -> list[str]:
-            rows = await tables.fetch("SELECT recipient FROM timers WHERE subject = $1 AND kind = 'follow-up-reminder'"
-                                      " AND fired_at IS NULL AND cancelled_at IS NULL", lead)
-            return [r["recipient"] for r in rows]
+            return [r["recipient"] for r in await open_timers(tables, lead, "follow-up-reminder")]
 
         async def state() -> tuple[list[tuple[str, str, str]], list[str], list[str], list[tuple[str, bool]]]:
             notified = await tables.fetch(
@@ -496,11 +517,8 @@ async def test_a_batch_of_events_ends_as_if_its_events_were_applied_one_by_one(
              (events[3].id, "rep-2", "h-lead-assigned")],
             [], ["rep-2"], [("rep-2", False), ("rep-1", True)])
 
-        assert [o.value for o in await processor.process_batch(messages)] == ["duplicate"] * 4
+        assert await apply(events) == ["duplicate"] * 4
         assert await state() == applied
-    finally:
-        await producer.stop()
-        await db.close()
 
 
 def opportunity_event(kind: str, opportunity_id: str, at: datetime, sequence: int) -> CloudEvent:
@@ -525,10 +543,7 @@ async def test_an_edit_of_an_open_deal_restarts_its_idle_reminder_and_an_edit_of
 ) -> None:
     """sales.opportunity.updated.v1 is activity on the deal, as a stage change is; a suspended deal has no
     idle reminder, and editing it does not give it one."""
-    db = await Database.open(settings.database_url_for("notifications"), "/funnelcast/notifications", pool_size=2)
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
+    async with one_batch_consumer(settings) as apply:
         opened_at = datetime.now(UTC).replace(microsecond=0)
         edited_at = opened_at + timedelta(days=3)
         open_deal, suspended_deal = f"opp-{uuid.uuid4()}", f"opp-{uuid.uuid4()}"
@@ -537,22 +552,12 @@ async def test_an_edit_of_an_open_deal_restarts_its_idle_reminder_and_an_edit_of
                   opportunity_event("suspended", suspended_deal, opened_at + timedelta(days=1), 2),
                   opportunity_event("updated", open_deal, edited_at, 2),
                   opportunity_event("updated", suspended_deal, edited_at, 3)]
-        messages = [Message("sales.opportunities", 0, i, e.subject.encode(), e.to_bytes())
-                    for i, e in enumerate(events)]
-        processor = EventProcessor(db, f"idle-{uuid.uuid4()}", dict(service.handlers), DeadLetters(producer, "idle"))
 
-        assert [o.value for o in await processor.process_batch(messages)] == ["applied"] * 5
+        assert await apply(events) == ["applied"] * 5
 
-        async def idle_reminders_due(deal: str) -> list[datetime]:
-            rows = await tables.fetch("SELECT due_at FROM timers WHERE subject = $1 AND kind = 'opportunity-idle'"
-                                      " AND fired_at IS NULL AND cancelled_at IS NULL", deal)
-            return [r["due_at"] for r in rows]
-
-        assert await idle_reminders_due(open_deal) == [edited_at + timedelta(days=config.opportunity_idle_days)]
-        assert await idle_reminders_due(suspended_deal) == []
-    finally:
-        await producer.stop()
-        await db.close()
+        due = [r["due_at"] for r in await open_timers(tables, open_deal, "opportunity-idle")]
+        assert due == [edited_at + timedelta(days=config.opportunity_idle_days)]
+        assert await open_timers(tables, suspended_deal, "opportunity-idle") == []
 
 
 # --- rules ------------------------------------------------------------------------------------
