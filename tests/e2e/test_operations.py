@@ -1,13 +1,16 @@
 """The running embedded stack as an operator sees it: `funnelcast status` with lag, backlog and dead
 letters per service, every metric the alert rules and dashboards use served by some service, and one
-trace id from a lead's requests through scoring, conversion, the forecast and webhook deliveries."""
+trace id from a lead's requests through scoring, conversion, the forecast, the notification pushed to
+the lead's rep and webhook deliveries."""
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import httpx
 import pytest
 import yaml
 from aiokafka import TopicPartition
+from websockets.sync.client import ClientConnection, connect
 
 from shared import kafka
 from shared.auth import issue_token
@@ -92,8 +96,9 @@ async def events_of_trace(settings: Settings, topics: list[str], trace_id: str) 
     return found
 
 
-def follow_one_trace(env: dict[str, str], ports: dict[str, int]) -> str:
-    """A lead's journey under one client trace: capture, touch, qualify, convert."""
+def follow_one_trace(env: dict[str, str], ports: dict[str, int]) -> tuple[str, str]:
+    """A lead of rep-1's journey under one client trace: capture, touch, qualify, convert; the trace id and
+    the lead's id."""
     secret = Settings().signing_secret
     trace_id = uuid.uuid4().hex
     rep = {"Authorization": f"Bearer {issue_token('rep-1', Role.REP, secret, 600)}",
@@ -109,7 +114,26 @@ def follow_one_trace(env: dict[str, str], ports: dict[str, int]) -> str:
                                                     "expected_close_date": "2027-01-31"}})):
         answer = httpx.post(f"{leads}/{lead}/{path}", headers=rep, json=body, timeout=30)
         assert answer.status_code in (200, 201), f"{path}: {answer.text}"
-    return trace_id
+    return trace_id, lead
+
+
+@contextlib.contextmanager
+def push_stream(port: int, user: str) -> Iterator[ClientConnection]:
+    """The user's push stream on the notifications service, once it said it is ready."""
+    token = issue_token(user, Role.REP, Settings().signing_secret, 600)
+    with connect(f"ws://127.0.0.1:{port}/v1/stream?token={token}") as socket:
+        ready = json.loads(socket.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["user_id"] == user, ready
+        yield socket
+
+
+def pushed_about(socket: ClientConnection, subject: str, event_type: str, timeout: float) -> dict[str, Any]:
+    """The first notification pushed on the socket about `subject` caused by an `event_type` event."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message: dict[str, Any] = json.loads(socket.recv(timeout=max(0.1, deadline - time.monotonic())))
+        if message.get("subject") == subject and message.get("event_type") == event_type:
+            return message
 
 
 def test_status_figures_and_the_metrics_every_rule_and_dashboard_needs(stack_env: dict[str, str]) -> None:  # noqa: F811
@@ -138,14 +162,19 @@ def test_status_figures_and_the_metrics_every_rule_and_dashboard_needs(stack_env
     assert "LAG" in table.stdout and "BACKLOG" in table.stdout and "DEAD-LETTERED" in table.stdout
 
     # One trace: the lead's requests, the score, the opportunity the conversion opened, the forecast
-    # update, and the webhook deliveries of the score and the forecast all carry its id.
+    # update, the notification pushed to the lead's rep (its H-grade rule) and the webhook deliveries
+    # of the score and the forecast all carry its id.
     receiver = WebhookReceiver()
     erp = {"Authorization": f"Bearer {issue_token('svc-erp', Role.INTEGRATION, Settings().signing_secret, 600)}"}
     subscribed = httpx.post(f"http://127.0.0.1:{ports['notifications']}/v1/webhooks", headers=erp, timeout=30,
                             json={"url": receiver.url,
                                   "event_types": ["sales.lead.scored.v1", "sales.forecast.updated.v1"]})
     assert subscribed.status_code == 201, subscribed.text
-    trace_id = follow_one_trace(stack_env, ports)
+    with push_stream(ports["notifications"], "rep-1") as rep_stream:
+        trace_id, lead = follow_one_trace(stack_env, ports)
+        pushed = pushed_about(rep_stream, lead, "sales.lead.assigned.v1", timeout=60)
+    assert pushed["rule_id"] == "h-lead-assigned", pushed
+    assert trace_id_of(pushed.get("traceparent")) == trace_id, pushed
     broker = Settings(embedded_kafka_port=int(stack_env["FUNNELCAST_EMBEDDED_KAFKA_PORT"]))
     topics = ["sales.leads", "sales.scores", "sales.opportunities", "sales.forecasts"]
     wanted = {"sales.lead.captured.v1", "sales.lead.converted.v1", "sales.lead.scored.v1",
