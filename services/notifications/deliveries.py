@@ -59,7 +59,7 @@ class Deliveries:
         self._connections = Connections(CheckedBackend(guard), ssl_context, _KEEPALIVE_S, config.webhook_concurrency)
         self._buckets: dict[uuid.UUID, TokenBucket] = {}
         self._in_flight: Counter[uuid.UUID] = Counter()
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], uuid.UUID] = {}  # attempt -> the delivery it sends
         self._finished: list[tuple[uuid.UUID, store.Attempt]] = []  # (subscription, attempt) not yet recorded
         self._wake_after_window: asyncio.TimerHandle | None = None
 
@@ -69,9 +69,14 @@ class Deliveries:
         await self.record_finished()
         return await self._claim_and_send()
 
-    async def close(self) -> None:
-        """Stop sending (interrupted deliveries are due again when their lease ends), record what
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Stop: the attempts in flight may finish for `drain_s` seconds (each ends by its own timeout
+        anyway); those still running then are cut short and their leases released, so they are due again
+        at once, for another instance or this one restarted (under the same webhook-id). Record what
         finished, close the connections."""
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=drain_s)
+        cut_short = list(self._sending.values())
         for task in self._sending:
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
@@ -79,6 +84,10 @@ class Deliveries:
             self._wake_after_window.cancel()
         with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await self.record_finished()
+            if cut_short:
+                async with self.db.pool.acquire() as conn:
+                    await store.release_deliveries(conn, cut_short, self.ctx.clock.now())
+                log.info("stopped %d webhook attempts in flight; they are due again now", len(cut_short))
         await self._connections.aclose()
 
     async def _claim_and_send(self) -> bool:
@@ -104,8 +113,8 @@ class Deliveries:
             bucket.take(1, now)
             self._in_flight[subscription_id] += 1
             task = asyncio.create_task(self._send(row), name=f"webhook {row['id']}")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending[task] = row["id"]
+            task.add_done_callback(self._sending.pop)
         return len(due) == slots
 
     async def _send(self, row: asyncpg.Record) -> None:

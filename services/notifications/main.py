@@ -50,7 +50,10 @@ async def background(app: FastAPI, ctx: handlers.Context, *, push: bool, timers:
     hub = PushHub(runtime.settings.database_url_for("notifications"), ctx.cache, push=push)
     hub.start()
     app.state.push_hub = hub
-    workers = Workers(runtime.db, ctx, app.state.target_guard, hub.webhooks_due, timers=timers, deliveries=deliveries)
+    # Stopping, the webhook attempts in flight may finish within half the grace period (the relay's flush
+    # has the other half): they end by their own timeout anyway.
+    workers = Workers(runtime.db, ctx, app.state.target_guard, hub.webhooks_due, timers=timers, deliveries=deliveries,
+                      drain_s=runtime.settings.shutdown_grace_s / 2)
     workers.start()
     app.state.workers = workers
     try:

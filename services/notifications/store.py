@@ -608,6 +608,12 @@ async def claim_deliveries(
     return rows
 
 
+async def release_deliveries(conn: Connection, delivery_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    """End the leases of deliveries whose attempts were cut short: due again at `now`."""
+    await conn.execute("UPDATE webhook_deliveries SET next_attempt_at = $2 WHERE id = ANY($1) AND status = 'pending'",
+                       delivery_ids, now)
+
+
 @dataclass(frozen=True)
 class Attempt:
     delivery_id: uuid.UUID

@@ -35,12 +35,16 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 class Workers:
     def __init__(self, db: Database, ctx: Context, guard: TargetGuard, webhooks_due: asyncio.Event,
-                 ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True,
+                 drain_s: float = 0.0) -> None:
         """`webhooks_due` is set when deliveries are queued (the push hub hears it at commit);
         `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities);
-        `timers` and `deliveries` say which loops this process runs."""
+        `timers` and `deliveries` say which loops this process runs; `drain_s`: how long a stop lets
+        the webhook attempts in flight finish."""
         self.run_timers = timers
         self.run_deliveries = deliveries
+        self.drain_s = drain_s
+        self._stopping = False
         self.db = db
         self.ctx = ctx
         self.webhooks_due = webhooks_due
@@ -56,16 +60,25 @@ class Workers:
                 self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
 
     async def stop(self) -> None:
+        """The webhook loop may end after the step it is in, within `drain_s` (a claim cut short would
+        leave its deliveries leased, though no attempt sends them); the others are cancelled (their work
+        is transactional). Then the deliveries drain (Deliveries.close)."""
+        self._stopping = True
+        self.webhooks_due.set()  # wakes the webhook loop if it waits for work
+        for task in self._tasks:
+            if task.get_name() != "webhooks":
+                task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.drain_s)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.deliveries.close()
+        await self.deliveries.close(self.drain_s)
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[bool]]) -> None:
         """Run a step again at once while it found work; otherwise wait a poll interval (or a wake-up)."""
-        while True:
+        while not self._stopping:
             try:
                 busy = await step()
             except _DB_ERRORS as exc:

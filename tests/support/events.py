@@ -38,3 +38,22 @@ def stage_changed(opportunity_id: str, n: int) -> dict[str, object]:
         "changed_by": "rep-1",
         "changed_at": "2026-11-23T10:00:00Z",
     }
+
+
+def opportunity_created(opportunity_id: str, n: int) -> dict[str, object]:
+    """The data of a sales.opportunity.created.v1 of rep-1's whose amount tells the n-th apart."""
+    return {
+        "opportunity_id": opportunity_id,
+        "name": f"项目 {n}",
+        "account_id": "acc-1",
+        "stage": "prospecting",
+        "status": "open",
+        "probability": 10,
+        "amount": f"{10000 + n}.00",
+        "currency": "CNY",
+        "owner_id": "rep-1",
+        "expected_close_date": "2026-12-31",
+        "created_at": "2026-11-23T08:00:00Z",
+        "lead_id": None,
+        "campaign_id": None,
+    }

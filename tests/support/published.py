@@ -1,10 +1,15 @@
-"""Put one event on the broker the way the services do: a transaction's outbox row, then the relay."""
+"""Put events on the broker: one the way the services do (a transaction's outbox row, then the relay), or
+many at once the way any publisher may."""
 
+import asyncio
 import uuid
+from collections.abc import Sequence
+
+from aiokafka.structs import RecordMetadata
 
 from shared import kafka
 from shared.db import SHARED_MIGRATIONS, Database, migrate
-from shared.events.envelope import CloudEvent
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 
@@ -43,3 +48,16 @@ async def publish_signed_contract(database_url: str, settings: Settings) -> Clou
         await producer.stop()
         await db.close()
     return sent
+
+
+async def send_events(settings: Settings, events: Sequence[CloudEvent]) -> list[RecordMetadata]:
+    """Publish the events to their topics, keyed by subject, in order per subject; once all are stored, where
+    each is (its partition and offset)."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        sent = [await producer.send(e.topic, e.to_bytes(), key=e.subject.encode(), headers=[CONTENT_TYPE_HEADER])
+                for e in events]
+        return list(await asyncio.gather(*sent))
+    finally:
+        await producer.stop()
