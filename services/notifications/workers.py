@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from email.message import EmailMessage
@@ -39,8 +40,8 @@ class Workers:
                  drain_s: float = 0.0) -> None:
         """`webhooks_due` is set when deliveries are queued (the push hub hears it at commit);
         `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities);
-        `timers` and `deliveries` say which loops this process runs; `drain_s`: how long a stop lets
-        the webhook attempts in flight finish."""
+        `timers` and `deliveries` say which loops this process runs; `drain_s`: how long a stop may
+        take to let the webhook loop's step and the attempts in flight finish."""
         self.run_timers = timers
         self.run_deliveries = deliveries
         self.drain_s = drain_s
@@ -60,9 +61,11 @@ class Workers:
                 self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
 
     async def stop(self) -> None:
-        """The webhook loop may end after the step it is in, within `drain_s` (a claim cut short would
-        leave its deliveries leased, though no attempt sends them); the others are cancelled (their work
-        is transactional). Then the deliveries drain (Deliveries.close)."""
+        """The webhook loop may end after the step it is in (a claim cut short would leave its deliveries
+        leased, though no attempt sends them); the timers' is cancelled (a step is one transaction), and
+        so is the e-mails' (an e-mail cut short is due again when its lease ends, as before). Then the
+        webhook deliveries drain (Deliveries.close) for what is left of `drain_s`."""
+        drained_by = time.monotonic() + self.drain_s
         self._stopping = True
         self.webhooks_due.set()  # wakes the webhook loop if it waits for work
         for task in self._tasks:
@@ -74,7 +77,7 @@ class Workers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.deliveries.close(self.drain_s)
+        await self.deliveries.close(max(0.0, drained_by - time.monotonic()))
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[bool]]) -> None:
         """Run a step again at once while it found work; otherwise wait a poll interval (or a wake-up)."""
