@@ -52,6 +52,16 @@ class Settings(BaseSettings):
     relay_max_backoff_s: float = 5.0
     outbox_retention_days: int = 90
 
+    # --- scoring service (services/scoring/schedule.py) ---
+    # Training in the background: a check every interval, a fit of a kind once this many new outcomes came.
+    scoring_train_interval_s: float = 3600.0
+    scoring_train_min_new_outcomes: int = 100
+    # Open opportunities are re-scored this often (age in stage and activity recency move without an
+    # event), this many a round (read, scored, the changed ones written in one transaction); a win
+    # probability is published only when it changed.
+    scoring_rescore_interval_s: float = 3600.0
+    scoring_rescore_batch: int = 500
+
     # --- HTTP ---
     host: str = "127.0.0.1"
     max_body_bytes: int = 1_048_576

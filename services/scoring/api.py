@@ -9,14 +9,16 @@ from pydantic import BaseModel
 
 from services.scoring import handlers, store
 from services.scoring.domain import MODEL_VERSION, TIER_VERSION
-from services.scoring.schedule import scheduled_training
+from services.scoring.schedule import scheduled_work
 from shared.auth import Principal, may_act_on
 from shared.errors import Forbidden, NotFound
 from shared.org import Organisation, Role
 from shared.service import ServiceDatabase
+from shared.settings import get_settings
 from shared.web import CurrentPrincipal, organisation, require_roles
 
 Org = Annotated[Organisation, Depends(organisation)]
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 
 
 class FactorOut(BaseModel):
@@ -194,11 +196,29 @@ class ModelList(BaseModel):
     items: list[ModelOut]
 
 
-Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
-models = APIRouter(prefix="/v1/models", tags=["models"], lifespan=scheduled_training)
+models = APIRouter(prefix="/v1/models", tags=["models"], lifespan=scheduled_work)
 
 
 Kind = Literal["lead", "opportunity"]
+
+
+class RescoringOut(BaseModel):
+    as_of: datetime
+    examined: int
+    rescored: int
+
+
+@router.post("/v1/opportunities/rescore", response_model=RescoringOut)
+async def rescore_opportunities(
+    _: Admin, db: ServiceDatabase,
+    as_of: Annotated[datetime | None, Query(description="the moment to score as of; now when absent")] = None,
+) -> RescoringOut:
+    """Re-score every open opportunity now (or as of `as_of`, e.g. to evaluate on past data) as the periodic
+    re-scoring does, publishing the win probabilities that changed (admin). A deal whose latest event is after
+    `as_of` is left as it is."""
+    moment = datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)  # naive: UTC
+    done = await handlers.rescore_open_opportunities(db, moment, get_settings().scoring_rescore_batch)
+    return RescoringOut(as_of=done.as_of, examined=done.examined, rescored=done.rescored)
 
 
 @models.post("/{kind}/train", response_model=ModelOut, status_code=201)

@@ -268,8 +268,13 @@ STAGE_LABELS = {"prospecting": ("Prospecting", "潜在客户跟踪"), "bidding":
 USUAL_DAYS_IN_STAGE = {"prospecting": 30, "bidding": 30, "negotiation": 21, "contract": 14}
 
 
+_OPPORTUNITY_MOMENTS = ("stage_entered_at", "created_at", "last_event_at")
+
+
 @dataclass(frozen=True)
 class OpportunityFeatures:
+    """What the events have told about an opportunity so far."""
+
     owner_id: str | None = None
     stage: str = "prospecting"
     stage_probability: float | None = None
@@ -277,23 +282,76 @@ class OpportunityFeatures:
     status: str = "open"
     maturity: int | None = None
     competitor: str | None = None
+    amount: float | None = None  # the expected amount its latest event carried (any currency)
+    product: str | None = None
+    region: str | None = None
+    created_at: datetime | None = None
+    last_event_at: datetime | None = None  # activity recency: the time of its latest event
 
     def moved(self, stage: str, probability: float | None, at: datetime) -> "OpportunityFeatures":
         return replace(self, stage=stage, stage_probability=probability, stage_entered_at=at)
 
+    def told(self, data: dict[str, Any], at: datetime) -> "OpportunityFeatures":
+        """The facts any opportunity event may carry (amount, product, region), and its time as the latest activity."""
+        amount = data.get("amount")
+        product, region = data.get("product"), data.get("region")
+        return replace(
+            self,
+            amount=float(amount) if isinstance(amount, str | int | float) and not isinstance(amount, bool)
+            else self.amount,
+            product=product if isinstance(product, str) and product else self.product,
+            region=region if isinstance(region, str) and region else self.region,
+            last_event_at=max(at, self.last_event_at) if self.last_event_at else at,
+        )
+
     def to_json(self) -> dict[str, Any]:
         values = _fields(self)
-        if self.stage_entered_at is not None:
-            values["stage_entered_at"] = self.stage_entered_at.isoformat()
+        for name in _OPPORTUNITY_MOMENTS:
+            if values[name] is not None:
+                values[name] = values[name].isoformat()
         return values
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "OpportunityFeatures":
         values = dict(values)
-        if values.get("stage_entered_at") is not None:
-            values["stage_entered_at"] = datetime.fromisoformat(values["stage_entered_at"])
+        for name in _OPPORTUNITY_MOMENTS:
+            if values.get(name) is not None:
+                values[name] = datetime.fromisoformat(values[name])
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+WIN_RATE_PRIOR_DEALS = 20  # an owner's observed win rate counts as this many deals at the overall rate
+
+
+def smoothed_win_rate(won: int, lost: int, overall_won: int, overall_lost: int) -> float | None:
+    """An owner's win rate so far, pulled toward the overall rate while they have few outcomes (None: no
+    outcome recorded yet at all)."""
+    overall = overall_won + overall_lost
+    if overall == 0:
+        return None
+    prior = overall_won / overall
+    return (won + WIN_RATE_PRIOR_DEALS * prior) / (won + lost + WIN_RATE_PRIOR_DEALS)
+
+
+@dataclass(frozen=True)
+class OpportunityMoment:
+    """An open opportunity as of one moment: what a win probability is computed from. `owner_win_rate` is
+    the owner's smoothed win rate from the outcomes recorded before that moment."""
+
+    features: OpportunityFeatures
+    as_of: datetime
+    owner_win_rate: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": self.features.to_json(), "as_of": self.as_of.isoformat(),
+                "owner_win_rate": self.owner_win_rate}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "OpportunityMoment":
+        rate = values.get("owner_win_rate")
+        return cls(OpportunityFeatures.from_json(values["features"]), datetime.fromisoformat(values["as_of"]),
+                   None if rate is None else float(rate))
 
 
 def score_opportunity(features: OpportunityFeatures, now: datetime) -> Score:

@@ -7,12 +7,19 @@ learning rate 0.05, L2 1.0, no early stopping, so a fit is deterministic). The t
 act linearly and matters differently by source and form answer: on the X Education leads (README,
 "Evaluation on real data") small trees rank better than the logistic regression both at capture
 (0.81 against 0.77, same engaged-trained model applied before any engagement) and once engagement is
-known (0.89 against 0.88). Opportunities: a logistic regression, over a handful of features.
+known (0.89 against 0.88). Opportunities: trees or a logistic regression, whichever ranks the newest
+quarter of the training slice better when fitted on the rest (a tie: the logistic regression).
 
-Opportunity features: the stage one-hot (prospecting, bidding, negotiation, contract), the stage's
-default probability, the presales maturity ((maturity - 50) / 50, 0 when not assessed) and whether it
-was assessed. A competitor is not a learned feature: only the lost event names one, so it would
-learn the outcome itself. The status (won / lost) never is.
+Opportunity features, each as of one moment while the deal was open (`OpportunityMoment`): the stage
+one-hot (prospecting, bidding, negotiation, contract), the stage's default probability, the presales
+maturity ((maturity - 50) / 50, 0 when not assessed) and whether it was assessed, log(1 + amount),
+log(1 + days) in the current stage, since the deal was created and since its last event (activity
+recency), the owner's smoothed win rate from the outcomes recorded before that moment, the month of
+the quarter (1-3) and an indicator for every product and region seen at least `MIN_ATTRIBUTE_COUNT`
+times in the training slice. The training examples are the moments of each deal's last score while it
+was open, never the close: a deal's age at its close is its time to close, which would teach the
+outcome's timing, and the close carries the outcome (the lost event names a competitor, the won event
+the close value). So the competitor is not a learned feature, and the status (won / lost) never is.
 
 Features: grade and source one-hot, company / phone / e-mail given, touches, log visits, log minutes
 on site, log page views, activities, and an indicator for every attribute value (form answer, UTM
@@ -49,7 +56,7 @@ from services.scoring.domain import (
     TOP_FACTORS,
     Factor,
     LeadFeatures,
-    OpportunityFeatures,
+    OpportunityMoment,
     Score,
 )
 
@@ -87,10 +94,18 @@ _OPPORTUNITY_LABELS: dict[str, tuple[str, str]] = {
     "stage_probability": ("The stage's default probability", "阶段默认赢率"),
     "maturity": ("Presales maturity", "售前成熟度"),
     "maturity_assessed": ("Maturity assessed", "已做成熟度评估"),
+    "amount": ("The amount", "商机金额"),
+    "days_in_stage": ("Time in the current stage", "在当前阶段的时长"),
+    "deal_age": ("The deal's age", "商机存续时长"),
+    "days_since_activity": ("Time since the last activity", "距上次活动的时长"),
+    "owner_win_rate": ("The owner's win rate so far", "负责人至今的赢单率"),
+    "month_of_quarter": ("The month of the quarter", "所处季度月份"),
 }
 OPPORTUNITY_FEATURE_NAMES: tuple[str, ...] = tuple(_OPPORTUNITY_LABELS)
+# Product and region values seen this often in the training slice become indicator features.
+OPPORTUNITY_CATEGORIES = ("product", "region")
 
-Features = LeadFeatures | OpportunityFeatures
+Features = LeadFeatures | OpportunityMoment
 
 
 class NotEnoughOutcomes(Exception):
@@ -112,6 +127,20 @@ def attribute_vocabulary(examples: Sequence[LeadFeatures]) -> tuple[str, ...]:
     return tuple(frequent[:MAX_ATTRIBUTE_FEATURES])
 
 
+def category_vocabulary(moments: Sequence[OpportunityMoment]) -> tuple[str, ...]:
+    """The products and regions frequent enough in `moments` to learn from, as `attr:` indicator names."""
+    counts: dict[str, int] = {}
+    for moment in moments:
+        for name in _category_names(moment):
+            counts[name] = counts.get(name, 0) + 1
+    return tuple(sorted(n for n, c in counts.items() if c >= MIN_ATTRIBUTE_COUNT))
+
+
+def _category_names(moment: OpportunityMoment) -> list[str]:
+    values = {"product": moment.features.product, "region": moment.features.region}
+    return [_attribute_name(key, value) for key, value in values.items() if value]
+
+
 # Yes / no features: when one is 0 it moves the score by its absence, and its label says so.
 _INDICATORS = ("attr:", "grade_", "source_", "stage_", "has_", "maturity_assessed")
 
@@ -125,8 +154,24 @@ def _label(name: str, value: float) -> tuple[str, str]:
     return (f"{en}: no", f"{zh}：否") if absent else (en, zh)
 
 
-def vectorise_opportunity(features: OpportunityFeatures, names: Sequence[str]) -> list[float]:
-    values: dict[str, float] = {}
+def _log_days(since: datetime | None, until: datetime) -> float:
+    """log(1 + days) from `since` to `until` (0 when `since` is unknown or later)."""
+    if since is None:
+        return 0.0
+    return math.log1p(max(0.0, (until - since).total_seconds() / 86400))
+
+
+def vectorise_opportunity(moment: OpportunityMoment, names: Sequence[str]) -> list[float]:
+    """The inputs of the opportunity model as of the moment: everything is known then (never the outcome, the
+    close date or the close value: the moment is one while the deal was open)."""
+    features, as_of = moment.features, moment.as_of
+    values: dict[str, float] = {name: 1.0 for name in _category_names(moment)}
+    values["amount"] = math.log1p(max(0.0, features.amount or 0.0))
+    values["days_in_stage"] = _log_days(features.stage_entered_at, as_of)
+    values["deal_age"] = _log_days(features.created_at or features.stage_entered_at, as_of)
+    values["days_since_activity"] = _log_days(features.last_event_at, as_of)
+    values["owner_win_rate"] = 0.5 if moment.owner_win_rate is None else moment.owner_win_rate
+    values["month_of_quarter"] = float((as_of.month - 1) % 3 + 1)
     if features.stage in OPEN_STAGES:
         values[f"stage_{features.stage}"] = 1.0
     probability = features.stage_probability
@@ -140,7 +185,7 @@ def vectorise_opportunity(features: OpportunityFeatures, names: Sequence[str]) -
 
 def vectorise(features: Features, names: Sequence[str] = FEATURE_NAMES) -> list[float]:
     """The model's inputs in the order of `names` (an attribute or feature a model does not name is left out)."""
-    if isinstance(features, OpportunityFeatures):
+    if isinstance(features, OpportunityMoment):
         return vectorise_opportunity(features, names)
     values: dict[str, float] = {}
     for key, value in features.attributes:
@@ -164,7 +209,7 @@ def vectorise(features: Features, names: Sequence[str] = FEATURE_NAMES) -> list[
 def _explained(version: str, features: Features, names: Sequence[str], x: Sequence[float], logit: float,
                terms: Sequence[float]) -> Score:
     """The score of a learned model with its top factors (the largest terms), labelled in en and zh-CN."""
-    goal_en, goal_zh = ("win", "赢单") if isinstance(features, OpportunityFeatures) else ("convert", "转化")
+    goal_en, goal_zh = ("win", "赢单") if isinstance(features, OpportunityMoment) else ("convert", "转化")
     largest = sorted((i for i, term in enumerate(terms) if round(term * POINTS_PER_LOGIT, 1) != 0),
                      key=lambda i: abs(terms[i]), reverse=True)[:TOP_FACTORS]
     factors = []
@@ -178,7 +223,7 @@ def _explained(version: str, features: Features, names: Sequence[str], x: Sequen
 
 
 def _sigmoid(logit: float) -> float:
-    return 1 / (1 + math.exp(-logit))
+    return 1 / (1 + math.exp(-max(-700.0, min(700.0, logit))))  # math.exp overflows beyond about 709
 
 
 @dataclass(frozen=True)
@@ -297,7 +342,7 @@ def _fit_linear(version: str, names: tuple[str, ...], x: Any, y: Any) -> LinearM
 
     means = x.mean(axis=0)
     scales = x.std(axis=0)
-    scales[scales == 0] = 1.0
+    scales[scales < 1e-9] = 1.0  # a feature (nearly) constant in training: its float noise is no scale
     fitted = LogisticRegression(C=1.0, max_iter=1000).fit((x - means) / scales, y)
     return LinearModel(version, names, tuple(float(m) for m in means), tuple(float(s) for s in scales),
                        tuple(float(c) for c in fitted.coef_[0]), float(fitted.intercept_[0]))
@@ -337,12 +382,43 @@ def _fit_trees(version: str, names: tuple[str, ...], x: Any, y: Any) -> TreeMode
                      tuple(_tree_nodes(predictor.nodes) for [predictor] in fitted._predictors))
 
 
+def _auc(truth: Sequence[bool], predicted: Sequence[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(truth, predicted))
+
+
+def _fit_opportunity(version: str, names: tuple[str, ...], training: Sequence[Example]) -> LearnedModel:
+    """Boosted trees or a logistic regression, whichever ranks better the newest quarter of the training slice
+    when fitted on the rest (the held-out slice stays untouched for the comparison with the current model),
+    refitted on the whole training slice."""
+    import numpy as np
+
+    cut = int(len(training) * 0.75)
+    fitting, checking = training[:cut], training[cut:]
+    fitters: dict[str, Callable[[str, tuple[str, ...], Any, Any], LearnedModel]] = {
+        "gb": _fit_trees, "lr": _fit_linear}
+    best = "lr"
+    if len({e.positive for e in fitting}) == 2 and len({e.positive for e in checking}) == 2:
+        x = np.array([vectorise(e.features, names) for e in fitting])
+        y = np.array([e.positive for e in fitting])
+        truth = [e.positive for e in checking]
+        fitted = {prefix: fit(version, names, x, y) for prefix, fit in fitters.items()}
+        aucs = {prefix: _auc(truth, [model.probability(e.features) for e in checking])
+                for prefix, model in fitted.items()}
+        best = max(aucs, key=lambda prefix: (aucs[prefix], prefix == "lr"))  # a tie: the simpler model
+    x = np.array([vectorise(e.features, names) for e in training])
+    y = np.array([e.positive for e in training])
+    return fitters[best](f"{best}-{version}", names, x, y)
+
+
 def train(examples: Sequence[Example], version: str,
           current: Callable[[Example], float]) -> tuple[LearnedModel, Evaluation]:
     """Fit on the older 80 %, evaluate it and `current` (a scorer) on the newest 20 %: boosted trees for
-    leads, a logistic regression for opportunities."""
+    leads (named `version`); for opportunities trees or a logistic regression, whichever ranks the newest
+    part of the training slice better (named `gb-<version>` / `lr-<version>`)."""
     import numpy as np
-    from sklearn.metrics import brier_score_loss, roc_auc_score
+    from sklearn.metrics import brier_score_loss
 
     ordered = sorted(examples, key=lambda e: e.observed_at)
     if len(ordered) < MIN_OUTCOMES:
@@ -352,21 +428,23 @@ def train(examples: Sequence[Example], version: str,
     for part, name in ((training, "training"), (holdout, "held-out")):
         if len({e.positive for e in part}) < 2:
             raise NotEnoughOutcomes(f"the {name} slice needs both positive and negative outcomes")
-    opportunities = all(isinstance(e.features, OpportunityFeatures) for e in training)
-    if opportunities:
-        names = OPPORTUNITY_FEATURE_NAMES
+    model: LearnedModel
+    if all(isinstance(e.features, OpportunityMoment) for e in training):
+        names = OPPORTUNITY_FEATURE_NAMES + category_vocabulary(
+            [e.features for e in training if isinstance(e.features, OpportunityMoment)])
+        model = _fit_opportunity(version, names, training)
     else:
         names = FEATURE_NAMES + attribute_vocabulary([e.features for e in training
                                                       if isinstance(e.features, LeadFeatures)])
-    x = np.array([vectorise(e.features, names) for e in training])
-    y = np.array([e.positive for e in training])
-    model: LearnedModel = (_fit_linear if opportunities else _fit_trees)(version, names, x, y)
+        x = np.array([vectorise(e.features, names) for e in training])
+        y = np.array([e.positive for e in training])
+        model = _fit_trees(version, names, x, y)
     truth = [e.positive for e in holdout]
     predicted = [model.probability(e.features) for e in holdout]
     evaluation = Evaluation(
-        auc=float(roc_auc_score(truth, predicted)),
+        auc=_auc(truth, predicted),
         brier=float(brier_score_loss(truth, predicted)),
-        current_auc=float(roc_auc_score(truth, [current(e) for e in holdout])),
+        current_auc=_auc(truth, [current(e) for e in holdout]),
         n_train=len(training),
         n_holdout=len(holdout),
         window_from=ordered[0].observed_at,

@@ -1,55 +1,69 @@
-"""Training on a schedule: the lead model retrains in the background once enough new outcomes arrived.
+"""Background work on a schedule: training the learned models and re-scoring open opportunities.
 
 Started with the service (a lifespan of the models router, inside the service's own, so the database
-is open); it waits `FUNNELCAST_SCORING_TRAIN_INTERVAL_S` (default 3600) between checks and trains when
-at least `FUNNELCAST_SCORING_TRAIN_MIN_NEW_OUTCOMES` (default 100) lead outcomes were observed since
-the newest model's training window. Promotion follows the same held-out rule as on demand.
+is open):
+- training: every `FUNNELCAST_SCORING_TRAIN_INTERVAL_S` (default 3600) a check per kind, lead and
+  opportunity; a kind trains when at least `FUNNELCAST_SCORING_TRAIN_MIN_NEW_OUTCOMES` (default 100)
+  of its outcomes were observed since its newest model's training window. Promotion follows the same
+  held-out rule as on demand.
+- re-scoring: every `FUNNELCAST_SCORING_RESCORE_INTERVAL_S` (default 3600) every open opportunity is
+  re-scored as of now, `FUNNELCAST_SCORING_RESCORE_BATCH` (default 500) per transaction; only a changed
+  win probability is published (handlers.rescore_open_opportunities).
 """
 
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
 
 from services.scoring import handlers
+from shared.db import Database
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def _interval_s() -> float:
-    return float(os.environ.get("FUNNELCAST_SCORING_TRAIN_INTERVAL_S", "3600"))
-
-
-def _min_new_outcomes() -> int:
-    return int(os.environ.get("FUNNELCAST_SCORING_TRAIN_MIN_NEW_OUTCOMES", "100"))
-
-
-async def _train_on_schedule(runtime: Any) -> None:
-    while True:
-        await asyncio.sleep(_interval_s())
-        if runtime.db is None:
-            continue
-        try:
-            model = await handlers.train_lead_model_if_due(runtime.db, _min_new_outcomes())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("scheduled training failed: %s", exc)
-            continue
+async def _train(db: Database) -> None:
+    for kind in handlers.KINDS:
+        model = await handlers.train_model_if_due(db, kind, get_settings().scoring_train_min_new_outcomes)
         if model is not None:
-            log.info("scheduled training: model %s, AUC %.3f, promoted %s", model["version"], model["auc"],
+            log.info("scheduled training: %s model %s, AUC %.3f, promoted %s", kind, model["version"], model["auc"],
                      model["promoted"])
 
 
+async def _rescore(db: Database) -> None:
+    done = await handlers.rescore_open_opportunities(db, datetime.now(UTC), get_settings().scoring_rescore_batch)
+    log.info("re-scored %d open opportunities, %d changed", done.examined, done.rescored)
+
+
+async def _every(runtime: Any, interval_s: Callable[[], float], work: Callable[[Database], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval_s())
+        if runtime.db is None:
+            continue
+        try:
+            await work(runtime.db)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("scheduled %s failed: %s", work.__name__.strip("_"), exc)
+
+
 @contextlib.asynccontextmanager
-async def scheduled_training(app: FastAPI) -> AsyncIterator[None]:
-    task = asyncio.create_task(_train_on_schedule(app.state.runtime), name="scheduled-training")
+async def scheduled_work(app: FastAPI) -> AsyncIterator[None]:
+    runtime = app.state.runtime
+    tasks = [asyncio.create_task(_every(runtime, lambda: get_settings().scoring_train_interval_s, _train),
+                                 name="scheduled-training"),
+             asyncio.create_task(_every(runtime, lambda: get_settings().scoring_rescore_interval_s, _rescore),
+                                 name="scheduled-rescoring")]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from services.scoring.domain import AccountTier, Contract, LeadFeatures, OpportunityFeatures, Score
+from services.scoring.domain import AccountTier, Contract, LeadFeatures, OpportunityFeatures, OpportunityMoment, Score
 from shared.db import Connection
 
 
@@ -62,6 +62,7 @@ class Computed:
     sequence: int
     cause_event_id: str
     cause_type: str
+    open_moment: OpportunityMoment | None = None  # an open opportunity's: what its outcome will be learned from
 
 
 async def lock_leads(conn: Connection, lead_ids: list[str]) -> dict[str, tuple[LeadFeatures, Scored]]:
@@ -110,10 +111,11 @@ async def lead_history(conn: Connection, lead_id: str, limit: int) -> list[async
 
 _OPPORTUNITY_UPSERT = (
     "INSERT INTO opportunity_scores (opportunity_id, owner_id, features, score, model_version, factors,"
-    " scored_at, sequence) VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8)"
+    " scored_at, sequence, open_moment) VALUES ($1, $2, $3::jsonb, $4, $5, $6::jsonb, $7, $8, $9::jsonb)"
     " ON CONFLICT (opportunity_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, features = EXCLUDED.features,"
     " score = EXCLUDED.score, model_version = EXCLUDED.model_version, factors = EXCLUDED.factors,"
-    " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence"
+    " scored_at = EXCLUDED.scored_at, sequence = EXCLUDED.sequence,"
+    " open_moment = coalesce(EXCLUDED.open_moment, opportunity_scores.open_moment)"
 )
 _OPPORTUNITY_HISTORY = (
     "INSERT INTO opportunity_score_history (opportunity_id, score, model_version, factors, scored_at,"
@@ -122,20 +124,80 @@ _OPPORTUNITY_HISTORY = (
 )
 
 
-async def lock_opportunities(
-    conn: Connection, opportunity_ids: list[str]
-) -> dict[str, tuple[OpportunityFeatures, Scored]]:
+@dataclass(frozen=True)
+class KnownOpportunity:
+    """An opportunity as kept: its features, current score and the moment of its last score while open."""
+
+    features: OpportunityFeatures
+    scored: Scored | None = None
+    open_moment: OpportunityMoment | None = None
+
+
+def _known_opportunity(row: asyncpg.Record) -> KnownOpportunity:
+    moment = row["open_moment"]
+    return KnownOpportunity(OpportunityFeatures.from_json(json.loads(row["features"])), _scored(row, "opportunity_id"),
+                            None if moment is None else OpportunityMoment.from_json(json.loads(moment)))
+
+
+_LOCK_OPPORTUNITIES = (
+    "SELECT * FROM opportunity_scores WHERE opportunity_id = ANY($1::text[]) ORDER BY opportunity_id FOR UPDATE")
+_LOCK_OPPORTUNITIES_SKIPPING = _LOCK_OPPORTUNITIES + " SKIP LOCKED"
+
+
+async def lock_opportunities(conn: Connection, opportunity_ids: list[str], *,
+                             skip_locked: bool = False) -> dict[str, KnownOpportunity]:
+    """The opportunities' features and current scores, locked for this transaction (in id order: no deadlock);
+    `skip_locked`: leave out those another transaction holds rather than wait for them."""
+    query = _LOCK_OPPORTUNITIES_SKIPPING if skip_locked else _LOCK_OPPORTUNITIES
+    rows = await conn.fetch(query, sorted(opportunity_ids))
+    return {r["opportunity_id"]: _known_opportunity(r) for r in rows}
+
+
+async def open_opportunities(conn: Connection, after: str, limit: int) -> list[tuple[str, KnownOpportunity]]:
+    """The next `limit` open opportunities in id order after `after` (the partial index
+    opportunity_scores_open), not locked."""
     rows = await conn.fetch(
-        "SELECT * FROM opportunity_scores WHERE opportunity_id = ANY($1::text[]) ORDER BY opportunity_id FOR UPDATE",
-        sorted(opportunity_ids))
-    return {r["opportunity_id"]: (OpportunityFeatures.from_json(json.loads(r["features"])),
-                                  _scored(r, "opportunity_id")) for r in rows}
+        "SELECT * FROM opportunity_scores WHERE (features->>'status') = 'open' AND opportunity_id > $1"
+        " ORDER BY opportunity_id LIMIT $2", after, limit)
+    return [(r["opportunity_id"], _known_opportunity(r)) for r in rows]
+
+
+def _opportunity_rows(computed: list[Computed]) -> list[tuple[Any, ...]]:
+    last = {c.subject_id: c for c in computed}
+    return [(*row, None if c.open_moment is None else json.dumps(c.open_moment.to_json(), ensure_ascii=False))
+            for row, c in zip(_current_rows(computed), last.values(), strict=True)]
 
 
 async def save_opportunities(conn: Connection, computed: list[Computed]) -> None:
     if computed:
-        await conn.executemany(_OPPORTUNITY_UPSERT, _current_rows(computed))
+        await conn.executemany(_OPPORTUNITY_UPSERT, _opportunity_rows(computed))
         await conn.executemany(_OPPORTUNITY_HISTORY, _history_rows(computed))
+
+
+@dataclass(frozen=True)
+class WinTallies:
+    """Won and lost deals so far: per owner (those asked for) and overall."""
+
+    by_owner: dict[str, tuple[int, int]]
+    overall: tuple[int, int]
+
+
+async def win_tallies(conn: Connection, owner_ids: list[str]) -> WinTallies:
+    rows = await conn.fetch(
+        "SELECT owner_id, won, lost FROM owner_win_tallies WHERE owner_id = ANY($1::text[])"
+        " UNION ALL SELECT NULL, coalesce(sum(won), 0), coalesce(sum(lost), 0) FROM owner_win_tallies",
+        sorted(set(owner_ids)))
+    overall = next((int(r["won"]), int(r["lost"])) for r in rows if r["owner_id"] is None)
+    return WinTallies({r["owner_id"]: (r["won"], r["lost"]) for r in rows if r["owner_id"] is not None}, overall)
+
+
+async def count_opportunity_outcome(conn: Connection, owner_id: str, won: int, lost: int) -> None:
+    """Add to (or, with negative counts, take back from) an owner's tally of won and lost deals."""
+    # The CHECK holds for the row proposed for insertion even when it conflicts: a taking back proposes 0.
+    await conn.execute(
+        "INSERT INTO owner_win_tallies (owner_id, won, lost) VALUES ($1, greatest($2, 0), greatest($3, 0))"
+        " ON CONFLICT (owner_id) DO UPDATE SET won = owner_win_tallies.won + $2, lost = owner_win_tallies.lost + $3",
+        owner_id, won, lost)
 
 
 async def opportunity_history(conn: Connection, opportunity_id: str, limit: int) -> list[asyncpg.Record]:
@@ -208,28 +270,36 @@ async def save_account(
 
 async def record_outcome(
     conn: Connection, kind: str, subject_id: str, outcome: str, positive: bool, features: dict[str, Any] | None,
-    observed_at: datetime, cause_event_id: str,
-) -> None:
-    """Keep what became of a lead or opportunity; the latest outcome wins (a reopened deal can close again)."""
+    observed_at: datetime, cause_event_id: str, counted_owner: str | None = None,
+) -> asyncpg.Record | None:
+    """Keep what became of a lead or opportunity; the latest outcome wins (a reopened deal can close again).
+    `counted_owner`: the owner whose win tally counts it. Returns the outcome it replaced (`positive`,
+    `counted_owner`), if any."""
+    previous: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT positive, counted_owner FROM outcomes WHERE subject_kind = $1 AND subject_id = $2 FOR UPDATE",
+        kind, subject_id)
     await conn.execute(
-        "INSERT INTO outcomes (subject_kind, subject_id, positive, outcome, features, observed_at, cause_event_id)"
-        " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)"
+        "INSERT INTO outcomes (subject_kind, subject_id, positive, outcome, features, observed_at, cause_event_id,"
+        " counted_owner) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
         " ON CONFLICT (subject_kind, subject_id) DO UPDATE SET positive = EXCLUDED.positive,"
         " outcome = EXCLUDED.outcome, features = EXCLUDED.features, observed_at = EXCLUDED.observed_at,"
-        " cause_event_id = EXCLUDED.cause_event_id",
+        " cause_event_id = EXCLUDED.cause_event_id, counted_owner = EXCLUDED.counted_owner",
         kind, subject_id, positive, outcome, None if features is None else json.dumps(features, ensure_ascii=False),
-        observed_at, cause_event_id,
+        observed_at, cause_event_id, counted_owner,
     )
+    return previous
 
 
 # --- models -----------------------------------------------------------------------------------
 
 
 async def examples(conn: Connection, kind: str) -> list[asyncpg.Record]:
-    """A kind's outcomes with the features known when they happened (the training data)."""
+    """A kind's outcomes with the features known when they happened (the training data). An opportunity's
+    are the moment of its last score while open (`as_of`); those recorded before moments were kept held
+    the features at the close and are left out."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT features, positive, observed_at FROM outcomes"
-        " WHERE subject_kind = $1 AND features IS NOT NULL ORDER BY observed_at, subject_id", kind
+        "SELECT features, positive, observed_at FROM outcomes WHERE subject_kind = $1 AND features IS NOT NULL"
+        " AND (subject_kind = 'lead' OR features ? 'as_of') ORDER BY observed_at, subject_id", kind
     )
     return rows
 
@@ -238,6 +308,7 @@ async def outcomes_since_last_model(conn: Connection, kind: str) -> int:
     """Outcomes with features observed after the newest model's training window (all of them before any model)."""
     count: int = await conn.fetchval(
         "SELECT count(*) FROM outcomes WHERE subject_kind = $1 AND features IS NOT NULL"
+        " AND (subject_kind = 'lead' OR features ? 'as_of')"
         " AND observed_at > coalesce((SELECT max(window_to) FROM models WHERE kind = $1), '-infinity')",
         kind)
     return count

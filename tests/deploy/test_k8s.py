@@ -143,6 +143,16 @@ def test_configuration_names_real_settings_and_secrets_stay_out_of_the_config_ma
                                         {"secretRef": {"name": "funnelcast-secrets"}}]
 
 
+def test_compose_and_the_config_map_give_the_scoring_service_the_same_schedule() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    in_compose = {key: value for key, value in compose["services"]["scoring"]["environment"].items()
+                  if key.startswith("FUNNELCAST_SCORING_")}
+    config = by_kind(base_resources(), "ConfigMap")["funnelcast-config"]["data"]
+    in_config_map = {key: value for key, value in config.items() if key.startswith("FUNNELCAST_SCORING_")}
+    assert "FUNNELCAST_SCORING_RESCORE_INTERVAL_S" in in_config_map
+    assert in_compose == in_config_map
+
+
 def test_the_migrations_job_runs_a_real_cli_command() -> None:
     job = by_kind(base_resources(), "Job")["funnelcast-migrate"]
     [container] = job["spec"]["template"]["spec"]["containers"]

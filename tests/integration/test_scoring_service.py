@@ -351,7 +351,7 @@ async def test_scheduled_training_waits_for_new_outcomes(
     http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
 ) -> None:
     db = Database(tables, "/funnelcast/scoring")
-    assert await handlers.train_lead_model_if_due(db, 1) is None  # nothing observed since the last model
+    assert await handlers.train_model_if_due(db, "lead", 1) is None  # nothing observed since the last model
     lead = new_lead()
     await send(producer, captured(lead, "C", "web_form"))
     await send(producer, outcome(lead, True))
@@ -360,8 +360,8 @@ async def test_scheduled_training_waits_for_new_outcomes(
         return bool(await tables.fetchval("SELECT 1 FROM outcomes WHERE subject_id = $1", lead))
 
     await eventually(observed, timeout=30)
-    assert await handlers.train_lead_model_if_due(db, 2) is None  # one new outcome, two needed
-    model = await handlers.train_lead_model_if_due(db, 1)
+    assert await handlers.train_model_if_due(db, "lead", 2) is None  # one new outcome, two needed
+    model = await handlers.train_model_if_due(db, "lead", 1)
     assert model is not None and model["window_to"] >= await tables.fetchval(
         "SELECT observed_at FROM outcomes WHERE subject_id = $1", lead)
     listed = (await http.get("/v1/models/lead", headers=as_(settings, "admin-1"))).json()
@@ -450,7 +450,7 @@ async def test_a_learned_win_probability_model_replaces_the_stage_rules_once_it_
     response = await http.post("/v1/models/opportunity/train", headers=admin)
     assert response.status_code == 201, response.text
     model = response.json()
-    assert model["version"].startswith("lr-opp-") and model["kind"] == "opportunity"
+    assert model["version"].startswith(("gb-opp-", "lr-opp-")) and model["kind"] == "opportunity"
     assert (model["promoted"], model["active"], model["current_version"]) == (True, True, "rules-v1")
     assert model["auc"] > model["current_auc"]
     assert (await http.get("/v1/models/opportunity", headers=admin)).json()["active_version"] == model["version"]
@@ -474,3 +474,4 @@ async def test_a_learned_win_probability_model_replaces_the_stage_rules_once_it_
     await opened(producer, later, "prospecting", 20)
     score = await eventually(lambda: scored(later, "rules-v1"), timeout=30)
     assert score["score"] == 10 + round((20 - 50) * 0.3)
+

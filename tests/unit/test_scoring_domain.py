@@ -1,13 +1,16 @@
 """The scoring rules: lead scores and win probabilities, with their explaining factors."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from services.scoring.domain import (
     MODEL_VERSION,
     LeadFeatures,
     OpportunityFeatures,
+    OpportunityMoment,
     score_lead,
     score_opportunity,
+    smoothed_win_rate,
 )
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -75,6 +78,24 @@ def test_features_survive_their_json_form() -> None:
     assert lead.regraded("H").grade == "H"
     opp = OpportunityFeatures(owner_id="rep-1").moved("bidding", 30, NOW)
     assert OpportunityFeatures.from_json(opp.to_json()) == opp
+
+
+def test_an_opportunity_event_tells_amount_product_region_and_the_latest_activity() -> None:
+    told = OpportunityFeatures().told({"amount": "120000.50", "product": "GTX Pro", "region": "East"}, NOW)
+    assert (told.amount, told.product, told.region, told.last_event_at) == (120000.5, "GTX Pro", "East", NOW)
+    # An event without them keeps what was told; an event that overtook a later one leaves the latest time.
+    later = told.told({"product": None}, NOW + timedelta(days=2)).told({}, NOW + timedelta(days=1))
+    assert (later.amount, later.product, later.last_event_at) == (120000.5, "GTX Pro", NOW + timedelta(days=2))
+    moment = OpportunityMoment(replace(later, created_at=NOW).moved("bidding", 30, NOW), NOW + timedelta(days=3), 0.6)
+    assert OpportunityMoment.from_json(moment.to_json()) == moment
+
+
+def test_an_owners_win_rate_is_pulled_toward_the_overall_rate_while_they_have_few_outcomes() -> None:
+    assert smoothed_win_rate(0, 0, 0, 0) is None  # nothing recorded yet
+    assert smoothed_win_rate(0, 0, 60, 40) == 0.6  # a new owner: the overall rate
+    assert smoothed_win_rate(2, 0, 60, 40) == (2 + 20 * 0.6) / 22  # two wins count for a little
+    experienced = smoothed_win_rate(900, 100, 960, 1040)  # many outcomes: near the owner's own rate
+    assert experienced is not None and abs(experienced - 0.9) < 0.01
 
 
 def test_win_probability_starts_from_the_stage() -> None:

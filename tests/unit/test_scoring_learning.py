@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from services.scoring.domain import LeadFeatures, OpportunityFeatures, score_lead
+from services.scoring.domain import LeadFeatures, OpportunityFeatures, OpportunityMoment, score_lead
 from services.scoring.handlers import _rules_probability
 from services.scoring.learning import (
     MIN_OUTCOMES,
@@ -16,7 +16,6 @@ from services.scoring.learning import (
     POINTS_PER_LOGIT,
     TREE_PARAMETERS,
     Example,
-    LinearModel,
     NotEnoughOutcomes,
     TreeModel,
     model_from_json,
@@ -127,34 +126,78 @@ def test_frequent_attribute_values_become_features() -> None:
 
 
 def deal(i: int, won: bool) -> Example:
-    # Won deals closed from bidding with a strong assessment, lost ones from negotiation with a weak one;
-    # every lost deal names a competitor and carries status "lost": neither may be learned.
+    # Won deals were, at the moment of their last score while open, 40 days into bidding with a strong
+    # assessment; lost ones 2 days into negotiation with a weak one. The moments of the lost deals carry a
+    # competitor and the status "lost" (which a moment while open never does): neither may be learned.
+    entered = START + timedelta(days=i)
+    as_of = entered + timedelta(days=40 if won else 2)
     features = OpportunityFeatures(stage="bidding" if won else "negotiation", stage_probability=30 if won else 60,
+                                   stage_entered_at=entered, created_at=entered, last_event_at=entered,
                                    maturity=80 if won else 30, status="won" if won else "lost",
-                                   competitor=None if won else "某竞品")
-    return Example(features, won, START + timedelta(minutes=i))
+                                   competitor=None if won else "某竞品", amount=50_000, product="GTX Pro")
+    return Example(OpportunityMoment(features, as_of, 0.6), won, START + timedelta(days=200, minutes=i))
 
 
-def test_an_opportunity_model_learns_stage_and_maturity_not_the_outcome_itself() -> None:
-    model, evaluation = train([deal(i, i % 3 != 0) for i in range(90)], "lr-opp-test", lambda e: 0.5)
-    assert model.names == OPPORTUNITY_FEATURE_NAMES
-    assert not {"competitor", "status"} & set(model.names)
+def test_an_opportunity_model_learns_from_a_moment_while_open_never_the_outcome_itself() -> None:
+    model, evaluation = train([deal(i, i % 3 != 0) for i in range(90)], "opp-test", lambda e: 0.5)
+    assert set(OPPORTUNITY_FEATURE_NAMES) <= set(model.names)
+    assert "attr:product=GTX Pro" in model.names
+    assert not {"competitor", "status", "observed_at"} & set(model.names)
     assert evaluation.auc > 0.95 and evaluation.beats_current
-    open_deal = OpportunityFeatures(stage="bidding", stage_probability=30, maturity=80)
-    won_like = model.score(open_deal)
-    assert won_like.score > 80 and won_like.model_version == "lr-opp-test"
+    entered = START + timedelta(days=100)
+    open_deal = OpportunityFeatures(stage="bidding", stage_probability=30, maturity=80, stage_entered_at=entered,
+                                    created_at=entered, last_event_at=entered, amount=50_000, product="GTX Pro")
+    won_like = model.score(OpportunityMoment(open_deal, entered + timedelta(days=40), 0.6))
+    assert won_like.score > 80 and won_like.model_version in {"gb-opp-test", "lr-opp-test"}
     assert all("chance to win" in f.label_en and "赢单" in f.label_zh for f in won_like.factors)
-    assert model.probability(replace(open_deal, competitor="某竞品")) == model.probability(open_deal)
-    assert isinstance(model, LinearModel) and model.algorithm == "logistic_regression"
-    assert model_from_json("lr-opp-test", model.algorithm, model.to_json()) == model
+    moment = OpportunityMoment(open_deal, entered, 0.6)
+    assert model.probability(replace(moment, features=replace(open_deal, competitor="某竞品", status="lost"))
+                             ) == model.probability(moment)
+    assert model_from_json(model.version, model.algorithm, model.to_json()) == model
 
 
-def test_the_rules_are_compared_on_what_they_knew_while_the_deal_was_open() -> None:
+def test_the_opportunity_inputs_are_measured_as_of_the_moment() -> None:
+    created = START
+    features = OpportunityFeatures(stage="bidding", stage_probability=30, stage_entered_at=created + timedelta(days=3),
+                                   created_at=created, last_event_at=created + timedelta(days=13), amount=999.0,
+                                   product="GTX Pro", region="East")
+    names = (*OPPORTUNITY_FEATURE_NAMES, "attr:product=GTX Pro", "attr:region=West")
+    # 2026-11-01 + 33 days is in December: the third month of its quarter
+    values = dict(zip(names, vectorise(OpportunityMoment(features, created + timedelta(days=33), 0.7), names),
+                      strict=True))
+    assert values["amount"] == pytest.approx(math.log(1000))
+    assert values["days_in_stage"] == pytest.approx(math.log1p(30))
+    assert values["deal_age"] == pytest.approx(math.log1p(33))
+    assert values["days_since_activity"] == pytest.approx(math.log1p(20))
+    assert (values["owner_win_rate"], values["month_of_quarter"]) == (0.7, 3.0)
+    assert (values["stage_bidding"], values["stage_probability"]) == (1.0, 0.3)
+    assert (values["attr:product=GTX Pro"], values["attr:region=West"]) == (1.0, 0.0)
+    # A moment before an event (no negative ages), and an owner without a rate yet: neutral values.
+    early = dict(zip(names, vectorise(OpportunityMoment(features, created, None), names), strict=True))
+    assert (early["days_in_stage"], early["days_since_activity"], early["owner_win_rate"]) == (0.0, 0.0, 0.5)
+
+
+def late_in_quarter(i: int) -> Example:
+    """A deal that wins when it is old in the last month of the quarter or young in another month: an
+    interaction a linear model cannot draw."""
+    as_of = datetime(2017, 1 + i % 12, 2, tzinfo=UTC)
+    old = i % 5 < 2
+    entered = as_of - timedelta(days=60 if old else 3)
+    features = OpportunityFeatures(stage="bidding", stage_entered_at=entered, created_at=entered, last_event_at=entered)
+    won = old == (as_of.month % 3 == 0)
+    return Example(OpportunityMoment(features, as_of, 0.6), won, as_of + timedelta(minutes=i))
+
+
+def test_the_opportunity_model_is_trees_where_they_rank_better() -> None:
+    model, evaluation = train([late_in_quarter(i) for i in range(300)], "opp-pick", lambda e: 0.5)
+    assert isinstance(model, TreeModel) and model.version == "gb-opp-pick"
+    assert evaluation.auc > 0.95
+
+
+def test_the_rules_are_compared_on_the_moment_the_learned_model_sees() -> None:
     entered = START + timedelta(days=1)
-    lost = OpportunityFeatures(stage="bidding", stage_probability=30, stage_entered_at=entered, status="lost",
-                               competitor="某竞品")
-    won = replace(lost, status="won", competitor=None)
-    # The lost deal closed a day later, the won one after 90 days in bidding (more than twice the usual 30).
-    lost_example = Example(lost, False, entered + timedelta(days=1))
-    won_example = Example(won, True, entered + timedelta(days=90))
-    assert _rules_probability(lost_example) == _rules_probability(won_example) == 0.30
+    bidding = OpportunityFeatures(stage="bidding", stage_probability=30, stage_entered_at=entered)
+    # Scored as of a day into bidding, and as of 90 days (more than twice the usual 30): -10.
+    fresh = Example(OpportunityMoment(bidding, entered + timedelta(days=1), None), False, entered + timedelta(days=2))
+    aged = Example(OpportunityMoment(bidding, entered + timedelta(days=90), None), True, entered + timedelta(days=91))
+    assert (_rules_probability(fresh), _rules_probability(aged)) == (0.30, 0.20)
