@@ -18,8 +18,15 @@ scores them; nothing is computed in this process but the ROC AUC of the scores t
   at capture, the one caused by the engagement the score once engagement is known.
 - Opportunities: ../shared/data/crm_sales_opportunities, the deals as the forecasting backtest turns
   them into events (`backtest.deal_events`: created on the engage date, moved to bidding, won / lost on
-  the close date); the closed ones, in close-date order. The first part with their outcomes, then
-  `POST /v1/models/opportunity/train`, then the rest scored at creation and once in bidding.
+  the close date), with what is known while a deal is open: the product's list price as its amount
+  until the close (the backtest gives a won deal its close value from the start, which would tell the
+  outcome) and the agent's regional office as its region. The closed ones, in close-date order: the
+  first part with their outcomes, then `POST /v1/models/opportunity/train`, then the rest. Each part
+  goes in time order, and at the start of every month, once the events before it were applied, the
+  service re-scores its open deals as of that moment (`POST /v1/opportunities/rescore?as_of=`, the
+  periodic re-scoring's own code with its clock set). The scores of the held-out deals: at creation, in
+  bidding, and as of each month start while they were open (each deal's current score read over the
+  API after that re-scoring).
 
 The AUC is of the published scores (integers 0-100, as every consumer sees them), beside the model
 that produced them. Progress goes to stderr, the figures to stdout.
@@ -27,12 +34,14 @@ that produced them. Progress goes to stderr, the figures to stdout.
 
 import argparse
 import asyncio
+import csv
 import secrets
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.forecasting.backtest import deal_events
+from services.opportunities.replay import agent_id
 from services.scoring.evaluate import DEFAULT_PATH as DEFAULT_LEADS
 from services.scoring.evaluate import captured_at, lead_event_data, read_leads, roc_auc, timestamp
 from shared import kafka
@@ -56,6 +66,7 @@ LEADS_SOURCE = "/funnelcast/leads"
 SCORING_GROUP = "funnelcast-scoring"
 LEAD_OUTCOMES = ("sales.lead.converted.v1", "sales.lead.disqualified.v1")
 DEAL_OUTCOMES = ("sales.opportunity.won.v1", "sales.opportunity.lost.v1")
+DEAL_TYPES = ("sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1", *DEAL_OUTCOMES)
 REPLAY_USER = "svc-erp"  # the sample organisation's integration user
 ADMIN = "admin-1"
 
@@ -116,6 +127,18 @@ class Replay:
                                f" {timeout:.0f} s") from None
         return [(int(self.scores.caused[i]["score"]), str(self.scores.caused[i]["model_version"])) for i in ids]
 
+    async def rescore(self, as_of: datetime) -> None:
+        """The service's periodic re-scoring of its open opportunities, with its clock set to `as_of`."""
+        response = await self.http.post("/v1/opportunities/rescore", params={"as_of": as_of.isoformat()},
+                                        timeout=600)
+        if response.status_code != 200:
+            raise RuntimeError(f"re-scoring as of {as_of:%Y-%m-%d} answered {response.status_code}: {response.text}")
+
+    async def win_probability(self, opportunity_id: str) -> int:
+        response = await self.http.get(f"/v1/opportunities/{opportunity_id}/score")
+        response.raise_for_status()
+        return int(response.json()["score"])
+
     async def train(self, kind: str) -> dict[str, Any]:
         response = await self.http.post(f"/v1/models/{kind}/train", timeout=600)
         if response.status_code != 201:
@@ -163,14 +186,39 @@ def lead_subjects(path: Path, limit: int | None) -> tuple[list[tuple[CloudEvent,
 # --- opportunities ----------------------------------------------------------------------------
 
 
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def closed_deals(data: Path, limit: int | None) -> list[list[CloudEvent]]:
-    """Each closed deal's events (created, to bidding, won / lost), the deals in the order they closed."""
+    """Each closed deal's events (created, to bidding, won / lost), the deals in the order they closed. While
+    open, a deal's amount is its product's list price (its close value is only known at the close) and its
+    region its agent's regional office."""
+    prices = {row["product"]: row["sales_price"] for row in _csv(data / "products.csv")}
+    offices = {agent_id(row["sales_agent"]): row["regional_office"] for row in _csv(data / "sales_teams.csv")}
     by_deal: dict[str, list[CloudEvent]] = {}
     for event in deal_events(data):
+        if event.type not in DEAL_OUTCOMES:
+            listed = {"amount": f"{Decimal(prices[event.data['product']]):.2f}"}
+            if event.type == "sales.opportunity.created.v1":
+                listed["region"] = offices[event.data["owner_id"]]
+            event = replace(event, data=event.data | listed)
         by_deal.setdefault(event.subject, []).append(event)
     closed = [events for events in by_deal.values() if events[-1].type in DEAL_OUTCOMES]
     closed.sort(key=lambda events: (events[-1].time, events[-1].subject))
     return closed[:limit] if limit else closed
+
+
+def month_starts(events: Sequence[CloudEvent]) -> list[datetime]:
+    """The first of every month after the first event, up to the first after the last one."""
+    first, last = min(e.time for e in events), max(e.time for e in events)
+    moment = datetime(first.year, first.month, 1, tzinfo=UTC)
+    starts = []
+    while moment <= last:
+        moment = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+        starts.append(moment)
+    return starts
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -197,6 +245,55 @@ async def replay_outcomes(replay: Replay, kind: str, subjects: Sequence[Sequence
             "versions": _versions(first + second)}
 
 
+async def replay_by_month(replay: Replay, deals: Sequence[Sequence[CloudEvent]],
+                          at_month_start: Callable[[datetime], Awaitable[None]] | None = None) -> None:
+    """The deals' events in time order; before each month start's events, once the service applied every
+    earlier one, it re-scores its open deals as of that moment, then `at_month_start` runs."""
+    events = sorted((e for d in deals for e in d), key=lambda e: (e.time, e.sequence or 0))
+    before = await replay.consumed(DEAL_TYPES)
+    sent = 0
+    for start in month_starts(events):
+        month = [e for e in events[sent:] if e.time < start]
+        await replay.publish(month)
+        sent += len(month)
+        await replay.await_consumed(DEAL_TYPES, before + sent)
+        await replay.rescore(start)
+        if at_month_start is not None:
+            await at_month_start(start)
+
+
+async def replay_deals(replay: Replay, closed: Sequence[Sequence[CloudEvent]], train_share: float) -> dict[str, Any]:
+    """The first part of the closed deals goes in with their outcomes and the service trains; the rest are
+    scored as they arrive and as of every month start while they are open."""
+    cut = int(len(closed) * train_share)
+    training, rest = closed[:cut], closed[cut:]
+    _say(f"opportunity: replaying {cut:,} with their outcomes, month by month")
+    await replay_by_month(replay, training)
+    model = await replay.train("opportunity")
+    _say(f"opportunity: model {model['version']} held-out AUC {model['auc']:.3f} (current"
+         f" {model['current_auc']:.3f}), promoted {model['promoted']}; scoring the other {len(rest):,} as they"
+         " arrive and at every month start")
+    snapshots: dict[datetime, list[tuple[bool, int]]] = {}
+
+    async def read_open_deals(start: datetime) -> None:
+        open_deals = [d for d in rest if d[0].time < start < d[-1].time]
+        snapshots[start] = [(d[-1].type == "sales.opportunity.won.v1", await replay.win_probability(d[0].subject))
+                            for d in open_deals]
+
+    await replay_by_month(replay, rest, read_open_deals)
+    first = await replay.scores_of([d[0].id for d in rest])
+    second = await replay.scores_of([d[1].id for d in rest])
+    truth = [d[-1].type == "sales.opportunity.won.v1" for d in rest]
+    by_month = {start: (len(scored), roc_auc([w for w, _ in scored], [s for _, s in scored]))
+                for start, scored in snapshots.items() if len({w for w, _ in scored}) == 2}
+    pooled = [pair for scored in snapshots.values() for pair in scored]
+    return {"subjects": len(closed), "trained_on": cut, "scored": len(rest), "model": model,
+            "auc_first": roc_auc(truth, [s for s, _ in first]), "auc_second": roc_auc(truth, [s for s, _ in second]),
+            "versions": _versions(first + second), "auc_by_month": by_month,
+            "auc_open": roc_auc([w for w, _ in pooled], [s for _, s in pooled]) if by_month else None,
+            "open_scores": len(pooled)}
+
+
 async def evaluate(settings: Settings, service_url: str, leads: Path | None, deals: Path | None,
                    train_share: float = 0.7, limit_leads: int | None = None,
                    limit_deals: int | None = None) -> dict[str, dict[str, Any]]:
@@ -217,9 +314,7 @@ async def evaluate(settings: Settings, service_url: str, leads: Path | None, dea
                                                          train_share)
             if deals is not None:
                 closed = closed_deals(deals, limit_deals)
-                won = [events[-1].type == "sales.opportunity.won.v1" for events in closed]
-                results["opportunities"] = await replay_outcomes(replay, "opportunity", closed, won, DEAL_OUTCOMES,
-                                                                 train_share)
+                results["opportunities"] = await replay_deals(replay, closed, train_share)
     finally:
         await reader.stop()
         await producer.stop()
@@ -236,8 +331,10 @@ def run(leads: Path | None, deals: Path | None, train_share: float = 0.7, limit_
                             embedded_kafka_port=free_port())
         service = ServiceInstance("scoring", 0, free_port())
         # Training happens when the replay asks for it, never on the service's own schedule meanwhile.
+        # Re-scoring only as of the replay's month starts: the service's own clock is years after the data.
+        never = str(365 * 24 * 3600)
         extra_env = {"FUNNELCAST_AUTH_SECRET": settings.signing_secret, "FUNNELCAST_LOG_LEVEL": "WARNING",
-                     "FUNNELCAST_SCORING_TRAIN_INTERVAL_S": str(365 * 24 * 3600)}
+                     "FUNNELCAST_SCORING_TRAIN_INTERVAL_S": never, "FUNNELCAST_SCORING_RESCORE_INTERVAL_S": never}
         stack = Stack(settings, Path(scratch), [service], out=_say, extra_env=extra_env)
         try:
             stack.start(ready_timeout=120)
@@ -259,6 +356,11 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"  ROC AUC of the published scores of the other {result['scored']:,}: {early}"
                      f" {result['auc_first']:.3f}, {late} {result['auc_second']:.3f}"
                      f" (scored by {result['versions']})")
+        if result.get("auc_open") is not None:
+            lines.append(f"  while open, as of each month start: {result['auc_open']:.3f} over"
+                         f" {result['open_scores']:,} scores of open deals")
+            lines.extend(f"    {start:%Y-%m-%d}: {auc:.3f} ({count:,} open)"
+                         for start, (count, auc) in result["auc_by_month"].items())
     return "\n".join(lines)
 
 

@@ -49,13 +49,14 @@ class CausedEventReader:
             for records in batch.values():
                 for record in records:
                     event = json.loads(record.value or b"{}")
-                    cause = event["causationid"]
-                    self.arrived.setdefault(cause, now)
-                    self.caused.setdefault(cause, event["data"])
+                    cause = event.get("causationid")  # none for work of a service's own (a scheduled re-score)
+                    if cause is not None:
+                        self.arrived.setdefault(cause, now)
+                        self.caused.setdefault(cause, event["data"])
+                        self.awaited.discard(cause)
                     if record.key is not None:
                         self.latest[record.key] = event["data"]
                         self.first_arrived.setdefault(record.key, now)
-                    self.awaited.discard(cause)
             if not self.awaited:
                 self.all_arrived.set()
 
