@@ -448,11 +448,10 @@ async def _save_rescored(db: Database, changed: dict[str, tuple[store.KnownOppor
                          as_of: datetime) -> int:
     """Write and publish the changed win probabilities whose deal is as it was read; return how many."""
     async with db.transaction() as tx:
-        now_kept = await store.lock_opportunities(tx.conn, list(changed), skip_locked=True)
+        sequences = await store.lock_opportunity_sequences(tx.conn, list(changed))
         computed: list[store.Computed] = []
         for opportunity_id, (known, moment, result) in changed.items():
-            kept = now_kept.get(opportunity_id)
-            if kept is None or kept.scored != known.scored:
+            if known.scored is None or sequences.get(opportunity_id) != known.scored.sequence:
                 continue  # held or re-scored by an event meanwhile: its score is that event's
             computed.append(_computed(opportunity_id, moment.features, known.scored, result, as_of,
                                       f"rescore-{uuid.uuid4()}", "rescore", moment))

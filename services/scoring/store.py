@@ -134,32 +134,36 @@ class KnownOpportunity:
 
 
 def _known_opportunity(row: asyncpg.Record) -> KnownOpportunity:
-    moment = row["open_moment"]
+    moment = row.get("open_moment")  # not read by the re-scoring, which has no use for it
     return KnownOpportunity(OpportunityFeatures.from_json(json.loads(row["features"])), _scored(row, "opportunity_id"),
                             None if moment is None else OpportunityMoment.from_json(json.loads(moment)))
 
 
-_LOCK_OPPORTUNITIES = (
-    "SELECT * FROM opportunity_scores WHERE opportunity_id = ANY($1::text[]) ORDER BY opportunity_id FOR UPDATE")
-_LOCK_OPPORTUNITIES_SKIPPING = _LOCK_OPPORTUNITIES + " SKIP LOCKED"
-
-
-async def lock_opportunities(conn: Connection, opportunity_ids: list[str], *,
-                             skip_locked: bool = False) -> dict[str, KnownOpportunity]:
-    """The opportunities' features and current scores, locked for this transaction (in id order: no deadlock);
-    `skip_locked`: leave out those another transaction holds rather than wait for them."""
-    query = _LOCK_OPPORTUNITIES_SKIPPING if skip_locked else _LOCK_OPPORTUNITIES
-    rows = await conn.fetch(query, sorted(opportunity_ids))
+async def lock_opportunities(conn: Connection, opportunity_ids: list[str]) -> dict[str, KnownOpportunity]:
+    """The opportunities' features and current scores, locked for this transaction (in id order: no deadlock)."""
+    rows = await conn.fetch(
+        "SELECT * FROM opportunity_scores WHERE opportunity_id = ANY($1::text[]) ORDER BY opportunity_id FOR UPDATE",
+        sorted(opportunity_ids))
     return {r["opportunity_id"]: _known_opportunity(r) for r in rows}
 
 
 async def open_opportunities(conn: Connection, after: str, limit: int) -> list[tuple[str, KnownOpportunity]]:
     """The next `limit` open opportunities in id order after `after` (the partial index
-    opportunity_scores_open), not locked."""
+    opportunity_scores_open), not locked, without their open moment."""
     rows = await conn.fetch(
-        "SELECT * FROM opportunity_scores WHERE (features->>'status') = 'open' AND opportunity_id > $1"
+        "SELECT opportunity_id, owner_id, features, score, model_version, factors, scored_at, sequence"
+        " FROM opportunity_scores WHERE (features->>'status') = 'open' AND opportunity_id > $1"
         " ORDER BY opportunity_id LIMIT $2", after, limit)
     return [(r["opportunity_id"], _known_opportunity(r)) for r in rows]
+
+
+async def lock_opportunity_sequences(conn: Connection, opportunity_ids: list[str]) -> dict[str, int]:
+    """The sequence of the last scored event of each opportunity no other transaction holds, locked (those
+    another transaction holds are left out rather than waited for)."""
+    rows = await conn.fetch(
+        "SELECT opportunity_id, sequence FROM opportunity_scores WHERE opportunity_id = ANY($1::text[])"
+        " ORDER BY opportunity_id FOR UPDATE SKIP LOCKED", sorted(opportunity_ids))
+    return {r["opportunity_id"]: r["sequence"] for r in rows}
 
 
 def _opportunity_rows(computed: list[Computed]) -> list[tuple[Any, ...]]:
