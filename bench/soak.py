@@ -10,7 +10,9 @@ every lead's first `sales.lead.scored.v1` to the moment its capture was sent. Ev
 - the broker backlog: the scoring group's lag on `sales.leads` (`funnelcast_consumer_lag` from the
   scoring service) and the outbox backlog of both services (`funnelcast_outbox_backlog`);
 - the memory (proportional set size) of every process: each service, Postgres (all its processes),
-  the broker.
+  the broker;
+- the CPU milliseconds each of them spent per capture answered in the window: a part whose cost
+  per capture climbs while the rate holds is the one falling behind.
 At the end: a PNG chart (`--chart`, default docs/soak.png) and the slope of memory and backlog over
 the second half of the run, the signs of a leak or of falling behind.
 
@@ -33,7 +35,14 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import embedded_stack, load_sessions, percentiles, ready_clients, service_processes
+from bench.harness import (
+    embedded_stack,
+    load_sessions,
+    percentiles,
+    ready_clients,
+    server_cpu_s,
+    service_processes,
+)
 from shared import kafka
 from shared.settings import Settings
 from tests.support.waiting import eventually
@@ -54,6 +63,8 @@ class Window:
     consumer_lag: float = 0.0
     outbox_backlog: float = 0.0
     memory_mb: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # each process's CPU seconds at the window's end
+    cpu_ms_a_capture: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Soak:
     sent_at: dict[str, float] = field(default_factory=dict)  # lead id -> when its capture was sent
     scored: set[str] = field(default_factory=set)
     failures: dict[str, int] = field(default_factory=dict)  # exception name -> captures it failed
+    cpu_at_start: dict[str, float] = field(default_factory=dict)
 
     @property
     def current(self) -> Window:
@@ -79,6 +91,15 @@ def resident_mb(process: psutil.Process, with_children: bool = False) -> float:
         except psutil.NoSuchProcess:
             continue
     return total / MEGABYTE
+
+
+def cpu_s(process: psutil.Process, with_children: bool = False) -> float:
+    if with_children:
+        return server_cpu_s(process)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        used = process.cpu_times()
+        return float(used.user + used.system)
+    return 0.0
 
 
 def listening_process(port: int) -> psutil.Process:
@@ -143,8 +164,14 @@ async def read_scores(settings: Settings, soak: Soak) -> None:
 async def observe(
     soak: Soak, metrics: dict[str, httpx.AsyncClient], processes: dict[str, tuple[psutil.Process, bool]]
 ) -> None:
-    """Close the current window with the backlog and memory figures of its end."""
+    """Close the current window with the backlog, memory and CPU figures of its end."""
     window = soak.current
+    window.cpu_s = {name: cpu_s(process, tree) for name, (process, tree) in processes.items()}
+    before = soak.windows[-2].cpu_s if len(soak.windows) > 1 else soak.cpu_at_start
+    if window.answered:  # none in the last window, which only waits for the scores still on their way
+        window.cpu_ms_a_capture = {
+            name: (used - before[name]) * 1000 / window.answered for name, used in window.cpu_s.items()
+        }
     texts = {name: (await client.get("/metrics")).text for name, client in metrics.items()}
     window.consumer_lag = gauge_sum(texts["scoring"], "funnelcast_consumer_lag")
     window.outbox_backlog = sum(gauge_sum(text, "funnelcast_outbox_backlog") for text in texts.values())
@@ -189,10 +216,12 @@ async def send_captures(leads: list[aiohttp.ClientSession], soak: Soak, rate: fl
 def report_line(window: Window) -> str:
     latency = percentiles(window.latencies_s) if len(window.latencies_s) >= 2 else {"p50": 0.0, "p99": 0.0}
     memory = "  ".join(f"{name} {mb:,.0f}" for name, mb in window.memory_mb.items())
+    cpu = "  ".join(f"{name} {ms:.2f}" for name, ms in window.cpu_ms_a_capture.items())
     return (
         f"{window.minute:6.1f}  sent {window.sent:6,}  201 {window.answered:6,}  failed {window.failed:4,}  "
         f"scored {len(window.latencies_s):6,}  p50 {latency['p50']:7.1f} ms  p99 {latency['p99']:7.1f} ms  "
-        f"lag {window.consumer_lag:7,.0f}  outbox {window.outbox_backlog:7,.0f}  PSS MB: {memory}"
+        f"lag {window.consumer_lag:7,.0f}  outbox {window.outbox_backlog:7,.0f}  PSS MB: {memory}  "
+        f"CPU ms a capture: {cpu}"
     )
 
 
@@ -215,6 +244,10 @@ def trends(windows: list[Window]) -> dict[str, float]:
     }
     for name in windows[0].memory_mb:
         result[f"{name} PSS MB / min"] = slope_per_minute((w.minute, w.memory_mb[name]) for w in second_half)
+    steady = [w for w in second_half if w.answered]  # the last window, after sending ended, has no captures
+    for name in windows[0].cpu_ms_a_capture:
+        result[f"{name} CPU ms a capture / min"] = slope_per_minute(
+            (w.minute, w.cpu_ms_a_capture[name]) for w in steady)
     return result
 
 
@@ -225,7 +258,7 @@ def chart(windows: list[Window], path: Path, rate: float) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [w.minute for w in windows]
-    figure, (latency_axis, backlog_axis, memory_axis) = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    figure, (latency_axis, backlog_axis, cpu_axis, memory_axis) = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
     for cut, style in (("p50", "-"), ("p99", "--")):
         values = [percentiles(w.latencies_s)[cut] if len(w.latencies_s) >= 2 else float("nan") for w in windows]
         latency_axis.plot(minutes, values, style, label=cut)
@@ -236,6 +269,11 @@ def chart(windows: list[Window], path: Path, rate: float) -> None:
     backlog_axis.plot(minutes, [w.outbox_backlog for w in windows], label="outbox backlog")
     backlog_axis.set_ylabel("events")
     backlog_axis.legend()
+    steady = [w for w in windows if w.answered]
+    for name in windows[0].cpu_ms_a_capture:
+        cpu_axis.plot([w.minute for w in steady], [w.cpu_ms_a_capture[name] for w in steady], label=name)
+    cpu_axis.set_ylabel("CPU ms a capture")
+    cpu_axis.legend()
     for name in windows[0].memory_mb:
         memory_axis.plot(minutes, [w.memory_mb[name] for w in windows], label=name)
     memory_axis.set_ylabel("memory (PSS), MB")
@@ -262,6 +300,7 @@ async def run(
             "postgres": (servers["postgres"], True),
             "broker": (servers["broker"], False),
         }
+        soak.cpu_at_start = {name: cpu_s(process, tree) for name, (process, tree) in processes.items()}
         reader = asyncio.create_task(read_scores(settings, soak))
         watcher = asyncio.create_task(watch(soak, services, processes, args.window))
         await send_captures(leads, soak, args.rate, args.minutes * 60)
