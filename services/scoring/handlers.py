@@ -164,8 +164,8 @@ class Working:
         if owner_id:
             changes.append((owner_id, int(won), int(not won)))
         for owner, won_change, lost_change in changes:
+            await self._load_tallies([owner])  # before the change: the copy then takes it as the table does
             await store.count_opportunity_outcome(self.tx.conn, owner, won_change, lost_change)
-            await self._load_tallies([owner])
             owner_won, owner_lost = self.tallies.by_owner.get(owner, (0, 0))
             overall_won, overall_lost = self.tallies.overall
             self.tallies = store.WinTallies(

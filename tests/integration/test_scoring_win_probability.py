@@ -14,8 +14,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.scoring import handlers
+from services.scoring.domain import smoothed_win_rate
 from shared.db import Database
-from shared.events.envelope import CloudEvent, parse_and_validate
+from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
+from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
@@ -197,3 +199,22 @@ async def test_a_win_probability_learned_from_age_and_owner_is_promoted_on_sched
     assert any(f["feature"] == "owner_win_rate" and f["contribution"] < 0 for f in factors), factors
     assert (await http.post("/v1/models/opportunity/rules-v1/activate", headers=as_(settings, "admin-1"))
             ).status_code == 204
+
+
+async def test_a_deal_scored_after_an_outcome_in_the_same_batch_sees_that_outcome_once(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    """One consumer batch: a deal of a new owner is won, then another deal of theirs is opened."""
+    db = Database(tables, "/funnelcast/scoring")
+    owner, won, opened = f"rep-{uuid.uuid4()}", f"opp-{uuid.uuid4()}", f"opp-{uuid.uuid4()}"
+    batch = [closed(won, owner, True), created_in_bidding(opened, owner, datetime.now(UTC))]
+    processor = EventProcessor(db, "funnelcast-scoring", handlers.HANDLERS, DeadLetters(producer, "funnelcast-scoring"))
+    messages = [Message(e.topic, 0, i, e.subject.encode(), e.to_bytes(), (CONTENT_TYPE_HEADER,))
+                for i, e in enumerate(batch)]
+    assert await processor.process_batch(messages) == [Outcome.APPLIED, Outcome.APPLIED]
+    tally = await tables.fetchrow("SELECT won, lost FROM owner_win_tallies WHERE owner_id = $1", owner)
+    overall = await tables.fetchrow("SELECT sum(won)::int AS won, sum(lost)::int AS lost FROM owner_win_tallies")
+    assert (tally["won"], tally["lost"]) == (1, 0)
+    moment = json.loads(await tables.fetchval("SELECT open_moment FROM opportunity_scores WHERE opportunity_id = $1",
+                                              opened))
+    assert moment["owner_win_rate"] == pytest.approx(smoothed_win_rate(1, 0, overall["won"], overall["lost"]))
