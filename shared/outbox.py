@@ -126,7 +126,8 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
-        """Let the relay publish what is committed (within the timeout), then stop it."""
+        """Let the relay publish what is committed (within the timeout), then stop it. Rows it had no
+        time for stay unpublished: the next relay of this database publishes them."""
         if self._task is None:
             return
         self._stopping = True
@@ -134,6 +135,8 @@ class OutboxRelay:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=flush_timeout)
         except TimeoutError:
+            log.warning("stopping: the outbox relay's flush was cut short after %.1f s; the rows not yet"
+                        " published wait for the next relay", flush_timeout)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

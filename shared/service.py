@@ -6,17 +6,28 @@ outbox relay, a Faust agent feeding its handlers, health / readiness / metrics, 
 as problem+json and authentication. The broker connection is made in the background
 and retried, so the service keeps taking requests while the broker is away: its events
 wait in the outbox.
+
+A stop (SIGTERM) has one budget, FUNNELCAST_SHUTDOWN_GRACE_S from the signal (`StopDeadline`), and
+its stages take what is left of it in the order that loses nothing: stop accepting and finish the
+requests in flight (uvicorn), the service's own lifespans (notifications: the webhook attempts in
+flight), stop consuming (the offsets of what was applied commit), flush the outbox relay last (the
+handlers write to the outbox). A stage the budget cuts short is logged and loses nothing: offsets not
+committed are consumed again (the inbox skips what was applied), rows not published are the next
+relay's, webhook attempts cut short are due again.
 """
 
 import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, cast
 
 import asyncpg
 import uvicorn
@@ -60,6 +71,20 @@ class ServiceDefinition:
         return f"funnelcast-{self.name}"
 
 
+class StopDeadline:
+    """The grace period of a stop as one budget, counted from the signal: each stage of the stop takes
+    what the stages before it left."""
+
+    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s = grace_s
+        self._clock = clock
+        self._at = clock() + grace_s
+
+    def left(self) -> float:
+        """Seconds left of the grace period; 0 once it has run out."""
+        return max(0.0, self._at - self._clock())
+
+
 class ServiceRuntime:
     """The running parts of one service process."""
 
@@ -77,6 +102,14 @@ class ServiceRuntime:
         self._connector: asyncio.Task[None] | None = None
         self._lag_reporter: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._stop_deadline: StopDeadline | None = None
+
+    def stopping(self) -> StopDeadline:
+        """The deadline of the stop under way: set when the signal arrived (`ServiceServer`), or by this
+        first call when the service is stopped without one (tests)."""
+        if self._stop_deadline is None:
+            self._stop_deadline = StopDeadline(self.settings.shutdown_grace_s)
+        return self._stop_deadline
 
     async def start(self) -> None:
         name = self.definition.name
@@ -213,25 +246,43 @@ class ServiceRuntime:
                 record_consumer_lag(self.stream, self.definition.consumer_group)
 
     async def stop(self) -> None:
-        """Finish in-flight work: stop consuming (offsets commit), flush the relay, close."""
+        """The last stages of a stop, within what is left of its grace period: stop consuming (the
+        offsets of what was applied commit), then flush the relay (what the handlers wrote); then close."""
+        deadline = self.stopping()
         for task in (self._watcher, self._lag_reporter, self._connector, self._pruner):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self.stream is not None and self.broker_connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.stream.stop(), timeout=self.settings.shutdown_grace_s)
+            await self._stop_consuming(deadline)
         if self.relay is not None:
-            await self.relay.stop(flush_timeout=self.settings.shutdown_grace_s / 2)
+            await self.relay.stop(flush_timeout=deadline.left())
         if self.producer is not None and self.broker_connected:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
         if self.watch is not None:
             await self.watch.close()
         if self.db is not None:
-            await self.db.close()
-        gc.unfreeze()  # what start-up built is garbage now (a process may start a service again: tests)
+            try:
+                await asyncio.wait_for(self.db.close(), timeout=deadline.left())
+            except TimeoutError:  # a stage cut short may still hold a connection: its transaction rolls back
+                self.db.pool.terminate()
+        # A process may start a service again (tests): its next stop has a budget of its own, and what
+        # this start-up built is garbage now.
+        self._stop_deadline = None
+        gc.unfreeze()
+
+    async def _stop_consuming(self, deadline: StopDeadline) -> None:
+        assert self.stream is not None
+        try:
+            await asyncio.wait_for(self.stream.stop(), timeout=deadline.left())
+        except TimeoutError:
+            log.warning("stopping: the consumer's stop was cut short, the grace period (%.1f s) ran out; the"
+                        " events applied since its last commit will be consumed again (the inbox skips them)",
+                        deadline.grace_s)
+        except Exception:  # noqa: BLE001 - e.g. the broker went away: its offsets are consumed again all the same
+            log.warning("stopping: the consumer did not stop cleanly", exc_info=True)
 
     async def readiness(self) -> dict[str, str]:
         problems: dict[str, str] = {}
@@ -341,6 +392,24 @@ ServiceDatabase = Annotated[Database, Depends(database)]
 HTTP_KEEP_ALIVE_S = 75
 
 
+class ServiceServer(uvicorn.Server):
+    """uvicorn's server, its stop timed by the service's `StopDeadline`: the deadline is set when the signal
+    arrives, and the HTTP drain (the stop's first stage) has what is left of it."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.runtime: ServiceRuntime = cast(FastAPI, config.app).state.runtime
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.runtime.stopping()  # the budget starts now, not when uvicorn's loop next looks (up to 0.1 s later)
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn types it int, but hands it to asyncio.wait_for, which takes seconds as a float
+        self.config.timeout_graceful_shutdown = self.runtime.stopping().left()  # type: ignore[assignment]
+        await super().shutdown(sockets)
+
+
 def server_config(definition: ServiceDefinition, settings: Settings, process: str | None = None) -> uvicorn.Config:
     """The uvicorn configuration one service process runs with; `process`: a worker of the service
     (shared/topology.py WORKERS), on the worker's port."""
@@ -360,7 +429,7 @@ def serve(definition: ServiceDefinition, process: str | None = None) -> None:
     in shared/topology.py WORKERS, which gives its port and names its log lines)."""
     settings = get_settings()
     configure_logging(process or definition.name, settings.log_level)
-    server = uvicorn.Server(server_config(definition, settings, process))
+    server = ServiceServer(server_config(definition, settings, process))
     server.run()
     if not server.started:
         sys.exit(3)  # what uvicorn.run exits with when the server failed to start

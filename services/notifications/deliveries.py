@@ -87,7 +87,8 @@ class Deliveries:
             if cut_short:
                 async with self.db.pool.acquire() as conn:
                     await store.release_deliveries(conn, cut_short, self.ctx.clock.now())
-                log.info("stopped %d webhook attempts in flight; they are due again now", len(cut_short))
+                log.warning("stopping: %d webhook attempts in flight were cut short; their deliveries are due"
+                            " again now, under the same webhook-id", len(cut_short))
         await self._connections.aclose()
 
     async def _claim_and_send(self) -> bool:

@@ -50,16 +50,15 @@ async def background(app: FastAPI, ctx: handlers.Context, *, push: bool, timers:
     hub = PushHub(runtime.settings.database_url_for("notifications"), ctx.cache, push=push)
     hub.start()
     app.state.push_hub = hub
-    # Stopping, the webhook attempts in flight may finish within half the grace period (the relay's flush
-    # has the other half): they end by their own timeout anyway.
-    workers = Workers(runtime.db, ctx, app.state.target_guard, hub.webhooks_due, timers=timers, deliveries=deliveries,
-                      drain_s=runtime.settings.shutdown_grace_s / 2)
+    workers = Workers(runtime.db, ctx, app.state.target_guard, hub.webhooks_due, timers=timers, deliveries=deliveries)
     workers.start()
     app.state.workers = workers
     try:
         yield
     finally:
-        await workers.stop()
+        # The webhook attempts in flight may finish within what the HTTP drain left of the stop's grace
+        # period (they end by their own timeout anyway); the consumer's stop and the relay's flush follow.
+        await workers.stop(drain_s=runtime.stopping().left())
         await hub.stop()
 
 

@@ -36,15 +36,13 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 class Workers:
     def __init__(self, db: Database, ctx: Context, guard: TargetGuard, webhooks_due: asyncio.Event,
-                 ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True,
-                 drain_s: float = 0.0) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, timers: bool = True, deliveries: bool = True
+                 ) -> None:
         """`webhooks_due` is set when deliveries are queued (the push hub hears it at commit);
         `ssl_context` verifies https endpoints (default: httpcore's, with certifi's authorities);
-        `timers` and `deliveries` say which loops this process runs; `drain_s`: how long a stop may
-        take to let the webhook loop's step and the attempts in flight finish."""
+        `timers` and `deliveries` say which loops this process runs."""
         self.run_timers = timers
         self.run_deliveries = deliveries
-        self.drain_s = drain_s
         self._stopping = False
         self.db = db
         self.ctx = ctx
@@ -60,19 +58,20 @@ class Workers:
             if self.ctx.config.smtp_host:
                 self._tasks.append(asyncio.create_task(self._forever("e-mail", self.send_due_emails), name="e-mail"))
 
-    async def stop(self) -> None:
-        """The webhook loop may end after the step it is in (a claim cut short would leave its deliveries
-        leased, though no attempt sends them); the timers' is cancelled (a step is one transaction), and
-        so is the e-mails' (an e-mail cut short is due again when its lease ends, as before). Then the
-        webhook deliveries drain (Deliveries.close) for what is left of `drain_s`."""
-        drained_by = time.monotonic() + self.drain_s
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """The webhook loop may end after the step it is in, within `drain_s` (a claim cut short would
+        leave its deliveries leased until the lease ends, though no attempt sends them); the timers' is
+        cancelled (a step is one transaction), and so is the e-mails' (an e-mail cut short is due again
+        when its lease ends, as before). Then the webhook deliveries drain (Deliveries.close) for what is
+        left of `drain_s`."""
+        drained_by = time.monotonic() + drain_s
         self._stopping = True
         self.webhooks_due.set()  # wakes the webhook loop if it waits for work
         for task in self._tasks:
             if task.get_name() != "webhooks":
                 task.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.drain_s)
+            await asyncio.wait(self._tasks, timeout=drain_s)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
