@@ -69,30 +69,36 @@ def _ts(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def deal_events(data: Path) -> list[CloudEvent]:
     """The events of every deal with an engage date, in time order."""
-    with (data / "products.csv").open(encoding="utf-8", newline="") as handle:
-        prices = {row["product"]: row["sales_price"] for row in csv.DictReader(handle)}
+    prices = {row["product"]: row["sales_price"] for row in _rows(data / "products.csv")}
+    offices = {row["sales_agent"]: row["regional_office"] for row in _rows(data / "sales_teams.csv")}
     events: list[CloudEvent] = []
-    with (data / "sales_pipeline.csv").open(encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["engage_date"]:
-                events.extend(_events_of(row, prices))
+    for row in _rows(data / "sales_pipeline.csv"):
+        if row["engage_date"]:
+            events.extend(_events_of(row, prices, offices))
     return sorted(events, key=lambda e: (e.time, e.sequence or 0))
 
 
-def _events_of(row: dict[str, str], prices: dict[str, str]) -> Iterator[CloudEvent]:
+def _events_of(row: dict[str, str], prices: dict[str, str], offices: dict[str, str]) -> Iterator[CloudEvent]:
+    """While a deal is open its amount is its product's list price: the close value is only known at the
+    close (lost deals have 0), so the won event brings it."""
     opp = f"maven-{row['opportunity_id']}"
     owner = agent_id(row["sales_agent"])
     won = row["deal_stage"] == "Won"
     product = PRODUCT_ALIASES.get(row["product"], row["product"])
-    amount = row["close_value"] if won else prices[product]
-    common = {"opportunity_id": opp, "amount": f"{Decimal(amount):.2f}", "currency": "USD", "owner_id": owner,
-              "product": product}
+    common = {"opportunity_id": opp, "amount": f"{Decimal(prices[product]):.2f}", "currency": "USD",
+              "owner_id": owner, "product": product}
     opened = _at(date.fromisoformat(row["engage_date"]))
     yield CloudEvent(type="sales.opportunity.created.v1", source=SOURCE, subject=opp, time=opened, sequence=1, data={
         **common, "name": f"{row['product']} · {row['account'] or 'Unknown account'}", "account_id": "maventech",
         "stage": "prospecting", "status": "open", "probability": 10, "expected_close_date": None,
+        "region": offices[row["sales_agent"]],
         "created_at": _ts(opened), "lead_id": None, "campaign_id": None})
     yield CloudEvent(type="sales.opportunity.stage_changed.v1", source=SOURCE, subject=opp, time=_at(opened.date(), 1),
                      sequence=2, data={**common, "from_stage": "prospecting", "to_stage": "bidding",
@@ -103,7 +109,7 @@ def _events_of(row: dict[str, str], prices: dict[str, str]) -> Iterator[CloudEve
                    "closed_by": "svc-erp"}
         if won:
             yield CloudEvent(type="sales.opportunity.won.v1", source=SOURCE, subject=opp, time=closed, sequence=3,
-                             data={**common, **outcome})
+                             data={**common, **outcome, "amount": f"{Decimal(row['close_value']):.2f}"})
         else:
             yield CloudEvent(type="sales.opportunity.lost.v1", source=SOURCE, subject=opp, time=closed, sequence=3,
                              data={**common, **outcome, "competitor": NO_COMPETITOR})

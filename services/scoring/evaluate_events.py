@@ -18,15 +18,14 @@ scores them; nothing is computed in this process but the ROC AUC of the scores t
   at capture, the one caused by the engagement the score once engagement is known.
 - Opportunities: ../shared/data/crm_sales_opportunities, the deals as the forecasting backtest turns
   them into events (`backtest.deal_events`: created on the engage date, moved to bidding, won / lost on
-  the close date), with what is known while a deal is open: the product's list price as its amount
-  until the close (the backtest gives a won deal its close value from the start, which would tell the
-  outcome) and the agent's regional office as its region. The closed ones, in close-date order: the
-  first part with their outcomes, then `POST /v1/models/opportunity/train`, then the rest. Each part
-  goes in time order, and at the start of every month, once the events before it were applied, the
-  service re-scores its open deals as of that moment (`POST /v1/opportunities/rescore?as_of=`, the
-  periodic re-scoring's own code with its clock set). The scores of the held-out deals: at creation, in
-  bidding, and as of each month start while they were open (each deal's current score read over the
-  API after that re-scoring).
+  the close date; while open a deal's amount is its product's list price, since the close value is
+  only known at the close, and its region its agent's regional office). The closed ones, in
+  close-date order: the first part with their outcomes, then `POST /v1/models/opportunity/train`,
+  then the rest. Each part goes in time order, and at the start of every month, once the events
+  before it were applied, the service re-scores its open deals as of that moment
+  (`POST /v1/opportunities/rescore?as_of=`, the periodic re-scoring's own code with its clock set).
+  The scores of the held-out deals: at creation, in bidding, and as of each month start while they
+  were open (each deal's current score read over the API after that re-scoring).
 
 The AUC is of the published scores (integers 0-100, as every consumer sees them), beside the model
 that produced them. Progress goes to stderr, the figures to stdout.
@@ -34,14 +33,12 @@ that produced them. Progress goes to stderr, the figures to stdout.
 
 import argparse
 import asyncio
-import csv
 import secrets
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +47,6 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.forecasting.backtest import deal_events
-from services.opportunities.replay import agent_id
 from services.scoring.evaluate import DEFAULT_PATH as DEFAULT_LEADS
 from services.scoring.evaluate import captured_at, lead_event_data, read_leads, roc_auc, timestamp
 from shared import kafka
@@ -186,24 +182,10 @@ def lead_subjects(path: Path, limit: int | None) -> tuple[list[tuple[CloudEvent,
 # --- opportunities ----------------------------------------------------------------------------
 
 
-def _csv(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def closed_deals(data: Path, limit: int | None) -> list[list[CloudEvent]]:
-    """Each closed deal's events (created, to bidding, won / lost), the deals in the order they closed. While
-    open, a deal's amount is its product's list price (its close value is only known at the close) and its
-    region its agent's regional office."""
-    prices = {row["product"]: row["sales_price"] for row in _csv(data / "products.csv")}
-    offices = {agent_id(row["sales_agent"]): row["regional_office"] for row in _csv(data / "sales_teams.csv")}
+    """Each closed deal's events (created, to bidding, won / lost), the deals in the order they closed."""
     by_deal: dict[str, list[CloudEvent]] = {}
     for event in deal_events(data):
-        if event.type not in DEAL_OUTCOMES:
-            listed = {"amount": f"{Decimal(prices[event.data['product']]):.2f}"}
-            if event.type == "sales.opportunity.created.v1":
-                listed["region"] = offices[event.data["owner_id"]]
-            event = replace(event, data=event.data | listed)
         by_deal.setdefault(event.subject, []).append(event)
     closed = [events for events in by_deal.values() if events[-1].type in DEAL_OUTCOMES]
     closed.sort(key=lambda events: (events[-1].time, events[-1].subject))

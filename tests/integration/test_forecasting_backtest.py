@@ -28,6 +28,9 @@ def export(tmp_path: Path) -> Path:
     rows = ["opportunity_id,sales_agent,product,account,deal_stage,engage_date,close_date,close_value"]
     rows += [",".join(r) for r in PIPELINE]
     (tmp_path / "sales_pipeline.csv").write_text("\r\n".join(rows) + "\r\n", encoding="utf-8")
+    (tmp_path / "sales_teams.csv").write_text(
+        "sales_agent,manager,regional_office\r\nMoses Frase,Cara Losch,East\r\n"
+        "Darcel Schlecht,Melvin Marxen,Central\r\n", encoding="utf-8")
     return tmp_path
 
 
@@ -41,6 +44,13 @@ async def test_the_backtest_replays_deals_as_events_and_forecasts_each_month_fro
         # created and moved to bidding per deal with an engage date; won or lost per closed deal
         assert len(events) == 5 * 2 + 4
         assert [e.time for e in events] == sorted(e.time for e in events)
+        # While open a deal is worth its list price (a won deal's close value would tell the outcome);
+        # the won event brings the close value.
+        a2 = {e.type: e.data for e in events if e.subject == "maven-A2"}
+        assert a2["sales.opportunity.created.v1"]["amount"] == "4821.00"
+        assert a2["sales.opportunity.created.v1"]["region"] == "East"
+        assert a2["sales.opportunity.stage_changed.v1"]["amount"] == "4821.00"
+        assert a2["sales.opportunity.won.v1"]["amount"] == "4800.00"
         figures = await backtest.run(postgres.url, export, batch=3)
     finally:
         forecast_settings.cache_clear()
