@@ -33,6 +33,9 @@ from shared.topology import PROCESSES, WORKERS, port_variable
 RUNTIME_FILE = "runtime.json"
 REPLICA_PORT_STEP = 10  # instance k of a service listens on its base port + 10 * k
 TOPIC_CREATION_TIMEOUT_S = 30.0
+# A stopping service spends at most its grace period on its stages (shared/service.py StopDeadline), then
+# closes its producer and database pool and exits: a moment, unless something hangs.
+EXIT_AFTER_GRACE_S = 5.0
 
 Output = Callable[[str], None]
 
@@ -430,9 +433,10 @@ def stop_recorded(state: RuntimeState, home: Path, settings: Settings, out: Outp
     services = [s for s in state.services if s.process.alive()]
     if services:
         out(f"stopping {len(services)} service process(es): {', '.join(s.label for s in services)}")
-        killed = stop_processes([s.process for s in services], settings.shutdown_grace_s)
+        waited_s = settings.shutdown_grace_s + EXIT_AFTER_GRACE_S
+        killed = stop_processes([s.process for s in services], waited_s)
         if killed:
-            out(f"killed after {settings.shutdown_grace_s:.0f} s: pids {', '.join(str(r.pid) for r in killed)}")
+            out(f"killed after {waited_s:.0f} s: pids {', '.join(str(r.pid) for r in killed)}")
     if state.broker is not None and state.broker.process.alive():
         out(f"stopping the broker (pid {state.broker.pid})")
         stop_broker_process(state.broker.process)
