@@ -365,13 +365,16 @@ async def test_a_stop_takes_one_grace_period_however_much_is_in_flight_and_the_c
             return bool(receiver.deliveries()) and await applied() >= BACKLOG // 20  # the consumer is early in it
 
         await eventually(under_way, timeout=60, interval=0.1)
+        # Checked at the signal, not at the exit: on a quiet machine the consumer may well finish the
+        # backlog during the HTTP drain's second, which is no loss of the test's point.
+        applied_at_signal = await applied()
         code, stopped_in = await service.terminate()
         unending.cancel()
         await asyncio.gather(unending, return_exceptions=True)
     log = service.log()
     assert service.stopped_cleanly(code), log[-3000:]
     assert stopped_in < SHORT_GRACE_S + EXIT_MARGIN_S
-    assert await applied() < len(ids), "the backlog was consumed before the signal: the test proved nothing"
+    assert applied_at_signal < len(ids), "the backlog was consumed before the signal: the test proved nothing"
     for cut_short in ("timeout graceful shutdown exceeded", "webhook attempts in flight were cut short",
                       "the consumer's stop was cut short", "the outbox relay's flush was cut short"):
         assert cut_short in log, log[-3000:]
