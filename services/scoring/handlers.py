@@ -374,6 +374,14 @@ async def opportunity_assessed(tx: Transaction, event: CloudEvent) -> None:
     )
 
 
+async def opportunity_updated(tx: Transaction, event: CloudEvent) -> None:
+    """An edit without a stage move (PATCH): the amount and product it carries are the deal's now, so a null
+    product is one that was cleared, not one the event leaves unsaid (`told` takes the amount)."""
+    product = event.data.get("product")
+    await _rescore_opportunity(
+        tx, event, lambda f: replace(f, product=product if isinstance(product, str) and product else None))
+
+
 async def _opportunity_closed(tx: Transaction, event: CloudEvent, outcome: str) -> None:
     """Re-score to 100 / 0 and record the outcome with the moment of the deal's last score while it was open
     (not the features at the close: see learning.py), counted for its owner's win rate."""
@@ -608,6 +616,7 @@ HANDLERS = {
     "sales.opportunity.created.v1": opportunity_created,
     "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
     "sales.opportunity.assessed.v1": opportunity_assessed,
+    "sales.opportunity.updated.v1": opportunity_updated,
     "sales.opportunity.won.v1": opportunity_won,
     "sales.opportunity.lost.v1": opportunity_lost,
     "sales.contract.signed.v1": contract_signed,

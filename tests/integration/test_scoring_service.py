@@ -1,6 +1,7 @@
 """The scoring service on the real runtime: lead and opportunity events in on sales.leads /
 sales.opportunities, scored events out on sales.scores, scores over HTTP, idempotent under redelivery."""
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -274,6 +275,42 @@ async def test_an_opportunity_gets_a_win_probability_from_stage_and_maturity(
     assert [(i["score"], i["cause_type"]) for i in history["items"]] == [
         (75, "sales.opportunity.assessed.v1"), (60, "sales.opportunity.stage_changed.v1"),
         (10, "sales.opportunity.created.v1")]
+
+
+async def test_an_edited_amount_and_product_re_score_the_opportunity_once(
+    settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    opp = f"opp-{uuid.uuid4()}"
+    created = opportunity_event(
+        "sales.opportunity.created.v1", opp, 1, name="项目", account_id="acc-1", stage="bidding", status="open",
+        probability=30, amount="120000.00", currency="CNY", expected_close_date=None, product="ERP",
+        owner_id="rep-1", created_at=now(), lead_id=None, campaign_id=None)
+    edit = opportunity_event(
+        "sales.opportunity.updated.v1", opp, 2, name="项目", owner_id="rep-1", account_id="acc-1", stage="bidding",
+        probability=30, amount="450000.00", currency="CNY", expected_close_date=None, product="CRM",
+        changed_fields=["amount", "product"], changes={"amount": "450000.00", "product": "CRM"},
+        previous={"amount": "120000.00", "product": "ERP"}, changed_by="rep-1", changed_at=now())
+    assessed = opportunity_event(
+        "sales.opportunity.assessed.v1", opp, 3, owner_id="rep-1", stage="bidding", maturity=80,
+        assessment=ASSESSMENT, assessed_by="rep-1", assessed_at=now())
+    for event in (created, edit, edit, assessed):  # the edit redelivered: the same event id
+        await send(producer, event)
+
+    # Same key, so same partition: once the assessment is applied, both copies of the edit were processed.
+    async def causes() -> list[str]:
+        rows = await tables.fetch(
+            "SELECT cause_event_id FROM opportunity_score_history WHERE opportunity_id = $1 ORDER BY id", opp)
+        ids = [str(r["cause_event_id"]) for r in rows]
+        return ids if assessed.id in ids else []
+
+    assert await eventually(causes, timeout=BACKLOG_TIMEOUT) == [created.id, edit.id, assessed.id]
+    features = json.loads(
+        await tables.fetchval("SELECT features FROM opportunity_scores WHERE opportunity_id = $1", opp))
+    assert (features["amount"], features["product"]) == (450000.0, "CRM")
+    records = await read_topic(settings, "sales.scores", count=4, match=opp.encode(), timeout=3)
+    assert [(e.type, e.sequence, e.causationid) for e in map(parse_and_validate, (r.value for r in records))] == [
+        ("sales.opportunity.scored.v1", 1, created.id), ("sales.opportunity.scored.v1", 2, edit.id),
+        ("sales.opportunity.scored.v1", 3, assessed.id)]
 
 
 def engaged(lead_id: str, page_views: int, time_on_site_s: float) -> CloudEvent:
