@@ -113,6 +113,7 @@ class Working:
     # won / lost so far of the owners of the batch's opportunities (those in `tallied`), and overall
     tallies: store.WinTallies = field(default_factory=lambda: store.WinTallies({}, (0, 0)))
     tallied: set[str] = field(default_factory=set)
+    tallies_loaded: bool = False  # the overall tally is loaded with the first owners asked for, even none
 
     @classmethod
     async def of(cls, tx: Transaction) -> "Working":
@@ -143,10 +144,11 @@ class Working:
 
     async def _load_tallies(self, owner_ids: list[str]) -> None:
         wanted = [o for o in set(owner_ids) if o not in self.tallied]
-        if wanted or not self.tallied:
+        if wanted or not self.tallies_loaded:
             loaded = await store.win_tallies(self.tx.conn, wanted)
             self.tallies = store.WinTallies(self.tallies.by_owner | loaded.by_owner, loaded.overall)
             self.tallied.update(wanted)
+            self.tallies_loaded = True
 
     async def owner_win_rate(self, owner_id: str | None) -> float | None:
         """The owner's smoothed win rate from the outcomes recorded so far (this batch's included)."""
