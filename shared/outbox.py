@@ -97,7 +97,9 @@ class OutboxRelay:
         self.watch = watch
         self.broker_id: str | None = None  # the cluster id of the broker published to
         self.republished = 0  # events published again because a broker lost them
-        self._checked_connections: frozenset[int] = frozenset()
+        # The producer's connections when the broker was last identified. The objects, not their id()s:
+        # held here they stay alive, so a new connection cannot reuse a closed one's id and pass for it.
+        self._checked_connections: frozenset[object] = frozenset()
         self._sent: dict[str, collections.deque[SentBatch]] = {}
         self._next_position: dict[str, int] = {}  # per topic: one past the highest position sent
         # Run before retrying a failed batch: a restarted broker may have lost its topics,
@@ -220,6 +222,7 @@ class OutboxRelay:
             except KafkaError as exc:
                 metrics.relay_failures.inc()
                 self._partition_cache.clear()  # a restarted broker may have re-created topics
+                self._checked_connections = frozenset()  # and may be another one: ask before the next batch
                 self.last_error = f"broker: {exc!r}"
                 log.warning("outbox relay cannot publish: %r; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
@@ -343,10 +346,10 @@ class OutboxRelay:
 
     # --- a broker that lost what it had -----------------------------------------------------------
 
-    def _producer_connections(self) -> frozenset[int]:
+    def _producer_connections(self) -> frozenset[object]:
         # aiokafka keeps its broker connections in client._conns; a restarted broker closes them.
         conns = getattr(self.producer.client, "_conns", {})
-        return frozenset(id(conn) for conn in conns.values() if conn.connected())
+        return frozenset(conn for conn in conns.values() if conn.connected())
 
     async def _check_broker(self) -> None:
         """Before a batch: if the producer's connections changed since the broker was last
@@ -411,19 +414,19 @@ class OutboxRelay:
 
     async def checkpoint(self) -> None:
         """Move each topic's checkpoint past the batches every consuming group has committed."""
-        broker = self.broker_id
-        if self.watch is None or broker is None:
+        broker, watch = self.broker_id, self.watch
+        if watch is None or broker is None or not await self._still_talking_to(watch, broker):
             return
-        listed = await self.watch.groups()
+        listed = await watch.groups()
         for topic, sent in list(self._sent.items()):
             partitions = sorted({p for batch in sent for p in batch.last_offsets})
             declared = TOPICS[topic].consumer_groups if topic in TOPICS else []
-            committed = [await self.watch.committed(group, topic, partitions) for group in declared] if sent else []
+            committed = [await watch.committed(group, topic, partitions) for group in declared] if sent else []
             for group in (g for g in listed if sent and g not in declared):
-                offsets = await self.watch.committed(group, topic, partitions)
+                offsets = await watch.committed(group, topic, partitions)
                 if any(offset >= 0 for offset in offsets.values()):  # it consumes the topic too
                     committed.append(offsets)
-            if self.broker_id != broker:
+            if self.broker_id != broker or not await self._still_talking_to(watch, broker):
                 return  # another broker meanwhile: its offsets say nothing of these batches
             position = checkpoint_position(sent, committed, self._next_position[topic])
             await self.pool.execute(
@@ -431,6 +434,17 @@ class OutboxRelay:
                 " WHERE topic = $1 AND broker = $2 AND from_position <> $3",
                 topic, broker, position,
             )
+
+    async def _still_talking_to(self, watch: BrokerWatch, broker: str) -> bool:
+        """Whether the watch still reaches `broker`. Asked before and after reading committed offsets:
+        a new broker's offsets, compared with the old one's acks, would pass batches it never had as
+        consumed, and the checkpoint would skip them (docs/broker-restarts.md). Another broker makes the
+        relay identify it before its next batch."""
+        if await watch.identity() == broker:
+            return True
+        self._checked_connections = frozenset()
+        self._wake.set()
+        return False
 
     async def _partitions(self, topic: str) -> list[int]:
         partitions = self._partition_cache.get(topic)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from shared import kafka
 from shared.broker_watch import BrokerWatch
@@ -136,6 +138,60 @@ async def test_the_same_broker_again_means_nothing_is_published_again(
         await watch.close()
 
     assert await sequences_on_topic(settings, opportunity, 25) == list(range(1, 26))
+
+
+async def test_offsets_committed_on_a_new_broker_do_not_move_the_old_brokers_checkpoint(
+    own_broker: TansuBroker, own_settings: Settings, db: Database
+) -> None:
+    """The checkpoint runs on its own timer: it may read the groups' offsets after the broker restarted and
+    before the relay has noticed. Offsets on the new log, compared with the acks of the old one, must not pass
+    the old log's unconsumed events as consumed, or the relay would not publish them again."""
+    settings = own_settings
+    producer = kafka.producer(settings)
+    await producer.start()
+    watch = BrokerWatch(settings.kafka_bootstrap_servers, 2000)
+    relay = relay_for(db, settings, producer, watch)
+    opportunity = str(uuid.uuid4())
+    try:
+        await publish(db, opportunity, range(1, 31))
+        await relay.drain()  # on the first broker, consumed by no one
+
+        own_broker.kill()
+        own_broker.start()
+        await kafka.ensure_topics(settings)
+        partitions = await producer.partitions_for(TOPIC)
+        await asyncio.gather(*(
+            commit_offsets(settings, group, {p: 1_000 for p in partitions}) for group in TOPICS[TOPIC].consumer_groups
+        ))  # each group far along the new log, as after consuming newer events there
+        await eventually(lambda: _checkpointed(relay), timeout=30)
+
+        await relay.drain()  # identifies the new broker
+        assert relay.broker_id == own_broker.cluster_id
+        assert relay.republished == 30
+    finally:
+        await producer.stop()
+        await watch.close()
+
+    assert sorted(await sequences_on_topic(settings, opportunity, 30)) == list(range(1, 31))
+
+
+async def commit_offsets(settings: Settings, group: str, offsets: dict[int, int]) -> None:
+    consumer = kafka.consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(TOPIC, p) for p in offsets])
+        await consumer.commit({TopicPartition(TOPIC, p): offset for p, offset in offsets.items()})
+    finally:
+        await consumer.stop()
+
+
+async def _checkpointed(relay: OutboxRelay) -> bool:
+    """One checkpoint run; False while the watch is still finding the broker after its restart."""
+    try:
+        await relay.checkpoint()
+    except KafkaError:
+        return False
+    return True
 
 
 async def run_relay_once(
