@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     scoring_rescore_interval_s: float = 3600.0
     scoring_rescore_batch: int = 500
 
+    # --- leads service (services/leads/overdue.py) ---
+    # Every instance counts the leads overdue for follow-up this often (the gauge
+    # funnelcast_leads_follow_ups_overdue): one indexed query a round.
+    leads_overdue_refresh_s: float = Field(30.0, gt=0)
+
     # --- HTTP ---
     host: str = "127.0.0.1"
     max_body_bytes: int = 1_048_576

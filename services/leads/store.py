@@ -283,6 +283,10 @@ class LeadFilter:
 
 SORTS = {"captured_at", "follow_up_due_at"}  # the lead columns a listing may be ordered by
 
+# Overdue for follow-up: still new (nobody has contacted it) and its follow-up due before a given time.
+# One definition for the list filter `overdue=true` and the overdue gauge; `{}` is the time's parameter.
+_OVERDUE = "status = 'new' AND follow_up_due_at < {}"
+
 
 async def list_leads(
     conn: Connection,
@@ -315,7 +319,7 @@ async def list_leads(
     if where.captured_to is not None:
         add("captured_at < {}", where.captured_to)
     if where.overdue_at is not None:
-        add("status = 'new' AND follow_up_due_at < {}", where.overdue_at)
+        add(_OVERDUE, where.overdue_at)
     if after is not None:
         args.extend(after)
         clauses.append(f"({sort}, id) {beyond} (${len(args) - 1}, ${len(args)})")
@@ -324,6 +328,16 @@ async def list_leads(
     order = f"{sort} {direction}, id {direction}"
     sql = f"SELECT {_COLUMNS} FROM leads{where_sql} ORDER BY {order} LIMIT ${len(args)}"  # noqa: S608
     return [_lead(r) for r in await conn.fetch(sql, *args)]
+
+
+async def count_overdue(conn: Connection, as_of: datetime) -> dict[tuple[str | None, str | None], int]:
+    """Leads overdue for follow-up at `as_of` by (team, grade), None for no team or no grade: only the
+    pairs that have any. An index-only scan of the new leads' index (migration 0005)."""
+    rows = await conn.fetch(
+        f"SELECT team, grade, count(*) FROM leads WHERE {_OVERDUE.format('$1')} GROUP BY team, grade",  # noqa: S608
+        as_of,
+    )
+    return {(row["team"], row["grade"]): row["count"] for row in rows}
 
 
 _CAMPAIGN_COLUMNS = (
