@@ -123,6 +123,10 @@ OWN_PANELS: dict[str, list[dict[str, Any]]] = {
               (f"sum by (source) (rate(funnelcast_leads_captured_total[{R}]))", "{{source}}"), stacked=True),
         panel("Duplicates recognised per second", "Captures that named an existing lead instead.", "ops",
               (f"sum by (matched_on) (rate(funnelcast_lead_duplicates_total[{R}]))", "{{matched_on}}")),
+        panel("Leads overdue for follow-up", "Still new past their follow-up due time, by team. Every instance"
+              " counts all leads: the max over instances, not the sum.", "short",
+              ("sum by (team) (max by (team, grade) (funnelcast_leads_follow_ups_overdue))", "{{team}}"),
+              stacked=True),
     ],
     "scoring": [
         panel("Scores computed per second", "By kind and model version.", "ops",
