@@ -542,15 +542,17 @@ async def test_an_edit_of_an_open_deal_restarts_its_idle_reminder_and_an_edit_of
     settings: Settings, tables: asyncpg.Pool, config: NotificationsConfig, notifications: Served
 ) -> None:
     """sales.opportunity.updated.v1 is activity on the deal, as a stage change is; a suspended deal has no
-    idle reminder, and editing it does not give it one."""
+    idle reminder, and editing it does not give it one. An edit delivered again changes nothing, even
+    after a later one."""
     async with one_batch_consumer(settings) as apply:
         opened_at = datetime.now(UTC).replace(microsecond=0)
         edited_at = opened_at + timedelta(days=3)
         open_deal, suspended_deal = f"opp-{uuid.uuid4()}", f"opp-{uuid.uuid4()}"
+        first_edit = opportunity_event("updated", open_deal, edited_at, 2)
         events = [opportunity_event("created", open_deal, opened_at, 1),
                   opportunity_event("created", suspended_deal, opened_at, 1),
                   opportunity_event("suspended", suspended_deal, opened_at + timedelta(days=1), 2),
-                  opportunity_event("updated", open_deal, edited_at, 2),
+                  first_edit,
                   opportunity_event("updated", suspended_deal, edited_at, 3)]
 
         assert await apply(events) == ["applied"] * 5
@@ -558,6 +560,12 @@ async def test_an_edit_of_an_open_deal_restarts_its_idle_reminder_and_an_edit_of
         due = [r["due_at"] for r in await open_timers(tables, open_deal, "opportunity-idle")]
         assert due == [edited_at + timedelta(days=config.opportunity_idle_days)]
         assert await open_timers(tables, suspended_deal, "opportunity-idle") == []
+
+        edited_again_at = edited_at + timedelta(days=2)
+        assert await apply([opportunity_event("updated", open_deal, edited_again_at, 3)]) == ["applied"]
+        assert await apply([first_edit]) == ["duplicate"]
+        due = [r["due_at"] for r in await open_timers(tables, open_deal, "opportunity-idle")]
+        assert due == [edited_again_at + timedelta(days=config.opportunity_idle_days)]
 
 
 # --- rules ------------------------------------------------------------------------------------
