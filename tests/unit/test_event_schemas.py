@@ -452,15 +452,23 @@ def test_captured_lead_attributes_are_a_flat_map_of_strings():
 STAGE_CHANGED = "sales.opportunity.stage_changed.v1"
 
 
-@pytest.mark.parametrize("stage", ["prospecting", "bidding", "negotiation", "contract", "won", "lost"])
+# The default pipeline's stages, and a configured pipeline's own keys (slugs).
+@pytest.mark.parametrize("stage", ["prospecting", "bidding", "negotiation", "contract", "won", "lost", "site_visit2"])
 def test_stage_change_accepts_every_stage(stage):
     assert is_valid(STAGE_CHANGED, with_(STAGE_CHANGED, to_stage=stage))
     assert is_valid(STAGE_CHANGED, with_(STAGE_CHANGED, from_stage=stage))
 
 
-@pytest.mark.parametrize("stage", ["closing", "Bidding", "", None])
-def test_stage_change_rejects_an_unknown_stage(stage):
+@pytest.mark.parametrize("stage", ["Bidding", "site visit", "2nd_call", "x" * 41, "", None, 3])
+def test_stage_change_rejects_what_is_no_stage_key(stage):
     assert not is_valid(STAGE_CHANGED, with_(STAGE_CHANGED, to_stage=stage))
+
+
+@pytest.mark.parametrize(("pipeline_id", "ok"), [("project_sales", True), ("channel-sales", True), ("Sales", False),
+                                                 ("", False), (None, False)])
+def test_stage_change_names_its_pipeline_optionally(pipeline_id, ok):
+    assert is_valid(STAGE_CHANGED, with_(STAGE_CHANGED, pipeline_id=pipeline_id)) is ok
+    assert "pipeline_id" not in EXAMPLES[STAGE_CHANGED] and is_valid(STAGE_CHANGED, with_(STAGE_CHANGED))
 
 
 @pytest.mark.parametrize(("probability", "ok"), [(0, True), (55.5, True), (100, True), (-1, False), (101, False),
