@@ -1,6 +1,7 @@
 """HTTP: parse, authorise, call a handler, shape the answer."""
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -10,22 +11,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.opportunities import handlers, store
 from services.opportunities.domain import (
-    STAGES,
     Assessment,
     CloseSummary,
     Money,
     OpportunityEdit,
+    Pipeline,
     Status,
+    define_pipeline,
     owner_splits,
     parse_money,
 )
 from services.opportunities.handlers import Actor
-from shared.auth import visible_owners
+from shared.auth import Principal, visible_owners
 from shared.errors import Forbidden, PreconditionFailed, Unprocessable
 from shared.org import Organisation, Role
 from shared.pagination import Page, clamp_limit, decode_cursor, encode_cursor
 from shared.service import ServiceDatabase
-from shared.web import CurrentPrincipal, organisation
+from shared.web import CurrentPrincipal, organisation, require_roles
 
 Org = Annotated[Organisation, Depends(organisation)]
 
@@ -93,6 +95,8 @@ class OpportunityIn(BaseModel):
     campaign_id: str | None = None
     product: str | None = Field(None, min_length=1, max_length=200,
                                 description="The product or product line it is for; the forecast rolls up by it")
+    pipeline_id: str | None = Field(None, description="The pipeline it opens in (its first stage); the default "
+                                                      "project-sales pipeline when absent")
 
 
 class OpportunityChange(BaseModel):
@@ -147,7 +151,7 @@ class StatusIn(BaseModel):
 
 
 def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None = None) -> dict[str, Any]:
-    stage = STAGES[row["stage"]]
+    pipeline = store.pipeline_of(row)
     body: dict[str, Any] = {
         "id": row["id"],
         "name": row["name"],
@@ -156,9 +160,9 @@ def opportunity_json(row: asyncpg.Record, history: list[asyncpg.Record] | None =
         "owner_id": row["owner_id"],
         "owners": handlers.owners_of(row),
         "region": row["region"],
-        "pipeline": row["pipeline"],
+        "pipeline_id": row["pipeline_id"],
         "stage": row["stage"],
-        "stage_label": {"zh-CN": stage.label_zh, "en": stage.label_en},
+        "stage_label": pipeline.labels(row["stage"]),
         "status": row["status"],
         "probability": row["probability"],
         "amount": str(row["amount"]),
@@ -196,6 +200,7 @@ async def create_opportunity(
         money=parse_money(body.amount, body.currency), owner_id=owner_id,
         expected_close_date=body.expected_close_date, region=body.region, campaign_id=body.campaign_id,
         product=body.product.strip() if body.product and body.product.strip() else None,
+        pipeline_id=body.pipeline_id,
     )
     response.headers["ETag"] = _etag(row["version"])
     response.headers["Location"] = f"/v1/opportunities/{row['id']}"
@@ -209,6 +214,7 @@ async def list_opportunities(
     db: ServiceDatabase,
     stage: str | None = None,
     status: Status | None = None,
+    pipeline_id: str | None = None,
     owner_id: str | None = None,
     team: str | None = None,
     account_id: str | None = None,
@@ -228,7 +234,8 @@ async def list_opportunities(
         members = {u.id for u in org.members(team)}
         owners = members if owners is None else owners & members
     where = store.OpportunityFilter(
-        owners=owners, stage=stage, status=str(status) if status else None, account_id=account_id, region=region,
+        owners=owners, stage=stage, status=str(status) if status else None, pipeline_id=pipeline_id,
+        account_id=account_id, region=region,
         close_from=close_from, close_to=close_to,
         amount_min=parse_money(amount_min, None).amount if amount_min else None,
         amount_max=parse_money(amount_max, None).amount if amount_max else None,
@@ -248,9 +255,13 @@ async def get_opportunity(
     return opportunity_json(row, history)
 
 
-def _answer(row: asyncpg.Record, response: Response) -> dict[str, Any]:
+def _answer(
+    row: asyncpg.Record, response: Response,
+    shape: Callable[[asyncpg.Record], dict[str, Any]] = opportunity_json,
+) -> dict[str, Any]:
+    """The record as JSON, with its version as the ETag."""
     response.headers["ETag"] = _etag(row["version"])
-    return opportunity_json(row)
+    return shape(row)
 
 
 @opportunities.patch("/{opportunity_id}")
@@ -332,6 +343,103 @@ _status_route("suspend", "Suspend (中止) an open opportunity, with a reason; i
 _status_route("reactivate", "Reactivate a suspended opportunity.")
 _status_route("terminate", "Terminate (终止) an open or suspended opportunity, with a reason; it is final.")
 _status_route("archive", "Archive a closed (won or lost) opportunity; the reason is optional.")
+
+
+# --- pipelines ------------------------------------------------------------------------------
+
+pipelines = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+
+
+class Localised(BaseModel):
+    """A text in Simplified Chinese and in English."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    zh_cn: str = Field(alias="zh-CN", description="简体中文")
+    en: str = Field(description="English")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"zh-CN": self.zh_cn, "en": self.en}
+
+
+class PipelineStageIn(BaseModel):
+    key: str = Field(description="A slug (lower-case letters, digits, _), unique in the pipeline; not won / lost")
+    label: Localised
+    probability: int = Field(description="The default win probability of a deal in this stage, percent 0-100")
+
+
+class PipelineDefinition(BaseModel):
+    """A pipeline's whole definition: its names, its open stages in order (won and lost close every
+    pipeline and are not given), and whether a forward move may skip stages."""
+
+    name: Localised
+    stages: list[PipelineStageIn]
+    allow_skipping: bool = Field(True, description="false: forwards only to the next open stage (back is "
+                                                   "allowed) and closed won only from the last open stage")
+
+
+class PipelineIn(PipelineDefinition):
+    id: str = Field(description="A slug (lower-case letters, digits, _ or -), never changed")
+
+
+class PipelineChange(PipelineDefinition):
+    version: int | None = None
+
+
+def _defined(pipeline_id: str, body: PipelineDefinition) -> Pipeline:
+    stages = [{"key": s.key, "label": s.label.as_dict(), "probability": s.probability} for s in body.stages]
+    return define_pipeline(pipeline_id, body.name.as_dict(), stages, body.allow_skipping)
+
+
+def pipeline_json(row: asyncpg.Record) -> dict[str, Any]:
+    pipeline = store.to_pipeline(row)
+    return {
+        "id": pipeline.id,
+        "name": pipeline.names,
+        "stages": [{"key": s.key, "label": s.labels, "probability": s.probability, "closed": s.closed}
+                   for s in pipeline.stages],
+        "allow_skipping": pipeline.allow_skipping,
+        "version": pipeline.version,
+        "created_by": row["created_by"],
+        "created_at": row["created_at"],
+        "updated_by": row["updated_by"],
+        "updated_at": row["updated_at"],
+    }
+
+
+@pipelines.get("")
+async def list_pipelines(_: CurrentPrincipal, db: ServiceDatabase) -> dict[str, Any]:
+    """Every pipeline with its stages (open ones in order, then won and lost), labels and probabilities."""
+    return {"items": [pipeline_json(r) for r in await handlers.list_pipelines(db)]}
+
+
+@pipelines.get("/{pipeline_id}")
+async def get_pipeline(pipeline_id: str, _: CurrentPrincipal, db: ServiceDatabase, response: Response
+                       ) -> dict[str, Any]:
+    """A pipeline; the ETag is its version, for If-Match on a change."""
+    return _answer(await handlers.get_pipeline(db, pipeline_id), response, pipeline_json)
+
+
+@pipelines.post("", status_code=201)
+async def create_pipeline(body: PipelineIn, admin: Admin, db: ServiceDatabase, response: Response) -> dict[str, Any]:
+    """Define a pipeline (admin only); 409 when the id is taken, 422 naming every problem of the definition."""
+    row = await handlers.create_pipeline(db, admin.user_id, _defined(body.id, body))
+    response.headers["Location"] = f"/v1/pipelines/{row['id']}"
+    return _answer(row, response, pipeline_json)
+
+
+@pipelines.put("/{pipeline_id}")
+async def update_pipeline(
+    pipeline_id: str, body: PipelineChange, admin: Admin, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Replace a pipeline's definition (admin only); a stale If-Match or version gets 412. Removing or
+    renaming a stage that open or suspended opportunities are in is refused (409, with how many); a changed
+    probability applies at once to the deals in that stage."""
+    expected = _expected_version(if_match, body.version)
+    row = await handlers.update_pipeline(db, admin.user_id, _defined(pipeline_id, body), expected)
+    return _answer(row, response, pipeline_json)
 
 
 # --- accounts -----------------------------------------------------------------------------
@@ -514,4 +622,4 @@ async def terminate_contract(
     return contract_json(await handlers.end_contract(db, actor, contract_id, "terminate", body.reason))
 
 
-ROUTERS = (opportunities, accounts, contracts)
+ROUTERS = (opportunities, pipelines, accounts, contracts)

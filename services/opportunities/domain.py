@@ -1,6 +1,6 @@
-"""Accounts, opportunities and contracts: the rules, with no I/O.
+"""Accounts, opportunities, pipelines and contracts: the rules, with no I/O.
 
-The default project-sales pipeline is the funnel of the source material:
+The default project-sales pipeline (`project_sales`) is the funnel of the source material:
 
 | stage         | label (zh-CN) | label (en)   | default win probability |
 |---------------|---------------|--------------|-------------------------|
@@ -11,13 +11,16 @@ The default project-sales pipeline is the funnel of the source material:
 | `won`         | 赢单          | Closed won   | 100 %                   |
 | `lost`        | 输单          | Closed lost  | 0 %                     |
 
-An opportunity moves between the open stages (forwards, or back when a deal slips);
+An admin may define further pipelines (their own open stages, labels and probabilities; won and lost
+close every pipeline) and change them. An opportunity moves between its pipeline's open stages
+(forwards, or back when a deal slips; forwards one stage at a time when the pipeline forbids skipping);
 it reaches `won` / `lost` only by being closed, with a summary.
 """
 
 import re
 import unicodedata
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -30,26 +33,184 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _CENT = Decimal("0.01")
 
 
+class StageNotAllowed(DomainError):
+    """A move the pipeline refuses (409)."""
+
+
+# --- pipelines ------------------------------------------------------------------------------
+
+# Stage keys travel in events and URLs' filters: lower-case snake_case. Pipeline ids may also hold hyphens.
+STAGE_KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+PIPELINE_ID = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+MAX_OPEN_STAGES = 20
+MAX_TEXT = 100
+
+
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    key: str
     label_zh: str
     label_en: str
-    probability: int
+    probability: int  # the default win probability of a deal in this stage, percent
     closed: bool = False
 
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"zh-CN": self.label_zh, "en": self.label_en}
 
-DEFAULT_PIPELINE: tuple[Stage, ...] = (
-    Stage("prospecting", "潜在客户跟踪", "Prospecting", 10),
-    Stage("bidding", "项目投标", "Bidding", 30),
-    Stage("negotiation", "商务洽谈", "Negotiation", 60),
-    Stage("contract", "签订合同", "Contract", 80),
-    Stage("won", "赢单", "Closed won", 100, closed=True),
-    Stage("lost", "输单", "Closed lost", 0, closed=True),
+
+WON = Stage("won", "赢单", "Closed won", 100, closed=True)
+LOST = Stage("lost", "输单", "Closed lost", 0, closed=True)
+CLOSED_STAGES = (WON, LOST)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A sales pipeline: its ordered open stages, then won and lost, which every pipeline ends with."""
+
+    id: str
+    name_zh: str
+    name_en: str
+    open_stages: tuple[Stage, ...]
+    allow_skipping: bool = True
+    version: int = 1
+    _by_key: dict[str, Stage] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_key", {s.key: s for s in self.stages})
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return (*self.open_stages, *CLOSED_STAGES)
+
+    @property
+    def names(self) -> dict[str, str]:
+        return {"zh-CN": self.name_zh, "en": self.name_en}
+
+    @property
+    def first_stage(self) -> Stage:
+        return self.open_stages[0]
+
+    @property
+    def last_open_stage(self) -> Stage:
+        return self.open_stages[-1]
+
+    def stage(self, key: str) -> Stage | None:
+        return self._by_key.get(key)
+
+    def labels(self, key: str) -> dict[str, str]:
+        """The stage's labels; a key the pipeline no longer has (a terminated deal's, after the stage was
+        removed) is its own label."""
+        stage = self.stage(key)
+        return stage.labels if stage is not None else {"zh-CN": key, "en": key}
+
+    def check_move(self, from_key: str, to_key: str) -> Stage:
+        """The stage a deal in `from_key` may move to, or why not (409)."""
+        target = self.stage(to_key)
+        if target is None:
+            open_keys = ", ".join(s.key for s in self.open_stages)
+            raise StageNotAllowed(f"unknown stage {to_key!r}; the stages of pipeline {self.id} are {open_keys}")
+        if target.closed:
+            raise StageNotAllowed(
+                f"an opportunity reaches {to_key} only by being closed: POST .../close with a summary")
+        if to_key == from_key:
+            raise StageNotAllowed(f"the opportunity is already in stage {to_key}")
+        if not self.allow_skipping:
+            keys = [s.key for s in self.open_stages]
+            if from_key in keys and keys.index(to_key) > keys.index(from_key) + 1:
+                following = keys[keys.index(from_key) + 1]
+                raise StageNotAllowed(
+                    f"pipeline {self.id} does not allow skipping stages: from {from_key} the next stage is "
+                    f"{following}, not {to_key}"
+                )
+        return target
+
+    def check_win(self, from_key: str) -> None:
+        """Without skipping, a deal is won only from the last open stage (lost from any)."""
+        last = self.last_open_stage.key
+        if not self.allow_skipping and from_key != last:
+            raise StageNotAllowed(
+                f"pipeline {self.id} does not allow skipping stages: a deal is closed won from {last}, "
+                f"not from {from_key}"
+            )
+
+    def removed_keys(self, changed: "Pipeline") -> list[str]:
+        """The open stage keys of this pipeline that `changed` no longer has (removed, or renamed)."""
+        kept = {s.key for s in changed.open_stages}
+        return [s.key for s in self.open_stages if s.key not in kept]
+
+    def changed_probabilities(self, changed: "Pipeline") -> dict[str, int]:
+        """The open stages kept by `changed` whose probability it changes, with the new probability."""
+        return {s.key: new.probability for s in self.open_stages
+                if (new := changed.stage(s.key)) is not None and new.probability != s.probability}
+
+
+DEFAULT_PIPELINE_ID = "project_sales"
+# What migrations/0008_pipelines.sql seeds (a test compares them); admins may change it since.
+DEFAULT_PIPELINE = Pipeline(
+    DEFAULT_PIPELINE_ID, "项目销售", "Project sales",
+    (
+        Stage("prospecting", "潜在客户跟踪", "Prospecting", 10),
+        Stage("bidding", "项目投标", "Bidding", 30),
+        Stage("negotiation", "商务洽谈", "Negotiation", 60),
+        Stage("contract", "签订合同", "Contract", 80),
+    ),
 )
-STAGES: dict[str, Stage] = {s.name: s for s in DEFAULT_PIPELINE}
-FIRST_STAGE = DEFAULT_PIPELINE[0].name
-OPEN_STAGES = tuple(s.name for s in DEFAULT_PIPELINE if not s.closed)
+
+
+def _text(value: Any, what: str, problems: list[str]) -> str:
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{what} is required")
+        return ""
+    if len(value.strip()) > MAX_TEXT:
+        problems.append(f"{what} is longer than {MAX_TEXT} characters")
+    return value.strip()
+
+
+def _localised(values: Any, what: str, problems: list[str]) -> tuple[str, str]:
+    """zh-CN and en, both required."""
+    values = values if isinstance(values, Mapping) else {}
+    return _text(values.get("zh-CN"), f"{what} zh-CN", problems), _text(values.get("en"), f"{what} en", problems)
+
+
+def define_pipeline(
+    pipeline_id: str, names: Mapping[str, Any], stages: Sequence[Mapping[str, Any]], allow_skipping: bool,
+    version: int = 1,
+) -> Pipeline:
+    """A pipeline from an admin's definition, or 422 naming every problem: an id and stage keys that are
+    slugs, names and labels in zh-CN and en, at least one open stage, unique keys other than won / lost
+    (those close every pipeline), probabilities whole percents 0-100."""
+    problems: list[str] = []
+    if not isinstance(pipeline_id, str) or not PIPELINE_ID.match(pipeline_id):
+        problems.append(f"id {pipeline_id!r} must be a slug: lower-case letters, digits, _ or -, starting with a "
+                        "letter, at most 40 characters")
+    name_zh, name_en = _localised(names, "name", problems)
+    if not stages:
+        problems.append("a pipeline needs at least one open stage (won and lost are added to every pipeline)")
+    if len(stages) > MAX_OPEN_STAGES:
+        problems.append(f"a pipeline has at most {MAX_OPEN_STAGES} open stages, not {len(stages)}")
+    defined: list[Stage] = []
+    seen: set[str] = set()
+    for position, given in enumerate(stages, start=1):
+        key = given.get("key")
+        what = f"stage {position} ({key})" if isinstance(key, str) else f"stage {position}"
+        if not isinstance(key, str) or not STAGE_KEY.match(key):
+            problems.append(f"{what}: the key must be a slug: lower-case letters, digits or _, starting with a "
+                            "letter, at most 40 characters")
+        elif key in (WON.key, LOST.key):
+            problems.append(f"{what}: {key} is a closed stage every pipeline has; name the open stages only")
+        elif key in seen:
+            problems.append(f"{what}: the key {key} is used twice; stage keys are unique in a pipeline")
+        seen.add(str(key))
+        label_zh, label_en = _localised(given.get("label"), f"{what} label", problems)
+        probability = given.get("probability")
+        if isinstance(probability, bool) or not isinstance(probability, int) or not 0 <= probability <= 100:
+            problems.append(f"{what}: the probability must be a whole percent from 0 to 100, not {probability!r}")
+            probability = 0
+        defined.append(Stage(str(key), label_zh, label_en, probability))
+    if problems:
+        raise Unprocessable("invalid pipeline: " + "; ".join(problems))
+    return Pipeline(pipeline_id, name_zh, name_en, tuple(defined), allow_skipping, version)
 
 
 class Status(StrEnum):
@@ -64,10 +225,6 @@ class Status(StrEnum):
 class Outcome(StrEnum):
     WON = "won"
     LOST = "lost"
-
-
-class StageNotAllowed(DomainError):
-    """A move the pipeline refuses (409)."""
 
 
 class StatusNotAllowed(DomainError):
@@ -163,16 +320,15 @@ class Opportunity:
     account_id: str
     owner_id: str
     money: Money
-    stage: str = FIRST_STAGE
+    stage: str = DEFAULT_PIPELINE.first_stage.key
     status: Status = Status.OPEN
     expected_close_date: date | None = None
     stage_entered_at: datetime | None = None
     version: int = 1
     product: str | None = None
-
-    @property
-    def probability(self) -> int:
-        return STAGES[self.stage].probability
+    # The stage's probability when the deal entered it, or as an admin changed it since (stored).
+    probability: int = DEFAULT_PIPELINE.first_stage.probability
+    pipeline: Pipeline = DEFAULT_PIPELINE
 
     def _require_open(self, action: str) -> None:
         if self.status is Status.OPEN:
@@ -187,22 +343,21 @@ class Opportunity:
         raise StatusNotAllowed(f"cannot {action} opportunity {self.id}: {why}")
 
     def move_to(self, stage: str, at: datetime) -> tuple["Opportunity", StageChange]:
-        if stage not in STAGES:
-            raise StageNotAllowed(f"unknown stage {stage!r}; the pipeline's stages are {', '.join(OPEN_STAGES)}")
+        """Another open stage of its pipeline, with that stage's probability."""
         self._require_open(f"move to {stage}")
-        if STAGES[stage].closed:
-            raise StageNotAllowed(f"an opportunity reaches {stage} only by being closed: POST .../close with a summary")
-        if stage == self.stage:
-            raise StageNotAllowed(f"opportunity {self.id} is already in stage {stage}")
+        target = self.pipeline.check_move(self.stage, stage)
         change = StageChange(self.stage, stage, self._seconds_in_stage(at))
-        return replace(self, stage=stage, stage_entered_at=at), change
+        return replace(self, stage=stage, probability=target.probability, stage_entered_at=at), change
 
     def close(self, summary: CloseSummary, at: datetime) -> tuple["Opportunity", StageChange]:
         self._require_open(f"close as {summary.outcome}")
-        to_stage = summary.outcome.value
-        change = StageChange(self.stage, to_stage, self._seconds_in_stage(at))
+        if summary.outcome is Outcome.WON:
+            self.pipeline.check_win(self.stage)
+        closed_stage = WON if summary.outcome is Outcome.WON else LOST
+        change = StageChange(self.stage, closed_stage.key, self._seconds_in_stage(at))
         status = Status.WON if summary.outcome is Outcome.WON else Status.LOST
-        return replace(self, stage=to_stage, status=status, stage_entered_at=at), change
+        return replace(self, stage=closed_stage.key, status=status, probability=closed_stage.probability,
+                       stage_entered_at=at), change
 
     def suspend(self) -> "Opportunity":
         self._require_open("suspend")
@@ -268,12 +423,14 @@ class Opportunity:
                 "expected_close_date": self.expected_close_date, "product": self.product}
 
     def may_take_contract(self) -> None:
-        """A contract is drawn up for a won opportunity or one in the contract stage."""
-        if self.status is Status.WON or (self.status is Status.OPEN and self.stage == "contract"):
+        """A contract is drawn up for a won opportunity or an open one in its pipeline's last open stage
+        (`contract` in the default pipeline)."""
+        last = self.pipeline.last_open_stage.key
+        if self.status is Status.WON or (self.status is Status.OPEN and self.stage == last):
             return
         raise StatusNotAllowed(
-            f"a contract needs a won opportunity or one in the contract stage; "
-            f"{self.id} is {self.status} in {self.stage}"
+            f"a contract needs a won opportunity or one in the {last} stage (the last of pipeline "
+            f"{self.pipeline.id}); {self.id} is {self.status} in {self.stage}"
         )
 
     def _seconds_in_stage(self, at: datetime) -> int:

@@ -3,7 +3,7 @@
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,8 +12,7 @@ import asyncpg
 
 from services.opportunities import store
 from services.opportunities.domain import (
-    FIRST_STAGE,
-    STAGES,
+    DEFAULT_PIPELINE_ID,
     Assessment,
     CloseSummary,
     ContractStatus,
@@ -22,6 +21,7 @@ from services.opportunities.domain import (
     OpportunityEdit,
     Outcome,
     OwnerSplit,
+    Pipeline,
     StageChange,
     Status,
     check_credit,
@@ -205,6 +205,61 @@ async def list_accounts(
         return await store.list_accounts(conn, name=name, after=after, limit=limit)
 
 
+# --- pipelines ------------------------------------------------------------------------------
+
+
+async def list_pipelines(db: Database) -> list[asyncpg.Record]:
+    async with db.statements() as conn:
+        return await store.pipelines(conn)
+
+
+async def get_pipeline(db: Database, pipeline_id: str) -> asyncpg.Record:
+    async with db.statements() as conn:
+        row = await store.pipeline(conn, pipeline_id)
+    if row is None:
+        raise NotFound(f"no pipeline {pipeline_id}")
+    return row
+
+
+async def create_pipeline(db: Database, admin_id: str, pipeline: Pipeline) -> asyncpg.Record:
+    async with db.transaction() as tx:
+        row = await store.insert_pipeline(tx.conn, pipeline, admin_id)
+    if row is None:
+        raise DomainError(f"a pipeline {pipeline.id} exists already; PUT /v1/pipelines/{pipeline.id} changes it")
+    return row
+
+
+async def update_pipeline(
+    db: Database, admin_id: str, changed: Pipeline, expected_version: int | None
+) -> asyncpg.Record:
+    """Replace a pipeline's names, stages and skipping rule. A stage that open or suspended deals are in
+    cannot be removed or renamed (409 with their number); a changed probability is given at once to the
+    open and suspended deals in that stage (no event: each carries it from its next one)."""
+    async with db.transaction() as tx:
+        await store.lock_for_pipeline_change(tx.conn)
+        row = await store.pipeline(tx.conn, changed.id, for_update=True)
+        if row is None:
+            raise NotFound(f"no pipeline {changed.id}")
+        check_version(f"pipeline {changed.id}", row["version"], expected_version)
+        current = store.to_pipeline(row)
+        if replace(changed, version=current.version) == current:
+            return row
+        removed = current.removed_keys(changed)
+        held = await store.active_deals_in(tx.conn, changed.id, removed) if removed else {}
+        if held:
+            raise DomainError(
+                f"pipeline {changed.id} cannot lose stages that open or suspended opportunities are in: "
+                + ", ".join(f"{stage} holds {count}" for stage, count in sorted(held.items()))
+                + "; move them to another stage first (or keep the stage's key and change its labels)"
+            )
+        saved = await store.update_pipeline(tx.conn, changed, row["version"], admin_id)
+        assert saved is not None  # the row is locked (FOR UPDATE) and at the version just read
+        repriced = current.changed_probabilities(changed)
+        if repriced:
+            await store.reprice(tx.conn, changed.id, repriced)
+        return saved
+
+
 # --- opportunities ------------------------------------------------------------------------
 
 
@@ -225,27 +280,37 @@ def _created_data(row: asyncpg.Record) -> dict[str, Any]:
         "lead_id": row["lead_id"],
         "campaign_id": row["campaign_id"],
         "product": row["product"],
-        "pipeline": row["pipeline"],
+        "pipeline_id": row["pipeline_id"],
         "created_by": row["created_by"],
         "created_at": _ts(row["created_at"]),
     }
 
 
+async def _pipeline_to_open_in(tx: Transaction, pipeline_id: str | None) -> Pipeline:
+    """The pipeline a new opportunity opens in (None: the default one); 422 for an unknown id."""
+    row = await store.pipeline_for_new_opportunity(tx.conn, pipeline_id or DEFAULT_PIPELINE_ID)
+    if row is None:
+        raise Unprocessable(f"pipeline_id: there is no pipeline {pipeline_id}; GET /v1/pipelines lists them")
+    return store.to_pipeline(row)
+
+
 async def _open_opportunity(
     tx: Transaction, *, name: str, account_id: str, owner_id: str, money: Money, expected_close_date: date | None,
     region: str | None, created_by: str, campaign_id: str | None = None, lead_id: str | None = None,
-    contact_id: str | None = None, product: str | None = None,
+    contact_id: str | None = None, product: str | None = None, pipeline: Pipeline,
 ) -> asyncpg.Record | None:
+    """Open an opportunity in the first stage of `pipeline` (read with `_pipeline_to_open_in`)."""
     if not name.strip():
         raise Unprocessable("an opportunity needs a name")
     now = _now()
+    first = pipeline.first_stage
     row = await store.insert_opportunity(
         tx.conn,
         id=_new_id("opp"), name=name.strip(), account_id=account_id, contact_id=contact_id, owner_id=owner_id,
-        region=region, stage=FIRST_STAGE, status=str(Status.OPEN), probability=STAGES[FIRST_STAGE].probability,
-        amount=money.amount, currency=money.currency, expected_close_date=expected_close_date,
-        stage_entered_at=now, lead_id=lead_id, campaign_id=campaign_id, product=product, created_by=created_by,
-        created_at=now, updated_at=now,
+        region=region, pipeline_id=pipeline.id, stage=first.key, status=str(Status.OPEN),
+        probability=first.probability, amount=money.amount, currency=money.currency,
+        expected_close_date=expected_close_date, stage_entered_at=now, lead_id=lead_id, campaign_id=campaign_id,
+        product=product, created_by=created_by, created_at=now, updated_at=now,
     )
     if row is not None:
         tx.publish("sales.opportunity.created.v1", row["id"], _created_data(row), sequence=row["version"])
@@ -255,12 +320,13 @@ async def _open_opportunity(
 async def create_opportunity(
     db: Database, actor: Actor, *, name: str, account_id: str | None, account_name: str | None, money: Money,
     owner_id: str, expected_close_date: date | None, region: str | None, campaign_id: str | None,
-    product: str | None = None,
+    product: str | None = None, pipeline_id: str | None = None,
 ) -> asyncpg.Record:
     actor.check(owner_id, "the new opportunity's owner")
     if (account_id is None) == (account_name is None or not account_name.strip()):
         raise Unprocessable("give either account_id or account_name")
     async with db.transaction() as tx:
+        pipeline = await _pipeline_to_open_in(tx, pipeline_id)
         if account_id is not None:
             account = await store.account(tx.conn, account_id)
             if account is None:
@@ -273,7 +339,7 @@ async def create_opportunity(
         row = await _open_opportunity(
             tx, name=name, account_id=account["id"], owner_id=owner_id, money=money,
             expected_close_date=expected_close_date, region=region or account["region"], created_by=actor.user_id,
-            campaign_id=campaign_id, product=product,
+            campaign_id=campaign_id, product=product, pipeline=pipeline,
         )
         assert row is not None  # no lead_id, so no conflict
         return row
@@ -335,7 +401,7 @@ async def _change(
             conn, changed, expected_version=row["version"], move=recorded, events=[event], **extra
         )
         if saved is None:
-            raise changed_meanwhile(f"opportunity {opportunity_id}")
+            raise changed_meanwhile(f"opportunity {opportunity_id}" + (" or its pipeline" if move else ""))
         return saved
 
 
@@ -359,6 +425,7 @@ async def change_stage(
     def apply(current: Opportunity, now: datetime) -> Change:
         moved, move = current.move_to(stage, now)
         data = {
+            "pipeline_id": moved.pipeline.id,
             "from_stage": move.from_stage, "to_stage": move.to_stage, "probability": moved.probability,
             "expected_close_date": _day(moved.expected_close_date), "changed_by": actor.user_id,
             "changed_at": _ts(now), "seconds_in_previous_stage": move.seconds_in_previous_stage,
@@ -605,13 +672,14 @@ async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
         email=person.get("email"), lead_id=lead_id,
     )
     offered = data["opportunity"]
+    pipeline = await _pipeline_to_open_in(tx, None)  # a converted lead opens in the default pipeline
     await _open_opportunity(
         tx, name=offered["name"], account_id=account["id"], owner_id=data["owner_id"],
         money=parse_money(offered.get("amount"), offered.get("currency")),
         expected_close_date=date.fromisoformat(offered["expected_close_date"])
         if offered.get("expected_close_date") else None,
         region=data.get("region"), created_by=data["converted_by"], campaign_id=data.get("campaign_id"),
-        lead_id=lead_id, contact_id=contact["id"] if contact is not None else None,
+        lead_id=lead_id, contact_id=contact["id"] if contact is not None else None, pipeline=pipeline,
     )
 
 

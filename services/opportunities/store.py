@@ -1,15 +1,17 @@
 """asyncpg queries for the opportunities service's tables (migrations/ beside this file)."""
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.opportunities.domain import Money, Opportunity, StageChange, Status
+from services.opportunities.domain import Money, Opportunity, Pipeline, Stage, StageChange, Status
 from shared.db import outbox_insert
 from shared.events.envelope import CloudEvent
 
@@ -97,7 +99,107 @@ async def insert_contact(conn: Conn, **fields: Any) -> Row | None:
     )
 
 
+# --- pipelines ------------------------------------------------------------------------------
+
+
+def to_pipeline(values: Mapping[str, Any]) -> Pipeline:
+    """A pipelines row (or its JSON) as the domain's pipeline."""
+    stages = values["stages"]
+    if isinstance(stages, str):  # jsonb from asyncpg; row_to_json nests it already
+        stages = json.loads(stages)
+    return Pipeline(
+        id=values["id"], name_zh=values["name_zh"], name_en=values["name_en"],
+        open_stages=tuple(Stage(s["key"], s["label_zh"], s["label_en"], s["probability"]) for s in stages),
+        allow_skipping=values["allow_skipping"], version=values["version"],
+    )
+
+
+@lru_cache(maxsize=256)
+def _pipeline_of_definition(definition: str) -> Pipeline:
+    return to_pipeline(json.loads(definition))
+
+
+def pipeline_of(row: Row) -> Pipeline:
+    """The pipeline an opportunity row was read with (`pipeline_definition`: its pipelines row as JSON, the
+    same text for every deal of one pipeline version, so it is parsed once)."""
+    return _pipeline_of_definition(row["pipeline_definition"])
+
+
+def _stages_json(pipeline: Pipeline) -> str:
+    return json.dumps([{"key": s.key, "label_zh": s.label_zh, "label_en": s.label_en, "probability": s.probability}
+                       for s in pipeline.open_stages], ensure_ascii=False)
+
+
+async def pipelines(conn: Conn) -> list[Row]:
+    return await conn.fetch("SELECT * FROM pipelines ORDER BY created_at, id")
+
+
+async def pipeline(conn: Conn, pipeline_id: str, *, for_update: bool = False) -> Row | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await conn.fetchrow(f"SELECT * FROM pipelines WHERE id = $1{lock}", pipeline_id)  # noqa: S608
+
+
+async def pipeline_for_new_opportunity(conn: Conn, pipeline_id: str) -> Row | None:
+    """The pipeline a new opportunity opens in, read once this transaction may write opportunities: a
+    pipeline change (which locks the table against writers, `lock_for_pipeline_change`) is then either
+    committed and seen here, or waits for this transaction and counts the new deal."""
+    await conn.execute("LOCK TABLE opportunities IN ROW EXCLUSIVE MODE")
+    return await pipeline(conn, pipeline_id)
+
+
+async def lock_for_pipeline_change(conn: Conn) -> None:
+    """No opportunity is written while a pipeline changes: the deals counted in a removed stage and those
+    re-priced are all there are. Stage moves validated against the version before check it in their update
+    (`save_opportunity`), new deals read the pipeline after this lock (`pipeline_for_new_opportunity`).
+    Self-conflicting, so two pipeline changes do not deadlock on the re-pricing update."""
+    await conn.execute("LOCK TABLE opportunities IN SHARE ROW EXCLUSIVE MODE")
+
+
+async def insert_pipeline(conn: Conn, pipeline: Pipeline, created_by: str) -> Row | None:
+    """The new pipeline, or None when its id is taken."""
+    return await conn.fetchrow(
+        "INSERT INTO pipelines (id, name_zh, name_en, stages, allow_skipping, created_by)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING *",
+        pipeline.id, pipeline.name_zh, pipeline.name_en, _stages_json(pipeline), pipeline.allow_skipping, created_by,
+    )
+
+
+async def update_pipeline(conn: Conn, pipeline: Pipeline, expected_version: int, updated_by: str) -> Row | None:
+    return await conn.fetchrow(
+        "UPDATE pipelines SET name_zh = $3, name_en = $4, stages = $5::jsonb, allow_skipping = $6,"
+        " version = version + 1, updated_by = $7, updated_at = now()"
+        " WHERE id = $1 AND version = $2 RETURNING *",
+        pipeline.id, expected_version, pipeline.name_zh, pipeline.name_en, _stages_json(pipeline),
+        pipeline.allow_skipping, updated_by,
+    )
+
+
+async def active_deals_in(conn: Conn, pipeline_id: str, stages: Sequence[str]) -> dict[str, int]:
+    """How many open or suspended (may be reactivated) opportunities each of these stages holds."""
+    rows = await conn.fetch(
+        "SELECT stage, count(*) AS deals FROM opportunities"
+        " WHERE pipeline_id = $1 AND stage = ANY($2::text[]) AND status IN ('open', 'suspended') GROUP BY stage",
+        pipeline_id, list(stages),
+    )
+    return {r["stage"]: r["deals"] for r in rows}
+
+
+async def reprice(conn: Conn, pipeline_id: str, probabilities: Mapping[str, int]) -> int:
+    """Give the open and suspended deals of these stages the stage's new probability; how many changed."""
+    status = await conn.execute(
+        "UPDATE opportunities o SET probability = p.probability"
+        " FROM unnest($2::text[], $3::int[]) AS p (stage, probability)"
+        " WHERE o.pipeline_id = $1 AND o.stage = p.stage AND o.status IN ('open', 'suspended')"
+        " AND o.probability <> p.probability",
+        pipeline_id, list(probabilities), list(probabilities.values()),
+    )
+    return int(status.split()[-1])
+
+
 # --- opportunities ------------------------------------------------------------------------
+
+# An opportunity is read with its pipeline (one round trip), as JSON parsed once per version (pipeline_of).
+_WITH_PIPELINE = "row_to_json(p)::text AS pipeline_definition"
 
 
 async def insert_opportunity(conn: Conn, **fields: Any) -> Row | None:
@@ -105,14 +207,19 @@ async def insert_opportunity(conn: Conn, **fields: Any) -> Row | None:
     columns = ", ".join(fields)
     placeholders = ", ".join(f"${i}" for i in range(1, len(fields) + 1))
     return await conn.fetchrow(
-        f"INSERT INTO opportunities ({columns}) VALUES ({placeholders})"  # noqa: S608
-        " ON CONFLICT (lead_id) DO NOTHING RETURNING *",
+        f"WITH created AS (INSERT INTO opportunities ({columns}) VALUES ({placeholders})"  # noqa: S608
+        " ON CONFLICT (lead_id) DO NOTHING RETURNING *)"
+        f" SELECT created.*, {_WITH_PIPELINE} FROM created JOIN pipelines p ON p.id = created.pipeline_id",
         *fields.values(),
     )
 
 
 async def opportunity(conn: Conn, opportunity_id: str) -> Row | None:
-    return await conn.fetchrow("SELECT * FROM opportunities WHERE id = $1", opportunity_id)
+    return await conn.fetchrow(
+        f"SELECT o.*, {_WITH_PIPELINE} FROM opportunities o JOIN pipelines p ON p.id = o.pipeline_id"  # noqa: S608
+        " WHERE o.id = $1",
+        opportunity_id,
+    )
 
 
 def to_domain(row: Row) -> Opportunity:
@@ -128,6 +235,8 @@ def to_domain(row: Row) -> Opportunity:
         stage_entered_at=row["stage_entered_at"],
         version=row["version"],
         product=row["product"],
+        probability=row["probability"],
+        pipeline=pipeline_of(row),
     )
 
 
@@ -139,19 +248,27 @@ async def save_opportunity(
 
     The version check is in the UPDATE itself: of two concurrent writers holding one version,
     the second waits for the first's row lock, then finds the version moved and changes nothing.
-    A stage move's history row and the change's `events` (outbox rows) are written by the same
-    statement, only when the update happened: one round trip, and one statement is its own
+    A stage move also checks that the pipeline it was validated against is still at that version
+    (an admin may have removed the stage or changed its probability meanwhile), and it alone writes
+    the probability: other changes leave the one a pipeline change may have given the deal since
+    it was loaded. A stage move's history row and the change's `events` (outbox rows) are written by
+    the same statement, only when the update happened: one round trip, and one statement is its own
     transaction (no BEGIN and COMMIT round trips either).
     """
-    sets = ["stage = $3", "status = $4", "probability = $5", "stage_entered_at = $6"]
-    args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status), changed.probability,
-                       changed.stage_entered_at]
+    sets = ["stage = $3", "status = $4"]
+    args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status)]
+    conditions = ["id = $1", "version = $2"]
+    if move is not None:
+        args += [changed.probability, changed.stage_entered_at, changed.pipeline.version]
+        sets += ["probability = $5", "stage_entered_at = $6"]
+        conditions.append(
+            "EXISTS (SELECT FROM pipelines WHERE pipelines.id = opportunities.pipeline_id AND version = $7)")
     for column, value in extra.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
     ctes = [
         f"saved AS (UPDATE opportunities SET {', '.join(sets)}, version = version + 1, updated_at = now()"  # noqa: S608
-        " WHERE id = $1 AND version = $2 RETURNING *)"
+        f" WHERE {' AND '.join(conditions)} RETURNING *)"
     ]
     if move is not None:
         first = len(args) + 1
@@ -167,7 +284,11 @@ async def save_opportunity(
         outbox_rows, outbox_args = outbox_insert(events, after="saved", first_parameter=len(args) + 1)
         ctes.append(outbox_rows)
         args += outbox_args
-    return await conn.fetchrow(f"WITH {', '.join(ctes)} SELECT * FROM saved", *args)  # noqa: S608 - names are ours
+    return await conn.fetchrow(
+        f"WITH {', '.join(ctes)} SELECT saved.*, {_WITH_PIPELINE}"  # noqa: S608 - names are ours
+        " FROM saved JOIN pipelines p ON p.id = saved.pipeline_id",
+        *args,
+    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +313,7 @@ class OpportunityFilter:
     owners: set[str] | None = None  # None: every owner (the caller's scope and the owner filter, combined)
     stage: str | None = None
     status: str | None = None
+    pipeline_id: str | None = None
     account_id: str | None = None
     region: str | None = None
     close_from: date | None = None
@@ -211,7 +333,7 @@ async def list_opportunities(
 
     if where.owners is not None:
         add("owner_id = ANY(?::text[])", sorted(where.owners))
-    for column in ("stage", "status", "account_id", "region"):
+    for column in ("stage", "status", "pipeline_id", "account_id", "region"):
         value = getattr(where, column)
         if value is not None:
             add(f"{column} = ?", value)
@@ -226,7 +348,9 @@ async def list_opportunities(
     condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     args.append(limit)
     return await conn.fetch(
-        f"SELECT * FROM opportunities {condition} ORDER BY created_at, id LIMIT ${len(args)}",  # noqa: S608
+        f"SELECT o.*, {_WITH_PIPELINE} FROM (SELECT * FROM opportunities {condition}"  # noqa: S608
+        f" ORDER BY created_at, id LIMIT ${len(args)}) o JOIN pipelines p ON p.id = o.pipeline_id"
+        " ORDER BY o.created_at, o.id",
         *args,
     )
 

@@ -212,6 +212,7 @@ class World:
             "contract": self.contract, "quote": self.quote, "lead-score": self.lead_score,
             "opp-score": self.opportunity_score, "account-tier": self.account_tier,
             "notification": self.notification, "rule": self.rule, "subscription": self.subscription,
+            "pipeline": self.pipeline,
         }
         return makers[kind]
 
@@ -255,6 +256,12 @@ class World:
             closing = {"outcome": status, "reason": "authz", "competitor": "none"}
             await self.admin("opportunities", "POST", f"{path}/close", closing)
         return opportunity_id
+
+    async def pipeline(self, _owner: str) -> str:
+        """A pipeline of the test's own: the default one stays as every other cell expects it."""
+        pipeline_id = f"authz-{uuid.uuid4().hex[:10]}"
+        await self.admin("opportunities", "POST", "/v1/pipelines", {"id": pipeline_id, **pipeline_body()}, ok=201)
+        return pipeline_id
 
     async def account(self, owner: str) -> str:
         body = {"name": f"Authz Account {uuid.uuid4().hex[:12]}", "owner_id": owner}
@@ -384,6 +391,12 @@ class World:
 
 def quote_body() -> dict[str, Any]:
     return {"lines": [{"product": "Authz licence", "quantity": 2, "unit_price": "1200.00"}], "note": "authz"}
+
+
+def pipeline_body() -> dict[str, Any]:
+    return {"name": {"zh-CN": "渠道销售", "en": "Channel sales"}, "allow_skipping": False,
+            "stages": [{"key": "lead_in", "label": {"zh-CN": "线索", "en": "Lead in"}, "probability": 5},
+                       {"key": "demo", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": 25}]}
 
 
 def rule_body() -> dict[str, Any]:
@@ -559,6 +572,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("opportunities", "PUT /v1/opportunities/{opportunity_id}/owners"): changing(
         "opportunity", "PUT", OPPORTUNITY + "/owners",
         lambda _deal, owner: {"owners": [{"owner_id": owner, "split": 100}]}),
+    ("opportunities", "GET /v1/pipelines"): fixed("GET", "/v1/pipelines"),
+    ("opportunities", "GET /v1/pipelines/{pipeline_id}"): fixed("GET", "/v1/pipelines/project_sales"),
+    ("opportunities", "POST /v1/pipelines"): naming("POST", "/v1/pipelines", json=lambda _owner: {
+        "id": f"authz-{uuid.uuid4().hex[:10]}", **pipeline_body()}),
+    ("opportunities", "PUT /v1/pipelines/{pipeline_id}"): changing(
+        "pipeline", "PUT", "/v1/pipelines/{}", {**pipeline_body(), "allow_skipping": True}),
     ("opportunities", "POST /v1/accounts"): naming(
         "POST", "/v1/accounts", json=lambda owner: {"name": unique("Authz Account"), "owner_id": owner}),
     ("opportunities", "GET /v1/accounts"): fixed("GET", "/v1/accounts"),

@@ -1,4 +1,4 @@
-"""The opportunities domain (services/opportunities/domain.py): pipeline, moves, status, money, credit."""
+"""The opportunities domain (services/opportunities/domain.py): pipelines, moves, status, money, credit."""
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -13,11 +13,14 @@ from services.opportunities.domain import (
     Money,
     Opportunity,
     OpportunityEdit,
+    Pipeline,
+    Stage,
     StageNotAllowed,
     Status,
     StatusNotAllowed,
     check_credit,
     contract_transition,
+    define_pipeline,
     normalise_name,
     owner_splits,
     parse_money,
@@ -33,7 +36,8 @@ def opportunity(**changes: object) -> Opportunity:
 
 
 def test_the_default_pipeline_and_its_probabilities() -> None:
-    assert [(s.name, s.label_zh, s.probability) for s in DEFAULT_PIPELINE] == [
+    assert (DEFAULT_PIPELINE.id, DEFAULT_PIPELINE.allow_skipping) == ("project_sales", True)
+    assert [(s.key, s.label_zh, s.probability) for s in DEFAULT_PIPELINE.stages] == [
         ("prospecting", "潜在客户跟踪", 10),
         ("bidding", "项目投标", 30),
         ("negotiation", "商务洽谈", 60),
@@ -54,7 +58,8 @@ def test_a_move_records_from_to_and_time_in_the_previous_stage() -> None:
 
 @pytest.mark.parametrize(
     ("stage", "message"),
-    [("closing", "unknown stage"), ("won", "only by being closed"), ("lost", "only by being closed"),
+    [("closing", "unknown stage 'closing'; the stages of pipeline project_sales are prospecting, bidding, "
+                 "negotiation, contract"), ("won", "only by being closed"), ("lost", "only by being closed"),
      ("prospecting", "already in stage")],
 )
 def test_moves_the_pipeline_refuses(stage: str, message: str) -> None:
@@ -104,6 +109,107 @@ def test_suspend_reactivate_terminate_archive() -> None:
         opportunity().archive()
     lost, _ = opportunity().close(CloseSummary.of("lost", "price", "Acme"), T0)
     assert lost.archive().status is Status.ARCHIVED
+
+
+# --- configured pipelines -------------------------------------------------------------------
+
+STRICT = Pipeline(
+    "channel_sales", "渠道销售", "Channel sales",
+    (Stage("lead_in", "线索", "Lead in", 5), Stage("demo", "演示", "Demo", 25),
+     Stage("proposal", "方案", "Proposal", 50), Stage("signing", "签约", "Signing", 90)),
+    allow_skipping=False,
+)
+
+
+def in_strict(stage: str = "lead_in", **changes: object) -> Opportunity:
+    return opportunity(pipeline=STRICT, stage=stage, probability=STRICT.stage(stage).probability,  # type: ignore[union-attr]
+                       **changes)
+
+
+def test_a_move_takes_its_pipelines_stages_and_probabilities() -> None:
+    moved, change = in_strict().move_to("demo", T0)
+    assert (moved.stage, moved.probability, change.from_stage) == ("demo", 25, "lead_in")
+    with pytest.raises(StageNotAllowed, match="stages of pipeline channel_sales are lead_in, demo, proposal, signing"):
+        in_strict().move_to("bidding", T0)  # the default pipeline's stage is not this one's
+
+
+def test_without_skipping_forwards_goes_one_stage_at_a_time_and_back_anywhere() -> None:
+    with pytest.raises(StageNotAllowed, match="from lead_in the next stage is demo, not proposal"):
+        in_strict().move_to("proposal", T0)
+    back, _ = in_strict("signing").move_to("lead_in", T0)  # a deal that slips may go back further
+    assert (back.stage, back.probability) == ("lead_in", 5)
+    assert opportunity().move_to("contract", T0)[0].stage == "contract"  # the default pipeline allows skipping
+
+
+def test_without_skipping_a_deal_is_won_from_the_last_open_stage_and_lost_from_any() -> None:
+    with pytest.raises(StageNotAllowed, match="closed won from signing, not from demo"):
+        in_strict("demo").close(CloseSummary.of("won", "signed", None), T0)
+    won, _ = in_strict("signing").close(CloseSummary.of("won", "signed", None), T0)
+    lost, _ = in_strict("demo").close(CloseSummary.of("lost", "price", "Acme"), T0)
+    assert (won.status, won.probability, lost.status, lost.probability) == (Status.WON, 100, Status.LOST, 0)
+
+
+def test_a_contract_is_drawn_up_in_the_pipelines_last_open_stage() -> None:
+    in_strict("signing").may_take_contract()
+    with pytest.raises(StatusNotAllowed, match="the signing stage"):
+        in_strict("proposal").may_take_contract()
+
+
+def definition(**changes: object) -> dict[str, object]:
+    stages = [{"key": "lead_in", "label": {"zh-CN": "线索", "en": "Lead in"}, "probability": 5},
+              {"key": "demo", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": 25}]
+    values: dict[str, object] = {"pipeline_id": "channel_sales", "names": {"zh-CN": "渠道销售", "en": "Channel sales"},
+                                 "stages": stages, "allow_skipping": False}
+    return {**values, **changes}
+
+
+def test_a_defined_pipeline_ends_with_won_and_lost() -> None:
+    pipeline = define_pipeline(**definition())  # type: ignore[arg-type]
+    assert [(s.key, s.probability, s.closed) for s in pipeline.stages] == [
+        ("lead_in", 5, False), ("demo", 25, False), ("won", 100, True), ("lost", 0, True)]
+    assert (pipeline.names, pipeline.first_stage.key, pipeline.allow_skipping) == (
+        {"zh-CN": "渠道销售", "en": "Channel sales"}, "lead_in", False)
+    assert pipeline.stage("demo").labels == {"zh-CN": "演示", "en": "Demo"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"stages": []}, "at least one open stage"),
+    ({"stages": [{"key": "won", "label": {"zh-CN": "赢", "en": "Won"}, "probability": 100}]},
+     "won is a closed stage every pipeline has"),
+    ({"stages": [{"key": "demo", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": 25}] * 2},
+     "the key demo is used twice"),
+    ({"stages": [{"key": "Demo Day", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": 25}]}, "must be a slug"),
+    ({"stages": [{"key": "demo", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": 101}]},
+     "whole percent from 0 to 100, not 101"),
+    ({"stages": [{"key": "demo", "label": {"zh-CN": "演示", "en": "Demo"}, "probability": -1}]}, "not -1"),
+    ({"stages": [{"key": "demo", "label": {"zh-CN": " ", "en": "Demo"}, "probability": 20}]},
+     r"stage 1 \(demo\) label zh-CN is required"),
+    ({"names": {"zh-CN": "渠道销售"}}, "name en is required"),
+    ({"pipeline_id": "Channel Sales"}, "must be a slug"),
+])
+def test_a_pipeline_definition_is_refused_naming_the_problem(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(Unprocessable, match=message):
+        define_pipeline(**definition(**changes))  # type: ignore[arg-type]
+
+
+def test_a_pipeline_definition_names_every_problem_at_once() -> None:
+    stages = [{"key": "lost", "label": {}, "probability": 200}]
+    with pytest.raises(Unprocessable) as refused:
+        define_pipeline("ok", {"zh-CN": "好", "en": "OK"}, stages, True)
+    assert all(part in str(refused.value) for part in ("lost is a closed stage", "label zh-CN", "label en", "200"))
+
+
+def test_a_change_names_the_stages_it_removes_and_the_probabilities_it_moves() -> None:
+    changed = Pipeline(STRICT.id, STRICT.name_zh, STRICT.name_en, (
+        Stage("lead_in", "线索", "Lead in", 5), Stage("demo_done", "演示", "Demo", 25),  # demo renamed
+        Stage("proposal", "方案", "Proposal", 40), Stage("signing", "签约", "Signing", 90)))
+    assert STRICT.removed_keys(changed) == ["demo"]
+    assert STRICT.changed_probabilities(changed) == {"proposal": 40}
+
+
+def test_a_stage_the_pipeline_no_longer_has_is_its_own_label() -> None:
+    assert STRICT.labels("demo") == {"zh-CN": "演示", "en": "Demo"}
+    assert STRICT.labels("old_stage") == {"zh-CN": "old_stage", "en": "old_stage"}
 
 
 def test_contracts_need_a_won_or_contract_stage_opportunity() -> None:
