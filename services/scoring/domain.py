@@ -25,7 +25,8 @@ opportunities service announces it in its events: prospecting 10, bidding 30, ne
 contract 80) adjusted by
 - maturity assessment (成熟度评估): (maturity % - 50) x 0.3, so -15 .. +15;
 - age in stage: longer than the stage's usual time (prospecting 30 days, bidding 30, negotiation 21,
-  contract 14) -5, longer than twice that -10;
+  contract 14; 30 in a stage of a configured pipeline, whose key is also its label) -5, longer than twice
+  that -10;
 - competitor presence: a named competitor (a `competitor` field on an opportunity event) -8;
 clamped to 1-99 while open; closed won is 100 and closed lost 0.
 
@@ -266,6 +267,7 @@ STAGE_LABELS = {"prospecting": ("Prospecting", "潜在客户跟踪"), "bidding":
                 "negotiation": ("Negotiation", "商务洽谈"), "contract": ("Contract", "签订合同"),
                 "won": ("Closed won", "赢单"), "lost": ("Closed lost", "输单")}
 USUAL_DAYS_IN_STAGE = {"prospecting": 30, "bidding": 30, "negotiation": 21, "contract": 14}
+USUAL_DAYS_IN_OTHER_STAGES = 30  # the open stages of pipelines an admin configured, which this table does not know
 
 
 _OPPORTUNITY_MOMENTS = ("stage_entered_at", "created_at", "last_event_at")
@@ -372,8 +374,8 @@ def score_opportunity(features: OpportunityFeatures, now: datetime) -> Score:
         word_zh = "较高" if points > 0 else "较低"
         factors.append(Factor("maturity", points, f"Presales maturity {features.maturity}% is {word_en}",
                               f"售前成熟度 {features.maturity}%，{word_zh}"))
-    usual = USUAL_DAYS_IN_STAGE.get(stage)
-    if usual is not None and features.stage_entered_at is not None:
+    usual = USUAL_DAYS_IN_STAGE.get(stage, USUAL_DAYS_IN_OTHER_STAGES)
+    if features.stage_entered_at is not None:
         days = (now - features.stage_entered_at).days
         if days > usual:
             points = -10 if days > 2 * usual else -5

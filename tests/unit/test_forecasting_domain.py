@@ -30,6 +30,7 @@ from services.forecasting.domain import (
     rank_reps,
     roll_up,
 )
+from services.forecasting.handlers import _staged
 
 
 def test_periods_parse_and_name_themselves() -> None:
@@ -226,3 +227,15 @@ def test_amounts_are_two_place_strings_and_currencies_convert_at_configured_rate
     rates = parse_rates("cny", "USD=7.1, EUR = 7.8")
     assert rates.convert(Decimal(10), "USD") == Decimal("71.0")
     assert rates.convert(Decimal(10), "CNY") == 10 and rates.convert(Decimal(10), "JPY") is None
+
+
+def test_a_stage_of_a_configured_pipeline_takes_the_events_probability() -> None:
+    """A stage key the default pipeline lacks: the event's probability; without one (no v1 event omits it),
+    the deal keeps the probability it had. Its category follows the probability rules (not in the
+    commit or best-case stages, which name the default pipeline's)."""
+    deal = DealState("opp-1", "rep-1", Decimal(1000), stage="prospecting", stage_probability=Decimal(10))
+    visited = _staged(deal, "site_visit", 45)
+    assert (visited.stage, visited.stage_probability) == ("site_visit", Decimal(45))
+    assert _staged(visited, "shortlist", None).stage_probability == Decimal(45)
+    rules = CategoryRules(commit_min_probability=Decimal(40))
+    assert rules.category("open", visited.stage, visited.probability) is Category.COMMIT

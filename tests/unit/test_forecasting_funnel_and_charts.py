@@ -30,6 +30,20 @@ def cohort() -> tuple[list[CohortDeal], dict[str, list[Transition]]]:
     return deals, transitions
 
 
+def test_stages_of_a_configured_pipeline_are_not_in_the_funnel_and_fail_nothing() -> None:
+    """The funnel's stages are the default pipeline's; a deal whose moves name only other keys has reached
+    its first stage (it was opened), and time spent in such a stage is no stage's."""
+    deals = [CohortDeal("e", Decimal(100), date(2026, 11, 2), None, "open"),
+             CohortDeal("f", Decimal(200), date(2026, 11, 2), None, "open")]
+    transitions = {"e": moves("e", ("lead_in", 0), ("site_visit", 3)),
+                   "f": moves("f", ("lead_in", 0), ("bidding", 2), ("site_visit", 9))}
+    figures = funnel(deals, transitions)
+    assert {s.stage: s.reached for s in figures.stages} == {"prospecting": 2, "bidding": 1, "negotiation": 0,
+                                                            "contract": 0}
+    assert figures.stages[1].median_days_in_stage == 7  # f's 7 days in bidding; lead_in's days count nowhere
+    assert figures.stages[0].median_days_in_stage is None
+
+
 def test_the_funnel_counts_who_reached_each_stage_and_converts_between_them() -> None:
     figures = funnel(*cohort())
     reached = {s.stage: s.reached for s in figures.stages}

@@ -107,6 +107,17 @@ def test_win_probability_starts_from_the_stage() -> None:
     assert score_opportunity(OpportunityFeatures().moved("bidding", None, NOW), NOW).score == 30
 
 
+def test_a_stage_of_a_configured_pipeline_is_scored_from_its_event() -> None:
+    """A key the default pipeline lacks: the event's probability, the key as its label, 30 days as usual."""
+    opp = OpportunityFeatures(owner_id="rep-1").moved("site_visit", 45, NOW)
+    fresh = score_opportunity(opp, NOW + timedelta(days=30))
+    assert fresh.score == 45 and fresh.factors[0].label_en == "Stage site_visit: 45% by default"
+    assert "「site_visit」" in fresh.factors[0].label_zh
+    stale = score_opportunity(opp, NOW + timedelta(days=61))
+    assert stale.score == 35
+    assert any(f.feature == "age_in_stage" and "usually 30" in f.label_en for f in stale.factors)
+
+
 def test_maturity_age_and_competitor_adjust_the_probability() -> None:
     opp = OpportunityFeatures(owner_id="rep-1").moved("bidding", 30, NOW)
     assert score_opportunity(OpportunityFeatures(maturity=100, stage="bidding", stage_probability=30), NOW).score == 45
