@@ -139,6 +139,17 @@ class Pipeline:
         kept = {s.key for s in changed.open_stages}
         return [s.key for s in self.open_stages if s.key not in kept]
 
+    def check_removal(self, deals_held: Mapping[str, int]) -> None:
+        """Refuse (409) a change removing or renaming stages that open or suspended deals are in, naming each
+        such stage and how many deals it holds (`deals_held`, by the stage keys the change removes)."""
+        held = {stage: count for stage, count in deals_held.items() if count}
+        if held:
+            raise StageNotAllowed(
+                f"pipeline {self.id} cannot lose stages that open or suspended opportunities are in: "
+                + ", ".join(f"{stage} holds {count}" for stage, count in sorted(held.items()))
+                + "; move them to another stage first (or keep the stage's key and change its labels)"
+            )
+
     def changed_probabilities(self, changed: "Pipeline") -> dict[str, int]:
         """The open stages kept by `changed` whose probability it changes, with the new probability."""
         return {s.key: new.probability for s in self.open_stages

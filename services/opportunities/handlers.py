@@ -245,13 +245,8 @@ async def update_pipeline(
         if replace(changed, version=current.version) == current:
             return row
         removed = current.removed_keys(changed)
-        held = await store.active_deals_in(tx.conn, changed.id, removed) if removed else {}
-        if held:
-            raise DomainError(
-                f"pipeline {changed.id} cannot lose stages that open or suspended opportunities are in: "
-                + ", ".join(f"{stage} holds {count}" for stage, count in sorted(held.items()))
-                + "; move them to another stage first (or keep the stage's key and change its labels)"
-            )
+        if removed:
+            current.check_removal(await store.active_deals_in(tx.conn, changed.id, removed))
         saved = await store.update_pipeline(tx.conn, changed, row["version"], admin_id)
         assert saved is not None  # the row is locked (FOR UPDATE) and at the version just read
         repriced = current.changed_probabilities(changed)

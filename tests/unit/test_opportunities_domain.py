@@ -207,6 +207,13 @@ def test_a_change_names_the_stages_it_removes_and_the_probabilities_it_moves() -
     assert STRICT.changed_probabilities(changed) == {"proposal": 40}
 
 
+def test_stages_deals_are_in_are_not_removed() -> None:
+    STRICT.check_removal({})
+    STRICT.check_removal({"demo": 0})
+    with pytest.raises(StageNotAllowed, match="cannot lose stages .*: demo holds 3, lead_in holds 1; move them"):
+        STRICT.check_removal({"lead_in": 1, "demo": 3})
+
+
 def test_a_stage_the_pipeline_no_longer_has_is_its_own_label() -> None:
     assert STRICT.labels("demo") == {"zh-CN": "演示", "en": "Demo"}
     assert STRICT.labels("old_stage") == {"zh-CN": "old_stage", "en": "old_stage"}
