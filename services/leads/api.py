@@ -14,13 +14,11 @@ from services.leads.domain import (
     TOUCH_CHANNELS,
     Contact,
     Grade,
-    InvalidContact,
     Lead,
     normalise_company,
-    normalise_email,
-    normalise_phone,
 )
 from shared.auth import Principal, may_act_on, visible_owners
+from shared.contact_details import InvalidContact, normalise_email, normalise_phone
 from shared.errors import Unprocessable
 from shared.org import Organisation, Role
 from shared.pagination import Page, clamp_limit, decode_cursor, encode_cursor

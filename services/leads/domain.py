@@ -10,11 +10,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-import phonenumbers
-
+from shared.contact_details import InvalidContact, normalise_email, normalise_phone
 from shared.errors import DomainError, Unprocessable
-
-DEFAULT_PHONE_REGION = "CN"
 
 
 class Status(StrEnum):
@@ -61,31 +58,8 @@ class TransitionNotAllowed(DomainError):
     """409: the lead's status does not allow this step."""
 
 
-class InvalidContact(Unprocessable):
-    """422: a contact field that cannot be normalised."""
-
-
 def follow_up_due(grade: Grade | None, captured_at: datetime) -> datetime:
     return captured_at + FOLLOW_UP_AFTER[grade]
-
-
-def normalise_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
-    """E.164 (`+8613800138000`); numbers without a country code are read as Chinese."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidContact(f"contact.phone: {raw!r} is not a phone number ({exc})") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidContact(f"contact.phone: {raw!r} is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def normalise_email(raw: str) -> str:
-    email = raw.strip().lower()
-    local, at, domain = email.partition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email):
-        raise InvalidContact(f"contact.email: {raw!r} is not an e-mail address")
-    return email
 
 
 def normalise_company(raw: str | None) -> str | None:
@@ -112,8 +86,8 @@ class Contact:
         name = " ".join(name.split())
         if not name:
             raise InvalidContact("contact.name: a name is required")
-        phone = normalise_phone(phone) if phone and phone.strip() else None
-        email = normalise_email(email) if email and email.strip() else None
+        phone = normalise_phone(phone, field="contact.phone") if phone and phone.strip() else None
+        email = normalise_email(email, field="contact.email") if email and email.strip() else None
         if phone is None and email is None:
             raise InvalidContact("contact: a phone or an e-mail is required")
         return cls(name=name, company=normalise_company(company), phone=phone, email=email)

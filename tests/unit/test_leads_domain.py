@@ -16,8 +16,6 @@ from services.leads.domain import (
     follow_up_due,
     money,
     normalise_company,
-    normalise_email,
-    normalise_phone,
     rep_for_turn,
 )
 from shared.errors import Unprocessable
@@ -50,27 +48,12 @@ def test_follow_up_is_due_after_the_grades_window(grade, days):
     assert new_lead(grade).follow_up_due_at == CAPTURED + timedelta(days=days)
 
 
-@pytest.mark.parametrize(
-    "raw", ["13800138000", "138 0013 8000", "+86 138-0013-8000", "0086 13800138000", "+8613800138000"]
-)
-def test_chinese_mobiles_normalise_to_e164(raw):
-    assert normalise_phone(raw) == "+8613800138000"
-
-
-def test_a_number_with_its_country_code_keeps_it():
-    assert normalise_phone("+1 650 253 0000") == "+16502530000"
-
-
-@pytest.mark.parametrize("raw", ["12345", "not a phone", "+86 1"])
-def test_a_non_number_is_refused_naming_the_field(raw):
+def test_a_leads_contact_names_its_fields_in_errors():
     with pytest.raises(InvalidContact, match="contact.phone"):
-        normalise_phone(raw)
-
-
-def test_email_is_lower_cased_and_trimmed():
-    assert normalise_email("  Wang.Wei@XingHe.CN ") == "wang.wei@xinghe.cn"
+        Contact.normalised("王伟", None, "12345", None)
     with pytest.raises(InvalidContact, match="contact.email"):
-        normalise_email("wang.wei")
+        Contact.normalised("王伟", None, None, "wang.wei")
+    assert Contact.normalised("王伟", None, "138 0013 8000", None).phone == "+8613800138000"
 
 
 def test_company_is_trimmed_and_inner_spaces_collapsed():
