@@ -64,6 +64,9 @@ _EVENTS = (
     # opportunities service
     EventType("sales.account.created.v1", "sales.accounts", "An account was created."),
     EventType("sales.account.updated.v1", "sales.accounts", "An account's details changed."),
+    EventType("sales.contact.created.v1", "sales.accounts", "A contact was added to an account."),
+    EventType("sales.contact.updated.v1", "sales.accounts", "A contact's details changed."),
+    EventType("sales.contact.archived.v1", "sales.accounts", "A contact was archived (deleted from its account)."),
     EventType("sales.opportunity.created.v1", "sales.opportunities", "An opportunity was opened."),
     EventType("sales.opportunity.stage_changed.v1", "sales.opportunities", "An opportunity moved to another stage."),
     EventType("sales.opportunity.won.v1", "sales.opportunities", "An opportunity was closed won."),

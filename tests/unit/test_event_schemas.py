@@ -123,6 +123,20 @@ EXAMPLES = {
         "parent_account_id": None, "key_account": True, "value_tier": "high", "changed_fields": ["key_account"],
         "updated_at": "2026-12-01T00:00:00Z",
     },
+    "sales.contact.created.v1": {
+        "contact_id": "con-9", "account_id": "acc-51", "name": "李娜", "title": "采购经理", "role": "decision_maker",
+        "phone": "+8613800138000", "email": "li.na@xinghe.cn", "is_primary": True, "lead_id": None,
+        "created_by": "rep-1", "created_at": "2026-12-02T03:00:00Z",
+    },
+    "sales.contact.updated.v1": {
+        "contact_id": "con-9", "account_id": "acc-51", "name": "李娜", "title": "采购总监", "role": "decision_maker",
+        "phone": "+8613800138000", "email": None, "is_primary": False, "lead_id": None,
+        "changed_fields": ["email", "title"], "updated_by": "mgr-1", "updated_at": "2026-12-03T03:00:00Z",
+    },
+    "sales.contact.archived.v1": {
+        "contact_id": "con-9", "account_id": "acc-51", "name": "李娜", "archived_by": "rep-1",
+        "archived_at": "2026-12-04T03:00:00Z",
+    },
     "sales.opportunity.created.v1": {
         "opportunity_id": "opp-204", "name": "星河科技 CRM 项目", "account_id": "acc-51", "stage": "prospecting",
         "status": "open", "probability": 10, "amount": "380000.00", "currency": "CNY", "owner_id": "rep-1",
@@ -544,3 +558,9 @@ def test_forecast_quota_may_be_null_but_never_a_number():
     assert is_valid(FORECAST, with_(FORECAST, quota=None))
     assert not is_valid(FORECAST, with_(FORECAST, quota=1500000))
     assert not is_valid(FORECAST, with_(FORECAST, weighted_pipeline=114000.0))
+
+
+@pytest.mark.parametrize(("role", "ok"), [("decision_maker", True), ("evaluator", True), (None, True),
+                                          ("boss", False), ("Decision maker", False)])
+def test_a_contacts_buying_role_is_one_of_the_roles_or_null(role, ok):
+    assert is_valid("sales.contact.created.v1", {**EXAMPLES["sales.contact.created.v1"], "role": role}) is ok
