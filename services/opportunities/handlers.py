@@ -2,7 +2,7 @@
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -45,6 +45,21 @@ class Actor:
     def check(self, owner_id: str | None, what: str) -> None:
         if self.owners is not None and owner_id not in self.owners:
             raise Forbidden(f"{what} belongs to {owner_id}, outside {self.user_id}'s scope")
+
+    def check_reads(self, holders: Sequence[str], what: str) -> None:
+        """Reading a deal takes any of its owners (the primary one or one holding a split) in scope."""
+        if self.owners is not None and self.owners.isdisjoint(holders):
+            raise Forbidden(f"{what} belongs to {', '.join(holders)}, outside {self.user_id}'s scope")
+
+    def check_changes(self, row: asyncpg.Record, what: str) -> None:
+        """Changing a deal takes its primary owner in scope; a co-owner (holding a split) only reads it."""
+        if self.owners is None or row["owner_id"] in self.owners:
+            return
+        self.check_reads(holders_of(row), what)
+        raise Forbidden(
+            f"{what} belongs to {row['owner_id']}: {self.user_id} may read it (a split of it is in scope) but "
+            "changes are made by its primary owner, that owner's manager, a director or an admin"
+        )
 
 
 def _now() -> datetime:
@@ -345,20 +360,16 @@ async def get_opportunity(db: Database, actor: Actor, opportunity_id: str) -> tu
         row = await store.opportunity(conn, opportunity_id)
         if row is None:
             raise NotFound(f"no opportunity {opportunity_id}")
-        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        actor.check_reads(holders_of(row), f"opportunity {opportunity_id}")
         return row, await store.stage_history(conn, opportunity_id)
 
 
 async def list_opportunities(
     db: Database, actor: Actor, where: store.OpportunityFilter, *, after: tuple[datetime, str] | None, limit: int
 ) -> list[asyncpg.Record]:
-    owners = where.owners
-    if actor.owners is not None:
-        owners = set(actor.owners) if owners is None else owners & actor.owners
+    """The deals matching `where` that the caller may read: owned, or with a split held, by someone in scope."""
     async with db.statements() as conn:
-        return await store.list_opportunities(
-            conn, store.OpportunityFilter(**{**where.__dict__, "owners": owners}), after=after, limit=limit
-        )
+        return await store.list_opportunities(conn, replace(where, visible_to=actor.owners), after=after, limit=limit)
 
 
 # A change of one opportunity: the changed opportunity, the stage move (if any), extra columns, event;
@@ -368,7 +379,7 @@ Change = tuple[Opportunity, StageChange | None, dict[str, Any], str, dict[str, A
 
 async def _change(
     db: Database, actor: Actor, opportunity_id: str, expected_version: int | None,
-    apply: Callable[[Opportunity, datetime], Change],
+    apply: Callable[[Opportunity, datetime], Change], splits: tuple[OwnerSplit, ...] | None = None,
 ) -> asyncpg.Record:
     """Load, check scope and version, apply the domain, then save and publish in one statement.
 
@@ -382,7 +393,7 @@ async def _change(
         row = await store.opportunity(conn, opportunity_id)
         if row is None:
             raise NotFound(f"no opportunity {opportunity_id}")
-        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        actor.check_changes(row, f"opportunity {opportunity_id}")
         check_version(f"opportunity {opportunity_id}", row["version"], expected_version)
         now = _now()
         change = apply(store.to_domain(row), now)
@@ -393,7 +404,7 @@ async def _change(
         version = row["version"] + 1  # what the update makes it
         event = db.event(event_type, opportunity_id, _common(changed) | event_data, sequence=version)
         saved = await store.save_opportunity(
-            conn, changed, expected_version=row["version"], move=recorded, events=[event], **extra
+            conn, changed, expected_version=row["version"], move=recorded, splits=splits, events=[event], **extra
         )
         if saved is None:
             raise changed_meanwhile(f"opportunity {opportunity_id}" + (" or its pipeline" if move else ""))
@@ -501,6 +512,11 @@ def owners_of(row: asyncpg.Record) -> list[dict[str, Any]]:
     return owners
 
 
+def holders_of(row: asyncpg.Record) -> list[str]:
+    """Whoever owns the deal: the primary owner first, then those holding a split of it."""
+    return [o["owner_id"] for o in owners_of(row)]
+
+
 async def change_owners(
     db: Database, actor: Actor, opportunity_id: str, owners: tuple[OwnerSplit, ...], expected_version: int | None
 ) -> asyncpg.Record:
@@ -516,7 +532,7 @@ async def change_owners(
                 "changed_at": _ts(now)}
         return changed, None, extra, "sales.opportunity.owners_changed.v1", data
 
-    return await _change(db, actor, opportunity_id, expected_version, apply)
+    return await _change(db, actor, opportunity_id, expected_version, apply, splits=owners)
 
 
 _STATUS_EVENTS = {
@@ -560,7 +576,7 @@ async def create_contract(
         row = await store.opportunity(tx.conn, opportunity_id)
         if row is None:
             raise Unprocessable(f"opportunity {opportunity_id} does not exist")
-        actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+        actor.check_changes(row, f"opportunity {opportunity_id}")
         store.to_domain(row).may_take_contract()
         money = money or Money(row["amount"], row["currency"])
         return await store.insert_contract(

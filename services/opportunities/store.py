@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from services.opportunities.domain import Money, Opportunity, Pipeline, Stage, StageChange, Status
+from services.opportunities.domain import Money, Opportunity, OwnerSplit, Pipeline, Stage, StageChange, Status
 from shared.db import outbox_insert
 from shared.events.envelope import CloudEvent
 
@@ -248,7 +248,7 @@ def to_domain(row: Row) -> Opportunity:
 
 async def save_opportunity(
     conn: Conn, changed: Opportunity, *, expected_version: int, move: "RecordedMove | None" = None,
-    events: Sequence[CloudEvent] = (), **extra: Any,
+    splits: Sequence[OwnerSplit] | None = None, events: Sequence[CloudEvent] = (), **extra: Any,
 ) -> Row | None:
     """Write the changed opportunity if nobody changed it since `expected_version`; None if someone did.
 
@@ -259,7 +259,8 @@ async def save_opportunity(
     the probability: other changes leave the one a pipeline change may have given the deal since
     it was loaded. A stage move's history row and the change's `events` (outbox rows) are written by
     the same statement, only when the update happened: one round trip, and one statement is its own
-    transaction (no BEGIN and COMMIT round trips either).
+    transaction (no BEGIN and COMMIT round trips either). New owners (`splits`) rewrite the deal's rows of
+    opportunity_owners in the same statement: one row per owner when there are several, none for one.
     """
     sets = ["stage = $3", "status = $4"]
     args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status)]
@@ -286,6 +287,17 @@ async def save_opportunity(
             f" SELECT id, ${first}, ${first + 1}, ${first + 2}, ${first + 3}::timestamptz, ${first + 4}::bigint"
             " FROM saved)"
         )
+    if splits is not None:
+        shared = splits if len(splits) > 1 else ()
+        args += [[s.owner_id for s in shared], [s.split for s in shared]]
+        holders, shares = len(args) - 1, len(args)
+        ctes += [
+            "splits_dropped AS (DELETE FROM opportunity_owners"  # noqa: S608 - parameter numbers only
+            f" WHERE opportunity_id = (SELECT id FROM saved) AND owner_id <> ALL(${holders}::text[]))",
+            "splits_kept AS (INSERT INTO opportunity_owners (opportunity_id, owner_id, split)"  # noqa: S608
+            f" SELECT saved.id, s.owner_id, s.split FROM saved, unnest(${holders}::text[], ${shares}::int[])"
+            " AS s (owner_id, split) ON CONFLICT (opportunity_id, owner_id) DO UPDATE SET split = excluded.split)",
+        ]
     if events:
         outbox_rows, outbox_args = outbox_insert(events, after="saved", first_parameter=len(args) + 1)
         ctes.append(outbox_rows)
@@ -316,7 +328,8 @@ async def stage_history(conn: Conn, opportunity_id: str) -> list[Row]:
 
 @dataclass(frozen=True)
 class OpportunityFilter:
-    owners: set[str] | None = None  # None: every owner (the caller's scope and the owner filter, combined)
+    owners: set[str] | None = None  # primary owners (the owner_id and team filters); None: any
+    visible_to: frozenset[str] | None = None  # the caller's scope: deals these users own or hold a split of
     stage: str | None = None
     status: str | None = None
     pipeline_id: str | None = None
@@ -339,6 +352,9 @@ async def list_opportunities(
 
     if where.owners is not None:
         add("owner_id = ANY(?::text[])", sorted(where.owners))
+    if where.visible_to is not None:
+        add("(owner_id = ANY(?::text[]) OR EXISTS (SELECT FROM opportunity_owners s"
+            " WHERE s.opportunity_id = opportunities.id AND s.owner_id = ANY(?::text[])))", sorted(where.visible_to))
     for column in ("stage", "status", "pipeline_id", "account_id", "region"):
         value = getattr(where, column)
         if value is not None:

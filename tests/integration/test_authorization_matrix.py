@@ -740,10 +740,13 @@ def out_of_scope(user: str, response: httpx.Response) -> list[str]:
     visible = visible_owners(Principal(member.id, member.role, member.team), ORG)
     if visible is None:
         return []
-    owners = [item.get("owner_id") for item in body.get("items", []) if isinstance(item, dict)]
+    # An item is in scope when any of its owners is: a deal's co-owners (`owners`, splits) widen who sees it.
+    holders = [[o.get("owner_id") for o in item.get("owners") or []] or [item.get("owner_id")]
+               for item in body.get("items", []) if isinstance(item, dict)]
     if body.get("by") == "owner":
-        owners += [row.get("key") for row in body.get("rows", []) if isinstance(row, dict)]
-    return sorted({f"owner {owner}" for owner in owners if owner is not None and owner not in visible})
+        holders += [[row.get("key")] for row in body.get("rows", []) if isinstance(row, dict)]
+    return sorted({f"owner {', '.join(map(str, held))}" for held in holders
+                   if held[0] is not None and visible.isdisjoint(held)})
 
 
 async def served_routes(world: World) -> set[tuple[str, str]]:

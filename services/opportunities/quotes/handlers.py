@@ -72,7 +72,7 @@ async def _open_opportunity(tx: Transaction, actor: Actor, opportunity_id: str) 
     row = await opportunity_store.opportunity(tx.conn, opportunity_id)
     if row is None:
         raise NotFound(f"no opportunity {opportunity_id}")
-    actor.check(row["owner_id"], f"opportunity {opportunity_id}")
+    actor.check_changes(row, f"opportunity {opportunity_id}")
     opportunity_store.to_domain(row).may_quote()
     return row
 
