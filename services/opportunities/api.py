@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.opportunities import handlers, store
 from services.opportunities.domain import (
     Assessment,
+    BuyingRole,
     CloseSummary,
     Money,
     OpportunityEdit,
@@ -97,6 +98,8 @@ class OpportunityIn(BaseModel):
                                 description="The product or product line it is for; the forecast rolls up by it")
     pipeline_id: str | None = Field(None, description="The pipeline it opens in (its first stage); the default "
                                                       "project-sales pipeline when absent")
+    contact_id: str | None = Field(None, description="The customer's contact for the deal: a current contact of "
+                                                     "the account")
 
 
 class OpportunityChange(BaseModel):
@@ -200,7 +203,7 @@ async def create_opportunity(
         money=parse_money(body.amount, body.currency), owner_id=owner_id,
         expected_close_date=body.expected_close_date, region=body.region, campaign_id=body.campaign_id,
         product=body.product.strip() if body.product and body.product.strip() else None,
-        pipeline_id=body.pipeline_id,
+        pipeline_id=body.pipeline_id, contact_id=body.contact_id,
     )
     response.headers["ETag"] = _etag(row["version"])
     response.headers["Location"] = f"/v1/opportunities/{row['id']}"
@@ -552,6 +555,92 @@ async def get_account(account_id: str, _: CurrentPrincipal, db: ServiceDatabase)
     return account_json(await handlers.get_account(db, account_id))
 
 
+# --- contacts -------------------------------------------------------------------------------
+
+contacts = APIRouter(prefix="/v1/contacts", tags=["contacts"])
+
+
+class ContactFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200, description="Job title, e.g. 采购经理")
+    role: BuyingRole | None = Field(None, description="The part the person plays in the purchase")
+    phone: str | None = Field(None, max_length=40, description="Stored in E.164; a number without a country "
+                                                               "code is read as Chinese")
+    email: str | None = Field(None, max_length=254, description="Stored lower-cased")
+
+
+class ContactIn(ContactFields):
+    name: str = Field(min_length=1, max_length=200)
+    is_primary: bool = Field(False, description="The account's primary contact (the former one stops being it)")
+
+
+class ContactChange(ContactFields):
+    """The fields to change; those absent stay as they are (title, role, phone and e-mail may be cleared with
+    null)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    is_primary: bool | None = None
+    version: int | None = None
+
+
+def contact_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], **handlers.contact_fields(row)} | {
+        name: row[name] for name in ("version", "created_by", "created_at", "updated_by", "updated_at", "archived_by",
+                                     "archived_at")}
+
+
+@accounts.post("/{account_id}/contacts", status_code=201)
+async def create_contact(
+    account_id: str, body: ContactIn, actor: CurrentActor, db: ServiceDatabase, response: Response
+) -> dict[str, Any]:
+    """Add a contact to the account (the account owner's scope, as changing the account); 409 naming the
+    contact of the account that has the phone or e-mail already."""
+    row = await handlers.create_contact(db, actor, account_id, body.model_dump())
+    response.headers["Location"] = f"/v1/contacts/{row['id']}"
+    return _answer(row, response, contact_json)
+
+
+@accounts.get("/{account_id}/contacts")
+async def list_contacts(
+    account_id: str, _: CurrentPrincipal, db: ServiceDatabase, cursor: str | None = None, limit: int | None = None,
+) -> Page[dict[str, Any]]:
+    """The account's contacts (not the archived ones), oldest first; `next_cursor` pages on. Readable by
+    every role, as the account is."""
+    size = clamp_limit(limit)
+    rows = await handlers.list_contacts(db, account_id, after=_after(cursor), limit=size)
+    return Page(items=[contact_json(r) for r in rows], next_cursor=_next_cursor(rows, size))
+
+
+@contacts.get("/{contact_id}")
+async def get_contact(contact_id: str, _: CurrentPrincipal, db: ServiceDatabase, response: Response
+                      ) -> dict[str, Any]:
+    """A contact, archived ones included (`archived_at` set); the ETag is its version, for If-Match."""
+    return _answer(await handlers.get_contact(db, contact_id), response, contact_json)
+
+
+@contacts.patch("/{contact_id}")
+async def update_contact(
+    contact_id: str, body: ContactChange, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Change the fields given; a stale If-Match or version gets 412, an archived contact 409, a phone or
+    e-mail another contact of the account has 409 naming it."""
+    expected = _expected_version(if_match, body.version)
+    values = body.model_dump(exclude_unset=True, exclude={"version"})
+    return _answer(await handlers.update_contact(db, actor, contact_id, values, expected), response, contact_json)
+
+
+@contacts.delete("/{contact_id}", status_code=204)
+async def archive_contact(
+    contact_id: str, actor: CurrentActor, db: ServiceDatabase, if_match: IfMatch = None
+) -> Response:
+    """Archive the contact: gone from the account's list, still readable for the deals that named it. 409
+    while open or suspended opportunities name it (how many, and which); a stale If-Match gets 412."""
+    await handlers.archive_contact(db, actor, contact_id, _expected_version(if_match, None))
+    return Response(status_code=204)
+
+
 # --- contracts ----------------------------------------------------------------------------
 
 contracts = APIRouter(prefix="/v1/contracts", tags=["contracts"])
@@ -622,4 +711,4 @@ async def terminate_contract(
     return contract_json(await handlers.end_contract(db, actor, contract_id, "terminate", body.reason))
 
 
-ROUTERS = (opportunities, pipelines, accounts, contracts)
+ROUTERS = (opportunities, pipelines, accounts, contacts, contracts)

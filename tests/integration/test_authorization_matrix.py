@@ -212,7 +212,7 @@ class World:
             "contract": self.contract, "quote": self.quote, "lead-score": self.lead_score,
             "opp-score": self.opportunity_score, "account-tier": self.account_tier,
             "notification": self.notification, "rule": self.rule, "subscription": self.subscription,
-            "pipeline": self.pipeline,
+            "pipeline": self.pipeline, "contact": self.contact,
         }
         return makers[kind]
 
@@ -267,6 +267,14 @@ class World:
         body = {"name": f"Authz Account {uuid.uuid4().hex[:12]}", "owner_id": owner}
         account_id: str = (await self.admin("opportunities", "POST", "/v1/accounts", body, ok=201))["id"]
         return account_id
+
+    async def contact(self, owner: str) -> str:
+        """A contact of an account of the owner's."""
+        account_id = await self.account(owner)
+        body = {"name": unique("Authz contact"), "phone": _phone()}
+        contact_id: str = (await self.admin("opportunities", "POST", f"/v1/accounts/{account_id}/contacts", body,
+                                            ok=201))["id"]
+        return contact_id
 
     async def contract(self, owner: str, status: str = "draft") -> str:
         opportunity_id = await self.opportunity(owner, "won")
@@ -584,6 +592,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("opportunities", "GET /v1/accounts/{account_id}"): reading("account", "GET", "/v1/accounts/{}"),
     ("opportunities", "PATCH /v1/accounts/{account_id}"): changing(
         "account", "PATCH", "/v1/accounts/{}", {"region": "华东"}),
+    ("opportunities", "POST /v1/accounts/{account_id}/contacts"): changing(
+        "account", "POST", "/v1/accounts/{}/contacts", lambda _account, _owner: {
+            "name": unique("Authz contact"), "role": "decision_maker", "email": f"{uuid.uuid4().hex[:12]}@authz.test"}),
+    ("opportunities", "GET /v1/accounts/{account_id}/contacts"): reading("account", "GET", "/v1/accounts/{}/contacts"),
+    ("opportunities", "GET /v1/contacts/{contact_id}"): reading("contact", "GET", "/v1/contacts/{}"),
+    ("opportunities", "PATCH /v1/contacts/{contact_id}"): changing(
+        "contact", "PATCH", "/v1/contacts/{}", {"title": "采购经理"}),
+    ("opportunities", "DELETE /v1/contacts/{contact_id}"): changing("contact", "DELETE", "/v1/contacts/{}"),
     ("opportunities", "POST /v1/contracts"): changing(
         "opportunity", "POST", "/v1/contracts", lambda deal, _owner: {"opportunity_id": deal}, state="won"),
     ("opportunities", "GET /v1/contracts/{contract_id}"): reading("contract", "GET", "/v1/contracts/{}"),

@@ -664,6 +664,10 @@ async def test_a_converted_lead_is_applied_once_under_redelivery(
     assert (created.type, created.data["lead_id"], created.data["contact_id"]) == (
         "sales.opportunity.created.v1", lead, opp["contact_id"])
     assert created.causationid == event.id  # the lead event caused it
+    [contact] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.accounts", count=1, match=opp["contact_id"].encode())]
+    assert (contact.type, contact.data["lead_id"], contact.data["phone"], contact.data["created_by"]) == (
+        "sales.contact.created.v1", lead, "+8613800000000", "rep-1")
 
 
 async def test_a_converted_lead_with_a_new_company_creates_the_account(
