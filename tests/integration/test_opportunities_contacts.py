@@ -2,6 +2,7 @@
 Tansu: contacts created, listed, read, changed (412 when stale) and archived (409 while an open deal names
 them), normalised and unique per account, who may write them, every contact event against its schema."""
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -182,3 +183,24 @@ async def test_a_contact_an_open_deal_names_is_not_archived(http: httpx.AsyncCli
     events = [parse_and_validate(r.value) for r in records]
     assert [(e.type, e.sequence) for e in events] == [("sales.contact.created.v1", 1), ("sales.contact.archived.v1", 2)]
     assert (events[1].data["archived_by"], events[1].data["account_id"]) == ("rep-1", account["id"])
+
+
+async def test_concurrent_changes_of_one_account_s_contacts_are_decided_one_at_a_time(
+    http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
+) -> None:
+    account = await new_account(http, settings)
+    phone = mobile()
+    both = await asyncio.gather(*(add_contact(http, settings, account["id"], phone=phone) for _ in range(2)))
+    assert sorted(r.status_code for r in both) == [201, 409]  # the account's lock: the second sees the first
+    contact = next(r.json() for r in both if r.status_code == 201)
+    path = f"/v1/contacts/{contact['id']}"
+    edits = await asyncio.gather(patch(http, settings, path, {"title": "采购经理"}, if_match='"1"'),
+                                 patch(http, settings, path, {"title": "财务总监"}, if_match='"1"', user="mgr-1"))
+    assert sorted(r.status_code for r in edits) == [200, 412]
+    winner = next(r.json() for r in edits if r.status_code == 200)
+    stored = await tables.fetchrow("SELECT title, version FROM contacts WHERE id = $1", contact["id"])
+    assert (stored["title"], stored["version"]) == (winner["title"], 2)
+    primaries = await asyncio.gather(*(add_contact(http, settings, account["id"], is_primary=True) for _ in range(3)))
+    assert [r.status_code for r in primaries] == [201] * 3
+    assert await tables.fetchval("SELECT count(*) FROM contacts WHERE account_id = $1 AND is_primary",
+                                 account["id"]) == 1
