@@ -370,17 +370,24 @@ class Contact:
         return {"name": self.name, "title": self.title, "role": self.role, "phone": self.phone,
                 "email": self.email, "is_primary": self.is_primary}
 
+    def reached_by(self, phone: str | None, email: str | None) -> str | None:
+        """Which of `phone` and `email` (normalised) this contact has too: "phone", "e-mail", or None."""
+        if phone is not None and phone == self.phone:
+            return "phone"
+        if email is not None and email == self.email:
+            return "e-mail"
+        return None
+
     def check_unique_in_account(self, others: Iterable["Contact"]) -> None:
         """409 naming the account's other (not archived) contact that has this phone or e-mail already."""
         for other in others:
-            if other.id == self.id or other.archived:
-                continue
-            for what, mine, theirs in (("phone", self.phone, other.phone), ("e-mail", self.email, other.email)):
-                if mine is not None and mine == theirs:
-                    raise DuplicateContact(
-                        f"contact {other.id} ({other.name}) of account {self.account_id} has the {what} {mine} "
-                        "already: change that contact instead of adding another"
-                    )
+            what = None if other.id == self.id or other.archived else other.reached_by(self.phone, self.email)
+            if what is not None:
+                raise DuplicateContact(
+                    f"contact {other.id} ({other.name}) of account {self.account_id} has the {what} "
+                    f"{self.phone if what == 'phone' else self.email} already: change that contact instead of "
+                    "adding another"
+                )
 
     def primary_to_demote(self, others: Iterable["Contact"]) -> "Contact | None":
         """The account's current primary contact, which this one replaces as primary (None: nothing to do)."""
@@ -401,6 +408,12 @@ class Contact:
                 "terminate them first, or keep the contact"
             )
         return replace(self, archived=True, is_primary=False)
+
+
+def known_contact(contacts: Iterable[Contact], phone: str | None, email: str | None) -> Contact | None:
+    """The current (not archived) contact reached by this phone or e-mail, normalised: a converted lead's
+    person whom the account knows already."""
+    return next((c for c in contacts if not c.archived and c.reached_by(phone, email)), None)
 
 
 def _contact_field(name: str, value: Any) -> Any:

@@ -27,6 +27,7 @@ from services.opportunities.domain import (
     Status,
     check_credit,
     contract_transition,
+    known_contact,
     normalise_name,
     parse_money,
     required_reason,
@@ -831,6 +832,28 @@ def _as_stored(normalise: Callable[[str], str], given: str | None) -> str | None
         return given
 
 
+async def _contact_of_converted_lead(
+    tx: Transaction, account_id: str, person: dict[str, Any], lead_id: str, converted_by: str
+) -> str | None:
+    """The account's contact the lead's person is: the current one with the same phone or e-mail (the account
+    knows them already, no second contact), else a new one (announced). None when the lead's contact was
+    created by an earlier event for this lead (an opportunity follows only once anyway)."""
+    phone, email = _as_stored(normalise_phone, person.get("phone")), _as_stored(normalise_email, person.get("email"))
+    await store.account(tx.conn, account_id, for_update=True)  # as the contacts API: one change at a time
+    known = known_contact([store.to_contact(r) for r in await store.current_contacts(tx.conn, account_id)],
+                          phone, email)
+    if known is not None:
+        return known.id
+    contact = await store.insert_contact(
+        tx.conn, id=_new_id("con"), account_id=account_id, name=person["name"], phone=phone, email=email,
+        lead_id=lead_id, created_by=converted_by, created_at=_now(),
+    )
+    if contact is None:
+        return None
+    _publish_contact_created(tx, contact)
+    return str(contact["id"])
+
+
 async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
     """sales.lead.converted.v1: the account (created, or linked by id or normalised name), contact, opportunity.
 
@@ -847,14 +870,7 @@ async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
             tx, data["account_name"], region=data.get("region"), owner_id=data["owner_id"],
             created_by=data["converted_by"], lead_id=lead_id,
         )
-    person = data["contact"]
-    contact = await store.insert_contact(
-        tx.conn, id=_new_id("con"), account_id=account["id"], name=person["name"],
-        phone=_as_stored(normalise_phone, person.get("phone")), email=_as_stored(normalise_email, person.get("email")),
-        lead_id=lead_id, created_by=data["converted_by"], created_at=_now(),
-    )
-    if contact is not None:
-        _publish_contact_created(tx, contact)
+    contact_id = await _contact_of_converted_lead(tx, account["id"], data["contact"], lead_id, data["converted_by"])
     offered = data["opportunity"]
     pipeline = await _pipeline_to_open_in(tx, None)  # a converted lead opens in the default pipeline
     await _open_opportunity(
@@ -863,7 +879,7 @@ async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
         expected_close_date=date.fromisoformat(offered["expected_close_date"])
         if offered.get("expected_close_date") else None,
         region=data.get("region"), created_by=data["converted_by"], campaign_id=data.get("campaign_id"),
-        lead_id=lead_id, contact_id=contact["id"] if contact is not None else None, pipeline=pipeline,
+        lead_id=lead_id, contact_id=contact_id, pipeline=pipeline,
     )
 
 

@@ -1,6 +1,7 @@
 """An account's contacts through the opportunities service's HTTP API against the session's real Postgres and
 Tansu: contacts created, listed, read, changed (412 when stale) and archived (409 while an open deal names
-them), normalised and unique per account, who may write them, every contact event against its schema."""
+them), normalised and unique per account, who may write them, every contact event against its schema; a
+converted lead's person linked to the contact the account knows by phone or e-mail."""
 
 import asyncio
 import uuid
@@ -8,12 +9,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from shared.events.envelope import parse_and_validate
 from shared.settings import Settings
 from tests.integration import test_opportunities_api
-from tests.integration.test_opportunities_api import as_, open_opportunity, post, problem, unique
+from tests.integration.test_opportunities_api import as_, converted, open_opportunity, post, problem, send, unique
 from tests.support.topics import read_topic
+from tests.support.waiting import eventually
 
 http = test_opportunities_api.http  # the service app in-process, one for this module too
 tables = test_opportunities_api.tables
@@ -204,3 +207,26 @@ async def test_concurrent_changes_of_one_account_s_contacts_are_decided_one_at_a
     assert [r.status_code for r in primaries] == [201] * 3
     assert await tables.fetchval("SELECT count(*) FROM contacts WHERE account_id = $1 AND is_primary",
                                  account["id"]) == 1
+
+
+async def test_a_converted_lead_whose_person_the_account_knows_links_that_contact(
+    http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool, producer: AIOKafkaProducer
+) -> None:
+    account = await new_account(http, settings)
+    known = (await add_contact(http, settings, account["id"], phone="138 0000 0000")).json()
+    lead, stranger = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
+    # converted() gives the person the phone "+86 138 0000 0000": the known contact's, spelled otherwise
+    await send(producer, converted(lead, account["name"], account_id=account["id"]), lead)
+    person = {"name": "赵敏", "company": account["name"], "phone": None, "email": f"{uuid.uuid4().hex[:8]}@x.cn"}
+    await send(producer, converted(stranger, account["name"], account_id=account["id"], contact=person), stranger)
+
+    async def opened() -> list[asyncpg.Record] | None:
+        rows = await tables.fetch("SELECT lead_id, contact_id FROM opportunities WHERE lead_id = ANY($1::text[])",
+                                  [lead, stranger])
+        return rows if len(rows) == 2 else None
+
+    deals = {r["lead_id"]: r["contact_id"] for r in await eventually(opened, timeout=30)}
+    assert deals[lead] == known["id"]  # no second contact for the person the account knows
+    added = await tables.fetchrow("SELECT * FROM contacts WHERE lead_id = $1", stranger)
+    assert deals[stranger] == added["id"] and added["email"] == person["email"]
+    assert await tables.fetchval("SELECT count(*) FROM contacts WHERE account_id = $1", account["id"]) == 2

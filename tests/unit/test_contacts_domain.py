@@ -8,6 +8,7 @@ from services.opportunities.domain import (
     ContactInUse,
     DuplicateContact,
     StatusNotAllowed,
+    known_contact,
 )
 from shared.errors import Unprocessable
 
@@ -95,3 +96,11 @@ def test_an_archived_contact_is_no_longer_primary_and_cannot_change():
         archived.edit({"title": "经理"})
     with pytest.raises(StatusNotAllowed, match="archived already"):
         archived.archive([], 0)
+
+
+def test_a_converted_leads_person_is_a_known_contact_when_a_phone_or_email_matches():
+    archived = contact("con-1", phone="13800138000").archive([], 0)
+    current = contact("con-2", email="wang@xinghe.cn")
+    assert known_contact([archived, current], "+8613800138000", None) is None  # archived ones are not known
+    assert known_contact([archived, current], "+8613900139000", "wang@xinghe.cn") == current
+    assert known_contact([archived, current], None, None) is None
