@@ -12,7 +12,7 @@ from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.settings import Settings
 from shared.streaming import StreamApp, create_stream_app, subscribe
-from tests.support.topics import read_topic
+from tests.support.topics import create_topic, read_topic
 from tests.support.waiting import eventually
 
 TRAIL_TABLE = "CREATE TABLE trail (id bigserial PRIMARY KEY, lead_id text NOT NULL, touch int NOT NULL, txid bigint)"
@@ -98,26 +98,37 @@ async def test_a_poison_event_in_a_batch_is_dead_lettered_and_the_others_applied
 
 
 @pytest.fixture
-async def batching_app(db: Database, producer: AIOKafkaProducer, settings: Settings) -> AsyncIterator[StreamApp]:
+async def backlog_topic(settings: Settings) -> str:
+    """A topic of the test's own. On sales.leads the app would first read every other test's events, and
+    their `contacted` events lack a touch number: a batch holding one fails and is applied one at a time,
+    which hid the batching (a fresh-clone run: 199 events, 199 transactions)."""
+    name = f"test.batches.{uuid.uuid4().hex[:8]}"
+    await create_topic(settings, name, 1)
+    return name
+
+
+@pytest.fixture
+async def batching_app(
+    db: Database, producer: AIOKafkaProducer, settings: Settings, backlog_topic: str
+) -> AsyncIterator[StreamApp]:
     """Not started: the test starts it once its backlog is in the log."""
     app = create_stream_app(f"test-{uuid.uuid4().hex[:8]}", settings.model_copy(update={"consumer_batch_max": 50}))
-    subscribe(app, processor_for(db, producer, app.conf.id), ["sales.leads"])
+    subscribe(app, processor_for(db, producer, app.conf.id), [backlog_topic])
     app.finalize()
     yield app
     await app.stop()
 
 
 async def test_the_agent_applies_a_backlog_in_batches_in_order(
-    batching_app: StreamApp, db: Database, producer: AIOKafkaProducer
+    batching_app: StreamApp, db: Database, producer: AIOKafkaProducer, backlog_topic: str
 ) -> None:
     assert batching_app.batch_max == 50
     lead = f"lead-{uuid.uuid4()}"
     sent = [contacted(lead, n) for n in range(1, 201) if n != 13]
     for event in sent:
-        await producer.send(event.topic, event.to_bytes(), key=lead.encode(), headers=[CONTENT_TYPE_HEADER])
-    await producer.send_and_wait(sent[0].topic, sent[0].to_bytes(), key=lead.encode())  # a redelivery
-    # Started on a backlog: an app consuming while the events were sent could keep up with them one at a
-    # time (seen in a CI run on a busy machine: 199 events, 199 transactions).
+        await producer.send(backlog_topic, event.to_bytes(), key=lead.encode(), headers=[CONTENT_TYPE_HEADER])
+    await producer.send_and_wait(backlog_topic, sent[0].to_bytes(), key=lead.encode())  # a redelivery
+    # Started on the backlog: consuming while the events were sent, it could keep up with them one at a time.
     await batching_app.start()
 
     async def all_applied() -> list[tuple[int, int]] | None:

@@ -16,13 +16,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.leads.main import service
 from shared.auth import issue_token
 from shared.org import Role
 from shared.service import create_service_app
 from shared.settings import Settings
+from tests.support.topics import create_topic
 from tests.support.waiting import eventually
 
 SUBSCRIBER = Path(__file__).parents[2] / "examples" / "subscriber" / "subscriber.py"
@@ -74,15 +74,6 @@ async def published_history(pool: asyncpg.Pool, since: datetime) -> list[asyncpg
         return rows if rows and all(r["published_at"] is not None for r in rows) else None
 
     return await eventually(all_published, timeout=30)
-
-
-async def create_topic(settings: Settings, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 async def finished(client: httpx.AsyncClient, settings: Settings, replay_id: str) -> dict[str, Any]:

@@ -2,9 +2,19 @@ import asyncio
 import time
 
 from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared import kafka
 from shared.settings import Settings
+
+
+async def create_topic(settings: Settings, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 async def read_topic(
