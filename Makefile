@@ -22,7 +22,7 @@ run: install
 # (pyproject.toml holds their settings and the reasons for each exception).
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy shared $(wildcard services/*/domain.py services/*/domain)
+	$(VENV)/bin/mypy shared $(wildcard services/*/domain.py services/*/domain services/*/*/domain.py)
 	$(VENV)/bin/bandit --quiet --configfile pyproject.toml --recursive shared services
 
 test: lint

@@ -2,14 +2,8 @@
 
 import pytest
 
-from services.opportunities.domain import (
-    BuyingRole,
-    Contact,
-    ContactInUse,
-    DuplicateContact,
-    StatusNotAllowed,
-    known_contact,
-)
+from services.opportunities.contacts.domain import BuyingRole, Contact, ContactInUse, DuplicateContact, known_contact
+from services.opportunities.domain import StatusNotAllowed
 from shared.errors import Unprocessable
 
 

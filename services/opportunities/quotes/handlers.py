@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from services.opportunities import store as opportunity_store
-from services.opportunities.handlers import Actor, _new_id, _now, _ts, changed_meanwhile, check_version
+from services.opportunities.handling import Actor, _new_id, _now, _ts, changed_meanwhile, check_version
 from services.opportunities.quotes import store
 from services.opportunities.quotes.domain import (
     QuoteLine,
