@@ -25,10 +25,10 @@ from pathlib import Path
 
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from shared.runtime.broker import TansuBroker
+from tests.support.topics import create_topic
 from tests.support.waiting import free_port
 
 TOPIC = "bench.storage"
@@ -142,15 +142,6 @@ class Probe:
         return Step(stored_batches, stored_messages, produce_us, follow_us, follow_ms, await self.list_offsets())
 
 
-async def create_topic(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
-    finally:
-        await admin.close()
-
-
 async def on_a_fresh_broker(
     home: Path, message: bytes, work: Callable[[Probe], Awaitable[list[Step]]]
 ) -> list[Step]:
@@ -158,7 +149,7 @@ async def on_a_fresh_broker(
     broker = TansuBroker(port, home / f"tansu-{port}.log")
     broker.start()
     try:
-        await create_topic(broker.bootstrap)
+        await create_topic(broker.bootstrap, TOPIC, PARTITIONS)
         async with Probe(broker, message) as probe:
             return await work(probe)
     finally:

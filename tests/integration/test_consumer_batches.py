@@ -103,7 +103,7 @@ async def backlog_topic(settings: Settings) -> str:
     their `contacted` events lack a touch number: a batch holding one fails and is applied one at a time,
     which hid the batching (a fresh-clone run: 199 events, 199 transactions)."""
     name = f"test.batches.{uuid.uuid4().hex[:8]}"
-    await create_topic(settings, name, 1)
+    await create_topic(settings.kafka_bootstrap_servers, name, 1)
     return name
 
 

@@ -108,7 +108,7 @@ async def test_a_replay_reaches_a_new_consumer_group_complete_and_in_order(
     history = await published_history(outbox, since)
     assert len(history) >= 8 + 2 * 4
     target = f"erp.replay.{uuid.uuid4().hex[:8]}"
-    await create_topic(settings, target, 3)
+    await create_topic(settings.kafka_bootstrap_servers, target, 3)
 
     asked = await client.post("/v1/replays", json={"since": since.isoformat(), "target_topic": target},
                               headers=as_(settings, "svc-erp"))

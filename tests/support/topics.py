@@ -8,8 +8,8 @@ from shared import kafka
 from shared.settings import Settings
 
 
-async def create_topic(settings: Settings, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+async def create_topic(bootstrap_servers: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1)])
