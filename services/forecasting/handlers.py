@@ -378,9 +378,10 @@ async def opportunity_terminated(tx: Transaction, event: CloudEvent) -> None:
     await _apply(tx, event, _status("terminated"))
 
 
-async def opportunity_updated(tx: Transaction, event: CloudEvent) -> None:
-    """An edit without a stage move: its amount, currency, expected close date and product are the common
-    fields every opportunity event carries (the stage it names is the one it is in)."""
+async def opportunity_restated(tx: Transaction, event: CloudEvent) -> None:
+    """A change without a stage move, an edit (`updated`) or the stage's new default probability (`repriced`):
+    its amount, currency, expected close date and product are the common fields every opportunity event
+    carries, and it names the stage the deal is in with that stage's probability."""
     data = event.data
     await _apply(tx, event, lambda d: _staged(d, data.get("stage"), data.get("probability")))
 
@@ -480,7 +481,8 @@ HANDLERS = {
     "sales.opportunity.reactivated.v1": opportunity_reactivated,
     "sales.opportunity.terminated.v1": opportunity_terminated,
     "sales.opportunity.owners_changed.v1": opportunity_owners_changed,
-    "sales.opportunity.updated.v1": opportunity_updated,
+    "sales.opportunity.updated.v1": opportunity_restated,
+    "sales.opportunity.repriced.v1": opportunity_restated,
     "sales.opportunity.scored.v1": opportunity_scored,
     "sales.contract.signed.v1": contract_signed,
     "sales.contract.terminated.v1": contract_terminated,

@@ -198,7 +198,9 @@ async def update_pipeline(
 ) -> asyncpg.Record:
     """Replace a pipeline's names, stages and skipping rule. A stage that open or suspended deals are in
     cannot be removed or renamed (409 with their number); a changed probability is given at once to the
-    open and suspended deals in that stage (no event: each carries it from its next one)."""
+    open and suspended deals in that stage, each announcing it (`sales.opportunity.repriced.v1`, in the
+    same transaction): the services that weigh deals by their probability learn it now, not from each
+    deal's next event."""
     async with db.transaction() as tx:
         await store.lock_for_pipeline_change(tx.conn)
         row = await store.pipeline(tx.conn, changed.id, for_update=True)
@@ -215,8 +217,29 @@ async def update_pipeline(
         assert saved is not None  # the row is locked (FOR UPDATE) and at the version just read
         repriced = current.changed_probabilities(changed)
         if repriced:
-            await store.reprice(tx.conn, changed.id, repriced)
+            changed_at = _ts(_now())
+            for deal in await store.reprice(tx.conn, changed.id, repriced):
+                tx.publish("sales.opportunity.repriced.v1", deal["id"],
+                           _repriced_data(deal, changed.id, admin_id, changed_at), sequence=deal["version"])
         return saved
+
+
+def _repriced_data(deal: asyncpg.Record, pipeline_id: str, admin_id: str, changed_at: str) -> dict[str, Any]:
+    return {
+        "opportunity_id": deal["id"],
+        "pipeline_id": pipeline_id,
+        "stage": deal["stage"],
+        "status": deal["status"],
+        "probability": deal["probability"],
+        "previous_probability": deal["previous_probability"],
+        "owner_id": deal["owner_id"],
+        "account_id": deal["account_id"],
+        "amount": str(deal["amount"]),
+        "currency": deal["currency"],
+        "product": deal["product"],
+        "changed_by": admin_id,
+        "changed_at": changed_at,
+    }
 
 
 # --- opportunities ------------------------------------------------------------------------

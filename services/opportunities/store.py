@@ -182,16 +182,18 @@ async def active_deals_in(conn: Conn, pipeline_id: str, stages: Sequence[str]) -
     return {r["stage"]: r["deals"] for r in rows}
 
 
-async def reprice(conn: Conn, pipeline_id: str, probabilities: Mapping[str, int]) -> int:
-    """Give the open and suspended deals of these stages the stage's new probability; how many changed."""
-    status = await conn.execute(
-        "UPDATE opportunities o SET probability = p.probability"
-        " FROM unnest($2::text[], $3::int[]) AS p (stage, probability)"
+async def reprice(conn: Conn, pipeline_id: str, probabilities: Mapping[str, int]) -> list[Row]:
+    """Give the open and suspended deals of these stages the stage's new probability, each at a new version;
+    the deals changed, each with its `previous_probability` (`before`: the row as the update found it)."""
+    return await conn.fetch(
+        "UPDATE opportunities o SET probability = p.probability, version = o.version + 1, updated_at = now()"
+        " FROM unnest($2::text[], $3::int[]) AS p (stage, probability), opportunities before"
         " WHERE o.pipeline_id = $1 AND o.stage = p.stage AND o.status IN ('open', 'suspended')"
-        " AND o.probability <> p.probability",
+        " AND o.probability <> p.probability AND before.id = o.id"
+        " RETURNING o.id, o.version, o.status, o.stage, o.probability, before.probability AS previous_probability,"
+        " o.owner_id, o.account_id, o.amount, o.currency, o.product",
         pipeline_id, list(probabilities), list(probabilities.values()),
     )
-    return int(status.split()[-1])
 
 
 # --- opportunities ------------------------------------------------------------------------

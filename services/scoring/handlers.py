@@ -319,14 +319,18 @@ def score_moment(model: LearnedModel | None, moment: OpportunityMoment) -> Score
 
 
 async def _rescore_opportunity(
-    tx: Transaction, event: CloudEvent, change: Callable[[OpportunityFeatures], OpportunityFeatures]
+    tx: Transaction, event: CloudEvent, change: Callable[[OpportunityFeatures], OpportunityFeatures],
+    *, activity: bool = True,
 ) -> OpportunityFeatures:
     """Apply the event and re-score as of its time (the moment it happened: age in stage and recency are
-    measured from there; the periodic re-scoring moves them on)."""
+    measured from there; the periodic re-scoring moves them on). An event that is not `activity` on the deal
+    leaves its recency as it was."""
     opportunity_id = _opportunity_id(event)
     working = await Working.of(tx)
     known = await working.opportunity(opportunity_id)
-    features = change(known.features).told(event.data, event.time)
+    features = change(known.features)
+    if activity:
+        features = features.told(event.data, event.time)
     owner = event.data.get("owner_id")
     if isinstance(owner, str) and owner:
         features = replace(features, owner_id=owner)
@@ -382,6 +386,13 @@ async def opportunity_updated(tx: Transaction, event: CloudEvent) -> None:
     product = event.data.get("product")
     await _rescore_opportunity(
         tx, event, lambda f: replace(f, product=product if isinstance(product, str) and product else None))
+
+
+async def opportunity_repriced(tx: Transaction, event: CloudEvent) -> None:
+    """The deal's stage has a new default probability (an admin changed the pipeline): the rules' base for it.
+    Nobody touched the deal, so its activity recency stays that of its latest event."""
+    probability = _probability(event.data)
+    await _rescore_opportunity(tx, event, lambda f: replace(f, stage_probability=probability), activity=False)
 
 
 async def _opportunity_closed(tx: Transaction, event: CloudEvent, outcome: str) -> None:
@@ -619,6 +630,7 @@ HANDLERS = {
     "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
     "sales.opportunity.assessed.v1": opportunity_assessed,
     "sales.opportunity.updated.v1": opportunity_updated,
+    "sales.opportunity.repriced.v1": opportunity_repriced,
     "sales.opportunity.won.v1": opportunity_won,
     "sales.opportunity.lost.v1": opportunity_lost,
     "sales.contract.signed.v1": contract_signed,

@@ -91,6 +91,11 @@ _EVENTS = (
         "sales.opportunities",
         "An open opportunity's name, amount, currency, expected close date or product was edited.",
     ),
+    EventType(
+        "sales.opportunity.repriced.v1",
+        "sales.opportunities",
+        "An open opportunity took its stage's new default win probability, changed by an admin.",
+    ),
     EventType("sales.opportunity.archived.v1", "sales.opportunities", "A closed opportunity was archived."),
     EventType("sales.quote.created.v1", "sales.opportunities", "A draft quote was drawn up for an opportunity."),
     EventType("sales.quote.revised.v1", "sales.opportunities", "A draft or rejected quote was revised."),

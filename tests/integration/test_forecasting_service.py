@@ -267,6 +267,50 @@ async def test_an_edit_without_a_stage_move_moves_the_forecast_once(
     assert (await forecast(http, settings, "2033-08"))["rep-2"]["deals"] == 1
 
 
+async def test_a_stage_repriced_by_an_admin_reweighs_its_open_deals(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
+) -> None:
+    """An admin's new default probability reaches the forecast without any deal moving: the opportunities
+    service announces each deal re-priced, scoring re-scores it, forecasting weighs it by the new score."""
+    opportunities = clients["opportunities"]
+    pipeline_id = f"renewals-{uuid.uuid4().hex[:8]}"
+    stages = [{"key": "renewal_due", "label": {"zh-CN": "待续约", "en": "Renewal due"}, "probability": 20}]
+    definition = {"name": {"zh-CN": "续约", "en": "Renewals"}, "stages": stages, "allow_skipping": True}
+    created = await opportunities.post("/v1/pipelines", json={"id": pipeline_id, **definition},
+                                       headers=as_(settings, "admin-1"))
+    assert created.status_code == 201, created.text
+    opened = await opportunities.post("/v1/opportunities", headers=as_(settings, "rep-3"), json={
+        "name": "续约 2034", "account_name": f"客户 {uuid.uuid4().hex[:8]}", "amount": "100000.00",
+        "expected_close_date": "2034-02-10", "pipeline_id": pipeline_id})
+    assert opened.status_code == 201, opened.text
+    deal = opened.json()
+
+    async def weighted_at_its_score() -> tuple[Decimal, str] | None:
+        probability = await win_probability(clients, settings, deal["id"])
+        row = (await forecast(http, settings, "2034-02")).get("rep-3")
+        if probability is None or row is None or row["weighted_pipeline"] != cents(100000 * probability / 100):
+            return None
+        return probability, row["weighted_pipeline"]
+
+    before, _ = await eventually(weighted_at_its_score, timeout=TIMEOUT)
+    stages[0]["probability"] = 50
+    changed = await opportunities.put(f"/v1/pipelines/{pipeline_id}", json=definition,
+                                      headers={**as_(settings, "admin-1"), "If-Match": '"1"'})
+    assert changed.status_code == 200, changed.text
+
+    async def reweighed() -> tuple[Decimal, str] | None:
+        weighed = await weighted_at_its_score()
+        return weighed if weighed is not None and weighed[0] == before + 30 else None
+
+    await eventually(reweighed, timeout=TIMEOUT)
+    # the stage's probability too, which weighs the deal while it has no score
+    async def stage_probability() -> Decimal | None:
+        stored = await tables.fetchval("SELECT stage_probability FROM deals WHERE opportunity_id = $1", deal["id"])
+        return stored if stored == 50 else None
+
+    await eventually(stage_probability, timeout=TIMEOUT)
+
+
 async def test_owner_splits_products_and_yearly_rows(
     clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -1,7 +1,7 @@
 """Configurable pipelines through the opportunities service's HTTP API, against the session's real Postgres
 and Tansu: the seeded default pipeline, an admin defining and changing one (validation, 403, 409, 412),
 opportunities opening and moving in it (skipping refused), a stage in use that cannot be removed, and a
-changed probability reaching the deals' answers and their next events.
+changed probability reaching the open and suspended deals, each announcing it.
 
 Each test defines pipelines of its own: the default pipeline is shared with the other modules."""
 
@@ -121,28 +121,32 @@ async def test_a_deal_opens_and_moves_in_its_pipeline_without_skipping(
 
 
 async def test_a_stage_in_use_stays_and_a_changed_probability_reaches_its_deals(
-    http: httpx.AsyncClient, settings: Settings
+    http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
 ) -> None:
     pipeline = await new_pipeline(http, settings)
     moving = await open_opportunity(http, settings, pipeline_id=pipeline["id"])
     resting = await open_opportunity(http, settings, pipeline_id=pipeline["id"])
+    ended = await open_opportunity(http, settings, pipeline_id=pipeline["id"])
     await post(http, settings, f"/v1/opportunities/{resting['id']}/suspend", {"reason": "budget frozen"})
+    await post(http, settings, f"/v1/opportunities/{ended['id']}/terminate", {"reason": "cancelled"})
 
     without_lead_in = definition(stages=STAGES[1:], version=1)
     problem(await put(http, settings, pipeline["id"], without_lead_in), 409, "lead_in holds 2")
     renamed = definition(stages=[stage("first_call", "线索", "Lead in", 5), *STAGES[1:]])
     problem(await put(http, settings, pipeline["id"], renamed), 409, "lead_in holds 2")
 
-    versions = [(await read(http, settings, deal["id"]))["version"] for deal in (moving, resting)]
+    versions = [(await read(http, settings, deal["id"]))["version"] for deal in (moving, resting, ended)]
     repriced = definition(stages=[stage("lead_in", "线索（新）", "New lead", 15), *STAGES[1:]])
     changed = await put(http, settings, pipeline["id"], repriced, if_match='"1"')
     assert changed.status_code == 200 and changed.headers["etag"] == '"2"', changed.text
     assert changed.json()["stages"][0]["probability"] == 15
     problem(await put(http, settings, pipeline["id"], definition(), if_match='"1"'), 412, "version 2")
-    # The answers at once, the suspended deal's too; a deal's version counts its own changes, so it stays.
-    answers = [await read(http, settings, deal["id"]) for deal in (moving, resting)]
+    # The open and suspended deals take it at once, each at a new version; the terminated one keeps its own.
+    answers = [await read(http, settings, deal["id"]) for deal in (moving, resting, ended)]
     assert [(a["probability"], a["stage_label"]["en"], a["version"]) for a in answers] == [
-        (15, "New lead", version) for version in versions]
+        (15, "New lead", versions[0] + 1), (15, "New lead", versions[1] + 1), (5, "New lead", versions[2])]
+    problem(await http.patch(f"/v1/opportunities/{moving['id']}", json={"amount": "1.00"},
+                             headers={**as_(settings, "rep-1"), "If-Match": f'"{versions[0]}"'}), 412)
     edited = await http.patch(f"/v1/opportunities/{moving['id']}", json={"amount": "1.00"},
                               headers=as_(settings, "rep-1"))
     assert edited.json()["probability"] == 15
@@ -155,10 +159,21 @@ async def test_a_stage_in_use_stays_and_a_changed_probability_reaches_its_deals(
     assert (await read(http, settings, resting["id"]))["stage_label"] == {"zh-CN": "lead_in", "en": "lead_in"}
     assert (await open_opportunity(http, settings, pipeline_id=pipeline["id"]))["stage"] == "demo"
 
+    # Every deal re-priced announced it once, in its own order (the refused changes announced nothing).
     events = [parse_and_validate(r.value) for r in await read_topic(
-        settings, "sales.opportunities", count=3, match=moving["id"].encode())]
-    assert [(e.type.split(".")[2], e.data["probability"]) for e in events] == [
-        ("created", 5), ("updated", 15), ("stage_changed", 25)]
+        settings, "sales.opportunities", count=4, match=moving["id"].encode())]
+    assert [(e.type.split(".")[2], e.data["probability"], e.sequence) for e in events] == [
+        ("created", 5, 1), ("repriced", 15, 2), ("updated", 15, 3), ("stage_changed", 25, 4)]
+    assert {k: events[1].data[k] for k in ("pipeline_id", "stage", "status", "previous_probability",
+                                           "changed_by")} == {
+        "pipeline_id": pipeline["id"], "stage": "lead_in", "status": "open", "previous_probability": 5,
+        "changed_by": "admin-1"}
+    events = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.opportunities", count=4, match=resting["id"].encode())]
+    assert [(e.type.split(".")[2], e.data.get("status")) for e in events] == [
+        ("created", "open"), ("suspended", None), ("repriced", "suspended"), ("terminated", None)]
+    written = await tables.fetch("SELECT type FROM outbox WHERE aggregateid = $1 ORDER BY position", ended["id"])
+    assert [r["type"] for r in written] == ["sales.opportunity.created.v1", "sales.opportunity.terminated.v1"]
 
 
 async def test_a_move_validated_against_an_older_pipeline_version_changes_nothing(

@@ -313,6 +313,34 @@ async def test_an_edited_amount_and_product_re_score_the_opportunity_once(
         ("sales.opportunity.scored.v1", 3, assessed.id)]
 
 
+async def test_a_stage_repriced_by_an_admin_re_scores_the_opportunity_without_counting_as_activity(
+    settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    opp = f"opp-{uuid.uuid4()}"
+    figures = {"owner_id": "rep-1", "account_id": "acc-1", "stage": "bidding", "amount": "120000.00",
+               "currency": "CNY", "product": "ERP"}
+    created = opportunity_event(
+        "sales.opportunity.created.v1", opp, 1, **figures, name="项目", status="open", probability=30,
+        expected_close_date=None, created_at=now(), lead_id=None, campaign_id=None)
+    repriced = opportunity_event(
+        "sales.opportunity.repriced.v1", opp, 2, **figures, pipeline_id="project_sales", status="open",
+        probability=45, previous_probability=30, changed_by="admin-1", changed_at=now())
+    for event in (created, repriced):
+        await send(producer, event)
+
+    async def scores() -> list[int]:
+        rows = await tables.fetch(
+            "SELECT score FROM opportunity_score_history WHERE opportunity_id = $1 ORDER BY id", opp)
+        return [r["score"] for r in rows] if len(rows) == 2 else []
+
+    before, after = await eventually(scores, timeout=BACKLOG_TIMEOUT)
+    assert after - before == 15  # the rules' base is the stage's probability
+    features = json.loads(
+        await tables.fetchval("SELECT features FROM opportunity_scores WHERE opportunity_id = $1", opp))
+    assert features["stage_probability"] == 45
+    assert datetime.fromisoformat(features["last_event_at"]) == created.time  # not activity on the deal
+
+
 def engaged(lead_id: str, page_views: int, time_on_site_s: float) -> CloudEvent:
     data = {"lead_id": lead_id, "visits": 1, "time_on_site_s": time_on_site_s, "page_views": page_views,
             "activity": None, "observed_at": now(), "reported_by": "svc-erp"}

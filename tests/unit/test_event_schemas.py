@@ -187,6 +187,12 @@ EXAMPLES = {
         "previous": {"amount": "365000.00", "expected_close_date": "2027-01-31"},
         "changed_by": "rep-1", "changed_at": "2026-11-21T09:00:00Z",
     },
+    "sales.opportunity.repriced.v1": {
+        "opportunity_id": "opp-204", "pipeline_id": "project_sales", "stage": "bidding", "status": "open",
+        "probability": 35, "previous_probability": 30, "owner_id": "rep-1", "account_id": "acc-51",
+        "amount": "365000.00", "currency": "CNY", "product": None, "changed_by": "admin-1",
+        "changed_at": "2026-11-22T09:00:00Z",
+    },
     "sales.opportunity.archived.v1": {
         "opportunity_id": "opp-205", "owner_id": "rep-2", "outcome": "lost", "stage": "lost", "amount": "120000",
         "currency": "CNY", "by": "mgr-1", "reason": None, "at": "2027-03-01T00:00:00Z",
