@@ -119,6 +119,12 @@ class StageIn(BaseModel):
     version: int | None = None
 
 
+class PipelineMoveIn(BaseModel):
+    pipeline_id: str
+    stage: str | None = Field(None, description="An open stage of that pipeline; none: its first stage")
+    version: int | None = None
+
+
 class CloseIn(BaseModel):
     outcome: str
     reason: str | None = None
@@ -289,6 +295,18 @@ async def change_stage(
     return _answer(await handlers.change_stage(db, actor, opportunity_id, body.stage, expected), response)
 
 
+@opportunities.post("/{opportunity_id}/pipeline")
+async def move_to_pipeline(
+    opportunity_id: str, body: PipelineMoveIn, actor: CurrentActor, db: ServiceDatabase, response: Response,
+    if_match: IfMatch = None,
+) -> dict[str, Any]:
+    """Move an open opportunity into an open stage of another pipeline, which is not retired (409 otherwise);
+    recorded and published as a stage change naming both pipelines. A stale If-Match or version gets 412."""
+    expected = _expected_version(if_match, body.version)
+    moved = await handlers.move_to_pipeline(db, actor, opportunity_id, body.pipeline_id, body.stage, expected)
+    return _answer(moved, response)
+
+
 @opportunities.post("/{opportunity_id}/close")
 async def close(
     opportunity_id: str, body: CloseIn, actor: CurrentActor, db: ServiceDatabase, response: Response,
@@ -379,6 +397,8 @@ class PipelineDefinition(BaseModel):
     stages: list[PipelineStageIn]
     allow_skipping: bool = Field(True, description="false: forwards only to the next open stage (back is "
                                                    "allowed) and closed won only from the last open stage")
+    retired: bool = Field(False, description="true: no opportunity opens in it or moves into it any more; the "
+                                             "deals in it carry on to their close (the default pipeline never)")
 
 
 class PipelineIn(PipelineDefinition):
@@ -391,7 +411,7 @@ class PipelineChange(PipelineDefinition):
 
 def _defined(pipeline_id: str, body: PipelineDefinition) -> Pipeline:
     stages = [{"key": s.key, "label": s.label.as_dict(), "probability": s.probability} for s in body.stages]
-    return define_pipeline(pipeline_id, body.name.as_dict(), stages, body.allow_skipping)
+    return define_pipeline(pipeline_id, body.name.as_dict(), stages, body.allow_skipping, retired=body.retired)
 
 
 def pipeline_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -402,6 +422,7 @@ def pipeline_json(row: asyncpg.Record) -> dict[str, Any]:
         "stages": [{"key": s.key, "label": s.labels, "probability": s.probability, "closed": s.closed}
                    for s in pipeline.stages],
         "allow_skipping": pipeline.allow_skipping,
+        "retired": pipeline.retired,
         "version": pipeline.version,
         "created_by": row["created_by"],
         "created_at": row["created_at"],

@@ -12,9 +12,10 @@ The default project-sales pipeline (`project_sales`) is the funnel of the source
 | `lost`        | 输单          | Closed lost  | 0 %                     |
 
 An admin may define further pipelines (their own open stages, labels and probabilities; won and lost
-close every pipeline) and change them. An opportunity moves between its pipeline's open stages
-(forwards, or back when a deal slips; forwards one stage at a time when the pipeline forbids skipping);
-it reaches `won` / `lost` only by being closed, with a summary.
+close every pipeline), change them and retire them (no deal enters a retired pipeline; the deals in it
+carry on to their close). An opportunity moves between its pipeline's open stages (forwards, or back when
+a deal slips; forwards one stage at a time when the pipeline forbids skipping), or into an open stage of
+another pipeline; it reaches `won` / `lost` only by being closed, with a summary.
 """
 
 import re
@@ -74,6 +75,7 @@ class Pipeline:
     open_stages: tuple[Stage, ...]
     allow_skipping: bool = True
     version: int = 1
+    retired: bool = False
     _by_key: dict[str, Stage] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +105,20 @@ class Pipeline:
         removed) is its own label."""
         stage = self.stage(key)
         return stage.labels if stage is not None else {"zh-CN": key, "en": key}
+
+    def check_entry(self, stage_key: str | None = None) -> Stage:
+        """The open stage a deal enters this pipeline in (a new deal, or one moved from another pipeline;
+        None: the first stage), or why not (409): the pipeline is retired, or the stage is not an open one.
+        Any open stage will do, whether or not the pipeline allows skipping: a deal moved in keeps the
+        progress it made elsewhere."""
+        if self.retired:
+            raise StageNotAllowed(f"pipeline {self.id} is retired: no opportunity opens in it or moves into it")
+        target = self.first_stage if stage_key is None else self.stage(stage_key)
+        if target is None or target.closed:
+            open_keys = ", ".join(s.key for s in self.open_stages)
+            raise StageNotAllowed(f"an opportunity enters pipeline {self.id} in one of its open stages, "
+                                  f"{open_keys}; not {stage_key!r}")
+        return target
 
     def check_move(self, from_key: str, to_key: str) -> Stage:
         """The stage a deal in `from_key` may move to, or why not (409)."""
@@ -186,12 +202,15 @@ def _localised(values: Any, what: str, problems: list[str]) -> tuple[str, str]:
 
 def define_pipeline(
     pipeline_id: str, names: Mapping[str, Any], stages: Sequence[Mapping[str, Any]], allow_skipping: bool,
-    version: int = 1,
+    version: int = 1, retired: bool = False,
 ) -> Pipeline:
     """A pipeline from an admin's definition, or 422 naming every problem: an id and stage keys that are
     slugs, names and labels in zh-CN and en, at least one open stage, unique keys other than won / lost
-    (those close every pipeline), probabilities whole percents 0-100."""
+    (those close every pipeline), probabilities whole percents 0-100; the default pipeline never retired
+    (converted leads open in it)."""
     problems: list[str] = []
+    if retired and pipeline_id == DEFAULT_PIPELINE_ID:
+        problems.append(f"the default pipeline {DEFAULT_PIPELINE_ID} cannot be retired: converted leads open in it")
     if not isinstance(pipeline_id, str) or not PIPELINE_ID.match(pipeline_id):
         problems.append(f"id {pipeline_id!r} must be a slug: lower-case letters, digits, _ or -, starting with a "
                         "letter, at most 40 characters")
@@ -221,7 +240,7 @@ def define_pipeline(
         defined.append(Stage(str(key), label_zh, label_en, probability))
     if problems:
         raise Unprocessable("invalid pipeline: " + "; ".join(problems))
-    return Pipeline(pipeline_id, name_zh, name_en, tuple(defined), allow_skipping, version)
+    return Pipeline(pipeline_id, name_zh, name_en, tuple(defined), allow_skipping, version, retired)
 
 
 class Status(StrEnum):
@@ -359,6 +378,19 @@ class Opportunity:
         target = self.pipeline.check_move(self.stage, stage)
         change = StageChange(self.stage, stage, self._seconds_in_stage(at))
         return replace(self, stage=stage, probability=target.probability, stage_entered_at=at), change
+
+    def move_to_pipeline(
+        self, pipeline: Pipeline, stage: str | None, at: datetime
+    ) -> tuple["Opportunity", StageChange]:
+        """Into an open stage of another pipeline (None: its first), with that stage's probability."""
+        self._require_open(f"move to pipeline {pipeline.id}")
+        if pipeline.id == self.pipeline.id:
+            raise StageNotAllowed(f"opportunity {self.id} is in pipeline {pipeline.id} already; "
+                                  "POST .../stage moves it between its stages")
+        target = pipeline.check_entry(stage)
+        change = StageChange(self.stage, target.key, self._seconds_in_stage(at))
+        return replace(self, pipeline=pipeline, stage=target.key, probability=target.probability,
+                       stage_entered_at=at), change
 
     def close(self, summary: CloseSummary, at: datetime) -> tuple["Opportunity", StageChange]:
         self._require_open(f"close as {summary.outcome}")

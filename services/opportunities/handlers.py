@@ -269,11 +269,14 @@ def _created_data(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _pipeline_to_open_in(tx: Transaction, pipeline_id: str | None) -> Pipeline:
-    """The pipeline a new opportunity opens in (None: the default one); 422 for an unknown id."""
+    """The pipeline a new opportunity opens in (None: the default one); 422 for an unknown id, 409 for a
+    retired one."""
     row = await store.pipeline_for_new_opportunity(tx.conn, pipeline_id or DEFAULT_PIPELINE_ID)
     if row is None:
         raise Unprocessable(f"pipeline_id: there is no pipeline {pipeline_id}; GET /v1/pipelines lists them")
-    return store.to_pipeline(row)
+    pipeline = store.to_pipeline(row)
+    pipeline.check_entry()
+    return pipeline
 
 
 async def _open_opportunity(
@@ -399,18 +402,44 @@ def _common(changed: Opportunity) -> dict[str, Any]:
     }
 
 
+def _stage_moved(
+    current: Opportunity, moved: Opportunity, move: StageChange, actor: Actor, now: datetime
+) -> Change:
+    """A stage move with its `stage_changed` event; a move into another pipeline names the one it left."""
+    data = {
+        "pipeline_id": moved.pipeline.id,
+        "from_stage": move.from_stage, "to_stage": move.to_stage, "probability": moved.probability,
+        "expected_close_date": _day(moved.expected_close_date), "changed_by": actor.user_id,
+        "changed_at": _ts(now), "seconds_in_previous_stage": move.seconds_in_previous_stage,
+    }
+    if moved.pipeline.id != current.pipeline.id:
+        data["from_pipeline_id"] = current.pipeline.id
+    return moved, move, {}, "sales.opportunity.stage_changed.v1", data
+
+
 async def change_stage(
     db: Database, actor: Actor, opportunity_id: str, stage: str, expected_version: int | None
 ) -> asyncpg.Record:
     def apply(current: Opportunity, now: datetime) -> Change:
-        moved, move = current.move_to(stage, now)
-        data = {
-            "pipeline_id": moved.pipeline.id,
-            "from_stage": move.from_stage, "to_stage": move.to_stage, "probability": moved.probability,
-            "expected_close_date": _day(moved.expected_close_date), "changed_by": actor.user_id,
-            "changed_at": _ts(now), "seconds_in_previous_stage": move.seconds_in_previous_stage,
-        }
-        return moved, move, {}, "sales.opportunity.stage_changed.v1", data
+        return _stage_moved(current, *current.move_to(stage, now), actor, now)
+
+    return await _change(db, actor, opportunity_id, expected_version, apply)
+
+
+async def move_to_pipeline(
+    db: Database, actor: Actor, opportunity_id: str, pipeline_id: str, stage: str | None,
+    expected_version: int | None,
+) -> asyncpg.Record:
+    """Into an open stage of another pipeline: a stage change (history, `stage_changed` naming both
+    pipelines), checked against the target pipeline's version in its update (412 if an admin changed it)."""
+    async with db.statements() as conn:
+        row = await store.pipeline(conn, pipeline_id)
+    if row is None:
+        raise Unprocessable(f"pipeline_id: there is no pipeline {pipeline_id}; GET /v1/pipelines lists them")
+    target = store.to_pipeline(row)
+
+    def apply(current: Opportunity, now: datetime) -> Change:
+        return _stage_moved(current, *current.move_to_pipeline(target, stage, now), actor, now)
 
     return await _change(db, actor, opportunity_id, expected_version, apply)
 

@@ -104,23 +104,24 @@ def to_pipeline(values: Mapping[str, Any]) -> Pipeline:
     return Pipeline(
         id=values["id"], name_zh=values["name_zh"], name_en=values["name_en"],
         open_stages=tuple(Stage(s["key"], s["label_zh"], s["label_en"], s["probability"]) for s in stages),
-        allow_skipping=values["allow_skipping"], version=values["version"],
+        allow_skipping=values["allow_skipping"], version=values["version"], retired=values["retired"],
     )
 
 
 @lru_cache(maxsize=256)
 def _pipeline_read(
-    pipeline_id: str, version: int, name_zh: str, name_en: str, stages: str, allow_skipping: bool
+    pipeline_id: str, version: int, name_zh: str, name_en: str, stages: str, allow_skipping: bool, retired: bool
 ) -> Pipeline:
     return to_pipeline({"id": pipeline_id, "version": version, "name_zh": name_zh, "name_en": name_en,
-                        "stages": stages, "allow_skipping": allow_skipping})
+                        "stages": stages, "allow_skipping": allow_skipping, "retired": retired})
 
 
 def pipeline_of(row: Row) -> Pipeline:
     """The pipeline an opportunity row was read with (its `pipeline_*` columns, `_WITH_PIPELINE`): the same
     values for every deal of one pipeline version, so its stages are parsed once."""
     return _pipeline_read(row["pipeline_id"], row["pipeline_version"], row["pipeline_name_zh"],
-                          row["pipeline_name_en"], row["pipeline_stages"], row["pipeline_allow_skipping"])
+                          row["pipeline_name_en"], row["pipeline_stages"], row["pipeline_allow_skipping"],
+                          row["pipeline_retired"])
 
 
 def _stages_json(pipeline: Pipeline) -> str:
@@ -156,19 +157,20 @@ async def lock_for_pipeline_change(conn: Conn) -> None:
 async def insert_pipeline(conn: Conn, pipeline: Pipeline, created_by: str) -> Row | None:
     """The new pipeline, or None when its id is taken."""
     return await conn.fetchrow(
-        "INSERT INTO pipelines (id, name_zh, name_en, stages, allow_skipping, created_by)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING *",
-        pipeline.id, pipeline.name_zh, pipeline.name_en, _stages_json(pipeline), pipeline.allow_skipping, created_by,
+        "INSERT INTO pipelines (id, name_zh, name_en, stages, allow_skipping, retired, created_by)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING *",
+        pipeline.id, pipeline.name_zh, pipeline.name_en, _stages_json(pipeline), pipeline.allow_skipping,
+        pipeline.retired, created_by,
     )
 
 
 async def update_pipeline(conn: Conn, pipeline: Pipeline, expected_version: int, updated_by: str) -> Row | None:
     return await conn.fetchrow(
-        "UPDATE pipelines SET name_zh = $3, name_en = $4, stages = $5::jsonb, allow_skipping = $6,"
-        " version = version + 1, updated_by = $7, updated_at = now()"
+        "UPDATE pipelines SET name_zh = $3, name_en = $4, stages = $5::jsonb, allow_skipping = $6, retired = $7,"
+        " version = version + 1, updated_by = $8, updated_at = now()"
         " WHERE id = $1 AND version = $2 RETURNING *",
         pipeline.id, expected_version, pipeline.name_zh, pipeline.name_en, _stages_json(pipeline),
-        pipeline.allow_skipping, updated_by,
+        pipeline.allow_skipping, pipeline.retired, updated_by,
     )
 
 
@@ -201,7 +203,8 @@ async def reprice(conn: Conn, pipeline_id: str, probabilities: Mapping[str, int]
 # An opportunity is read with its pipeline `p` (one round trip; see pipeline_of). Columns, not row_to_json(p):
 # measured on one connection, the JSON made a read about 50 us slower, the columns cost next to nothing.
 _WITH_PIPELINE = ("p.version AS pipeline_version, p.name_zh AS pipeline_name_zh, p.name_en AS pipeline_name_en,"
-                  " p.stages AS pipeline_stages, p.allow_skipping AS pipeline_allow_skipping")
+                  " p.stages AS pipeline_stages, p.allow_skipping AS pipeline_allow_skipping,"
+                  " p.retired AS pipeline_retired")
 
 
 async def insert_opportunity(conn: Conn, **fields: Any) -> Row | None:
@@ -263,21 +266,21 @@ async def save_opportunity(
     The version check is in the UPDATE itself: of two concurrent writers holding one version,
     the second waits for the first's row lock, then finds the version moved and changes nothing.
     A stage move also checks that the pipeline it was validated against is still at that version
-    (an admin may have removed the stage or changed its probability meanwhile), and it alone writes
-    the probability: other changes leave the one a pipeline change may have given the deal since
-    it was loaded. A stage move's history row and the change's `events` (outbox rows) are written by
-    the same statement, only when the update happened: one round trip, and one statement is its own
-    transaction (no BEGIN and COMMIT round trips either). New owners (`splits`) rewrite the deal's rows of
-    opportunity_owners in the same statement: one row per owner when there are several, none for one.
+    (an admin may have removed the stage, changed its probability or retired it meanwhile), writes the
+    pipeline (a move into another one), and it alone writes the probability: other changes leave the one
+    a pipeline change may have given the deal since it was loaded. A stage move's history row and the
+    change's `events` (outbox rows) are written by the same statement, only when the update happened: one
+    round trip, and one statement is its own transaction (no BEGIN and COMMIT round trips either). New
+    owners (`splits`) rewrite the deal's rows of opportunity_owners in the same statement: one row per owner
+    when there are several, none for one.
     """
     sets = ["stage = $3", "status = $4"]
     args: list[Any] = [changed.id, expected_version, changed.stage, str(changed.status)]
     conditions = ["id = $1", "version = $2"]
     if move is not None:
-        args += [changed.probability, changed.stage_entered_at, changed.pipeline.version]
-        sets += ["probability = $5", "stage_entered_at = $6"]
-        conditions.append(
-            "EXISTS (SELECT FROM pipelines WHERE pipelines.id = opportunities.pipeline_id AND version = $7)")
+        args += [changed.probability, changed.stage_entered_at, changed.pipeline.id, changed.pipeline.version]
+        sets += ["probability = $5", "stage_entered_at = $6", "pipeline_id = $7"]
+        conditions.append("EXISTS (SELECT FROM pipelines WHERE pipelines.id = $7 AND version = $8)")
     for column, value in extra.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")

@@ -501,6 +501,11 @@ async def _merge(w: World, owner: str) -> Call:
     return Call("POST", f"/v1/leads/{keep}/merge", json={"duplicate_id": duplicate})
 
 
+async def _move_to_pipeline(w: World, owner: str) -> Call:
+    deal, pipeline = await asyncio.gather(w.opportunity(owner), w.shared("pipeline", owner, w.pipeline))
+    return Call("POST", f"/v1/opportunities/{deal}/pipeline", json={"pipeline_id": pipeline})
+
+
 async def _replay_delivery(w: World, owner: str) -> Call:
     subscription_id, delivery_id = await w.shared("delivery", owner, w.delivery)
     return Call("POST", f"/v1/webhooks/{subscription_id}/deliveries/{delivery_id}/replay")
@@ -565,6 +570,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         "opportunity", "PATCH", OPPORTUNITY, {"amount": "25000.00", "expected_close_date": "2027-03-31"}),
     ("opportunities", "POST /v1/opportunities/{opportunity_id}/stage"): changing(
         "opportunity", "POST", OPPORTUNITY + "/stage", {"stage": "bidding"}),
+    ("opportunities", "POST /v1/opportunities/{opportunity_id}/pipeline"): _move_to_pipeline,
     ("opportunities", "POST /v1/opportunities/{opportunity_id}/close"): changing(
         "opportunity", "POST", OPPORTUNITY + "/close", {"outcome": "lost", "reason": "price", "competitor": "Rival"}),
     ("opportunities", "PUT /v1/opportunities/{opportunity_id}/assessment"): changing(

@@ -1,7 +1,8 @@
 """Configurable pipelines through the opportunities service's HTTP API, against the session's real Postgres
 and Tansu: the seeded default pipeline, an admin defining and changing one (validation, 403, 409, 412),
-opportunities opening and moving in it (skipping refused), a stage in use that cannot be removed, and a
-changed probability reaching the open and suspended deals, each announcing it.
+opportunities opening and moving in it (skipping refused), a stage in use that cannot be removed, a
+changed probability reaching the open and suspended deals, each announcing it, and deals moving into another
+pipeline, which a retired pipeline refuses.
 
 Each test defines pipelines of its own: the default pipeline is shared with the other modules."""
 
@@ -174,6 +175,57 @@ async def test_a_stage_in_use_stays_and_a_changed_probability_reaches_its_deals(
         ("created", "open"), ("suspended", None), ("repriced", "suspended"), ("terminated", None)]
     written = await tables.fetch("SELECT type FROM outbox WHERE aggregateid = $1 ORDER BY position", ended["id"])
     assert [r["type"] for r in written] == ["sales.opportunity.created.v1", "sales.opportunity.terminated.v1"]
+
+
+async def test_a_deal_moves_into_another_pipeline_and_a_retired_one_takes_no_new_deal(
+    http: httpx.AsyncClient, settings: Settings
+) -> None:
+    leaving, joining = await new_pipeline(http, settings), await new_pipeline(http, settings)
+    opp = await open_opportunity(http, settings, pipeline_id=leaving["id"])
+    staying = await open_opportunity(http, settings, pipeline_id=leaving["id"])
+    path = f"/v1/opportunities/{opp['id']}"
+    await post(http, settings, f"{path}/stage", {"stage": "demo"})
+
+    problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": "no_such_pipeline"}), 422,
+            "no_such_pipeline")
+    problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": leaving["id"]}), 409, "already")
+    for stage_key in ("bidding", "won"):
+        problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": joining["id"], "stage": stage_key}),
+                409, "lead_in, demo, proposal, signing")
+    problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": joining["id"]}, if_match='"1"'), 412)
+    problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": joining["id"]}, user="rep-2"), 403)
+    # Into any open stage, though the pipeline forbids skipping: the deal keeps the progress it made.
+    moved = await post(http, settings, f"{path}/pipeline", {"pipeline_id": joining["id"], "stage": "proposal"},
+                       if_match='"2"')
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["pipeline_id"], moved.json()["stage"], moved.json()["probability"],
+            moved.json()["version"], moved.headers["etag"]) == (joining["id"], "proposal", 50, 3, '"3"')
+    history = (await read(http, settings, opp["id"]))["stage_history"]
+    assert [(h["from_stage"], h["to_stage"]) for h in history][-1] == ("demo", "proposal")
+
+    retiring = definition(retired=True)
+    retired = await put(http, settings, leaving["id"], retiring, if_match='"1"')
+    assert retired.status_code == 200 and retired.json()["retired"] is True, retired.text
+    problem(await post(http, settings, "/v1/opportunities", {
+        "name": "X", "account_name": "Y", "pipeline_id": leaving["id"]}), 409, "retired")
+    problem(await post(http, settings, f"{path}/pipeline", {"pipeline_id": leaving["id"]}), 409, "retired")
+    # The deals in it carry on to their close.
+    kept_moving = await post(http, settings, f"/v1/opportunities/{staying['id']}/stage", {"stage": "demo"})
+    assert kept_moving.status_code == 200, kept_moving.text
+    problem(await put(http, settings, "project_sales", {
+        "name": {"zh-CN": "项目销售", "en": "Project sales"}, "retired": True,
+        "stages": [{"key": s.key, "label": s.labels, "probability": s.probability}
+                   for s in DEFAULT_PIPELINE.open_stages]}), 422, "cannot be retired")
+    assert (await put(http, settings, leaving["id"], definition(), if_match='"2"')).json()["retired"] is False
+    assert (await open_opportunity(http, settings, pipeline_id=leaving["id"]))["pipeline_id"] == leaving["id"]
+
+    events = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.opportunities", count=3, match=opp["id"].encode())]
+    assert [(e.type.split(".")[2], e.data.get("from_pipeline_id"), e.data["pipeline_id"], e.sequence)
+            for e in events] == [("created", None, leaving["id"], 1), ("stage_changed", None, leaving["id"], 2),
+                                 ("stage_changed", leaving["id"], joining["id"], 3)]
+    assert (events[2].data["from_stage"], events[2].data["to_stage"], events[2].data["probability"]) == (
+        "demo", "proposal", 50)
 
 
 async def test_a_move_validated_against_an_older_pipeline_version_changes_nothing(

@@ -1,5 +1,6 @@
 """The opportunities domain (services/opportunities/domain.py): pipelines, moves, status, money, credit."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -147,6 +148,37 @@ def test_without_skipping_a_deal_is_won_from_the_last_open_stage_and_lost_from_a
     won, _ = in_strict("signing").close(CloseSummary.of("won", "signed", None), T0)
     lost, _ = in_strict("demo").close(CloseSummary.of("lost", "price", "Acme"), T0)
     assert (won.status, won.probability, lost.status, lost.probability) == (Status.WON, 100, Status.LOST, 0)
+
+
+def test_a_deal_moves_into_any_open_stage_of_another_pipeline() -> None:
+    later = T0 + timedelta(days=2)
+    moved, change = opportunity(stage="bidding", probability=30).move_to_pipeline(STRICT, "proposal", later)
+    assert (moved.pipeline.id, moved.stage, moved.probability, moved.stage_entered_at) == (
+        "channel_sales", "proposal", 50, later)  # skipping is a rule of moves within STRICT, not into it
+    assert (change.from_stage, change.to_stage, change.seconds_in_previous_stage) == ("bidding", "proposal", 172800)
+    assert opportunity().move_to_pipeline(STRICT, None, T0)[0].stage == "lead_in"
+    with pytest.raises(StageNotAllowed, match="project_sales already"):
+        opportunity().move_to_pipeline(DEFAULT_PIPELINE, "bidding", T0)
+    for stage in ("bidding", "won"):
+        with pytest.raises(StageNotAllowed, match="open stages, lead_in, demo, proposal, signing"):
+            opportunity().move_to_pipeline(STRICT, stage, T0)
+    with pytest.raises(StatusNotAllowed, match="suspended"):
+        opportunity(status=Status.SUSPENDED).move_to_pipeline(STRICT, None, T0)
+
+
+def test_a_retired_pipeline_takes_no_deal_but_its_own_carry_on() -> None:
+    retired = replace(STRICT, retired=True)
+    with pytest.raises(StageNotAllowed, match="channel_sales is retired"):
+        retired.check_entry()
+    with pytest.raises(StageNotAllowed, match="retired"):
+        opportunity().move_to_pipeline(retired, None, T0)
+    in_retired = opportunity(pipeline=retired, stage="lead_in", probability=5)
+    assert in_retired.move_to("demo", T0)[0].stage == "demo"
+    assert in_retired.move_to_pipeline(DEFAULT_PIPELINE, None, T0)[0].pipeline.id == "project_sales"
+    stages = [{"key": "a", "label": {"zh-CN": "甲", "en": "A"}, "probability": 10}]
+    assert define_pipeline("renewals", {"zh-CN": "续约", "en": "Renewals"}, stages, True, retired=True).retired
+    with pytest.raises(Unprocessable, match="default pipeline project_sales cannot be retired"):
+        define_pipeline("project_sales", {"zh-CN": "项目销售", "en": "Project sales"}, stages, True, retired=True)
 
 
 def test_a_contract_is_drawn_up_in_the_pipelines_last_open_stage() -> None:
