@@ -417,17 +417,17 @@ async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
     await store.save_booking(tx.conn, str(data.get("contract_id") or event.subject), data.get("opportunity_id"),
                              owner, amount, currency, forecast_settings().conversion().convert(amount, currency),
                              signed_on)
-    await _refresh_booking(tx, data.get("opportunity_id"), owner, signed_on, event)
+    await refresh_booking(tx, data.get("opportunity_id"), owner, signed_on, event)
 
 
 async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
     booking = await store.terminate_booking(tx.conn, str(event.data.get("contract_id") or event.subject))
     if booking is not None:
-        await _refresh_booking(tx, booking["opportunity_id"], booking["owner_id"], booking["signed_on"], event)
+        await refresh_booking(tx, booking["opportunity_id"], booking["owner_id"], booking["signed_on"], event)
 
 
-async def _refresh_booking(
-    tx: Transaction, opportunity_id: str | None, owner: str | None, signed_on: date, event: CloudEvent
+async def refresh_booking(
+    tx: Transaction, opportunity_id: str | None, owner: str | None, signed_on: date, event: CloudEvent | None
 ) -> None:
     """A booking counts for its deal's owners (by their splits) and product, else its contract's owner."""
     deal = await (await _deals(tx)).get(tx, opportunity_id) if opportunity_id else None

@@ -64,6 +64,12 @@ async def save_deals(
     )
 
 
+async def deal_categories(conn: Connection) -> list[asyncpg.Record]:
+    """What each deal's category and reporting amount were worked out from, and what they came to."""
+    return await conn.fetch(
+        "SELECT opportunity_id, status, stage, probability, amount, currency, category, amount_reporting FROM deals")
+
+
 async def record_transitions(
     conn: Connection, transitions: list[tuple[str, str, str | None, str | None, str, datetime]]
 ) -> None:
@@ -84,6 +90,16 @@ async def save_booking(
         " amount_reporting = EXCLUDED.amount_reporting, signed_on = EXCLUDED.signed_on, status = 'signed'",
         contract_id, opportunity_id, owner_id, amount, currency, amount_reporting, signed_on,
     )
+
+
+async def booking_amounts(conn: Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT contract_id, opportunity_id, owner_id, amount, currency, amount_reporting, signed_on FROM bookings")
+
+
+async def set_booking_amounts(conn: Connection, amounts: list[tuple[str, Decimal | None]]) -> None:
+    """New amounts in the reporting currency: (contract id, amount or None when its currency has no rate)."""
+    await conn.executemany("UPDATE bookings SET amount_reporting = $2 WHERE contract_id = $1", amounts)
 
 
 async def terminate_booking(conn: Connection, contract_id: str) -> asyncpg.Record | None:

@@ -14,11 +14,14 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.forecasting import restating
+from services.forecasting.config import forecast_settings
 from services.forecasting.main import service as forecasting
 from services.opportunities.main import service as opportunities
 from services.scoring.main import service as scoring
 from shared import kafka
 from shared.auth import issue_token
+from shared.db import Database
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
 from shared.org import Role
 from shared.runtime.broker import TansuBroker
@@ -309,6 +312,68 @@ async def test_a_stage_repriced_by_an_admin_reweighs_its_open_deals(
         return stored if stored == 50 else None
 
     await eventually(stage_probability, timeout=TIMEOUT)
+
+
+async def test_deals_and_bookings_are_restated_when_the_forecast_settings_change(
+    clients: dict[str, httpx.AsyncClient], http: httpx.AsyncClient, settings: Settings,
+    producer: AIOKafkaProducer, tables: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deal in negotiation is best case; with negotiation made a commit stage, the next start restates it
+    and publishes the row it moves; a second start changes nothing; the old settings bring it back. A
+    booking in a currency without a rate counts once a rate is set."""
+    deal = await open_opportunity(clients, settings, "rep-3", "70000.00", "2035-05-20")
+    await move(clients, settings, deal, "negotiation")
+    contract = f"ctr-{uuid.uuid4()}"
+    await send(producer, CloudEvent(
+        type="sales.contract.signed.v1", source="/funnelcast/opportunities", subject=contract, sequence=1, data={
+            "contract_id": contract, "opportunity_id": f"opp-{uuid.uuid4()}", "account_id": "acc-1",
+            "amount": "1000.00", "currency": "USD", "owner_id": "rep-3", "signed_at": "2035-06-03T08:00:00Z"}))
+
+    async def booked() -> str | None:
+        row = (await forecast(http, settings, "2035-06")).get("rep-3")
+        return None if row is None else str(row["booked"])
+
+    async def kept() -> bool:
+        return bool(await tables.fetchval("SELECT count(*) FROM bookings WHERE contract_id = $1"
+                                          " AND amount_reporting IS NULL", contract))  # no USD rate: left out
+
+    await eventually(kept, timeout=TIMEOUT)
+
+    async def figures() -> tuple[str, str] | None:
+        row = (await forecast(http, settings, "2035-05")).get("rep-3")
+        return None if row is None else (row["commit"], row["best_case"])  # best case counts commit in
+
+    async def best_case() -> bool:
+        return await figures() == ("0.00", "70000.00")
+
+    await eventually(best_case, timeout=TIMEOUT)
+    db = await Database.open(settings.database_url_for("forecasting"), "/funnelcast/forecasting", pool_size=2)
+    try:
+        assert await restating.restate(db) == restating.Restated(deals=0, bookings=0)  # nothing changed
+        monkeypatch.setenv("FUNNELCAST_FORECAST_COMMIT_STAGES", "negotiation,contract")
+        forecast_settings.cache_clear()
+        restated = await restating.restate(db)
+        assert restated.deals >= 1 and restated.bookings == 0  # the module's other negotiation deals too
+        assert await figures() == ("70000.00", "70000.00")
+        await published_until(settings, "2035-05/owner/rep-3", lambda data: data["commit"] == "70000.00")
+        assert await restating.restate(db) == restating.Restated(deals=0, bookings=0)
+
+        monkeypatch.delenv("FUNNELCAST_FORECAST_COMMIT_STAGES")
+        forecast_settings.cache_clear()
+        assert (await restating.restate(db)).deals >= 1
+        assert await best_case()
+
+        monkeypatch.setenv("FUNNELCAST_FORECAST_RATES", "USD=7.1")
+        forecast_settings.cache_clear()
+        assert (await restating.restate(db)).bookings >= 1
+        assert await booked() == "7100.00"
+        monkeypatch.delenv("FUNNELCAST_FORECAST_RATES")
+        forecast_settings.cache_clear()
+        assert (await restating.restate(db)).bookings >= 1  # left out again, for the module's other tests
+        assert restating.lifecycle in forecasting.routers  # what every start runs
+    finally:
+        forecast_settings.cache_clear()
+        await db.close()
 
 
 async def test_owner_splits_products_and_yearly_rows(
