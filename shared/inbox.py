@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from shared import metrics, tracing
 from shared.context import Cause, current_cause, current_event_id
 from shared.db import Database, Transaction
+from shared.events.dead_letter_headers import failure_headers
 from shared.events.envelope import CloudEvent, InvalidEvent, parse_and_validate
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,7 @@ class DeadLetters:
     async def send(self, message: Message, error: str) -> None:
         headers = [
             *message.headers,
-            ("dlq-error", error[:2000].encode()),
-            ("dlq-consumer-group", self.group.encode()),
-            ("dlq-original-topic", message.topic.encode()),
-            ("dlq-original-partition", str(message.partition).encode()),
-            ("dlq-original-offset", str(message.offset).encode()),
-            ("dlq-failed-at", datetime.now(UTC).isoformat().encode()),
+            *failure_headers(error, self.group, message.topic, message.partition, message.offset, datetime.now(UTC)),
         ]
         dlq = f"{message.topic}.dlq"
         # Awaited to the broker's ack, retried while the broker is away: the offset is

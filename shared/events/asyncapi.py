@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from shared.events import dead_letter_headers
 from shared.events.catalog import EVENT_TYPES, EventType
 from shared.events.envelope import CONTENT_TYPE, SPECVERSION
 from shared.topology import SERVICES, TOPICS
@@ -87,28 +88,27 @@ def _envelope_schema() -> dict[str, Any]:
     }
 
 
+def _header_schema(header: dead_letter_headers.Header) -> dict[str, Any]:
+    return {"type": "string", "description": header.description}
+
+
 def _headers_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["content-type"],
-        "properties": {"content-type": {"const": CONTENT_TYPE}},
+        "properties": {
+            "content-type": {"const": CONTENT_TYPE},
+            dead_letter_headers.REPLAYED_FROM.name: _header_schema(dead_letter_headers.REPLAYED_FROM),
+        },
     }
 
 
 def _dead_letter_headers_schema() -> dict[str, Any]:
-    headers = {
-        "dlq-error": "Why the consumer could not process the message.",
-        "dlq-consumer-group": "The consumer group that dead-lettered it.",
-        "dlq-original-topic": "The topic it was read from.",
-        "dlq-original-partition": "Its partition there.",
-        "dlq-original-offset": "Its offset there.",
-        "dlq-failed-at": "When it failed (RFC 3339).",
-    }
     return {
         "type": "object",
         "description": "The original message's headers, plus why and where it failed.",
-        "required": list(headers),
-        "properties": {name: {"type": "string", "description": text} for name, text in headers.items()},
+        "required": [header.name for header in dead_letter_headers.FAILURE_HEADERS],
+        "properties": {header.name: _header_schema(header) for header in dead_letter_headers.FAILURE_HEADERS},
     }
 
 

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared import kafka
+from shared.events import dead_letter_headers as dlq_header
 from shared.settings import Settings
 from shared.topology import TOPICS
 
@@ -50,7 +51,7 @@ class DeadLetter:
 
     @property
     def original_topic(self) -> str:
-        return self.header("dlq-original-topic") or self.topic.removesuffix(_DLQ_SUFFIX)
+        return self.header(dlq_header.ORIGINAL_TOPIC.name) or self.topic.removesuffix(_DLQ_SUFFIX)
 
     @property
     def event(self) -> dict[str, Any] | None:
@@ -66,12 +67,12 @@ class DeadLetter:
         return {
             "position": self.position,
             "state": "replayed" if self.replayed else "pending",
-            "failed_at": self.header("dlq-failed-at"),
-            "group": self.header("dlq-consumer-group"),
+            "failed_at": self.header(dlq_header.FAILED_AT.name),
+            "group": self.header(dlq_header.CONSUMER_GROUP.name),
             "type": event.get("type"),
             "subject": event.get("subject") or (self.key or b"").decode("utf-8", "replace"),
             "event_id": event.get("id"),
-            "error": self.header("dlq-error"),
+            "error": self.header(dlq_header.ERROR.name),
         }
 
     def details(self) -> dict[str, Any]:
@@ -81,8 +82,8 @@ class DeadLetter:
             "topic": self.topic,
             "original": {
                 "topic": self.original_topic,
-                "partition": self.header("dlq-original-partition"),
-                "offset": self.header("dlq-original-offset"),
+                "partition": self.header(dlq_header.ORIGINAL_PARTITION.name),
+                "offset": self.header(dlq_header.ORIGINAL_OFFSET.name),
             },
             "key": (self.key or b"").decode("utf-8", "replace"),
             "headers": {key: value.decode("utf-8", "replace") for key, value in self.headers},
@@ -163,8 +164,8 @@ async def replay_dead_letters(
         started = True
         done: dict[TopicPartition, int] = {}
         for letter in letters:
-            headers = [(k, v) for k, v in letter.headers if not k.startswith("dlq-")]
-            headers.append(("dlq-replayed-from", f"{dlq}:{letter.position}".encode()))
+            headers = [(k, v) for k, v in letter.headers if not k.startswith(dlq_header.PREFIX)]
+            headers.append((dlq_header.REPLAYED_FROM.name, f"{dlq}:{letter.position}".encode()))
             await producer.send_and_wait(letter.original_topic, key=letter.key, value=letter.value, headers=headers)
             sent.append(letter)
             if on_sent is not None:

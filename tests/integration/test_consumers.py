@@ -12,6 +12,7 @@ from faust.types import TP
 from shared import kafka, metrics
 from shared.broker_watch import BrokerWatch
 from shared.db import Database, Transaction
+from shared.events import dead_letter_headers as dlq_header
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.settings import Settings
@@ -92,6 +93,9 @@ async def test_a_failing_handler_dead_letters_and_rolls_back(
     assert headers["dlq-error"] == f"ValueError: cannot score {event.subject}".encode()
     assert headers["dlq-consumer-group"] == group.encode()
     assert headers["content-type"] == b"application/cloudevents+json"  # original headers kept
+    # every header docs/asyncapi.yaml's DeadLetterHeaders lists (tests/unit/test_asyncapi.py), in order
+    assert [name for name, _ in dead.headers if name.startswith(dlq_header.PREFIX)] == [
+        header.name for header in dlq_header.FAILURE_HEADERS]
     assert json.loads(dead.value)["id"] == event.id
     # The failed attempt left no inbox row, so a replay after a fix applies it.
     assert await db.pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = $1", event.id) == 0

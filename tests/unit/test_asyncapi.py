@@ -1,15 +1,25 @@
 """docs/asyncapi.yaml and docs/events.md are the registry's, and the AsyncAPI parser accepts the document."""
 
+import dataclasses
+import json
 import shutil
 import subprocess
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import jsonschema_rs
 import pytest
 import yaml
 
+from shared.events import dead_letter_headers as dlq_header
 from shared.events.asyncapi import render, render_catalogue
 from shared.events.catalog import EVENT_TYPES
+from shared.events.envelope import CloudEvent
+from shared.runtime.dlq import DeadLetter
 from shared.topology import TOPICS
+from tests.support.events import lead_captured
 
 ROOT = Path(__file__).parents[2]
 DOCUMENT = ROOT / "docs" / "asyncapi.yaml"
@@ -50,6 +60,54 @@ def test_every_event_type_is_a_message_on_its_topic_with_its_schema() -> None:
     for channel in doc["channels"].values():
         topic = channel["address"].removesuffix(".dlq")
         assert channel["bindings"]["kafka"]["partitions"] == TOPICS[topic].partitions
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))["components"]["schemas"]
+    return schemas
+
+
+def _errors(schema: dict[str, Any], instance: Any) -> list[str]:
+    validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+    return [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def test_a_published_cloud_event_is_a_valid_envelope_and_the_envelope_lists_exactly_its_attributes() -> None:
+    lead_id = str(uuid.uuid4())
+    every_attribute = CloudEvent(
+        type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead_id, data=lead_captured(lead_id),
+        sequence=1, correlationid=str(uuid.uuid4()), causationid=str(uuid.uuid4()),
+        traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+    )
+    unset = [f.name for f in dataclasses.fields(CloudEvent) if getattr(every_attribute, f.name) is None]
+    assert not unset, f"set every extension here too: {unset}"
+    on_the_wire = json.loads(every_attribute.to_bytes())  # what the outbox relay publishes
+    envelope = _schemas()["CloudEventEnvelope"]
+    assert not _errors(envelope, on_the_wire)
+    assert set(envelope["properties"]) == set(on_the_wire), "an attribute undescribed, or described but never sent"
+    without_extensions = CloudEvent(type=every_attribute.type, source=every_attribute.source, subject=lead_id,
+                                    data=every_attribute.data)
+    assert set(envelope["required"]) == set(without_extensions.to_dict())
+    # and as its type's message, whose payload pins type, source, dataschema and the data schema
+    payload = {**yaml.safe_load(DOCUMENT.read_text(encoding="utf-8")),
+               "$ref": f"#/components/messages/{every_attribute.type}/payload"}
+    assert not _errors(payload, on_the_wire)
+    assert _errors(payload, {**on_the_wire, "source": "/funnelcast/scoring"})
+    assert _errors(envelope, {**on_the_wire, "traceparent": "not-a-trace"})
+
+
+def test_the_dead_letter_headers_are_those_written_and_read() -> None:
+    failed_at = datetime(2026, 12, 3, 19, 30, tzinfo=UTC)
+    written = dlq_header.failure_headers("ValueError: no", "funnelcast-scoring", "sales.leads", 4, 42, failed_at)
+    documented = _schemas()["DeadLetterHeaders"]
+    assert [name for name, _ in written] == documented["required"] == list(documented["properties"])
+    letter = DeadLetter("sales.leads.dlq", 0, 7, b"lead-1", b"{}", tuple(written), replayed=False)
+    details = letter.details()
+    assert (details["error"], details["group"], details["failed_at"]) == (
+        "ValueError: no", "funnelcast-scoring", failed_at.isoformat())
+    assert details["original"] == {"topic": "sales.leads", "partition": "4", "offset": "42"}
+    replayed = _schemas()["KafkaHeaders"]["properties"][dlq_header.REPLAYED_FROM.name]
+    assert replayed["description"] == dlq_header.REPLAYED_FROM.description
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess[str]:
