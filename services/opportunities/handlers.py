@@ -581,10 +581,10 @@ async def create_contract(
 async def get_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:
     async with db.statements() as conn:
         row = await store.contract(conn, contract_id)
-    if row is None:
-        raise NotFound(f"no contract {contract_id}")
-    actor.check(row["owner_id"], f"contract {contract_id}")
-    return row
+        if row is None:
+            raise NotFound(f"no contract {contract_id}")
+        await actor.check_part_reads(conn, row, f"contract {contract_id}")
+        return row
 
 
 async def sign_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:
@@ -592,7 +592,7 @@ async def sign_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg
         row = await store.contract(tx.conn, contract_id, for_update=True)
         if row is None:
             raise NotFound(f"no contract {contract_id}")
-        actor.check(row["owner_id"], f"contract {contract_id}")
+        await actor.check_part_changes(tx.conn, row, f"contract {contract_id}")
         if row["status"] == ContractStatus.SIGNED:
             raise DomainError(f"contract {contract_id} is signed already")
         contract_transition(contract_id, row["status"], "sign")
@@ -627,7 +627,7 @@ async def end_contract(
         row = await store.contract(tx.conn, contract_id, for_update=True)
         if row is None:
             raise NotFound(f"no contract {contract_id}")
-        actor.check(row["owner_id"], f"contract {contract_id}")
+        await actor.check_part_changes(tx.conn, row, f"contract {contract_id}")
         status = contract_transition(contract_id, row["status"], action)
         now = _now()
         data: dict[str, Any] = {

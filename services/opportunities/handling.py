@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.opportunities.store import holders_of
+from services.opportunities.store import Conn, holders_of, opportunity
 from shared.errors import Forbidden, PreconditionFailed
 
 
@@ -20,8 +20,11 @@ class Actor:
     user_id: str
     owners: frozenset[str] | None
 
+    def covers(self, owner_id: str | None) -> bool:
+        return self.owners is None or owner_id in self.owners
+
     def check(self, owner_id: str | None, what: str) -> None:
-        if self.owners is not None and owner_id not in self.owners:
+        if not self.covers(owner_id):
             raise Forbidden(f"{what} belongs to {owner_id}, outside {self.user_id}'s scope")
 
     def check_reads(self, holders: Sequence[str], what: str) -> None:
@@ -31,13 +34,39 @@ class Actor:
 
     def check_changes(self, row: asyncpg.Record, what: str) -> None:
         """Changing a deal takes its primary owner in scope; a co-owner (holding a split) only reads it."""
-        if self.owners is None or row["owner_id"] in self.owners:
+        self.check_changes_of(row["owner_id"], holders_of(row), what)
+
+    def check_changes_of(self, owner_id: str, readers: Sequence[str], what: str) -> None:
+        """Changing a deal, or its quote or contract, takes `owner_id` in scope; a caller whose scope holds one
+        of the `readers` only is told that they may read it."""
+        if self.covers(owner_id):
             return
-        self.check_reads(holders_of(row), what)
+        self.check_reads(readers, what)
         raise Forbidden(
-            f"{what} belongs to {row['owner_id']}: {self.user_id} may read it (a split of it is in scope) but "
+            f"{what} belongs to {owner_id}: {self.user_id} may read it (an owner of the deal is in scope) but "
             "changes are made by its primary owner, that owner's manager, a director or an admin"
         )
+
+    async def check_part_reads(self, conn: Conn, part: asyncpg.Record, what: str) -> None:
+        """A quote or contract is read by its owner's scope and by the scopes that may read its deal: a
+        co-owner holding a split of it, and that co-owner's manager. The deal is loaded only past the owner's
+        scope."""
+        if not self.covers(part["owner_id"]):
+            self.check_reads(await _readers_of_part(conn, part), what)
+
+    async def check_part_changes(self, conn: Conn, part: asyncpg.Record, what: str) -> None:
+        """A quote or contract is changed by its owner's scope only; a co-owner of its deal is told that they
+        may read it, as for the deal itself."""
+        if not self.covers(part["owner_id"]):
+            self.check_changes_of(part["owner_id"], await _readers_of_part(conn, part), what)
+
+
+async def _readers_of_part(conn: Conn, part: asyncpg.Record) -> list[str]:
+    """Who may read a deal's quote or contract: its owner (the deal's primary owner when it was drawn up)
+    and whoever may read the deal now (its primary owner and the co-owners holding a split)."""
+    deal = await opportunity(conn, part["opportunity_id"])
+    assert deal is not None  # a quote's or contract's opportunity_id is a foreign key
+    return [part["owner_id"], *holders_of(deal)]
 
 
 def _now() -> datetime:

@@ -364,8 +364,7 @@ async def list_opportunities(
     if where.owners is not None:
         add("owner_id = ANY(?::text[])", sorted(where.owners))
     if where.visible_to is not None:
-        add("(owner_id = ANY(?::text[]) OR EXISTS (SELECT FROM opportunity_owners s"
-            " WHERE s.opportunity_id = opportunities.id AND s.owner_id = ANY(?::text[])))", sorted(where.visible_to))
+        add(f"(owner_id = ANY(?::text[]) OR {split_held_in_scope('id', '?')})", sorted(where.visible_to))
     for column in ("stage", "status", "pipeline_id", "account_id", "region"):
         value = getattr(where, column)
         if value is not None:
@@ -386,6 +385,12 @@ async def list_opportunities(
         " ORDER BY o.created_at, o.id",
         *args,
     )
+
+
+def split_held_in_scope(deal_id: str, scope: str) -> str:
+    """SQL: someone in the scope `scope` (a text[] parameter) holds a split of the deal whose id is `deal_id`.
+    Beside its primary owner's scope, that is who may read a deal (handling.Actor.check_reads on holders_of)."""
+    return f"{deal_id} IN (SELECT opportunity_id FROM opportunity_owners WHERE owner_id = ANY({scope}::text[]))"  # noqa: S608
 
 
 def _keyset(after: tuple[datetime, str] | None) -> tuple[list[str], list[Any]]:

@@ -99,7 +99,7 @@ async def _load(tx: Transaction, actor: Actor, quote_id: str, expected_version: 
     row = await store.quote(tx.conn, quote_id)
     if row is None:
         raise NotFound(f"no quote {quote_id}")
-    actor.check(row["owner_id"], f"quote {quote_id}")
+    await actor.check_part_changes(tx.conn, row, f"quote {quote_id}")
     check_version(f"quote {quote_id}", row["version"], expected_version)
     return row
 
@@ -194,10 +194,10 @@ async def decide_quote(
 async def get_quote(db: Database, actor: Actor, quote_id: str) -> asyncpg.Record:
     async with db.statements() as conn:
         row = await store.quote(conn, quote_id)
-    if row is None:
-        raise NotFound(f"no quote {quote_id}")
-    actor.check(row["owner_id"], f"quote {quote_id}")
-    return row
+        if row is None:
+            raise NotFound(f"no quote {quote_id}")
+        await actor.check_part_reads(conn, row, f"quote {quote_id}")
+        return row
 
 
 async def list_quotes(

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from services.opportunities.store import Conn, Row, _keyset
+from services.opportunities.store import Conn, Row, _keyset, split_held_in_scope
 
 
 async def insert_quote(conn: Conn, **fields: Any) -> Row:
@@ -42,8 +42,10 @@ async def list_quotes(
         args.append(value)
         clauses.append(condition.replace("?", f"${len(args)}"))
 
-    if owners is not None:
-        add("owner_id = ANY(?::text[])", sorted(owners))
+    if owners is not None:  # check_part_reads' rule: the quote's owner or an owner of its deal in scope
+        add("(owner_id = ANY(?::text[])"  # noqa: S608 - the SQL is ours
+            " OR opportunity_id IN (SELECT id FROM opportunities WHERE owner_id = ANY(?::text[]))"
+            f" OR {split_held_in_scope('opportunity_id', '?')})", sorted(owners))
     if opportunity_id is not None:
         add("opportunity_id = ?", opportunity_id)
     if status is not None:
