@@ -5,15 +5,23 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run lint test test-unit bench clean
 
-install: $(STAMP)
+# The npm packages of the KafkaJS subscriber example and of the AsyncAPI validation, where npm is
+# installed (their tests skip without node). Their own targets, not the venv's: npm installed after the
+# venv (as .ci/run may do), or a changed lock file, still gets them installed.
+NODE_MODULES := $(if $(shell command -v npm),examples/subscriber-node/node_modules/.package-lock.json \
+	docs/tooling/node_modules/.package-lock.json)
+
+install: $(STAMP) $(NODE_MODULES)
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	if command -v npm >/dev/null; then npm ci --prefix examples/subscriber-node --no-audit --no-fund --silent; fi
-	if command -v npm >/dev/null; then npm ci --prefix docs/tooling --no-audit --no-fund --silent; fi
 	touch $(STAMP)
+
+# npm ci writes node_modules/.package-lock.json last
+%/node_modules/.package-lock.json: %/package-lock.json
+	npm ci --prefix $* --no-audit --no-fund --silent
 
 run: install
 	$(VENV)/bin/funnelcast up
