@@ -18,7 +18,9 @@ import httpx
 import pytest
 
 from services.leads.main import service
+from shared import kafka
 from shared.auth import issue_token
+from shared.events.envelope import CloudEvent
 from shared.org import Role
 from shared.service import create_service_app
 from shared.settings import Settings
@@ -87,14 +89,17 @@ async def finished(client: httpx.AsyncClient, settings: Settings, replay_id: str
     return await eventually(done, timeout=30)
 
 
-def run_subscriber(settings: Settings, topic: str, group: str, state: Path, expected: int) -> tuple[list[dict], dict]:
+def run_subscriber(settings: Settings, topic: str, group: str, state: Path, expected: int, exit_status: int = 0
+                   ) -> tuple[list[dict], dict]:
+    """Run the example subscriber until `expected` events (handled or duplicate); what it handled and its
+    summary. `exit_status`: the status it must end with (1 when it rejected messages)."""
     result = subprocess.run(
         [sys.executable, str(SUBSCRIBER), "--bootstrap", settings.kafka_bootstrap, "--group", group,
          "--topic", topic, "--state", str(state), "--session-timeout-ms", "6000", "--fetch-max-wait-ms", "10",
          "--max-events", str(expected), "--idle-exit-s", "20"],
         capture_output=True, text=True, timeout=90,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == exit_status, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     summary = json.loads(result.stderr.strip().splitlines()[-1])["summary"]
     return lines, summary
@@ -137,6 +142,38 @@ async def test_a_replay_reaches_a_new_consumer_group_complete_and_in_order(
     await finished(client, settings, again.json()["id"])
     received, summary = run_subscriber(settings, target, f"erp-{uuid.uuid4().hex[:8]}", state, 2 * len(history))
     assert received == [] and summary == {"handled": 0, "duplicates": 2 * len(history), "rejected": 0}
+
+
+async def test_the_subscriber_rejects_what_is_not_a_valid_event_and_handles_the_rest(
+    client: httpx.AsyncClient, outbox: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """Ahead of a replay of real events, on one partition: a CloudEvent whose data breaks its type's schema
+    and a message that is not JSON. Both are rejected (stderr, exit status 1), the real events handled."""
+    since = datetime.now(UTC) - timedelta(milliseconds=1)
+    await capture_leads(client, settings, 2)
+    history = await published_history(outbox, since)
+    target = f"erp.rejects.{uuid.uuid4().hex[:8]}"
+    await create_topic(settings.kafka_bootstrap_servers, target, 1)
+    lead = history[0]["aggregateid"]
+    broken = CloudEvent(type="sales.lead.captured.v1", source="/funnelcast/leads", subject=lead,
+                        data={"lead_id": lead, "grade": "not a grade"})
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(target, broken.to_bytes(), key=lead.encode())
+        await producer.send_and_wait(target, b"{not json", key=lead.encode())
+    finally:
+        await producer.stop()
+    asked = await client.post("/v1/replays", json={"since": since.isoformat(), "target_topic": target},
+                              headers=as_(settings, "svc-erp"))
+    assert asked.status_code == 202, asked.text
+    await finished(client, settings, asked.json()["id"])
+
+    received, summary = run_subscriber(settings, target, f"erp-{uuid.uuid4().hex[:8]}", tmp_path / "erp.sqlite",
+                                       len(history), exit_status=1)
+    assert summary == {"handled": len(history), "duplicates": 0, "rejected": 2}
+    assert sorted(e["id"] for e in received) == sorted(r["id"] for r in history)
+    assert broken.id not in {e["id"] for e in received}
 
 
 async def test_replays_are_for_admins_and_integrations_with_checked_requests(
