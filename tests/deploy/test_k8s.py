@@ -1,6 +1,7 @@
 """deploy/k8s/ against the Kubernetes schemas (kubernetes-validate, offline) and against the code: the services
 and their workers (shared/topology.py PROCESSES), ports, probe paths, settings names, the runtime user, the
-migrations command. Overlays are rendered with
+migrations command; and against deploy/prometheus/kubernetes.yml, whose relabelling keeps and names the pods.
+Overlays are rendered with
 kustomize when `kustomize` or `kubectl` is installed (skipped otherwise; the base is checked regardless)."""
 
 import re
@@ -20,6 +21,7 @@ from tests.deploy.test_compose import _is_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "kubernetes.yml"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 KUBERNETES_VERSION = "1.32"
 DOCKERFILE_USER = re.search(r"^USER (\d+):(\d+)$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
@@ -36,6 +38,62 @@ def base_resources() -> list[dict[str, Any]]:
 
 def by_kind(resources: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {r["metadata"]["name"]: r for r in resources if r["kind"] == kind}
+
+
+def rendered_pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A base Deployment's pod template as kustomize renders it: the base kustomization's `labels` entries
+    that ask for it (includeTemplates, or includeSelectors) are added to the pod templates."""
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    added = {name: value for entry in kustomization.get("labels", [])
+             if entry.get("includeTemplates") or entry.get("includeSelectors")
+             for name, value in entry["pairs"].items()}
+    template = deployment["spec"]["template"]
+    return {**template, "metadata": {**template["metadata"], "labels": {**template["metadata"]["labels"], **added}}}
+
+
+def _meta_name(name: str) -> str:
+    """A label or annotation name as Prometheus' Kubernetes discovery spells it in a meta label."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def scrape_target(pod: dict[str, Any], namespace: str) -> dict[str, str] | None:
+    """The labels of the target Prometheus makes of this pod's port with deploy/prometheus/kubernetes.yml
+    (its namespaces and relabelling applied as Prometheus applies them); None when it does not scrape it."""
+    [job] = yaml.safe_load(SCRAPE_CONFIG.read_text())["scrape_configs"]
+    [discovery] = job["kubernetes_sd_configs"]
+    if discovery["role"] != "pod" or namespace not in discovery["namespaces"]["names"]:
+        return None
+    [container] = pod["spec"]["containers"]
+    [port] = container["ports"]
+    metadata = pod["metadata"]
+    labels = {
+        "__address__": f"10.1.2.3:{port['containerPort']}",  # the pod's IP and the container port
+        "__metrics_path__": job.get("metrics_path", "/metrics"),
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": f"{metadata['labels'].get('app.kubernetes.io/name', 'pod')}-5d8f7-x2x9q",
+        **{f"__meta_kubernetes_pod_label_{_meta_name(k)}": v for k, v in metadata.get("labels", {}).items()},
+        **{f"__meta_kubernetes_pod_annotation_{_meta_name(k)}": v
+           for k, v in metadata.get("annotations", {}).items()},
+    }
+    for rule in job["relabel_configs"]:
+        value = rule.get("separator", ";").join(labels.get(name, "") for name in rule["source_labels"])
+        matched = re.fullmatch(rule.get("regex", "(.*)"), value)  # Prometheus anchors the regex
+        action = rule.get("action", "replace")
+        assert action in ("keep", "drop", "replace"), f"relabel action {action} is not simulated here"
+        if (action == "keep" and not matched) or (action == "drop" and matched):
+            return None
+        if action == "replace" and matched:
+            replacement = re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1"))
+            labels[rule["target_label"]] = matched.expand(replacement)
+    return labels
+
+
+def assert_scraped_as_its_process(pod: dict[str, Any], name: str, namespace: str) -> None:
+    target = scrape_target(pod, namespace)
+    assert target is not None, f"Prometheus would not scrape {name}'s pods in {namespace}"
+    assert target["__address__"].endswith(f":{PROCESSES[name].port}") and target["__metrics_path__"] == "/metrics"
+    # the label every rule and dashboard groups by
+    assert (target["service"], target["namespace"]) == (name, namespace)
 
 
 def validate(resource: dict[str, Any]) -> None:
@@ -96,12 +154,33 @@ def test_each_process_has_a_deployment_pdb_and_hpa_and_each_service_a_service_ag
         assert not others, f"{name}'s pods are selected by {others}"
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(topology.port)
         assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+        # what deploy/prometheus/kubernetes.yml keeps pods by and names their series after
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert rendered_pod(deployments[name])["metadata"]["labels"]["app.kubernetes.io/part-of"] == "funnelcast"
+        assert labels["app.kubernetes.io/name"] == name
         assert budgets[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]
         hpa = autoscalers[name]["spec"]
         assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         # More consumer instances than partitions would idle.
         assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= min(t.partitions for t in TOPICS.values()
                                                                       if t.partitions >= 6)
+
+
+def test_prometheus_in_the_cluster_scrapes_every_process_as_its_service() -> None:
+    namespaces = [yaml.safe_load((overlay / "kustomization.yaml").read_text())["namespace"] for overlay in OVERLAYS]
+    deployments = by_kind(base_resources(), "Deployment")
+    for name in PROCESSES:
+        pod = rendered_pod(deployments[name])
+        for namespace in namespaces:
+            assert_scraped_as_its_process(pod, name, namespace)
+    # and the simulation tells a pod Prometheus would skip
+    pod = rendered_pod(deployments["leads"])
+    unannotated = {**pod, "metadata": {**pod["metadata"], "annotations": {
+        k: v for k, v in pod["metadata"]["annotations"].items() if k != "prometheus.io/scrape"}}}
+    foreign = {**pod, "metadata": {**pod["metadata"], "labels": {
+        **pod["metadata"]["labels"], "app.kubernetes.io/part-of": "another-system"}}}
+    assert scrape_target(unannotated, namespaces[0]) is None and scrape_target(foreign, namespaces[0]) is None
+    assert scrape_target(pod, "default") is None
 
 
 def test_probes_resources_and_a_non_root_read_only_container() -> None:
@@ -193,3 +272,7 @@ def test_each_overlay_renders_to_valid_manifests(overlay: Path) -> None:
         assert resource["metadata"]["namespace"] == namespace
         if resource["kind"] != "Secret":  # the overlay's generated Secret carries no base labels
             assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "funnelcast"
+    deployments = by_kind(rendered, "Deployment")
+    assert set(deployments) == set(PROCESSES)
+    for name, deployment in deployments.items():
+        assert_scraped_as_its_process(deployment["spec"]["template"], name, namespace)
