@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     # Training in the background: a check every interval, a fit of a kind once this many new outcomes came.
     scoring_train_interval_s: float = 3600.0
     scoring_train_min_new_outcomes: int = 100
-    # Open opportunities are re-scored this often (age in stage and activity recency move without an
-    # event), this many a round (read, scored, the changed ones written in one transaction); a win
-    # probability is published only when it changed.
+    # Open opportunities, then open leads, are re-scored this often (age in stage, activity recency and
+    # a lead's recency of contact move without an event), this many a round (read, scored, the changed
+    # ones written in one transaction); a score is published only when it changed.
     scoring_rescore_interval_s: float = 3600.0
     scoring_rescore_batch: int = 500
 

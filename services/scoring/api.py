@@ -11,6 +11,7 @@ from services.scoring import handlers, store
 from services.scoring.domain import MODEL_VERSION, TIER_VERSION
 from services.scoring.schedule import scheduled_work
 from shared.auth import Principal, may_act_on
+from shared.db import Database
 from shared.errors import Forbidden, NotFound
 from shared.org import Organisation, Role
 from shared.service import ServiceDatabase
@@ -208,17 +209,29 @@ class RescoringOut(BaseModel):
     rescored: int
 
 
+AsOf = Annotated[datetime | None, Query(description="the moment to score as of; now when absent")]
+
+
+async def _rescore(db: Database, subjects: handlers.OpenSubjects, as_of: datetime | None) -> RescoringOut:
+    moment = datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)  # naive: UTC
+    done = await handlers.rescore_open(db, subjects, moment, get_settings().scoring_rescore_batch)
+    return RescoringOut(as_of=done.as_of, examined=done.examined, rescored=done.rescored)
+
+
 @router.post("/v1/opportunities/rescore", response_model=RescoringOut)
-async def rescore_opportunities(
-    _: Admin, db: ServiceDatabase,
-    as_of: Annotated[datetime | None, Query(description="the moment to score as of; now when absent")] = None,
-) -> RescoringOut:
+async def rescore_opportunities(_: Admin, db: ServiceDatabase, as_of: AsOf = None) -> RescoringOut:
     """Re-score every open opportunity now (or as of `as_of`, e.g. to evaluate on past data) as the periodic
     re-scoring does, publishing the win probabilities that changed (admin). A deal whose latest event is after
     `as_of` is left as it is."""
-    moment = datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)  # naive: UTC
-    done = await handlers.rescore_open_opportunities(db, moment, get_settings().scoring_rescore_batch)
-    return RescoringOut(as_of=done.as_of, examined=done.examined, rescored=done.rescored)
+    return await _rescore(db, handlers.OPEN_OPPORTUNITIES, as_of)
+
+
+@router.post("/v1/leads/rescore", response_model=RescoringOut)
+async def rescore_leads(_: Admin, db: ServiceDatabase, as_of: AsOf = None) -> RescoringOut:
+    """Re-score every open lead (not converted, disqualified or merged) now, or as of `as_of`, as the periodic
+    re-scoring does, publishing the scores whose number, model or factors changed (admin). A lead whose
+    latest score was computed after `as_of` is left as it is."""
+    return await _rescore(db, handlers.OPEN_LEADS, as_of)
 
 
 @models.post("/{kind}/train", response_model=ModelOut, status_code=201)

@@ -13,10 +13,11 @@ from empty features rather than failing.
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from services.scoring import metrics, store
@@ -39,6 +40,7 @@ from shared.errors import DomainError, NotFound
 from shared.events.envelope import CloudEvent, data_time
 
 LEAD_SCORED = "sales.lead.scored.v1"
+LEAD_MERGED = "sales.lead.merged.v1"
 OPPORTUNITY_SCORED = "sales.opportunity.scored.v1"
 
 
@@ -94,6 +96,13 @@ def _lead_id(event: CloudEvent) -> str:
     return str(event.data.get("lead_id") or event.subject)
 
 
+def _lead_ids(event: CloudEvent) -> list[str]:
+    """The leads a lead event names: its own, and for a merge also the duplicate folded into it."""
+    if event.type == LEAD_MERGED:
+        return [_lead_id(event), str(event.data["merged_lead_id"])]
+    return [_lead_id(event)]
+
+
 def _opportunity_id(event: CloudEvent) -> str:
     return str(event.data.get("opportunity_id") or event.subject)
 
@@ -121,7 +130,7 @@ class Working:
         working: Working | None = tx.state.get("scoring")
         if working is None:
             working = tx.state["scoring"] = cls(tx, *await _active_models(tx.conn))
-            lead_ids = [_lead_id(e) for e in tx.batch if e.type.startswith("sales.lead.")]
+            lead_ids = [i for e in tx.batch if e.type.startswith("sales.lead.") for i in _lead_ids(e)]
             opportunity_ids = [_opportunity_id(e) for e in tx.batch if e.type.startswith("sales.opportunity.")]
             await working._load(lead_ids, opportunity_ids)
             tx.before_commit(working.save)
@@ -223,9 +232,8 @@ def _kept(computed: store.Computed) -> store.Scored:
                         [f.as_dict() for f in computed.score.factors], computed.scored_at, computed.sequence)
 
 
-def _score_lead(working: Working, features: LeadFeatures, now: datetime) -> Score:
-    """The active learned model's score when one was promoted, else the rules'."""
-    model = working.lead_model
+def _score_lead(model: LearnedModel | None, features: LeadFeatures, now: datetime) -> Score:
+    """The active learned model's score when one was promoted, else the rules' (as of `now`)."""
     return model.score(features) if model is not None else score_lead(features, now)
 
 
@@ -237,7 +245,7 @@ async def _rescore_lead(
     features, _ = await working.lead(lead_id)
     features = change(features)
     now = _now()
-    result = _score_lead(working, features, now)
+    result = _score_lead(working.lead_model, features, now)
     current = working.scored(lead_id, features, result, now, event)
     metrics.scores_computed.labels("lead", result.model_version).inc()
     metrics.scoring_latency.labels("lead").observe(max(0.0, (now - event.time).total_seconds()))
@@ -294,6 +302,14 @@ async def lead_converted(tx: Transaction, event: CloudEvent) -> None:
 
 async def lead_disqualified(tx: Transaction, event: CloudEvent) -> None:
     await _lead_outcome(tx, event, "disqualified", False, "disqualified_at")
+
+
+async def lead_merged(tx: Transaction, event: CloudEvent) -> None:
+    """A duplicate folded into another lead is closed: its score stays as it was and is no longer re-scored
+    as time passes (the survivor's events score the survivor). Not an outcome: the lead did not convert or
+    fail, it was the same person twice. Locked with the batch's other leads (`Working.of`)."""
+    working = await Working.of(tx)
+    working.lead_statuses[str(event.data["merged_lead_id"])] = "merged"
 
 
 # --- opportunities ----------------------------------------------------------------------------
@@ -417,69 +433,168 @@ async def opportunity_lost(tx: Transaction, event: CloudEvent) -> None:
     await _opportunity_closed(tx, event, "lost")
 
 
+# --- re-scoring as time passes ----------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Rescoring:
     """What one pass of the periodic re-scoring did."""
 
     as_of: datetime
-    examined: int  # open opportunities looked at
-    rescored: int  # of which the integer win probability changed: published
+    examined: int  # open subjects looked at
+    rescored: int  # of which the score changed: published
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """A subject's score as of a pass's moment, computed from its row as read (without a lock)."""
+
+    subject_id: str
+    read: store.Scored  # the score it had when read: the new one is written only while that is still current
+    features: LeadFeatures | OpportunityFeatures
+    result: Score
+    open_moment: OpportunityMoment | None = None  # an opportunity's: kept for its outcome, as an event's score
+
+
+def lead_rescored(model: LearnedModel | None, as_of: datetime, lead_id: str, features: LeadFeatures,
+                  read: store.Scored) -> Rescored | None:
+    """An open lead's score as of `as_of`, by the model the events' scores use (its recency of contact moves
+    with the moment under the rules); None for a lead scored after `as_of`, which is left as it is."""
+    if read.scored_at > as_of:
+        return None
+    return Rescored(lead_id, read, features, _score_lead(model, features, as_of))
+
+
+def lead_score_changed(rescored: Rescored) -> bool:
+    """Whether a lead's score, its model or its factors changed: a clamped score (0 or 100) can keep its
+    number while a recency factor appears, and a rep reads the factors."""
+    read, result = rescored.read, rescored.result
+    return (read.score != result.score or read.model_version != result.model_version
+            or read.factors != [f.as_dict() for f in result.factors])
+
+
+def opportunity_rescored(model: LearnedModel | None, tallies: store.WinTallies, as_of: datetime,
+                         opportunity_id: str, known: store.KnownOpportunity) -> Rescored | None:
+    """An open deal's win probability as of `as_of` (age in stage, the deal's age and activity recency move
+    without an event; the owner's win rate and the active model may have changed); None for a deal closed
+    meanwhile or whose latest event is after `as_of`, which is left as it is."""
+    features = known.features
+    if (known.scored is None or not is_open(features)
+            or (features.last_event_at is not None and features.last_event_at > as_of)):
+        return None
+    won, lost = tallies.by_owner.get(features.owner_id or "", (0, 0))
+    moment = OpportunityMoment(features, as_of, smoothed_win_rate(won, lost, *tallies.overall))
+    return Rescored(opportunity_id, known.scored, features, score_moment(model, moment), moment)
+
+
+def opportunity_score_changed(rescored: Rescored) -> bool:
+    """Whether a deal's integer win probability changed (a learned model's factors move with every hour of
+    age: publishing them would publish nearly every deal on every pass)."""
+    return rescored.read.score != rescored.result.score
+
+
+# The next batch of open subjects after an id, in id order: each with its id and what re-scores it as of
+# the pass's moment (called between yields to the event loop; None: not re-scored).
+OpenBatch = list[tuple[str, Callable[[], Rescored | None]]]
+
+
+@dataclass(frozen=True)
+class OpenSubjects:
+    """One kind of subject the periodic re-scoring walks: how it reads them, tells a changed score, and locks
+    and writes the changed ones."""
+
+    kind: str  # lead / opportunity: the metric's label and the scored event's `<kind>_id`
+    event_type: str
+    read: Callable[[Connection, str, int, datetime], Awaitable[OpenBatch]]
+    changed: Callable[[Rescored], bool]
+    # the sequences of the subjects no other transaction holds, locked (the others are left out)
+    lock_sequences: Callable[[Connection, list[str]], Awaitable[dict[str, int]]]
+    save: Callable[[Connection, list[store.Computed]], Awaitable[None]]
+
+
+async def _open_leads(conn: Connection, after: str, limit: int, as_of: datetime) -> OpenBatch:
+    found = await store.open_leads(conn, after, limit)
+    if not found:
+        return []
+    model = await _active_model(conn, "lead")
+    return [(lead_id, partial(lead_rescored, model, as_of, lead_id, features, read))
+            for lead_id, features, read in found]
+
+
+async def _open_opportunities(conn: Connection, after: str, limit: int, as_of: datetime) -> OpenBatch:
+    found = await store.open_opportunities(conn, after, limit)
+    if not found:
+        return []
+    model = await _active_model(conn, "opportunity")
+    tallies = await store.win_tallies(conn, [k.features.owner_id for _, k in found if k.features.owner_id])
+    return [(opportunity_id, partial(opportunity_rescored, model, tallies, as_of, opportunity_id, known))
+            for opportunity_id, known in found]
+
+
+async def _save_leads(conn: Connection, computed: list[store.Computed]) -> None:
+    await store.save_leads(conn, computed, {})
+
+
+OPEN_LEADS = OpenSubjects("lead", LEAD_SCORED, _open_leads, lead_score_changed, store.lock_open_lead_sequences,
+                          _save_leads)
+OPEN_OPPORTUNITIES = OpenSubjects("opportunity", OPPORTUNITY_SCORED, _open_opportunities, opportunity_score_changed,
+                                  store.lock_opportunity_sequences, store.save_opportunities)
 
 
 async def rescore_open_opportunities(db: Database, as_of: datetime, batch_size: int) -> Rescoring:
-    """Re-score every open opportunity as of `as_of` (age in stage, the deal's age and activity recency move
-    without an event; the owner's win rate and the active model may have changed), `batch_size` at a time in
-    id order; publish `sales.opportunity.scored.v1` only where the integer score changed. The scores are
-    computed without a lock (yielding to the event loop as they go); only the changed deals are locked
-    and written, in one short transaction a batch, and a deal an event re-scored meanwhile, or one a consumer
-    transaction holds, is left to that event's score. A deal whose latest event is after `as_of` is left
-    as it is (its state at `as_of` is not kept)."""
+    """Re-score every open opportunity as of `as_of`, publishing `sales.opportunity.scored.v1` where the
+    integer win probability changed (see `rescore_open`)."""
+    return await rescore_open(db, OPEN_OPPORTUNITIES, as_of, batch_size)
+
+
+async def rescore_open(db: Database, subjects: OpenSubjects, as_of: datetime, batch_size: int) -> Rescoring:
+    """Re-score every open subject of a kind as of `as_of`, `batch_size` at a time in id order; publish only
+    the changed scores. The scores are computed without a lock (yielding to the event loop as they go); only
+    the changed subjects are locked and written, in one short transaction a batch, and a subject an event
+    re-scored meanwhile, or one a consumer transaction holds, is left to that event's score. A subject whose
+    latest event (a lead: its latest score) is after `as_of` is left as it is (its state at `as_of` is not
+    kept)."""
     examined = rescored = 0
     after = ""
     while True:
         async with db.statements() as conn:
-            found = await store.open_opportunities(conn, after, batch_size)
-            if not found:
-                break
-            model = await _active_model(conn, "opportunity")
-            tallies = await store.win_tallies(conn, [k.features.owner_id for _, k in found if k.features.owner_id])
+            found = await subjects.read(conn, after, batch_size, as_of)
+        if not found:
+            break
         after = found[-1][0]
-        changed: dict[str, tuple[store.KnownOpportunity, OpportunityMoment, Score]] = {}
-        for i, (opportunity_id, known) in enumerate(found):
+        changed: list[Rescored] = []
+        for i, (_, rescore) in enumerate(found):
             if i % RESCORE_YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a learned score costs about 0.3 ms: let the consumer and HTTP run
-            features = known.features
-            if not is_open(features) or (features.last_event_at is not None and features.last_event_at > as_of):
+            result = rescore()
+            if result is None:
                 continue
             examined += 1
-            won, lost = tallies.by_owner.get(features.owner_id or "", (0, 0))
-            moment = OpportunityMoment(features, as_of, smoothed_win_rate(won, lost, *tallies.overall))
-            result = score_moment(model, moment)
-            if known.scored is None or known.scored.score != result.score:
-                changed[opportunity_id] = (known, moment, result)
+            if subjects.changed(result):
+                changed.append(result)
         if changed:
-            rescored += await _save_rescored(db, changed, as_of)
+            rescored += await _save_rescored(db, subjects, changed, as_of)
     return Rescoring(as_of, examined, rescored)
 
 
-RESCORE_YIELD_EVERY = 50  # deals scored between two yields to the event loop
+RESCORE_YIELD_EVERY = 50  # subjects scored between two yields to the event loop
 
 
-async def _save_rescored(db: Database, changed: dict[str, tuple[store.KnownOpportunity, OpportunityMoment, Score]],
-                         as_of: datetime) -> int:
-    """Write and publish the changed win probabilities whose deal is as it was read; return how many."""
+async def _save_rescored(db: Database, subjects: OpenSubjects, changed: list[Rescored], as_of: datetime) -> int:
+    """Write and publish the changed scores whose subject is as it was read; return how many."""
     async with db.transaction() as tx:
-        sequences = await store.lock_opportunity_sequences(tx.conn, list(changed))
+        sequences = await subjects.lock_sequences(tx.conn, [r.subject_id for r in changed])
         computed: list[store.Computed] = []
-        for opportunity_id, (known, moment, result) in changed.items():
-            if known.scored is None or sequences.get(opportunity_id) != known.scored.sequence:
-                continue  # held or re-scored by an event meanwhile: its score is that event's
-            computed.append(_computed(opportunity_id, moment.features, known.scored, result, as_of,
-                                      f"rescore-{uuid.uuid4()}", "rescore", moment))
-            metrics.scores_computed.labels("opportunity", result.model_version).inc()
-            data = _scored_data("opportunity", opportunity_id, result, known.scored, as_of, moment.features.owner_id)
-            tx.publish(OPPORTUNITY_SCORED, opportunity_id, data, sequence=computed[-1].sequence)
-        await store.save_opportunities(tx.conn, computed)
+        for rescored in changed:
+            if sequences.get(rescored.subject_id) != rescored.read.sequence:
+                continue  # held, re-scored or closed by an event meanwhile: its score is that event's
+            computed.append(_computed(rescored.subject_id, rescored.features, rescored.read, rescored.result, as_of,
+                                      f"rescore-{uuid.uuid4()}", "rescore", rescored.open_moment))
+            metrics.scores_computed.labels(subjects.kind, rescored.result.model_version).inc()
+            data = _scored_data(subjects.kind, rescored.subject_id, rescored.result, rescored.read, as_of,
+                                rescored.features.owner_id)
+            tx.publish(subjects.event_type, rescored.subject_id, data, sequence=computed[-1].sequence)
+        await subjects.save(tx.conn, computed)
     return len(computed)
 
 
@@ -626,6 +741,7 @@ HANDLERS = {
     "sales.lead.assigned.v1": lead_assigned,
     "sales.lead.converted.v1": lead_converted,
     "sales.lead.disqualified.v1": lead_disqualified,
+    LEAD_MERGED: lead_merged,
     "sales.opportunity.created.v1": opportunity_created,
     "sales.opportunity.stage_changed.v1": opportunity_stage_changed,
     "sales.opportunity.assessed.v1": opportunity_assessed,

@@ -1,4 +1,4 @@
-"""Background work on a schedule: training the learned models and re-scoring open opportunities.
+"""Background work on a schedule: training the learned models and re-scoring open leads and opportunities.
 
 Started with the service (a lifespan of the models router, inside the service's own, so the database
 is open):
@@ -6,9 +6,10 @@ is open):
   opportunity; a kind trains when at least `FUNNELCAST_SCORING_TRAIN_MIN_NEW_OUTCOMES` (default 100)
   of its outcomes were observed since its newest model's training window. Promotion follows the same
   held-out rule as on demand.
-- re-scoring: every `FUNNELCAST_SCORING_RESCORE_INTERVAL_S` (default 3600) every open opportunity is
-  re-scored as of now, `FUNNELCAST_SCORING_RESCORE_BATCH` (default 500) per transaction; only a changed
-  win probability is published (handlers.rescore_open_opportunities).
+- re-scoring: every `FUNNELCAST_SCORING_RESCORE_INTERVAL_S` (default 3600) every open opportunity, then
+  every open lead, is re-scored as of now, `FUNNELCAST_SCORING_RESCORE_BATCH` (default 500) per
+  transaction; only a changed win probability, or a changed lead score or its factors, is published
+  (handlers.rescore_open).
 """
 
 import asyncio
@@ -37,8 +38,10 @@ async def _train(db: Database) -> None:
 
 
 async def _rescore(db: Database) -> None:
-    done = await handlers.rescore_open_opportunities(db, datetime.now(UTC), get_settings().scoring_rescore_batch)
-    log.info("re-scored %d open opportunities, %d changed", done.examined, done.rescored)
+    as_of = datetime.now(UTC)
+    for subjects in (handlers.OPEN_OPPORTUNITIES, handlers.OPEN_LEADS):
+        done = await handlers.rescore_open(db, subjects, as_of, get_settings().scoring_rescore_batch)
+        log.info("re-scored %d open %ss, %d changed", done.examined, subjects.kind, done.rescored)
 
 
 async def _every(runtime: Any, interval_s: Callable[[], float], work: Callable[[Database], Awaitable[None]]) -> None:

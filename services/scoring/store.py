@@ -92,6 +92,25 @@ async def save_leads(conn: Connection, computed: list[Computed], statuses: dict[
         await conn.executemany("UPDATE lead_scores SET status = $2 WHERE lead_id = $1", list(statuses.items()))
 
 
+async def open_leads(conn: Connection, after: str, limit: int) -> list[tuple[str, LeadFeatures, Scored]]:
+    """The next `limit` open leads (not converted, disqualified or merged) in id order after `after` (the
+    partial index lead_scores_open), not locked."""
+    rows = await conn.fetch(
+        "SELECT lead_id, owner_id, features, score, model_version, factors, scored_at, sequence FROM lead_scores"
+        " WHERE status = 'open' AND lead_id > $1 ORDER BY lead_id LIMIT $2", after, limit)
+    return [(r["lead_id"], LeadFeatures.from_json(json.loads(r["features"])), _scored(r, "lead_id")) for r in rows]
+
+
+async def lock_open_lead_sequences(conn: Connection, lead_ids: list[str]) -> dict[str, int]:
+    """The sequence of the last scored event of each lead still open that no other transaction holds, locked
+    (the others are left out rather than waited for). Open: an outcome or a merge closes a lead without
+    publishing a score, so its sequence alone does not tell."""
+    rows = await conn.fetch(
+        "SELECT lead_id, sequence FROM lead_scores WHERE lead_id = ANY($1::text[]) AND status = 'open'"
+        " ORDER BY lead_id FOR UPDATE SKIP LOCKED", sorted(lead_ids))
+    return {r["lead_id"]: r["sequence"] for r in rows}
+
+
 async def lead_score(conn: Connection, lead_id: str) -> Scored | None:
     row = await conn.fetchrow("SELECT * FROM lead_scores WHERE lead_id = $1", lead_id)
     return None if row is None else _scored(row, "lead_id")

@@ -632,6 +632,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("scoring", "GET /v1/opportunities/{opportunity_id}/score/history"): reading(
         "opp-score", "GET", OPPORTUNITY + "/score/history"),
     ("scoring", "GET /v1/accounts/{account_id}/tier"): reading("account-tier", "GET", "/v1/accounts/{}/tier"),
+    ("scoring", "POST /v1/leads/rescore"): fixed("POST", "/v1/leads/rescore"),
     ("scoring", "POST /v1/opportunities/rescore"): fixed("POST", "/v1/opportunities/rescore"),
     # the model routes, by their path before and after scoring's models took a {kind}
     **{(service, path): recipe for service, route, recipe in (
