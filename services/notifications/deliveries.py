@@ -14,12 +14,16 @@
   goes to an address that passed the address policy when it was resolved, never to a second DNS
   answer. They are kept alive per origin by `connections.Connections` (not httpcore's pool, whose
   bookkeeping cost more CPU than the rest of an attempt).
+- Each attempt continues the trace of the event it delivers: a client span (exported when tracing is on,
+  shared/tracing.py) whose W3C `traceparent` header goes with the POST, and whose trace id the attempt's
+  log lines carry.
 The buckets are per instance: with N instances an endpoint may get up to N times the rate.
 """
 
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import ssl
 import time
@@ -36,6 +40,8 @@ from services.notifications.connections import Connections
 from services.notifications.domain import RetrySchedule, TokenBucket, sign
 from services.notifications.handlers import Context
 from services.notifications.targets import BlockedAddress, CheckedBackend, TargetGuard
+from shared import tracing
+from shared.context import Cause, current_cause
 from shared.db import Connection, Database
 
 log = logging.getLogger(__name__)
@@ -121,8 +127,11 @@ class Deliveries:
     async def _send(self, row: asyncpg.Record) -> None:
         subscription_id = row["subscription_id"]
         try:
-            attempt = await self._attempt(row)
+            span = _attempt_span(row)
+            attempt = await self._attempt(row, span.traceparent)
             self._finished.append((subscription_id, attempt))  # the list as it is now: recording swaps it
+            answered = {} if attempt.status_code is None else {"http.response.status_code": attempt.status_code}
+            span.end(attempt.error, attributes={"webhook.attempt": attempt.attempt, **answered})
         except Exception:
             log.exception("webhook delivery %s failed unexpectedly; due again when its lease ends", row["id"])
         finally:
@@ -136,7 +145,7 @@ class Deliveries:
         self._wake_after_window = None
         self.wake.set()
 
-    async def _attempt(self, row: asyncpg.Record) -> store.Attempt:
+    async def _attempt(self, row: asyncpg.Record, traceparent: str) -> store.Attempt:
         config = self.ctx.config
         number = row["attempts"] + 1
         started = time.perf_counter()
@@ -144,7 +153,7 @@ class Deliveries:
         error: str | None = None
         try:
             async with asyncio.timeout(config.webhook_timeout_s):
-                status_code = await self._post(row)
+                status_code = await self._post(row, traceparent)
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except BlockedAddress as exc:
@@ -158,11 +167,14 @@ class Deliveries:
             return store.Attempt(row["id"], number, status_code, None, duration_ms, "succeeded", None)
         delay = self.schedule.delay_after(number)
         if delay is None:
+            log.warning("webhook delivery %s failed on its last attempt (%d): %s", row["id"], number, error)
             return store.Attempt(row["id"], number, status_code, error, duration_ms, "dead", None)
+        log.info("webhook delivery %s attempt %d failed: %s; retrying in %.1f s", row["id"], number, error,
+                 delay.total_seconds())
         return store.Attempt(row["id"], number, status_code, error, duration_ms, "retry", self.ctx.clock.now() + delay)
 
-    async def _post(self, row: asyncpg.Record) -> int:
-        """POST the signed CloudEvent; the answer's status code."""
+    async def _post(self, row: asyncpg.Record, traceparent: str) -> int:
+        """POST the signed CloudEvent, in the trace of `traceparent`; the answer's status code."""
         url = httpx.URL(row["url"])  # httpx's parser: IPv6 literals, IDNA hosts, userinfo
         message_id = f"msg_{row['id'].hex}"
         timestamp = int(time.time())
@@ -174,6 +186,7 @@ class Deliveries:
             (b"webhook-id", message_id.encode()),
             (b"webhook-timestamp", str(timestamp).encode()),
             (b"webhook-signature", sign(row["secret"], message_id, timestamp, body).encode()),
+            (b"traceparent", traceparent.encode()),
         ]
         if url.username or url.password:
             credentials = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
@@ -211,3 +224,15 @@ class Deliveries:
                 subscription = await store.subscription(conn, str(subscription_id))
                 if subscription is not None and subscription["enabled"]:
                     await handlers.webhook_disabled(conn, self.ctx, subscription, failures)
+
+
+def _attempt_span(row: asyncpg.Record) -> tracing.Span:
+    """A delivery attempt: a client span in the trace of the event it delivers (a new trace when the event
+    has none), set as this attempt's cause, so its log lines carry the trace id. Each attempt runs as a
+    task of its own, with a copy of the context: setting the cause here touches no other attempt."""
+    event = json.loads(row["payload"])
+    span = tracing.start_span("webhook POST", event.get("traceparent"), "client",
+                              {"webhook.delivery_id": str(row["id"]), "cloudevents.event_id": event["id"]})
+    current_cause.set(Cause(correlation_id=event.get("correlationid") or event["id"], causation_id=event["id"],
+                            traceparent=span.traceparent))
+    return span

@@ -284,11 +284,13 @@ async def queue_emails(conn: Connection, emails: Sequence[NewEmail]) -> None:
 
 
 async def claim_emails(conn: Connection, now: datetime, lease_until: datetime, limit: int) -> list[asyncpg.Record]:
-    """Due e-mails, leased to the caller until `lease_until` (as webhook deliveries are)."""
+    """Due e-mails, leased to the caller until `lease_until` (as webhook deliveries are), each with the
+    cause (`cause_id`) and trace (`traceparent`) of its notification."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "WITH due AS (SELECT id FROM emails WHERE status = 'pending' AND send_after <= $1 ORDER BY send_after"
         " LIMIT $3 FOR UPDATE SKIP LOCKED)"
-        " UPDATE emails e SET send_after = $2 FROM due WHERE e.id = due.id RETURNING e.*",
+        " UPDATE emails e SET send_after = $2 FROM due, notifications n WHERE e.id = due.id"
+        " AND n.id = e.notification_id RETURNING e.*, n.cause_id, n.traceparent",
         now, lease_until, limit,
     )
     return rows

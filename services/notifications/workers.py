@@ -17,7 +17,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -27,6 +27,8 @@ from services.notifications import handlers, metrics, store
 from services.notifications.deliveries import Deliveries
 from services.notifications.handlers import Context
 from services.notifications.targets import TargetGuard
+from shared import tracing
+from shared.context import Cause, current_cause
 from shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -112,30 +114,46 @@ class Workers:
     # --- e-mail ---------------------------------------------------------------------------------
 
     async def send_due_emails(self) -> bool:
-        config = self.ctx.config
         now = self.ctx.clock.now()
         async with self.db.pool.acquire() as conn:
             due = await store.claim_emails(conn, now, now + timedelta(seconds=60), 50)
         for row in due:
-            message = EmailMessage()
-            message["From"] = config.smtp_from
-            message["To"] = row["to_address"]
-            message["Subject"] = row["subject"]
-            message["Message-ID"] = f"<{row['notification_id']}@funnelcast>"
-            message.set_content(row["body"])
+            # A client span in the notification's trace, and the cause its log lines carry.
+            span = tracing.start_span("smtp send", row["traceparent"], "client",
+                                      {"notification.id": str(row["notification_id"])})
+            cause = current_cause.set(Cause(correlation_id=row["cause_id"], causation_id=row["cause_id"],
+                                            traceparent=span.traceparent))
             try:
-                await aiosmtplib.send(message, hostname=config.smtp_host, port=config.smtp_port,
-                                      start_tls=config.smtp_starttls, timeout=10, username=config.smtp_username,
-                                      password=config.smtp_password.get_secret_value() if config.smtp_password
-                                      else None)
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                attempts = row["attempts"] + 1
-                retry_at = None if attempts >= config.smtp_max_attempts else now + timedelta(seconds=30 * 2 ** attempts)
-                async with self.db.pool.acquire() as conn:
-                    await store.email_failed(conn, row["id"], f"{type(exc).__name__}: {exc}", retry_at)
-                metrics.notifications.labels("email", "failed" if retry_at is None else "retry").inc()
-                continue
-            async with self.db.pool.acquire() as conn:
-                await store.email_sent(conn, row["id"])
-            metrics.notifications.labels("email", "sent").inc()
+                span.end(await self._send_email(row, now))
+            finally:
+                current_cause.reset(cause)
         return len(due) == 50
+
+    async def _send_email(self, row: asyncpg.Record, now: datetime) -> str | None:
+        """Send one e-mail and record the outcome; the error when it failed."""
+        config = self.ctx.config
+        message = EmailMessage()
+        message["From"] = config.smtp_from
+        message["To"] = row["to_address"]
+        message["Subject"] = row["subject"]
+        message["Message-ID"] = f"<{row['notification_id']}@funnelcast>"
+        message.set_content(row["body"])
+        try:
+            await aiosmtplib.send(message, hostname=config.smtp_host, port=config.smtp_port,
+                                  start_tls=config.smtp_starttls, timeout=10, username=config.smtp_username,
+                                  password=config.smtp_password.get_secret_value() if config.smtp_password
+                                  else None)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            attempts = row["attempts"] + 1
+            retry_at = None if attempts >= config.smtp_max_attempts else now + timedelta(seconds=30 * 2 ** attempts)
+            async with self.db.pool.acquire() as conn:
+                await store.email_failed(conn, row["id"], error, retry_at)
+            metrics.notifications.labels("email", "failed" if retry_at is None else "retry").inc()
+            log.warning("e-mail of notification %s failed (attempt %d): %s; %s", row["notification_id"], attempts,
+                        error, "given up" if retry_at is None else f"retrying at {retry_at.isoformat()}")
+            return error
+        async with self.db.pool.acquire() as conn:
+            await store.email_sent(conn, row["id"])
+        metrics.notifications.labels("email", "sent").inc()
+        return None

@@ -46,6 +46,7 @@ from services.notifications.config import NotificationsConfig
 from services.notifications.main import service
 from shared import kafka
 from shared.auth import issue_token
+from shared.context import trace_id_of
 from shared.db import Database
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message
@@ -675,7 +676,8 @@ async def test_a_webhook_receives_a_signed_cloud_event(
     subscription = await subscribe(http, settings, f"{url}/ok", ["sales.lead.captured.v1"])
     secret = subscription["secret"]
     assert secret.startswith("whsec_")
-    lead = await capture(leads, settings, "rep-1", grade="C")
+    trace_id = uuid.uuid4().hex
+    lead = await capture(leads, settings, "rep-1", grade="C", trace_id=trace_id)
 
     async def arrived() -> list[tuple[dict[str, str], bytes, float]]:
         return [r for r in hooks.on("ok") if json.loads(r[1])["subject"] == lead]
@@ -685,6 +687,9 @@ async def test_a_webhook_receives_a_signed_cloud_event(
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
     assert headers["content-type"] == "application/cloudevents+json"
     event = json.loads(body)
+    # The POST continues the event's trace (the capture request's) as a span of its own.
+    assert trace_id_of(headers["traceparent"]) == trace_id == trace_id_of(event["traceparent"])
+    assert headers["traceparent"] != event["traceparent"]
     assert event["type"] == "sales.lead.captured.v1" and event["specversion"] == "1.0"
     assert event["data"]["lead_id"] == lead and event["source"] == "/funnelcast/leads"
     assert not verify_signature(secret, headers, body + b" ")
