@@ -1,15 +1,22 @@
 """deploy/prometheus/rules/: promtool checks and unit tests (every alert firing and not firing), a
-runbook for every alert, and no rule or dashboard naming a metric that no service exports."""
+runbook for every alert, no rule or dashboard naming a metric that no service exports, or a histogram
+bucket it does not have."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY, generate_latest
 
+from services.leads.main import service
+from shared.service import create_service_app
+from shared.settings import Settings
 from tests.support.metric_names import exported_metric_names, metrics_used
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,28 +79,58 @@ def test_every_alert_names_its_written_runbook_and_every_runbook_an_alert() -> N
         assert rule["annotations"]["runbook_url"] == f"docs/runbooks/{name}.md"
         page = (RUNBOOKS / f"{name}.md").read_text(encoding="utf-8")
         assert page.startswith(f"# {name}\n")
-        for section in ("## What it means", "## How to confirm", "## How to fix"):
-            assert section in page, f"{name}.md lacks {section!r}"
-        assert "dead-letter" in page.lower() or "re-drive" in page.lower(), f"{name}.md says nothing on dead letters"
+        headings = re.findall(r"^## (.+)$", page, re.M)
+        assert headings[:3] == ["What it means", "How to confirm", "How to fix"], f"{name}.md: {headings}"
+        # the fourth part: what this alert means for dead letters, or how to re-drive what it left undone
+        assert len(headings) == 4 and re.search(r"dead.letter|re-?drive", headings[3], re.I), (
+            f"{name}.md needs a 4th section on dead letters or re-driving: {headings}")
+        bodies = re.split(r"^## .+$", page, flags=re.M)[1:]
+        assert all(body.strip() for body in bodies), f"{name}.md has an empty section"
     pages = {path.stem for path in RUNBOOKS.glob("*.md")} - {"README"}
     assert pages == set(alerts()), "a runbook without an alert, or the reverse"
+
+
+def _expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) of every rule and dashboard panel."""
+    found = [(rule.get("alert") or rule["record"], rule["expr"]) for rule in rules()]
+    for path in sorted((DASHBOARDS / "dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            found += [(f"{path.name}: {panel['title']}", target["expr"]) for target in panel["targets"]]
+    return found
 
 
 def test_every_metric_a_rule_or_dashboard_uses_is_exported_by_a_service() -> None:
     exported = exported_metric_names()
     assert "funnelcast_ready" in exported and "funnelcast_http_request_duration_seconds_bucket" in exported
     used: dict[str, set[str]] = {}
-    for rule in rules():
-        for metric in metrics_used(rule["expr"]):
-            used.setdefault(metric, set()).add(rule.get("alert") or rule["record"])
-    for path in sorted((DASHBOARDS / "dashboards").glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel["targets"]:
-                for metric in metrics_used(target["expr"]):
-                    used.setdefault(metric, set()).add(f"{path.name}: {panel['title']}")
+    for where, expr in _expressions():
+        for metric in metrics_used(expr):
+            used.setdefault(metric, set()).add(where)
     assert len(used) >= 10
     missing = {metric: sorted(where) for metric, where in used.items() if metric not in exported}
     assert not missing, f"metrics no service exports: {missing}"
+
+
+async def _exported_buckets() -> dict[str, set[float]]:
+    """The bucket bounds of each histogram with a series, after one request through a service app."""
+    app = create_service_app(service, Settings())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        assert (await http.get("/healthz")).status_code == 200
+    buckets: dict[str, set[float]] = {}
+    for name, bound in re.findall(r'^(\w+)_bucket\{.*?le="([^"]+)"', generate_latest(REGISTRY).decode(), re.M):
+        buckets.setdefault(name, set()).add(float(bound))
+    return buckets
+
+
+async def test_every_bucket_a_rule_or_dashboard_reads_is_one_its_histogram_has() -> None:
+    exported = await _exported_buckets()
+    used = [(where, histogram, bound) for where, expr in _expressions()
+            for histogram, bound in re.findall(r'(\w+)_bucket\{[^}]*\ble="([^"]+)"', expr)]
+    assert used, "the latency SLO rules read a bucket"
+    for where, histogram, bound in used:
+        assert histogram in exported, f"{where}: no series of {histogram} to read its buckets from"
+        # as numbers: a client writes "1.0" where Prometheus 3 stores "1"
+        assert float(bound) in exported[histogram], f"{where}: {histogram} has no bucket le={bound}"
 
 
 def test_the_dashboards_are_what_their_generator_writes() -> None:
