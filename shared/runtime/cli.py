@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,9 +37,10 @@ from shared.runtime.supervisor import (
     stop_recorded,
 )
 from shared.settings import Settings
-from shared.topology import PROCESSES, SERVICES
+from shared.topology import PROCESSES, SERVICES, TOPICS
 
 EXIT_USAGE = 2
+_DEAD_LETTER_COUNT_TIMEOUT_S = 5.0  # status stays quick when the broker is unreachable
 DEFAULT_READY_TIMEOUT_S = 90.0
 
 
@@ -89,7 +91,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stack.start(args.ready_timeout)
         _say(f"ready in {time.monotonic() - started:.1f} s ({_timings(stack.timings)})")
-        _print_status(_with_figures(status_report(stack.home, settings)))
+        _print_status(_with_figures(status_report(stack.home, settings), settings))
         if args.detach:
             stack.detach()
             keep_running = True
@@ -151,7 +153,7 @@ def cmd_down(_args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        report = _with_figures(status_report(settings.home.absolute(), settings))
+        report = _with_figures(status_report(settings.home.absolute(), settings), settings)
     except StackError as exc:
         _complain(str(exc))
         return 1
@@ -163,13 +165,33 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["running"] and all_ready else 1
 
 
-def _with_figures(report: dict[str, Any]) -> dict[str, Any]:
-    """Each live service's consumer lag, outbox backlog and dead letters, from its /metrics."""
+def _with_figures(report: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Each live service's consumer lag and outbox backlog, from its /metrics, and the dead letters its
+    consumer group left waiting (not re-driven yet), from the broker's dead-letter topics: on every
+    instance of a consuming service, none (None) for a process that consumes nothing, and None for all
+    when the broker does not answer."""
     from shared.runtime.observe import FIGURES, service_figures
 
+    waiting = _waiting_dead_letters(settings) if report["running"] else None
+    consuming = {name for topic in TOPICS.values() for name in topic.consumers}
     for service in report["services"]:
         service.update(service_figures(service["port"]) if service["alive"] else dict.fromkeys(FIGURES))
+        service["dead_letters"] = (waiting[f"funnelcast-{service['name']}"]
+                                   if waiting is not None and service["name"] in consuming else None)
     return report
+
+
+def _waiting_dead_letters(settings: Settings) -> Counter[str] | None:
+    """Dead letters waiting per consumer group; None when the broker cannot tell within a few seconds."""
+    from aiokafka.errors import KafkaError
+
+    from shared.runtime.dlq import waiting_per_group
+
+    try:
+        return asyncio.run(asyncio.wait_for(waiting_per_group(settings), _DEAD_LETTER_COUNT_TIMEOUT_S))
+    except (KafkaError, OSError, TimeoutError) as exc:
+        _complain(f"dead letters not counted: the broker did not answer ({exc!r})")
+        return None
 
 
 def _print_status(report: dict[str, Any]) -> None:
@@ -177,7 +199,7 @@ def _print_status(report: dict[str, Any]) -> None:
         _say(f"Funnelcast in {report['home']} (started {report.get('started_at', '?')})")
     else:
         _say(f"no Funnelcast stack is running from {report['home']}")
-    rows = [("SERVICE", "PID", "ALIVE", "PORT", "READYZ", "LAG", "BACKLOG", "DEAD-LETTERED")]
+    rows = [("SERVICE", "PID", "ALIVE", "PORT", "READYZ", "LAG", "BACKLOG", "DEAD LETTERS WAITING")]
     for s in report["services"]:
         alive = "yes" if s["alive"] else "no"
         figures = [str(s.get(f)) if s.get(f) is not None else "-"
@@ -361,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="services, ports, readiness, broker and database",
         description="Per service: pid, port, /readyz, consumer lag (messages behind, all topics), outbox "
-        "backlog (events not yet published) and the messages it dead-lettered since it started (from its "
-        "/metrics; `funnelcast dlq list TOPIC` shows what waits). Exit status 0 when every service is alive "
-        "and ready, 1 otherwise.",
+        "backlog (events not yet published), both from its /metrics, and the dead letters its consumer group "
+        "left waiting in the dead-letter topics, not re-driven yet (`funnelcast dlq list TOPIC` shows them). "
+        "Exit status 0 when every service is alive and ready, 1 otherwise.",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=cmd_status)

@@ -5,10 +5,11 @@ topic it came from, byte for byte, with its key (so the same partition) and its 
 every consumer group sees it again, and the inboxes make it a no-op for the groups that had applied
 it, so only the group that failed applies it, once. What has been re-driven is remembered as the
 committed offsets of the consumer group `funnelcast-dlq-replay` on the dead-letter topic, so a second
-`replay` sends only what reached the topic since.
+`replay` sends only what reached the topic since, and `funnelcast status` counts what waits past them.
 """
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,11 @@ class DeadLetter:
         return None
 
     @property
+    def consumer_group(self) -> str | None:
+        """The group whose handler failed on it."""
+        return self.header(dlq_header.CONSUMER_GROUP.name)
+
+    @property
     def position(self) -> str:
         return f"{self.partition}:{self.offset}"
 
@@ -68,7 +74,7 @@ class DeadLetter:
             "position": self.position,
             "state": "replayed" if self.replayed else "pending",
             "failed_at": self.header(dlq_header.FAILED_AT.name),
-            "group": self.header(dlq_header.CONSUMER_GROUP.name),
+            "group": self.consumer_group,
             "type": event.get("type"),
             "subject": event.get("subject") or (self.key or b"").decode("utf-8", "replace"),
             "event_id": event.get("id"),
@@ -122,12 +128,19 @@ async def read_dead_letters(settings: Settings, topic: str) -> list[DeadLetter]:
 
 async def _read(consumer: AIOKafkaConsumer, dlq: str) -> list[DeadLetter]:
     partitions = await _partitions(consumer, dlq)
-    consumer.assign(partitions)  # no group membership: the group only keeps what was re-driven
-    ends = await consumer.end_offsets(partitions)
     replayed_until = {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
-    await consumer.seek_to_beginning(*partitions)
+    return await _read_from(consumer, dict.fromkeys(partitions, 0), replayed_until)
+
+
+async def _read_from(consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int],
+                     replayed_until: dict[TopicPartition, int]) -> list[DeadLetter]:
+    """The letters of each partition from its start offset to its end as it is now."""
+    consumer.assign(list(starts))  # no group membership: the group only keeps what was re-driven
+    ends = await consumer.end_offsets(list(starts))
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
     letters: list[DeadLetter] = []
-    pending = {tp for tp in partitions if ends[tp] > 0}
+    pending = {tp for tp in starts if ends[tp] > starts[tp]}
     while pending:
         for tp in list(pending):
             if await consumer.position(tp) >= ends[tp]:
@@ -140,10 +153,29 @@ async def _read(consumer: AIOKafkaConsumer, dlq: str) -> list[DeadLetter]:
                 if record.offset >= ends[tp]:
                     continue
                 letters.append(DeadLetter(
-                    dlq, record.partition, record.offset, record.key, record.value,
+                    tp.topic, record.partition, record.offset, record.key, record.value,
                     tuple((k, bytes(v)) for k, v in record.headers), record.offset < replayed_until[tp],
                 ))
     return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
+
+
+async def waiting_per_group(settings: Settings) -> Counter[str]:
+    """How many dead letters wait (not re-driven yet) per consumer group that wrote them, over every
+    dead-letter topic: for `funnelcast status`. The offsets say where letters wait, and only those are
+    read (for their consumer-group header): nothing waiting costs one metadata request and the offsets."""
+    consumer = kafka.consumer(settings, group_id=REPLAY_GROUP, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        await consumer.topics()  # a metadata refresh
+        partitions = [TopicPartition(topic.dead_letters, p) for topic in TOPICS.values()
+                      for p in sorted(consumer.partitions_for_topic(topic.dead_letters) or ())]
+        ends = await consumer.end_offsets(partitions)
+        replayed_until = {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
+        waiting = {tp: offset for tp, offset in replayed_until.items() if offset < ends[tp]}
+        letters = await _read_from(consumer, waiting, waiting) if waiting else []
+    finally:
+        await consumer.stop()
+    return Counter(letter.consumer_group or "" for letter in letters)
 
 
 async def replay_dead_letters(

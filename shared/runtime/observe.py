@@ -1,21 +1,23 @@
-"""A running service's operational figures, read from its /metrics: for `funnelcast status`."""
+"""A running service's operational figures, read from its /metrics: for `funnelcast status`.
+
+Its dead letters are not among them: the service's counter starts again at 0 with the process, while
+the letters wait in the dead-letter topics until re-driven, so status counts them there
+(shared/runtime/dlq.py `waiting_per_group`)."""
 
 import http.client
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-FIGURES = ("consumer_lag", "outbox_backlog", "dead_letters")
+FIGURES = ("consumer_lag", "outbox_backlog")
 
 
 def figures_from_metrics(text: str) -> dict[str, int]:
-    """Consumer lag (summed over its topics and partitions), outbox backlog, and messages this instance
-    dead-lettered since it started."""
+    """Consumer lag (summed over its topics and partitions) and outbox backlog."""
     sums = dict.fromkeys(FIGURES, 0.0)
     names = {
         "funnelcast_consumer_lag": "consumer_lag",
         "funnelcast_outbox_backlog": "outbox_backlog",
-        "funnelcast_dead_letters_total": "dead_letters",
     }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

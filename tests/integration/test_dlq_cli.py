@@ -18,6 +18,7 @@ from shared.db import Database, Transaction
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor
 from shared.runtime.broker import TansuBroker
+from shared.runtime.dlq import waiting_per_group
 from shared.runtime.postgres import EmbeddedPostgres
 from shared.settings import Settings
 from shared.streaming import StreamApp, create_stream_app, subscribe
@@ -137,6 +138,7 @@ async def test_a_dead_lettered_event_replayed_after_the_fix_is_applied_once(
     assert letter["state"] == "pending" and letter["type"] == "sales.contract.signed.v1"
     assert letter["subject"] == event.subject and "no currency table for XTS" in letter["error"]
     assert await booked(db, event.subject) == 0
+    assert await waiting_per_group(settings) == {letter["group"]: 2}  # what `funnelcast status` shows
 
     table = await funnelcast(settings, "dlq", "list", "sales.contracts.dlq")
     assert table.returncode == 0 and "2 dead letters, 2 not re-driven yet" in table.stdout, table.stdout
@@ -161,6 +163,7 @@ async def test_a_dead_lettered_event_replayed_after_the_fix_is_applied_once(
 
     letters = await eventually(pending, timeout=60, interval=0.5)
     assert [x["subject"] for x in letters] == [poison_key]
+    assert await waiting_per_group(settings) == {letter["group"]: 1}  # the re-driven ones no longer count
 
     again = await funnelcast(settings, "dlq", "replay", "sales.contracts")
     assert "re-drove 1 dead letters" in again.stdout  # only the poison's second arrival was pending
