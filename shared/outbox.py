@@ -253,8 +253,8 @@ class OutboxRelay:
         positions = [r["position"] for r in rows]
         self._marking_range = (positions[0], positions[-1])
         self._marking = asyncio.create_task(self._mark_published(positions))
-        for type_, count in collections.Counter(r["type"] for r in rows).items():
-            metrics.events_published.labels(type_).inc(count)
+        for (type_, topic), count in collections.Counter((r["type"], r["topic"]) for r in rows).items():
+            metrics.events_published.labels(type_, topic).inc(count)
         return len(rows)
 
     async def _observe_backlog(self, batch_rows: int, oldest: datetime) -> None:

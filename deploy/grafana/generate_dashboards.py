@@ -97,7 +97,10 @@ def overview() -> dict[str, Any]:
                f"(rate(funnelcast_http_request_duration_seconds_bucket{{{s}}}[{R}])))", "p95 {{service}}"),
               (f"histogram_quantile(0.5, sum by (service, le) "
                f"(rate(funnelcast_http_request_duration_seconds_bucket{{{s}}}[{R}])))", "p50 {{service}}")),
-        panel("Events published per second", "By event type; a type's topic is in docs/events.md.", "ops",
+        panel("Events published per second by topic", "What each topic receives; its types are in docs/events.md.",
+              "ops", (f"sum by (topic) (rate(funnelcast_events_published_total{{{s}}}[{R}]))", "{{topic}}"),
+              stacked=True),
+        panel("Events published per second by type", "Each event type (one topic each).", "ops",
               (f"sum by (type) (rate(funnelcast_events_published_total{{{s}}}[{R}]))", "{{type}}"), stacked=True),
         panel("Events consumed per second", "Applied by each consumer group.", "ops",
               (f"sum by (group) (rate(funnelcast_events_consumed_total{{{s}}}[{R}]))", "{{group}}"), stacked=True),

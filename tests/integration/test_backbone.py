@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from shared.db import Database
 from shared.events.envelope import InvalidEvent, parse_and_validate
@@ -60,9 +61,12 @@ async def test_published_events_are_valid_cloudevents(
     db: Database, producer: AIOKafkaProducer, settings: Settings
 ) -> None:
     lead = str(uuid.uuid4())
+    counted = {"type": "sales.lead.captured.v1", "topic": "sales.leads"}  # the dashboards' labels
+    published_before = REGISTRY.get_sample_value("funnelcast_events_published_total", counted) or 0
     async with db.transaction() as tx:
         sent = tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
     await OutboxRelay(db.pool, producer).drain()
+    assert REGISTRY.get_sample_value("funnelcast_events_published_total", counted) == published_before + 1
 
     [record] = await read_topic(settings, "sales.leads", count=1, match=lead.encode())
     event = parse_and_validate(record.value)
