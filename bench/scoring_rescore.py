@@ -1,14 +1,16 @@
-"""CPU per pass of the periodic re-scoring of open opportunities (services/scoring/schedule.py).
+"""CPU per pass of the periodic re-scoring of open opportunities or leads (services/scoring/schedule.py).
 
 A Postgres of its own holds `--deals` open opportunities (features as the handlers keep them: bidding,
-entered 0-90 days ago, 30 owners with win tallies); each pass calls `handlers.rescore_open_opportunities`
-as the schedule does, `FUNNELCAST_SCORING_RESCORE_BATCH` (500) per transaction, as of a moment one day
-later than the pass before, so some deals cross an age threshold and are published, most are not.
-Once with the rules, once with a learned model (trees, trained on synthetic outcomes) active. Prints,
-per pass, the CPU time of this process (the scoring service's share) and of the Postgres server, per
-pass and per open deal: medians and ranges of `--runs` passes.
+entered 0-90 days ago, 30 owners with win tallies), or with `--kind lead` as many open leads (captured
+0-40 days ago, half of them contacted within 5 days of their capture, grades, sources and engagement
+drawn at random); each pass calls `handlers.rescore_open` as the schedule does,
+`FUNNELCAST_SCORING_RESCORE_BATCH` (500) per transaction, as of a moment one day later than the pass
+before, so some subjects cross a threshold of age or recency and are published, most are not. Once
+with the rules, once with a learned model of the kind (trees, trained on synthetic outcomes) active.
+Prints, per pass, the CPU time of this process (the scoring service's share) and of the Postgres
+server, per pass and per open subject: medians and ranges of `--runs` passes.
 
-Run: .venv/bin/python -m bench.scoring_rescore [--deals 10000] [--runs 5]
+Run: .venv/bin/python -m bench.scoring_rescore [--kind opportunity|lead] [--deals 10000] [--runs 5]
 """
 
 import argparse
@@ -25,7 +27,15 @@ import psutil
 
 from bench.harness import server_cpu_s
 from services.scoring import handlers, store
-from services.scoring.domain import OpportunityFeatures, OpportunityMoment, score_opportunity
+from services.scoring.domain import (
+    GRADE_POINTS,
+    SOURCE_POINTS,
+    LeadFeatures,
+    OpportunityFeatures,
+    OpportunityMoment,
+    score_lead,
+    score_opportunity,
+)
 from services.scoring.learning import Example, train
 from shared.db import SHARED_MIGRATIONS, Database, ensure_database, migrate
 from shared.runtime.postgres import EmbeddedPostgres
@@ -60,6 +70,47 @@ async def fill(db: Database, deals: int) -> None:
             await store.count_opportunity_outcome(tx.conn, owner, rng.randint(5, 40), rng.randint(5, 40))
 
 
+def open_lead(rng: random.Random, i: int) -> LeadFeatures:
+    captured = START - timedelta(days=rng.uniform(0, 40))
+    lead = LeadFeatures(owner_id=OWNERS[i % len(OWNERS)], grade=rng.choice([*GRADE_POINTS, None]),
+                        source=rng.choice(list(SOURCE_POINTS)), has_company=rng.random() < 0.6, has_phone=True,
+                        has_email=rng.random() < 0.5, captured_at=captured, visits=rng.randint(0, 6),
+                        time_on_site_s=rng.uniform(0, 900), page_views=rng.randint(0, 15))
+    return lead.contacted(captured + timedelta(days=rng.uniform(0, 5)), 1) if rng.random() < 0.5 else lead
+
+
+def last_moment(lead: LeadFeatures) -> datetime:
+    """When its last event was scored: its last touch, else its capture."""
+    return lead.last_contacted_at or lead.captured_at or START
+
+
+async def fill_leads(db: Database, leads: int) -> None:
+    rng = random.Random(7)  # noqa: S311 - reproducible test data, no secret
+    computed = []
+    for i in range(leads):
+        features = open_lead(rng, i)
+        scored_at = last_moment(features)
+        computed.append(store.Computed(f"lead-{i:06d}", features.to_json(), features.owner_id,
+                                       score_lead(features, scored_at), scored_at, 1, f"fill-{i}",
+                                       "sales.lead.captured.v1"))
+    async with db.transaction() as tx:
+        await store.save_leads(tx.conn, computed, {})
+
+
+async def activate_lead_trees(db: Database) -> str:
+    rng = random.Random(11)  # noqa: S311 - reproducible test data, no secret
+    examples = []
+    for i in range(2_000):
+        features = open_lead(rng, i)
+        converts = rng.random() < (0.7 if features.grade in ("H", "A") or features.page_views > 8 else 0.25)
+        examples.append(Example(features, converts, START + timedelta(minutes=i)))
+    model, evaluation = train(examples, "gb-bench", lambda _example: 0.5)
+    async with db.transaction() as tx:
+        await store.save_model(tx.conn, model.version, "lead", model.algorithm, model.to_json(), START,
+                               evaluation.__dict__, "rules-v1", True)
+    return model.version
+
+
 async def activate_trees(db: Database) -> str:
     rng = random.Random(11)  # noqa: S311 - reproducible test data, no secret
     examples = []
@@ -76,12 +127,13 @@ async def activate_trees(db: Database) -> str:
     return model.version
 
 
-async def passes(db: Database, server: psutil.Process, runs: int, first_as_of: datetime) -> list[dict[str, float]]:
+async def passes(db: Database, subjects: handlers.OpenSubjects, server: psutil.Process, runs: int,
+                 first_as_of: datetime) -> list[dict[str, float]]:
     measured = []
     for run in range(runs):
         cpu, server_cpu, wall = time.process_time(), server_cpu_s(server), time.monotonic()
-        done = await handlers.rescore_open_opportunities(db, first_as_of + timedelta(days=run),
-                                                         get_settings().scoring_rescore_batch)
+        done = await handlers.rescore_open(db, subjects, first_as_of + timedelta(days=run),
+                                           get_settings().scoring_rescore_batch)
         measured.append({"cpu_ms": (time.process_time() - cpu) * 1e3,
                          "server_ms": (server_cpu_s(server) - server_cpu) * 1e3,
                          "wall_ms": (time.monotonic() - wall) * 1e3, "examined": done.examined,
@@ -89,43 +141,48 @@ async def passes(db: Database, server: psutil.Process, runs: int, first_as_of: d
     return measured
 
 
-def summary(name: str, measured: list[dict[str, float]]) -> str:
+def summary(name: str, kind: str, measured: list[dict[str, float]]) -> str:
+    noun = {"lead": "lead", "opportunity": "deal"}[kind]
+
     def spread(key: str, per_deal: bool = False) -> str:
         values = [m[key] / (m["examined"] if per_deal else 1) for m in measured]
         unit, scale = ("µs", 1e3) if per_deal else ("ms", 1)
         return f"{statistics.median(values) * scale:.1f} {unit} ({min(values) * scale:.1f}-{max(values) * scale:.1f})"
 
-    return (f"{name}: {int(measured[0]['examined']):,} open deals a pass, published"
+    return (f"{name}: {int(measured[0]['examined']):,} open {noun}s a pass, published"
             f" {', '.join(str(int(m['rescored'])) for m in measured)}; service process CPU {spread('cpu_ms')} a pass,"
-            f" {spread('cpu_ms', True)} a deal; Postgres CPU {spread('server_ms')} a pass; wall {spread('wall_ms')}")
+            f" {spread('cpu_ms', True)} a {noun}; Postgres CPU {spread('server_ms')} a pass; wall {spread('wall_ms')}")
 
 
-async def measure(postgres: EmbeddedPostgres, deals: int, runs: int) -> None:
+async def measure(postgres: EmbeddedPostgres, kind: str, deals: int, runs: int) -> None:
     await ensure_database(postgres.url, "funnelcast_scoring_bench")
     db = await Database.open(with_database(postgres.url, "funnelcast_scoring_bench"), "/funnelcast/scoring")
     try:
         async with db.transaction() as tx:
             await migrate(tx.conn, SHARED_MIGRATIONS, MIGRATIONS)
-        await fill(db, deals)
+        subjects = handlers.OPEN_LEADS if kind == "lead" else handlers.OPEN_OPPORTUNITIES
+        await (fill_leads if kind == "lead" else fill)(db, deals)
         server = psutil.Process(postgres.pid)
-        print(summary("rules-v1", await passes(db, server, runs, START)))
-        version = await activate_trees(db)
-        print(summary(f"learned ({version})", await passes(db, server, runs, START + timedelta(days=runs))))
-        print(json.dumps({"deals": deals, "runs": runs}))
+        print(summary("rules-v1", kind, await passes(db, subjects, server, runs, START)))
+        version = await (activate_lead_trees if kind == "lead" else activate_trees)(db)
+        print(summary(f"learned ({version})", kind,
+                      await passes(db, subjects, server, runs, START + timedelta(days=runs))))
+        print(json.dumps({"kind": kind, "subjects": deals, "runs": runs}))
     finally:
         await db.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deals", type=int, default=10_000)
+    parser.add_argument("--kind", choices=["opportunity", "lead"], default="opportunity")
+    parser.add_argument("--deals", type=int, default=10_000, help="open subjects of the kind")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="funnelcast-bench-") as root:
         postgres = EmbeddedPostgres(Path(root) / "postgres", free_port(), Path(root) / "postgres.log")
         postgres.start()
         try:
-            asyncio.run(measure(postgres, args.deals, args.runs))
+            asyncio.run(measure(postgres, args.kind, args.deals, args.runs))
         finally:
             postgres.stop()
 

@@ -466,11 +466,14 @@ def lead_rescored(model: LearnedModel | None, as_of: datetime, lead_id: str, fea
 
 
 def lead_score_changed(rescored: Rescored) -> bool:
-    """Whether a lead's score, its model or its factors changed: a clamped score (0 or 100) can keep its
-    number while a recency factor appears, and a rep reads the factors."""
+    """Whether a lead's score, its model or its factors (which ones, and their points) changed: a clamped
+    score (0 or 100) can keep its number while a recency factor appears, and a rep reads the factors. Not
+    their labels alone: a recency label counts the days ("Not contacted in the 12 days since capture"), so
+    it would publish every stale lead every day; the label kept is true as of the score's `scored_at`."""
     read, result = rescored.read, rescored.result
     return (read.score != result.score or read.model_version != result.model_version
-            or read.factors != [f.as_dict() for f in result.factors])
+            or [(f["feature"], f["contribution"]) for f in read.factors]
+            != [(f.feature, f.contribution) for f in result.factors])
 
 
 def opportunity_rescored(model: LearnedModel | None, tallies: store.WinTallies, as_of: datetime,
@@ -539,12 +542,6 @@ OPEN_LEADS = OpenSubjects("lead", LEAD_SCORED, _open_leads, lead_score_changed, 
                           _save_leads)
 OPEN_OPPORTUNITIES = OpenSubjects("opportunity", OPPORTUNITY_SCORED, _open_opportunities, opportunity_score_changed,
                                   store.lock_opportunity_sequences, store.save_opportunities)
-
-
-async def rescore_open_opportunities(db: Database, as_of: datetime, batch_size: int) -> Rescoring:
-    """Re-score every open opportunity as of `as_of`, publishing `sales.opportunity.scored.v1` where the
-    integer win probability changed (see `rescore_open`)."""
-    return await rescore_open(db, OPEN_OPPORTUNITIES, as_of, batch_size)
 
 
 async def rescore_open(db: Database, subjects: OpenSubjects, as_of: datetime, batch_size: int) -> Rescoring:

@@ -78,6 +78,21 @@ def test_a_lead_score_changed_when_its_number_model_or_factors_did() -> None:
     assert changed(replace(result, model_version="gb-test"))
     # a clamped score keeps its number while a factor appears or moves
     assert changed(replace(result, factors=(*result.factors[:-1], Factor("recency", -8, "Not contacted", "未跟进"))))
+    relabelled = tuple(replace(f, label_en=f"{f.label_en}, a day later") for f in result.factors)
+    assert not changed(replace(result, factors=relabelled))
+
+
+def test_a_stale_lead_is_published_when_its_recency_points_change_not_as_its_days_count_up() -> None:
+    lead = captured_lead().contacted(CAPTURED, 1)
+    read = kept(score_lead(lead, CAPTURED), CAPTURED)
+    published = []
+    for day in range(1, 41):  # a pass a day for 40 days, each kept score the last one published
+        rescored = lead_rescored(None, CAPTURED + timedelta(days=day, hours=1), "lead-1", lead, read)
+        assert rescored is not None
+        if lead_score_changed(rescored):
+            published.append((day, rescored.result.score))
+            read = kept(rescored.result, CAPTURED + timedelta(days=day, hours=1))
+    assert published == [(8, 84 - 5), (31, 84 - 10)]  # last touch 8 days ago -5, over 30 days -10
 
 
 def test_a_deal_re_scored_later_ages_in_its_stage_and_only_its_number_is_compared() -> None:
