@@ -1,11 +1,15 @@
 """Span export to a real OTLP/HTTP receiver on loopback when OTEL_EXPORTER_OTLP_ENDPOINT is set: the
 request's span continues the caller's trace, and its ids are the ones the published event and the
-consuming handler carry on. Without the variable nothing is exported."""
+consuming handler carry on. Without the variable nothing is exported, and the SDK is not even imported."""
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +32,8 @@ from shared.org import Role
 from shared.service import create_service_app
 from shared.settings import Settings
 from tests.support.waiting import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Receiver:
@@ -152,3 +158,49 @@ def test_without_an_endpoint_nothing_is_exported_and_the_trace_still_flows() -> 
     assert trace_id_of(span.traceparent) == trace_id_of(parent) and span.traceparent != parent
     span.end(error="ignored")
     assert trace_id_of(tracing.start_span("GET", None, "server").traceparent) is not None
+
+
+# A leads service app started (migrations, relay, consumers) that answers a capture; then the names of the
+# OpenTelemetry modules the process has imported.
+_START_A_SERVICE = """
+import asyncio, sys
+import httpx
+from services.leads.main import service
+from shared.auth import issue_token
+from shared.org import Role
+from shared.service import create_service_app
+from shared.settings import Settings
+
+async def main():
+    settings = Settings()
+    app = create_service_app(service, settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            token = issue_token("rep-1", Role.REP, settings.signing_secret, 600)
+            created = await http.post("/v1/leads", headers={"Authorization": f"Bearer {token}"}, json={
+                "contact": {"name": "Import check", "email": sys.argv[1]}, "source": "api"})
+            assert created.status_code == 201, created.text
+        print(" ".join(sorted(name for name in sys.modules if name.startswith("opentelemetry"))))
+
+asyncio.run(main())
+"""
+
+
+def _otel_modules_of_a_started_service(settings: Settings, otel: dict[str, str]) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNNELCAST_", "OTEL_"))}
+    env.update({"FUNNELCAST_DATABASE_URL": settings.database_url or "", "FUNNELCAST_HOME": str(settings.home),
+                "FUNNELCAST_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+                "FUNNELCAST_KAFKA_IDEMPOTENCE": "false", **otel})  # Tansu does not implement InitProducerId
+    email = f"otel.{uuid.uuid4().hex[:10]}@example.cn"
+    result = subprocess.run([sys.executable, "-c", _START_A_SERVICE, email], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(result.stdout.split())
+
+
+def test_without_an_endpoint_a_started_service_never_imports_the_sdk(receiver: Receiver, settings: Settings) -> None:
+    without = _otel_modules_of_a_started_service(settings, {})
+    assert not {name for name in without if name.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))}, without
+    # the same process with an endpoint does import it: the check above can fail
+    exporting = _otel_modules_of_a_started_service(settings, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+    assert {"opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter"} <= exporting
