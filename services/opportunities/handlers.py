@@ -563,6 +563,8 @@ async def set_status(
 async def create_contract(
     db: Database, actor: Actor, *, opportunity_id: str, money: Money | None
 ) -> asyncpg.Record:
+    """Draw up a draft contract (version 1), announced by sales.contract.created.v1 from the same transaction:
+    subscribers (ERP, finance) learn of a draft before it is signed."""
     async with db.transaction() as tx:
         row = await store.opportunity(tx.conn, opportunity_id)
         if row is None:
@@ -570,12 +572,24 @@ async def create_contract(
         actor.check_changes(row, f"opportunity {opportunity_id}")
         store.to_domain(row).may_take_contract()
         money = money or Money(row["amount"], row["currency"])
-        return await store.insert_contract(
+        created = await store.insert_contract(
             tx.conn,
             id=_new_id("ctr"), opportunity_id=opportunity_id, account_id=row["account_id"], owner_id=row["owner_id"],
             amount=money.amount, currency=money.currency, status=str(ContractStatus.DRAFT),
-            campaign_id=row["campaign_id"], created_by=actor.user_id,
+            campaign_id=row["campaign_id"], created_by=actor.user_id, version=1,
         )
+        tx.publish(
+            "sales.contract.created.v1",
+            created["id"],
+            {
+                "contract_id": created["id"], "opportunity_id": opportunity_id, "account_id": created["account_id"],
+                "amount": str(created["amount"]), "currency": created["currency"], "owner_id": created["owner_id"],
+                "campaign_id": created["campaign_id"], "status": created["status"],
+                "created_by": actor.user_id, "created_at": _ts(created["created_at"]),
+            },
+            sequence=created["version"],
+        )
+        return created
 
 
 async def get_contract(db: Database, actor: Actor, contract_id: str) -> asyncpg.Record:

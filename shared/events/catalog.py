@@ -108,6 +108,7 @@ _EVENTS = (
         "sales.quote.approved.v1", "sales.opportunities", "A quote was approved (by a manager or automatically)."
     ),
     EventType("sales.quote.rejected.v1", "sales.opportunities", "A quote pending approval was rejected."),
+    EventType("sales.contract.created.v1", "sales.contracts", "A draft contract was drawn up for an opportunity."),
     EventType("sales.contract.signed.v1", "sales.contracts", "A contract was signed."),
     EventType("sales.contract.executed.v1", "sales.contracts", "A signed contract was executed (fulfilled)."),
     EventType("sales.contract.terminated.v1", "sales.contracts", "A contract was terminated before execution."),

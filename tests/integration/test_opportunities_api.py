@@ -13,11 +13,15 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.forecasting import handlers as forecasting
+from services.notifications import handlers as notifications
 from services.opportunities import store
 from services.opportunities.main import service
+from services.scoring import handlers as scoring
 from shared.auth import issue_token
-from shared.db import new_event
+from shared.db import Database, new_event
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent, parse_and_validate
+from shared.inbox import DeadLetters, EventProcessor, Message, Outcome
 from shared.org import Role
 from shared.service import create_service_app
 from shared.settings import Settings
@@ -530,7 +534,7 @@ async def test_contracts_are_executed_or_terminated(http: httpx.AsyncClient, set
     second = (await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"], "amount": "500"})).json()
     problem(await post(http, settings, f"/v1/contracts/{second['id']}/sign"), 409, "credit limit")
     executed = await post(http, settings, f"/v1/contracts/{first['id']}/execute")
-    assert (executed.json()["status"], executed.json()["version"]) == ("executed", 2)
+    assert (executed.json()["status"], executed.json()["version"]) == ("executed", 3)
     assert (await post(http, settings, f"/v1/contracts/{second['id']}/sign")).status_code == 200  # credit released
     problem(await post(http, settings, f"/v1/contracts/{second['id']}/terminate", {}), 422, "reason")
     ended = await post(http, settings, f"/v1/contracts/{second['id']}/terminate", {"reason": "customer withdrew"})
@@ -538,13 +542,54 @@ async def test_contracts_are_executed_or_terminated(http: httpx.AsyncClient, set
     for action in ("sign", "execute"):
         problem(await post(http, settings, f"/v1/contracts/{second['id']}/{action}"), 409, "terminated")
     events = [parse_and_validate(r.value) for r in await read_topic(
-        settings, "sales.contracts", count=2, match=second["id"].encode())]
-    assert [(e.type, e.sequence) for e in events] == [("sales.contract.signed.v1", 1),
-                                                      ("sales.contract.terminated.v1", 2)]
-    assert events[1].data["was_signed"] is True and events[1].data["terminated_by"] == "rep-1"
-    [signed, done] = [parse_and_validate(r.value) for r in await read_topic(
-        settings, "sales.contracts", count=2, match=first["id"].encode())]
-    assert (done.type, done.sequence, done.data["executed_by"]) == ("sales.contract.executed.v1", 2, "rep-1")
+        settings, "sales.contracts", count=3, match=second["id"].encode())]
+    assert [(e.type, e.sequence) for e in events] == [("sales.contract.created.v1", 1), ("sales.contract.signed.v1", 2),
+                                                      ("sales.contract.terminated.v1", 3)]
+    assert events[2].data["was_signed"] is True and events[2].data["terminated_by"] == "rep-1"
+    [_, _, done] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.contracts", count=3, match=first["id"].encode())]
+    assert (done.type, done.sequence, done.data["executed_by"]) == ("sales.contract.executed.v1", 3, "rep-1")
+
+
+async def test_a_drawn_up_contract_is_announced_from_the_transaction_of_its_insert(
+    http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool, db: Database, producer: AIOKafkaProducer
+) -> None:
+    opp = await open_opportunity(http, settings, campaign_id="cmp-contracts")
+    announced = ("SELECT count(*) FROM outbox WHERE type = 'sales.contract.created.v1'"
+                 " AND payload -> 'data' ->> 'opportunity_id' = $1")
+    problem(await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"]}), 409, "contract stage")
+    await post(http, settings, f"/v1/opportunities/{opp['id']}/stage", {"stage": "contract"})
+    problem(await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"]}, user="rep-2"), 403)
+    assert await tables.fetchval("SELECT count(*) FROM contracts WHERE opportunity_id = $1", opp["id"]) == 0
+    assert await tables.fetchval(announced, opp["id"]) == 0  # refused: no contract, no event
+
+    created = await post(http, settings, "/v1/contracts", {"opportunity_id": opp["id"], "amount": "99000.50",
+                                                            "currency": "USD"})
+    assert created.status_code == 201, created.text
+    contract = created.json()
+    assert (contract["status"], contract["version"]) == ("draft", 1)
+    [record] = await read_topic(settings, "sales.contracts", count=1, match=contract["id"].encode())
+    event = parse_and_validate(record.value)
+    assert (event.type, event.subject, event.sequence) == ("sales.contract.created.v1", contract["id"], 1)
+    assert event.data == {
+        "contract_id": contract["id"], "opportunity_id": opp["id"], "account_id": opp["account_id"],
+        "amount": "99000.50", "currency": "USD", "owner_id": "rep-1", "campaign_id": "cmp-contracts",
+        "status": "draft", "created_by": "rep-1",
+        "created_at": datetime.fromisoformat(contract["created_at"]).isoformat().replace("+00:00", "Z"),
+    }
+    # One transaction: now() is its start, the default of both rows' created_at.
+    inserted, written = await tables.fetchrow(
+        "SELECT c.created_at, o.created_at FROM contracts c JOIN outbox o ON o.aggregateid = c.id WHERE c.id = $1",
+        contract["id"])
+    assert inserted == written and await tables.fetchval(announced, opp["id"]) == 1
+
+    # The other readers of sales.contracts: scoring and forecasting have no use for a draft and ignore it (not
+    # dead-lettered); notifications routes it to the webhooks and rules that name it.
+    consumed = Message(record.topic, record.partition, record.offset, record.key, record.value, tuple(record.headers))
+    for name, handlers in (("scoring", scoring.HANDLERS), ("forecasting", forecasting.HANDLERS)):
+        processor = EventProcessor(db, f"funnelcast-{name}", handlers, DeadLetters(producer, f"funnelcast-{name}"))
+        assert await processor.process(consumed) is Outcome.IGNORED, name
+    assert notifications.HANDLERS[event.type] is notifications.on_event
 
 
 # --- events -------------------------------------------------------------------------------
@@ -573,9 +618,9 @@ async def test_every_event_validates_with_a_per_aggregate_sequence(http: httpx.A
         "prospecting", "bidding", 30, "rep-1")
     assert events[5].data["stage"] == "contract" and events[5].data["closed_by"] == "rep-1"
 
-    [signed] = [parse_and_validate(r.value) for r in await read_topic(
-        settings, "sales.contracts", count=1, match=contract["id"].encode())]
-    assert (signed.type, signed.sequence, signed.data["amount"]) == ("sales.contract.signed.v1", 1, "120000.00")
+    [_, signed] = [parse_and_validate(r.value) for r in await read_topic(
+        settings, "sales.contracts", count=2, match=contract["id"].encode())]
+    assert (signed.type, signed.sequence, signed.data["amount"]) == ("sales.contract.signed.v1", 2, "120000.00")
     assert signed.data["opportunity_id"] == opp["id"] and signed.data["account_id"] == opp["account_id"]
     [account] = [parse_and_validate(r.value) for r in await read_topic(
         settings, "sales.accounts", count=1, match=opp["account_id"].encode())]

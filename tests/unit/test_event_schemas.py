@@ -197,6 +197,11 @@ EXAMPLES = {
         "opportunity_id": "opp-205", "owner_id": "rep-2", "outcome": "lost", "stage": "lost", "amount": "120000",
         "currency": "CNY", "by": "mgr-1", "reason": None, "at": "2027-03-01T00:00:00Z",
     },
+    "sales.contract.created.v1": {
+        "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
+        "currency": "CNY", "owner_id": "rep-1", "campaign_id": "cmp-2026-autumn", "status": "draft",
+        "created_by": "rep-1", "created_at": "2027-01-15T08:00:00Z",
+    },
     "sales.contract.executed.v1": {
         "contract_id": "ctr-88", "opportunity_id": "opp-204", "account_id": "acc-51", "amount": "365000.00",
         "currency": "CNY", "owner_id": "rep-1", "executed_by": "rep-1", "executed_at": "2027-06-30T00:00:00Z",
