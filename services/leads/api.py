@@ -14,9 +14,9 @@ from services.leads.domain import (
     TOUCH_CHANNELS,
     Contact,
     Grade,
-    Lead,
     normalise_company,
 )
+from services.leads.handlers import lead_json
 from shared.auth import Principal, may_act_on, visible_owners
 from shared.contact_details import InvalidContact, normalise_email, normalise_phone
 from shared.errors import Unprocessable
@@ -111,31 +111,6 @@ def _ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
-def lead_json(lead: Lead) -> dict[str, Any]:
-    return {
-        "id": lead.id,
-        "status": str(lead.status),
-        "grade": lead.grade and str(lead.grade),
-        "source": lead.source,
-        "region": lead.region,
-        "team": lead.team,
-        "owner_id": lead.owner_id,
-        "campaign_id": lead.campaign_id,
-        "contact": lead.contact.as_event(),
-        "attributes": lead.attributes,
-        "captured_at": _ts(lead.captured_at),
-        "captured_by": lead.captured_by,
-        "follow_up_due_at": _ts(lead.follow_up_due_at),
-        "first_response_at": _ts(lead.first_response_at),
-        "last_contacted_at": _ts(lead.last_contacted_at),
-        "touch_count": lead.touch_count,
-        "disqualify_reason": lead.disqualify_reason,
-        "converted_at": _ts(lead.converted_at),
-        "merged_into": lead.merged_into,
-        "version": lead.version,
-    }
-
-
 def capture_command(body: LeadIn) -> handlers.CaptureLead:
     contact = Contact(
         name=" ".join(body.contact.name.split()),
@@ -170,6 +145,24 @@ async def capture_lead(body: LeadIn, principal: CurrentPrincipal, db: ServiceDat
 @router.get("/{lead_id}", summary="One lead (404 when it does not exist or is outside the caller's scope)")
 async def get_lead(lead_id: str, principal: CurrentPrincipal, db: ServiceDatabase, org: Org) -> dict[str, Any]:
     return lead_json(await handlers.get_lead(db, org, principal, lead_id))
+
+
+@router.get(
+    "/{lead_id}/history",
+    summary="A lead's touches, notes and engagements, oldest first (a merged duplicate's are its survivor's)",
+)
+async def lead_history(lead_id: str, principal: CurrentPrincipal, db: ServiceDatabase, org: Org) -> dict[str, Any]:
+    lead, history = await handlers.lead_history(db, org, principal, lead_id)
+    return {
+        "lead_id": lead.id,
+        "merged_into": lead.merged_into,
+        "touches": [{**t, "contacted_at": _ts(t["contacted_at"])} for t in history.touches[: store.HISTORY_LIMIT]],
+        "notes": [{**n, "created_at": _ts(n["created_at"])} for n in history.notes[: store.HISTORY_LIMIT]],
+        "engagements": [
+            {**e, "observed_at": _ts(e["observed_at"])} for e in history.engagements[: store.HISTORY_LIMIT]
+        ],
+        "truncated": history.truncated,
+    }
 
 
 @router.get("", summary="Leads the caller may see, newest first, filtered, a page at a time")

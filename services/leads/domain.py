@@ -4,7 +4,7 @@ Plain Python, no I/O: handlers load a `Lead`, call these rules, save it and publ
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -195,20 +195,64 @@ class Lead:
         self._move_to(Status.CONVERTED)
         self.converted_at = at
 
-    def merge_into(self, survivor: "Lead") -> list[str]:
-        """Close this lead as a duplicate of `survivor`; returns the contact fields they share."""
+    def merge_into(self, survivor: "Lead") -> "Merge":
+        """Close this lead as a duplicate of `survivor` and give the survivor its history (see `Merge`).
+
+        Both leads must be open. The survivor keeps everything it has and takes from this lead what it
+        lacks: a phone, an e-mail, a company, a region, a grade, a campaign, attribute values. The touches
+        add up (the earliest first response and the latest contact count, and a new survivor that gets
+        touches is contacted); the earlier follow-up due time stands. A phone or e-mail the survivor takes
+        leaves this lead, since one lead holds each (the duplicate rule)."""
         if survivor.id == self.id:
             raise Unprocessable("duplicate_id: a lead cannot be merged into itself")
         if survivor.status is Status.MERGED:
             raise TransitionNotAllowed(f"lead {survivor.id} was itself merged into {survivor.merged_into}")
+        if survivor.is_closed:
+            raise TransitionNotAllowed(f"a {survivor.status} lead is closed: nothing can be merged into it")
         self._require_open("merged")
-        self.status = Status.MERGED
-        self.merged_into = survivor.id
-        return [
+        matched_on = [
             name
             for name in ("phone", "email", "company")
             if getattr(self.contact, name) and getattr(self.contact, name) == getattr(survivor.contact, name)
         ]
+        taken = {
+            name: getattr(self.contact, name)
+            for name in ("company", "phone", "email")
+            if getattr(survivor.contact, name) is None and getattr(self.contact, name) is not None
+        }
+        survivor.contact = replace(survivor.contact, **taken)
+        # one lead holds each phone and e-mail (the duplicate rule): those the survivor took leave this lead
+        self.contact = replace(
+            self.contact,
+            phone=None if "phone" in taken else self.contact.phone,
+            email=None if "email" in taken else self.contact.email,
+        )
+        filled = [f"contact.{name}" for name in taken]
+        for name in ("region", "grade", "campaign_id"):
+            if getattr(survivor, name) is None and getattr(self, name) is not None:
+                setattr(survivor, name, getattr(self, name))
+                filled.append(name)
+        gaps = {name: value for name, value in self.attributes.items() if name not in survivor.attributes}
+        survivor.attributes = {**survivor.attributes, **gaps}
+        filled += [f"attributes.{name}" for name in sorted(gaps)]
+        touches_before = survivor.touch_count
+        survivor._take_touches(self)
+        survivor.follow_up_due_at = min(survivor.follow_up_due_at, self.follow_up_due_at)
+        self.status = Status.MERGED
+        self.merged_into = survivor.id
+        return Merge(matched_on, filled, touches_before)
+
+    def _take_touches(self, duplicate: "Lead") -> None:
+        if not duplicate.touch_count:
+            return
+        self.touch_count += duplicate.touch_count
+        if self.status is Status.NEW:
+            self.status = Status.CONTACTED
+        self.first_response_at = _earliest(self.first_response_at, duplicate.first_response_at)
+        if duplicate.last_contacted_at is not None and (
+            self.last_contacted_at is None or duplicate.last_contacted_at > self.last_contacted_at
+        ):
+            self.last_contacted_at = duplicate.last_contacted_at
 
     @property
     def is_closed(self) -> bool:
@@ -226,6 +270,20 @@ class Lead:
             names = ", ".join(str(s) for s in allowed)
             raise TransitionNotAllowed(f"a {self.status} lead can only become {names}, not {target}")
         self.status = target
+
+
+def _earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    return min((at for at in (first, second) if at is not None), default=None)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """What merging a duplicate gave its survivor."""
+
+    matched_on: list[str]  # the contact fields the two shared (phone, email, company)
+    filled: list[str]  # the survivor's gaps the duplicate filled: contact.phone, grade, attributes.utm_term ...
+    # the survivor's touches before: the duplicate's are numbered after them, in the order they happened
+    touches_before: int
 
 
 class CampaignStatus(StrEnum):

@@ -27,6 +27,32 @@ def _ts(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
+def lead_json(lead: Lead) -> dict[str, Any]:
+    """A lead as the API answers it (and as a merge note keeps a merged lead as it was)."""
+    return {
+        "id": lead.id,
+        "status": str(lead.status),
+        "grade": lead.grade and str(lead.grade),
+        "source": lead.source,
+        "region": lead.region,
+        "team": lead.team,
+        "owner_id": lead.owner_id,
+        "campaign_id": lead.campaign_id,
+        "contact": lead.contact.as_event(),
+        "attributes": lead.attributes,
+        "captured_at": _ts(lead.captured_at),
+        "captured_by": lead.captured_by,
+        "follow_up_due_at": _ts(lead.follow_up_due_at),
+        "first_response_at": _ts(lead.first_response_at),
+        "last_contacted_at": _ts(lead.last_contacted_at),
+        "touch_count": lead.touch_count,
+        "disqualify_reason": lead.disqualify_reason,
+        "converted_at": _ts(lead.converted_at),
+        "merged_into": lead.merged_into,
+        "version": lead.version,
+    }
+
+
 @dataclass(frozen=True)
 class CaptureLead:
     contact: Contact
@@ -70,7 +96,9 @@ async def capture_lead(db: Database, org: Organisation, actor: Principal | None,
                 return Captured(lead)
             existing, matched_on = check.duplicate
             existing = await _survivor(conn, existing)
-            await _note_duplicate(conn, existing, matched_on, actor, cmd)
+            noted_on = await _note_duplicate(conn, existing, matched_on, actor, cmd)
+            if noted_on != existing.id:  # merged into another lead since it was found: answer with that one
+                existing = await store.get(conn, noted_on) or existing
         metrics.lead_duplicates.labels(cmd.source, "+".join(matched_on)).inc()
         return Captured(existing, duplicate_of=existing.id, matched_on=tuple(matched_on))
     raise RuntimeError("capture kept colliding with concurrent captures of the same contact")
@@ -192,8 +220,9 @@ async def _survivor(conn: store.Connection, lead: Lead) -> Lead:
 
 async def _note_duplicate(
     conn: store.Connection, existing: Lead, matched_on: list[str], actor: Principal | None, cmd: CaptureLead
-) -> None:
-    await store.add_note(
+) -> str:
+    """Note the capture on the lead it duplicates; returns the lead noted on (see `store.add_note`)."""
+    return await store.add_note(
         conn,
         str(uuid.uuid4()),
         existing.id,
@@ -594,7 +623,9 @@ async def reassign(
 
 
 async def merge(db: Database, org: Organisation, actor: Principal, survivor_id: str, duplicate_id: str) -> Lead:
-    """Fold a duplicate lead into another by hand: the duplicate is closed as merged, pointing at the survivor."""
+    """Fold a duplicate lead into another by hand: the duplicate is closed as merged, pointing at the survivor,
+    and its touches, notes and engagements move onto the survivor, which takes the details it lacked
+    (`Lead.merge_into`); a `merge` note on the survivor keeps the duplicate as it was."""
     async with db.transaction() as tx:
         # lock in id order, so two merges of the same pair cannot deadlock
         loaded = {
@@ -602,21 +633,54 @@ async def merge(db: Database, org: Organisation, actor: Principal, survivor_id: 
             for lead_id in sorted({survivor_id, duplicate_id})
         }
         survivor, duplicate = loaded[survivor_id], loaded[duplicate_id]
-        matched_on = duplicate.merge_into(survivor)
+        as_it_was = lead_json(duplicate)
+        merged = duplicate.merge_into(survivor)
+        moved = await store.move_history(tx.conn, duplicate.id, survivor.id, merged.touches_before)
+        now = datetime.now(UTC)
+        await store.add_note(
+            tx.conn,
+            str(uuid.uuid4()),
+            survivor.id,
+            "merge",
+            {"merged_lead": as_it_was, "matched_on": merged.matched_on, "filled": merged.filled},
+            actor.user_id,
+        )
         tx.publish(
             "sales.lead.merged.v1",
             survivor.id,
             {
                 "lead_id": survivor.id,
                 "merged_lead_id": duplicate.id,
-                "matched_on": matched_on,
+                "matched_on": merged.matched_on,
                 "merged_by": actor.user_id,
-                "merged_at": _ts(datetime.now(UTC)),
+                "merged_at": _ts(now),
                 "owner_id": survivor.owner_id,
                 "merged_lead_owner_id": duplicate.owner_id,
+                "filled": merged.filled,
+                "touches_moved": moved.touches,
+                "notes_moved": moved.notes,
+                "engagements_moved": moved.engagements,
+                "status": str(survivor.status),
+                "grade": survivor.grade and str(survivor.grade),
+                "campaign_id": survivor.campaign_id,
+                "region": survivor.region,
+                "contact": survivor.contact.as_event(),
+                "attributes": survivor.attributes,
+                "touch_count": survivor.touch_count,
+                "first_response_at": _ts(survivor.first_response_at),
+                "last_contacted_at": _ts(survivor.last_contacted_at),
+                "follow_up_due_at": _ts(survivor.follow_up_due_at),
             },
             sequence=survivor.next_version(),
         )
-        await store.save(tx.conn, duplicate)
+        await store.save(tx.conn, duplicate)  # first: it gives up the phone or e-mail the survivor takes
         await store.save(tx.conn, survivor)
     return survivor
+
+
+async def lead_history(db: Database, org: Organisation, actor: Principal, lead_id: str) -> tuple[Lead, store.History]:
+    async with db.pool.acquire() as conn:
+        lead = await store.get(conn, lead_id)
+        if lead is None or not may_act_on(actor, lead.owner_id, org):
+            raise NotFound(f"there is no lead {lead_id} that you can see")
+        return lead, await store.history(conn, lead.id)

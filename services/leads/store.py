@@ -72,7 +72,8 @@ async def save(conn: Connection, lead: Lead) -> None:
     await conn.execute(
         "UPDATE leads SET status = $2, grade = $3, team = $4, owner_id = $5, follow_up_due_at = $6,"
         " first_response_at = $7, last_contacted_at = $8, touch_count = $9, disqualify_reason = $10,"
-        " converted_at = $11, version = $12, merged_into = $13, updated_at = now() WHERE id = $1",
+        " converted_at = $11, version = $12, merged_into = $13, company = $14, phone = $15, email = $16,"
+        " region = $17, campaign_id = $18, attributes = $19::jsonb, updated_at = now() WHERE id = $1",
         lead.id,
         str(lead.status),
         lead.grade and str(lead.grade),
@@ -86,6 +87,85 @@ async def save(conn: Connection, lead: Lead) -> None:
         lead.converted_at,
         lead.version,
         lead.merged_into,
+        lead.contact.company,
+        lead.contact.phone,
+        lead.contact.email,
+        lead.region,
+        lead.campaign_id,
+        json.dumps(lead.attributes, ensure_ascii=False),
+    )
+
+
+@dataclass(frozen=True)
+class MovedHistory:
+    touches: int
+    notes: int
+    engagements: int
+
+
+async def move_history(conn: Connection, duplicate_id: str, survivor_id: str, touches_before: int) -> MovedHistory:
+    """Re-point a merged duplicate's touches, notes and engagements at its survivor, in one statement. The
+    touches are numbered after the survivor's `touches_before`, in the order they happened; each row keeps
+    the lead it was first recorded on in `merged_from`."""
+    row = await conn.fetchrow(
+        "WITH ordered AS (SELECT id, row_number() OVER (ORDER BY contacted_at, number) AS position"
+        " FROM lead_touches WHERE lead_id = $1),"
+        " touches AS (UPDATE lead_touches t SET lead_id = $2, number = $3 + ordered.position,"
+        " merged_from = coalesce(t.merged_from, $1) FROM ordered WHERE t.id = ordered.id RETURNING 1),"
+        " notes AS (UPDATE lead_notes SET lead_id = $2, merged_from = coalesce(merged_from, $1)"
+        " WHERE lead_id = $1 RETURNING 1),"
+        " engagements AS (UPDATE lead_engagements SET lead_id = $2, merged_from = coalesce(merged_from, $1)"
+        " WHERE lead_id = $1 RETURNING 1)"
+        " SELECT (SELECT count(*) FROM touches) AS touches, (SELECT count(*) FROM notes) AS notes,"
+        " (SELECT count(*) FROM engagements) AS engagements",
+        duplicate_id,
+        survivor_id,
+        touches_before,
+    )
+    assert row is not None  # an aggregate always yields its row
+    return MovedHistory(row["touches"], row["notes"], row["engagements"])
+
+
+HISTORY_LIMIT = 500  # rows of each kind a lead's history answers
+
+
+@dataclass(frozen=True)
+class History:
+    """A lead's touches, notes and engagements, each oldest first and at most HISTORY_LIMIT of them."""
+
+    touches: list[dict[str, Any]]
+    notes: list[dict[str, Any]]
+    engagements: list[dict[str, Any]]
+
+    @property
+    def truncated(self) -> bool:
+        return any(len(rows) > HISTORY_LIMIT for rows in (self.touches, self.notes, self.engagements))
+
+
+async def history(conn: Connection, lead_id: str) -> History:
+    """A lead's history, one more row of each kind than answered, so that a longer one is told."""
+    touches = await conn.fetch(
+        "SELECT id, number, channel, outcome, note, contacted_at, contacted_by, merged_from FROM lead_touches"
+        " WHERE lead_id = $1 ORDER BY contacted_at, number LIMIT $2",
+        lead_id,
+        HISTORY_LIMIT + 1,
+    )
+    notes = await conn.fetch(
+        "SELECT id, kind, body, created_by, created_at, merged_from FROM lead_notes"
+        " WHERE lead_id = $1 ORDER BY created_at, id LIMIT $2",
+        lead_id,
+        HISTORY_LIMIT + 1,
+    )
+    engagements = await conn.fetch(
+        "SELECT visits, time_on_site_s, page_views, activity, reported_by, observed_at, merged_from"
+        " FROM lead_engagements WHERE lead_id = $1 ORDER BY observed_at, id LIMIT $2",
+        lead_id,
+        HISTORY_LIMIT + 1,
+    )
+    return History(
+        [dict(r) for r in touches],
+        [{**dict(r), "body": json.loads(r["body"])} for r in notes],
+        [dict(r) for r in engagements],
     )
 
 
@@ -206,15 +286,22 @@ async def known_contacts(conn: Connection, phones: list[str], emails: list[str])
 
 async def add_note(
     conn: Connection, note_id: str, lead_id: str, kind: str, body: dict[str, Any], created_by: str | None
-) -> None:
-    await conn.execute(
-        "INSERT INTO lead_notes (id, lead_id, kind, body, created_by) VALUES ($1, $2, $3, $4::jsonb, $5)",
+) -> str:
+    """Note on the lead, or on its survivor when a merge committed meanwhile: the lead's row is locked
+    for the statement (waiting for a merge holding it) and read again once free, so a capture that found
+    the duplicate before the merge does not leave its note behind on the closed lead. Returns the lead
+    noted on."""
+    noted_on: str = await conn.fetchval(
+        "INSERT INTO lead_notes (id, lead_id, kind, body, created_by)"
+        " SELECT $1, coalesce(lead.merged_into, lead.id), $3, $4::jsonb, $5"
+        " FROM (SELECT id, merged_into FROM leads WHERE id = $2 FOR KEY SHARE) AS lead RETURNING lead_id",
         note_id,
         lead_id,
         kind,
         json.dumps(body, ensure_ascii=False, default=str),
         created_by,
     )
+    return noted_on
 
 
 async def add_touch(
@@ -433,10 +520,11 @@ async def list_campaigns(
 
 
 async def campaign_lead_counts(conn: Connection, campaign_ids: list[str]) -> dict[str, tuple[int, int]]:
-    """Per campaign: leads attributed to it, and how many of them converted."""
+    """Per campaign: leads attributed to it, and how many of them converted. A merged duplicate is no lead
+    of its own (its survivor, which took its campaign if it had none, is)."""
     rows = await conn.fetch(
         "SELECT campaign_id, count(*) AS leads, count(*) FILTER (WHERE status = 'converted') AS converted"
-        " FROM leads WHERE campaign_id = ANY($1::text[]) GROUP BY campaign_id",
+        " FROM leads WHERE campaign_id = ANY($1::text[]) AND status <> 'merged' GROUP BY campaign_id",
         campaign_ids,
     )
     return {r["campaign_id"]: (r["leads"], r["converted"]) for r in rows}

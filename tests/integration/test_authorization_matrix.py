@@ -534,6 +534,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         "contact": {"name": unique("Authz"), "phone": _phone()}, "grade": "B", "owner_id": owner}),
     ("leads", "GET /v1/leads"): naming("GET", "/v1/leads", params=lambda owner: {"owner_id": owner}),
     ("leads", "GET /v1/leads/{lead_id}"): reading("lead", "GET", "/v1/leads/{}"),
+    ("leads", "GET /v1/leads/{lead_id}/history"): reading("lead", "GET", "/v1/leads/{}/history"),
     ("leads", "POST /v1/leads/{lead_id}/touches"): changing(
         "lead", "POST", "/v1/leads/{}/touches", {"channel": "phone", "note": "called"}),
     ("leads", "POST /v1/leads/{lead_id}/qualify"): changing(

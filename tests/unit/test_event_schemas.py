@@ -575,3 +575,32 @@ def test_forecast_quota_may_be_null_but_never_a_number():
                                           ("boss", False), ("Decision maker", False)])
 def test_a_contacts_buying_role_is_one_of_the_roles_or_null(role, ok):
     assert is_valid("sales.contact.created.v1", {**EXAMPLES["sales.contact.created.v1"], "role": role}) is ok
+
+
+MERGED = "sales.lead.merged.v1"
+MERGED_SURVIVOR = {
+    "owner_id": "rep-1", "merged_lead_owner_id": "rep-2",
+    "filled": ["contact.email", "grade", "campaign_id", "attributes.utm_term"],
+    "touches_moved": 2, "notes_moved": 1, "engagements_moved": 0, "status": "contacted", "grade": "H",
+    "campaign_id": "cmp-2026-autumn", "region": "华东",
+    "contact": {"name": "王伟", "company": "星河科技", "phone": "+8613800138000", "email": "wang@xh.cn"},
+    "attributes": {"utm_source": "baidu", "utm_term": "crm"}, "touch_count": 3,
+    "first_response_at": "2026-11-03T03:00:00Z", "last_contacted_at": "2026-11-04T09:00:00Z",
+    "follow_up_due_at": "2026-11-08T02:15:00Z",
+}
+
+
+def test_a_merge_may_carry_the_survivor_as_it_left_it_and_older_merges_without_it_still_pass():
+    assert is_valid(MERGED, EXAMPLES[MERGED])  # published before the survivor's fields existed
+    assert is_valid(MERGED, with_(MERGED, **MERGED_SURVIVOR))
+    assert is_valid(MERGED, with_(MERGED, **{**MERGED_SURVIVOR, "first_response_at": None, "grade": None}))
+
+
+@pytest.mark.parametrize(("change", "ok"), [
+    ({"filled": ["contact.name"]}, False), ({"filled": ["owner_id"]}, False), ({"filled": ["attributes."]}, False),
+    ({"status": "merged"}, False), ({"touches_moved": -1}, False),
+    ({"first_response_at": "2026-11-03T11:00:00+08:00"}, False),
+    ({"filled": []}, True),
+])
+def test_a_merges_survivor_fields_are_typed(change, ok):
+    assert is_valid(MERGED, with_(MERGED, **{**MERGED_SURVIVOR, **change})) is ok

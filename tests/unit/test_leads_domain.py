@@ -1,5 +1,6 @@
 """The lead's rules without I/O: lifecycle, grade SLA, normalisation, round robin."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -181,9 +182,91 @@ def test_a_merged_duplicate_is_closed_and_points_at_its_survivor():
     duplicate.id = "lead-2"
     with pytest.raises(Unprocessable, match="itself"):
         survivor.merge_into(survivor)
-    assert duplicate.merge_into(survivor) == ["phone", "company"]
+    assert duplicate.merge_into(survivor).matched_on == ["phone", "company"]
     assert duplicate.status is Status.MERGED and duplicate.merged_into == survivor.id
     with pytest.raises(TransitionNotAllowed, match="closed"):
         duplicate.merge_into(survivor)
     with pytest.raises(TransitionNotAllowed, match="was itself merged"):
         new_lead().merge_into(duplicate)
+
+
+def test_nothing_merges_into_a_closed_lead_and_a_refused_merge_changes_neither():
+    for close in (lambda lead: lead.disqualify("no_budget"), _converted):
+        survivor, duplicate = new_lead(), second_lead()
+        close(survivor)
+        before = (replace(survivor), replace(duplicate))
+        with pytest.raises(TransitionNotAllowed, match="nothing can be merged into it"):
+            duplicate.merge_into(survivor)
+        assert (survivor, duplicate) == before
+
+
+def _converted(lead: Lead) -> None:
+    lead.record_touch(CAPTURED)
+    lead.qualify()
+    lead.convert(CAPTURED)
+
+
+def second_lead(grade: Grade | None = Grade.H, **contact: str | None) -> Lead:
+    """Another lead of the same person, captured a day later with other details."""
+    details = {"name": "王 伟", "company": None, "phone": "139 1111 2222", "email": "Wang@XH.cn"} | contact
+    lead = Lead.capture(
+        "lead-2",
+        Contact.normalised(**details),  # type: ignore[arg-type]
+        source="web_form",
+        grade=grade,
+        region="华北",
+        campaign_id="campaign-9",
+        attributes={"utm_source": "wechat", "utm_term": "crm"},
+        captured_at=CAPTURED + timedelta(days=1),
+        captured_by=None,
+    )
+    lead.assign("rep-2", "east")
+    return lead
+
+
+def test_the_survivor_keeps_its_values_and_takes_what_it_lacks_from_the_duplicate():
+    survivor = new_lead(grade=None)
+    survivor.attributes = {"utm_source": "baidu"}
+    duplicate = second_lead()
+    merge = duplicate.merge_into(survivor)
+    # the survivor's own phone, company, region and attribute values win; its gaps are filled
+    assert survivor.contact == Contact("王伟", "星河科技", "+8613800138000", "wang@xh.cn")
+    assert survivor.region == "华东" and survivor.grade is Grade.H and survivor.campaign_id == "campaign-9"
+    assert survivor.attributes == {"utm_source": "baidu", "utm_term": "crm"}
+    assert merge.filled == ["contact.email", "grade", "campaign_id", "attributes.utm_term"]
+    # the e-mail moved (one lead holds it); the phone the survivor did not take stays on the duplicate
+    assert duplicate.contact == Contact("王 伟", None, "+8613911112222", None)
+    # the earlier follow-up stands: the survivor's ungraded week against the duplicate's H (5 days from a day later)
+    assert survivor.follow_up_due_at == CAPTURED + timedelta(days=6)
+    assert survivor.owner_id == "rep-1" and survivor.source == "api" and survivor.captured_at == CAPTURED
+
+
+def test_a_graded_survivor_keeps_its_grade_even_when_the_duplicate_is_hotter():
+    survivor = new_lead(grade=Grade.C)
+    second_lead(grade=Grade.H).merge_into(survivor)
+    assert survivor.grade is Grade.C
+
+
+def test_the_touches_add_up_with_the_earliest_response_and_the_latest_contact():
+    survivor, duplicate = new_lead(), second_lead()
+    survivor.record_touch(CAPTURED + timedelta(days=3))
+    duplicate.record_touch(CAPTURED + timedelta(days=1, hours=2))
+    duplicate.record_touch(CAPTURED + timedelta(days=4))
+    merge = duplicate.merge_into(survivor)
+    assert merge.touches_before == 1 and survivor.touch_count == 3
+    assert survivor.first_response_at == CAPTURED + timedelta(days=1, hours=2)
+    assert survivor.last_contacted_at == CAPTURED + timedelta(days=4)
+    assert survivor.status is Status.CONTACTED
+
+
+def test_a_new_survivor_given_touches_is_contacted_and_a_qualified_one_stays_qualified():
+    survivor, duplicate = new_lead(), second_lead()
+    duplicate.record_touch(CAPTURED + timedelta(days=2))
+    duplicate.merge_into(survivor)
+    assert (survivor.status, survivor.touch_count) == (Status.CONTACTED, 1)
+    assert survivor.first_response_at == survivor.last_contacted_at == CAPTURED + timedelta(days=2)
+    qualified, untouched = new_lead(), second_lead()
+    qualified.record_touch(CAPTURED)
+    qualified.qualify()
+    untouched.merge_into(qualified)
+    assert (qualified.status, qualified.touch_count, qualified.first_response_at) == (Status.QUALIFIED, 1, CAPTURED)
