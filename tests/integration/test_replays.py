@@ -224,3 +224,41 @@ async def test_a_replay_of_chosen_types_to_the_source_topics(
     assert (await finished(client, settings, asked.json()["id"]))["sent"] == 2
     listed = await client.get("/v1/replays", headers=as_(settings, "admin-1"))
     assert asked.json()["id"] in [r["id"] for r in listed.json()]
+
+
+async def test_a_replay_shows_its_progress_while_it_runs(
+    client: httpx.AsyncClient, outbox: asyncpg.Pool, settings: Settings
+) -> None:
+    """A history of 20 batches (a real event's payload under 20,000 new ids, written into the outbox as
+    published, removed after): GET /v1/replays/{id} answers `running` with 0 < sent < count before `done`."""
+    since = datetime.now(UTC) - timedelta(milliseconds=1)
+    await capture_leads(client, settings, 1)
+    [real, *_] = await published_history(outbox, since)
+    marker = f"progress-{uuid.uuid4().hex[:8]}"
+    await outbox.execute(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload, published_at)"
+        " SELECT copy.id, o.aggregatetype, $2, o.type, o.topic, jsonb_set(o.payload, '{id}', to_jsonb(copy.id::text)),"
+        " now() FROM outbox o CROSS JOIN (SELECT gen_random_uuid() AS id FROM generate_series(1, $3)) copy"
+        " WHERE o.id = $1::uuid",
+        real["id"], marker, 20_000,
+    )
+    try:
+        target = f"erp.progress.{uuid.uuid4().hex[:8]}"
+        await create_topic(settings.kafka_bootstrap_servers, target, 3)
+        asked = await client.post("/v1/replays", json={"since": since.isoformat(), "target_topic": target},
+                                  headers=as_(settings, "svc-erp"))
+        assert asked.status_code == 202, asked.text
+        count = asked.json()["count"]
+        assert count > 20_000
+        seen: list[tuple[str, int]] = []
+
+        async def done() -> bool:
+            answer = await client.get(f"/v1/replays/{asked.json()['id']}", headers=as_(settings, "svc-erp"))
+            seen.append((answer.json()["status"], answer.json()["sent"]))
+            return seen[-1][0] == "done"
+
+        await eventually(done, timeout=60, interval=0.01)
+        assert seen[-1] == ("done", count)
+        assert any(status == "running" and 0 < sent < count for status, sent in seen), seen
+    finally:
+        await outbox.execute("DELETE FROM outbox WHERE aggregateid = $1", marker)
