@@ -527,44 +527,6 @@ async def test_a_batch_of_events_ends_as_if_its_events_were_applied_one_by_one(
         assert await state() == applied
 
 
-FOLLOW_UP = "follow-up-reminder"
-
-
-def lead_merged(survivor: str, duplicate: str, **survivor_after: Any) -> CloudEvent:
-    data = {"lead_id": survivor, "merged_lead_id": duplicate, "matched_on": [], "merged_by": "mgr-1",
-            "merged_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "owner_id": "rep-1", **survivor_after}
-    return CloudEvent(type="sales.lead.merged.v1", source="/funnelcast/leads", subject=survivor, data=data)
-
-
-async def test_a_merge_closes_the_merged_lead_not_its_survivor(
-    settings: Settings, tables: asyncpg.Pool, notifications: Served
-) -> None:
-    """The merge event's subject is the survivor: the merged lead is `merged_lead_id`. Its reminders stop
-    and the digest leaves it out; the survivor stays open, its reminder kept (an older event, which tells
-    nothing of the survivor), moved to the merge's earlier due time (still new) or stopped (contacted by
-    the moved touches)."""
-    async with one_batch_consumer(settings) as apply:
-        leads = {name: f"lead-{uuid.uuid4()}" for name in ("kept", "moved", "contacted", "gone1", "gone2", "gone3")}
-        sooner = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
-        events = [lead_assigned(lead, "rep-1") for lead in leads.values()] + [
-            lead_merged(leads["kept"], leads["gone1"]),
-            lead_merged(leads["moved"], leads["gone2"], status="new", grade="H",
-                        follow_up_due_at=sooner.isoformat().replace("+00:00", "Z")),
-            lead_merged(leads["contacted"], leads["gone3"], status="contacted", grade="H", last_contacted_at=None,
-                        follow_up_due_at=sooner.isoformat().replace("+00:00", "Z"))]
-        assert await apply(events) == ["applied"] * len(events)
-
-        reminders = {name: [(r["recipient"], r["due_at"]) for r in await open_timers(tables, lead, FOLLOW_UP)]
-                     for name, lead in leads.items()}
-        assigned_due = datetime.fromisoformat(events[0].data["follow_up_due_at"])
-        assert reminders == {"kept": [("rep-1", assigned_due)], "moved": [("rep-1", sooner)], "contacted": [],
-                             "gone1": [], "gone2": [], "gone3": []}
-        closed = await tables.fetch("SELECT lead_id, closed FROM lead_watch WHERE lead_id = ANY($1::text[])",
-                                    list(leads.values()))
-        assert {r["lead_id"]: r["closed"] for r in closed} == {
-            lead: name.startswith("gone") for name, lead in leads.items()}
-
-
 def opportunity_event(kind: str, opportunity_id: str, at: datetime, sequence: int) -> CloudEvent:
     """An opportunity of rep-1's created, suspended or edited (its amount) at `at`."""
     stamp = at.isoformat().replace("+00:00", "Z")
