@@ -50,7 +50,8 @@ WEBHOOKS_DUE_CHANNEL = "funnelcast_webhooks_due"  # wakes the delivery loops at 
 FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION, OPPORTUNITY_IDLE, DAILY_DIGEST = (
     "follow-up-reminder", "follow-up-escalation", "opportunity-idle", "daily-digest")
 _LEAD_DONE = {"sales.lead.contacted.v1", "sales.lead.qualified.v1", "sales.lead.disqualified.v1",
-              "sales.lead.converted.v1", "sales.lead.merged.v1"}
+              "sales.lead.converted.v1"}
+LEAD_MERGED = "sales.lead.merged.v1"  # about two leads: its subject, the survivor, and the merged one (_merge_changes)
 _OPPORTUNITY_ACTIVE = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
                        "sales.opportunity.assessed.v1", "sales.opportunity.owners_changed.v1",
                        "sales.opportunity.reactivated.v1"}
@@ -135,6 +136,11 @@ async def on_event(tx: Transaction, event: CloudEvent) -> None:
     if subscriptions:
         writes.deliveries.append(store.EventToDeliver(subscriptions, event.id, event.type, event.time,
                                                       event.to_json()))
+    if event.type == LEAD_MERGED:
+        timers, leads = _merge_changes(event)
+        writes.timers += timers
+        writes.leads += leads
+        return
     if (timer_change := _timer_change(ctx, event)) is not None:
         writes.timers.append(timer_change)
     match _watched(event):
@@ -288,9 +294,7 @@ def _timer_change(ctx: Context, event: CloudEvent) -> store.TimerChange | None:
     if event.type == "sales.lead.assigned.v1":
         due = _time(data.get("follow_up_due_at"))
         if owner and due is not None:
-            return store.TimerChange(event.subject, follow_ups, FOLLOW_UP_REMINDER, owner, due, {
-                "lead_id": event.subject, "grade": data.get("grade"), "due_at": data.get("follow_up_due_at"),
-                "owner_id": owner})
+            return _follow_up_reminder(event, owner, due)
         return store.TimerChange(event.subject, follow_ups)
     if event.type in _LEAD_DONE:
         return store.TimerChange(event.subject, follow_ups)
@@ -305,8 +309,7 @@ def _timer_change(ctx: Context, event: CloudEvent) -> store.TimerChange | None:
     return None
 
 
-_LEAD_CLOSED = {"sales.lead.qualified.v1", "sales.lead.disqualified.v1", "sales.lead.converted.v1",
-                "sales.lead.merged.v1"}
+_LEAD_CLOSED = {"sales.lead.qualified.v1", "sales.lead.disqualified.v1", "sales.lead.converted.v1"}
 _OPPORTUNITY_CHANGED = {"sales.opportunity.created.v1", "sales.opportunity.stage_changed.v1",
                         "sales.opportunity.owners_changed.v1", "sales.opportunity.reactivated.v1"}
 
@@ -335,6 +338,39 @@ def _watched(event: CloudEvent) -> store.LeadWatch | store.OpportunityWatch | No
     if kind in _OPPORTUNITY_DONE:
         return store.OpportunityWatch(event.subject, owner_id=owner, open=False)
     return None
+
+
+def _follow_up_reminder(event: CloudEvent, owner: str, due: datetime) -> store.TimerChange:
+    """The lead's follow-up reminder to its owner at `due`, replacing its earlier reminders and escalations."""
+    return store.TimerChange(event.subject, (FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION), FOLLOW_UP_REMINDER, owner,
+                             due, {"lead_id": event.subject, "grade": event.data.get("grade"),
+                                   "due_at": event.data.get("follow_up_due_at"), "owner_id": owner})
+
+
+def _merge_changes(event: CloudEvent) -> tuple[list[store.TimerChange], list[store.LeadWatch]]:
+    """A merge closes the merged lead (its follow-up reminders stop, the digest leaves it out) and, when the
+    event tells the survivor's state after it (merges since these fields exist), updates the survivor: no
+    longer new, its reminders stop too (the moved touches contacted it); still new, its reminder moves to
+    the follow-up due time the merge left (the earlier of the two leads'), unless that has passed: then the
+    survivor's own timers, which may have reminded already, are left as they are."""
+    data = event.data
+    follow_ups = (FOLLOW_UP_REMINDER, FOLLOW_UP_ESCALATION)
+    merged_id = str(data["merged_lead_id"])
+    timers = [store.TimerChange(merged_id, follow_ups)]
+    leads = [store.LeadWatch(merged_id, closed=True)]
+    status = data.get("status")
+    if status is None:
+        return timers, leads
+    owner = data.get("owner_id") if isinstance(data.get("owner_id"), str) else None
+    due = _time(data.get("follow_up_due_at"))
+    if status != "new":
+        timers.append(store.TimerChange(event.subject, follow_ups))
+    elif owner and due is not None and due > event.time:
+        timers.append(_follow_up_reminder(event, owner, due))
+    grade = data.get("grade")
+    leads.append(store.LeadWatch(event.subject, grade=grade if isinstance(grade, str) else None,
+                                 follow_up_due_at=due, contacted_at=_time(data.get("last_contacted_at"))))
+    return timers, leads
 
 
 def _date(value: Any) -> date | None:
