@@ -50,6 +50,7 @@ from shared.context import trace_id_of
 from shared.db import Database
 from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Message
+from shared.logs import JsonFormatter
 from shared.org import Role
 from shared.runtime.broker import TansuBroker
 from shared.runtime.postgres import EmbeddedPostgres
@@ -83,6 +84,7 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
         self.logins: list[str] = []
+        self.busy_for = 0  # how many more messages to refuse with a temporary error
 
     def authenticate(self, server: object, session: object, envelope: object, mechanism: str,
                      auth_data: object) -> AuthResult:
@@ -93,6 +95,9 @@ class Mailbox:
         return AuthResult(success=known)
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+        if self.busy_for:
+            self.busy_for -= 1
+            return "451 4.3.0 mailbox busy, try again later"
         parsed = BytesParser(policy=email.policy.default).parsebytes(envelope.content)
         assert isinstance(parsed, EmailMessage)
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), parsed))
@@ -669,10 +674,38 @@ async def test_preferences_round_trip_and_english_templates(
 # --- e-mail -----------------------------------------------------------------------------------
 
 
+class JsonLines(logging.Handler):
+    """A logger's records as the service's JSON log lines, formatted as they are emitted (in the
+    emitting task's context, which is where the trace id comes from)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("notifications"))
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
 async def test_an_h_grade_lead_is_also_mailed_to_its_rep(
-    leads: httpx.AsyncClient, settings: Settings, mailbox: Mailbox, notifications: Served
+    leads: httpx.AsyncClient, settings: Settings, mailbox: Mailbox, notifications: Served, clock: Clock
 ) -> None:
-    lead = await capture(leads, settings, "rep-2")
+    # The first try meets a busy mailbox: its log line carries the trace of the capture that caused it.
+    worker_log = JsonLines()
+    logging.getLogger("services.notifications.workers").addHandler(worker_log)
+    mailbox.busy_for = 1
+    trace_id = uuid.uuid4().hex
+    try:
+        lead = await capture(leads, settings, "rep-2", trace_id=trace_id)
+
+        async def refused() -> list[dict[str, Any]]:
+            return [line for line in worker_log.lines if "451" in line["message"]]
+
+        [line] = await eventually(refused, timeout=FIRST_TIMEOUT)
+    finally:
+        logging.getLogger("services.notifications.workers").removeHandler(worker_log)
+    assert line["trace_id"] == trace_id and line["level"] == "warning", line
+    clock.advance(timedelta(seconds=61))  # the retry after a first failure is due 60 s later
 
     async def mailed() -> list[tuple[str, list[str], EmailMessage]]:
         return [m for m in mailbox.messages if lead in str(m[2]["Subject"])]
