@@ -121,18 +121,7 @@ class LeadFeatures:
     attributes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def captured(self, data: dict[str, Any], at: datetime) -> "LeadFeatures":
-        contact = data.get("contact") or {}
-        return replace(
-            self,
-            owner_id=data.get("owner_id") or self.owner_id,
-            grade=data.get("grade"),
-            source=data.get("source"),
-            has_company=bool(contact.get("company")),
-            has_phone=bool(contact.get("phone")),
-            has_email=bool(contact.get("email")),
-            captured_at=at,
-            attributes=tuple(sorted((str(k), str(v)) for k, v in (data.get("attributes") or {}).items())),
-        )
+        return replace(self, **self._described(data), source=data.get("source"), captured_at=at)
 
     def engaged(self, visits: int, time_on_site_s: float, page_views: int, activity: Any) -> "LeadFeatures":
         if isinstance(activity, str):
@@ -153,6 +142,36 @@ class LeadFeatures:
         latest = at if self.last_contacted_at is None else max(at, self.last_contacted_at)
         touches = max(self.touches + 1, touch_number or 0)
         return replace(self, touches=touches, last_contacted_at=latest)
+
+    def merged(
+        self, duplicate: "LeadFeatures", data: dict[str, Any], last_contacted_at: datetime | None
+    ) -> "LeadFeatures":
+        """The survivor of a merge, from the merge event's account of it (`data`: its grade, contact, attributes,
+        owner and touches after the merge, the moved ones included) and the engagement the merged lead's events
+        told, which the survivor now holds too. Its source and capture time stay its own."""
+        return replace(
+            self,
+            **self._described(data),
+            touches=int(data.get("touch_count") or 0),
+            last_contacted_at=last_contacted_at,
+            visits=self.visits + duplicate.visits,
+            time_on_site_s=self.time_on_site_s + duplicate.time_on_site_s,
+            page_views=self.page_views + duplicate.page_views,
+            activities=self.activities + duplicate.activities,
+        )
+
+    def _described(self, data: dict[str, Any]) -> dict[str, Any]:
+        """What an event describing the whole lead (its capture, a merge's survivor) sets: owner (unless it
+        names none), grade, which contact details it has, attributes."""
+        contact = data.get("contact") or {}
+        return {
+            "owner_id": data.get("owner_id") or self.owner_id,
+            "grade": data.get("grade"),
+            "has_company": bool(contact.get("company")),
+            "has_phone": bool(contact.get("phone")),
+            "has_email": bool(contact.get("email")),
+            "attributes": tuple(sorted((str(k), str(v)) for k, v in (data.get("attributes") or {}).items())),
+        }
 
     def regraded(self, grade: str | None) -> "LeadFeatures":
         return replace(self, grade=grade)

@@ -306,10 +306,20 @@ async def lead_disqualified(tx: Transaction, event: CloudEvent) -> None:
 
 async def lead_merged(tx: Transaction, event: CloudEvent) -> None:
     """A duplicate folded into another lead is closed: its score stays as it was and is no longer re-scored
-    as time passes (the survivor's events score the survivor). Not an outcome: the lead did not convert or
-    fail, it was the same person twice. Locked with the batch's other leads (`Working.of`)."""
+    as time passes. Not an outcome: the lead did not convert or fail, it was the same person twice. The
+    survivor now holds the duplicate's history: it is re-scored from the event's account of it after the
+    merge (touches, grade, contact, attributes) and the duplicate's engagement as its events told it; a
+    merge published before the leads service told the survivor's state (no `touch_count`) re-scores
+    nothing. Both are locked with the batch's other leads (`Working.of`)."""
     working = await Working.of(tx)
-    working.lead_statuses[str(event.data["merged_lead_id"])] = "merged"
+    duplicate_id = str(event.data["merged_lead_id"])
+    working.lead_statuses[duplicate_id] = "merged"
+    if "touch_count" not in event.data:
+        return
+    duplicate, _ = await working.lead(duplicate_id)
+    contacted = event.data.get("last_contacted_at")
+    last_contacted_at = data_time(contacted, event.time) if contacted else None
+    await _rescore_lead(tx, event, lambda f: f.merged(duplicate, event.data, last_contacted_at))
 
 
 # --- opportunities ----------------------------------------------------------------------------

@@ -207,6 +207,44 @@ async def test_scores_are_scoped_by_the_leads_owner(
     assert (await http.get(f"/v1/leads/{lead}/score")).status_code == 401
 
 
+async def test_a_merge_survivor_is_re_scored_with_the_duplicates_touches_and_engagement(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    survivor, duplicate = new_lead(), new_lead()
+    await send(producer, captured(survivor, grade=None, source="web_form"))
+    await send(producer, captured(duplicate, grade="H"))
+    for event in (contacted(duplicate, 1), contacted(duplicate, 2), engaged(duplicate, 9, 240)):
+        await send(producer, CloudEvent(type=event.type, source=event.source, subject=duplicate, data=event.data,
+                                        sequence=None))
+    first = await lead_score(http, settings, survivor, timeout=BACKLOG_TIMEOUT)
+    await eventually(lambda: _scored_times(tables, duplicate, 4), timeout=BACKLOG_TIMEOUT)
+    merge = CloudEvent(type="sales.lead.merged.v1", source="/funnelcast/leads", subject=survivor, sequence=2, data={
+        "lead_id": survivor, "merged_lead_id": duplicate, "matched_on": [], "merged_by": "mgr-1", "merged_at": now(),
+        "owner_id": "rep-1", "status": "contacted", "grade": "H", "touch_count": 2, "last_contacted_at": now(),
+        "contact": {"name": "王先生", "company": "上海某某科技", "phone": "+8613800000000", "email": "w@example.cn"},
+        "attributes": {}, "touches_moved": 2, "notes_moved": 0, "engagements_moved": 1})
+    await send(producer, merge)
+    await eventually(lambda: _scored_times(tables, survivor, 2), timeout=BACKLOG_TIMEOUT)
+
+    after = await lead_score(http, settings, survivor)
+    factors = {f["feature"]: f["contribution"] for f in after["factors"]}
+    assert (factors["grade"], factors["touches"]) == (30, 7) and after["score"] > first["score"]
+    rows = await history_rows(tables, survivor)
+    assert [r["cause_type"] for r in rows] == ["sales.lead.captured.v1", "sales.lead.merged.v1"]
+    kept = await tables.fetch("SELECT lead_id, status, features FROM lead_scores WHERE lead_id = ANY($1::text[])"
+                              " ORDER BY lead_id = $2", [survivor, duplicate], survivor)
+    assert [r["status"] for r in kept] == ["merged", "open"]
+    features = json.loads(kept[-1]["features"])  # the engagement told on the duplicate is the survivor's now
+    assert (features["touches"], features["page_views"], features["visits"], features["has_email"]) == (2, 9, 1, True)
+    records = await read_topic(settings, "sales.scores", count=2, match=survivor.encode())
+    rescored = parse_and_validate(records[-1].value)
+    assert (rescored.sequence, rescored.causationid, rescored.data["score"]) == (2, merge.id, after["score"])
+
+
+async def _scored_times(tables: asyncpg.Pool, lead_id: str, count: int) -> bool:
+    return len(await history_rows(tables, lead_id)) >= count
+
+
 async def test_outcomes_are_recorded_for_the_learned_model(
     http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
 ) -> None:

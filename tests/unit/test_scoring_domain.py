@@ -65,6 +65,22 @@ def test_engagement_adds_up_and_is_capped() -> None:
     assert score_lead(flooded, NOW).score == base + 8 + 10 + 5 + 6
 
 
+def test_a_merge_survivor_scores_the_combined_history() -> None:
+    survivor = captured(None, "web_form", company=None)
+    duplicate = captured("H", "event").contacted(NOW, 1).contacted(NOW, 2).engaged(2, 240, 9, "webinar_attended")
+    after = {"owner_id": "rep-1", "grade": "H", "touch_count": 2, "attributes": {"utm_term": "crm"},
+             "contact": {"name": "王先生", "company": "星河科技", "phone": "+8613800000000", "email": "w@xh.cn"}}
+    merged = survivor.merged(duplicate, after, NOW)
+    assert (merged.grade, merged.touches, merged.last_contacted_at) == ("H", 2, NOW)
+    assert (merged.has_company, merged.has_email, merged.source, merged.captured_at) == (True, True, "web_form", NOW)
+    assert (merged.visits, merged.page_views, merged.activities) == (2, 9, ("webinar_attended",))
+    assert merged.attributes == (("utm_term", "crm"),)
+    before, now = score_lead(survivor, NOW), score_lead(merged, NOW)
+    features = {f.feature for f in now.factors}
+    assert now.score > before.score and {"grade", "touches"} <= features
+    assert LeadFeatures.from_json(merged.to_json()) == merged
+
+
 def test_a_score_stays_within_0_and_100() -> None:
     best = captured("H", "referral", email="a@example.com").contacted(NOW, 3).engaged(50, 5000, 50, ["a", "b", "c"])
     assert score_lead(best, NOW).score == 100
