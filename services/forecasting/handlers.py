@@ -453,9 +453,14 @@ async def lead_assigned(tx: Transaction, event: CloudEvent) -> None:
 
 
 async def lead_merged(tx: Transaction, event: CloudEvent) -> None:
-    """A duplicate folded into another lead is no lead of its own in the conversion and campaign figures."""
+    """A duplicate folded into another lead is no lead of its own in the conversion and campaign figures; the
+    survivor takes its campaign when it had none (the event names the survivor's campaign after the merge,
+    since the leads service added it: older merges leave the survivor's as it was)."""
     data = event.data
-    await store.merge_lead(tx.conn, str(data["merged_lead_id"]), str(data.get("lead_id") or event.subject))
+    survivor = str(data.get("lead_id") or event.subject)
+    await store.merge_lead(tx.conn, str(data["merged_lead_id"]), survivor)
+    if data.get("campaign_id"):
+        await store.attribute_lead(tx.conn, survivor, str(data["campaign_id"]))
 
 
 async def lead_converted(tx: Transaction, event: CloudEvent) -> None:

@@ -283,6 +283,13 @@ async def merge_lead(conn: Connection, lead_id: str, survivor_id: str) -> None:
         lead_id, survivor_id)
 
 
+async def attribute_lead(conn: Connection, lead_id: str, campaign_id: str) -> None:
+    """The campaign a lead is attributed to now (a lead not seen yet is recorded with it)."""
+    await conn.execute(
+        "INSERT INTO leads (lead_id, campaign_id) VALUES ($1, $2) ON CONFLICT (lead_id) DO UPDATE SET campaign_id = $2",
+        lead_id, campaign_id)
+
+
 async def convert_lead(conn: Connection, lead_id: str, converted_on: date, campaign_id: str | None) -> None:
     """Mark a lead converted (a lead captured before this service listened is recorded as it is now)."""
     await conn.execute(

@@ -682,6 +682,33 @@ def lead_captured(lead: str, owner: str, campaign: str, day: str) -> CloudEvent:
                                                         "email": f"{lead}@example.test"}})
 
 
+async def test_a_merge_survivor_without_a_campaign_takes_the_merged_leads_campaign(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    campaign = f"camp-{uuid.uuid4()}"
+    await send(producer, campaign_created(campaign, "900.00", "2035-01-01", "2035-01-31"))
+    survivor, duplicate = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
+    captured = lead_captured(survivor, "rep-1", campaign, "2035-01-05")
+    await send(producer, CloudEvent(type=captured.type, source=captured.source, subject=survivor, sequence=1,
+                                    data={**captured.data, "campaign_id": None}))
+    await send(producer, lead_captured(duplicate, "rep-1", campaign, "2035-01-06"))
+    await send(producer, CloudEvent(
+        type="sales.lead.merged.v1", source="/funnelcast/leads", subject=survivor, sequence=3, data={
+            "lead_id": survivor, "merged_lead_id": duplicate, "matched_on": [], "merged_by": "mgr-1",
+            "merged_at": "2035-01-07T08:00:00Z", "campaign_id": campaign, "filled": ["campaign_id"]}))
+
+    async def attributed() -> list[asyncpg.Record] | None:
+        rows = await tables.fetch("SELECT lead_id, campaign_id, merged_into FROM leads WHERE lead_id = ANY($1::text[])"
+                                  " ORDER BY lead_id = $2", [survivor, duplicate], survivor)
+        return rows if [(r["campaign_id"], r["merged_into"]) for r in rows] == [
+            (campaign, survivor), (campaign, None)] else None
+
+    await eventually(attributed, timeout=TIMEOUT)
+    response = await http.get("/v1/funnel/marketing", params={"period": "2035-01"}, headers=as_(settings, "dir-1"))
+    [row] = [c for c in response.json()["campaigns"] if c["campaign_id"] == campaign]
+    assert (row["leads"], row["cost_per_lead"]) == (1, "900.00")  # the survivor, counted once
+
+
 async def test_campaign_economics_per_period_and_team_and_scope(
     http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
 ) -> None:
