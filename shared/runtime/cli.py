@@ -173,11 +173,12 @@ def _with_figures(report: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from shared.runtime.observe import FIGURES, service_figures
 
     waiting = _waiting_dead_letters(settings) if report["running"] else None
-    consuming = {name for topic in TOPICS.values() for name in topic.consumers}
+    groups = {name: group for topic in TOPICS.values()
+              for name, group in zip(topic.consumers, topic.consumer_groups, strict=True)}
     for service in report["services"]:
         service.update(service_figures(service["port"]) if service["alive"] else dict.fromkeys(FIGURES))
-        service["dead_letters"] = (waiting[f"funnelcast-{service['name']}"]
-                                   if waiting is not None and service["name"] in consuming else None)
+        group = groups.get(service["name"])
+        service["dead_letters"] = waiting[group] if waiting is not None and group is not None else None
     return report
 
 
