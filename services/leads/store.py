@@ -106,7 +106,8 @@ class MovedHistory:
 async def move_history(conn: Connection, duplicate_id: str, survivor_id: str, touches_before: int) -> MovedHistory:
     """Re-point a merged duplicate's touches, notes and engagements at its survivor, in one statement. The
     touches are numbered after the survivor's `touches_before`, in the order they happened; each row keeps
-    the lead it was first recorded on in `merged_from`."""
+    the lead it was first recorded on in `merged_from`. Leads merged into the duplicate earlier now point
+    at the survivor: `merged_into` always names a lead that is not merged."""
     row = await conn.fetchrow(
         "WITH ordered AS (SELECT id, row_number() OVER (ORDER BY contacted_at, number) AS position"
         " FROM lead_touches WHERE lead_id = $1),"
@@ -115,7 +116,8 @@ async def move_history(conn: Connection, duplicate_id: str, survivor_id: str, to
         " notes AS (UPDATE lead_notes SET lead_id = $2, merged_from = coalesce(merged_from, $1)"
         " WHERE lead_id = $1 RETURNING 1),"
         " engagements AS (UPDATE lead_engagements SET lead_id = $2, merged_from = coalesce(merged_from, $1)"
-        " WHERE lead_id = $1 RETURNING 1)"
+        " WHERE lead_id = $1 RETURNING 1),"
+        " earlier AS (UPDATE leads SET merged_into = $2 WHERE merged_into = $1)"
         " SELECT (SELECT count(*) FROM touches) AS touches, (SELECT count(*) FROM notes) AS notes,"
         " (SELECT count(*) FROM engagements) AS engagements",
         duplicate_id,
@@ -272,9 +274,13 @@ async def take_turn(conn: Connection, team: str) -> int:
 
 
 async def known_contacts(conn: Connection, phones: list[str], emails: list[str]) -> dict[str, str]:
-    """Of the given normalised phones and e-mails, those a lead already holds: value -> lead id."""
+    """Of the given normalised phones and e-mails, those a lead already holds: value -> lead id (the survivor's
+    for a merged lead)."""
     rows = await conn.fetch(
-        "SELECT id, phone, email FROM leads WHERE phone = ANY($1::text[]) OR email = ANY($2::text[])", phones, emails
+        "SELECT coalesce(merged_into, id) AS id, phone, email FROM leads"
+        " WHERE phone = ANY($1::text[]) OR email = ANY($2::text[])",
+        phones,
+        emails,
     )
     known: dict[str, str] = {}
     for row in rows:

@@ -214,3 +214,25 @@ async def test_a_merge_note_keeps_the_duplicate_readable_even_after_it_gave_up_i
     note = (await history(client, settings, survivor["id"]))["notes"][-1]
     assert note["kind"] == "merge" and note["body"]["merged_lead"]["contact"] == duplicate["contact"]
     assert note["created_by"] == "mgr-1"
+
+
+async def test_merging_a_survivor_on_re_points_the_leads_merged_into_it(client, settings, leads_db):
+    first, second, last = [await capture(client, settings, owner_id="rep-1") for _ in range(3)]
+    manager = auth(settings, "mgr-1")
+    for survivor, duplicate in ((second, first), (last, second)):
+        merged = await client.post(f"/v1/leads/{survivor['id']}/merge", json={"duplicate_id": duplicate["id"]},
+                                   headers=manager)
+        assert merged.status_code == 200, merged.text
+    pointers = await leads_db.fetch("SELECT id, merged_into FROM leads WHERE id = ANY($1::text[])",
+                                    [first["id"], second["id"]])
+    assert {r["id"]: r["merged_into"] for r in pointers} == {first["id"]: last["id"], second["id"]: last["id"]}
+    # the first lead kept its phone (each survivor had one): an import and a capture with it name the last
+    csv = f"name,phone\n王伟,{first['contact']['phone']}\n".encode()
+    imported = await client.post("/v1/leads/import", content=csv, headers={**manager, "Content-Type": "text/csv"})
+    assert imported.json()["duplicate_lines"] == [{"line": 2, "lead_id": last["id"]}]
+    again = await client.post("/v1/leads", json=lead_body(contact={"name": "王伟", "phone": first["contact"]["phone"]}),
+                              headers=manager)
+    assert again.json()["duplicate_of"] == last["id"]
+    notes = (await history(client, settings, last["id"]))["notes"]
+    assert [(n["kind"], n["merged_from"]) for n in notes] == [("merge", second["id"]), ("merge", None),
+                                                              ("duplicate_capture", None)]
