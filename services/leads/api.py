@@ -156,11 +156,9 @@ async def lead_history(lead_id: str, principal: CurrentPrincipal, db: ServiceDat
     return {
         "lead_id": lead.id,
         "merged_into": lead.merged_into,
-        "touches": [{**t, "contacted_at": _ts(t["contacted_at"])} for t in history.touches[: store.HISTORY_LIMIT]],
-        "notes": [{**n, "created_at": _ts(n["created_at"])} for n in history.notes[: store.HISTORY_LIMIT]],
-        "engagements": [
-            {**e, "observed_at": _ts(e["observed_at"])} for e in history.engagements[: store.HISTORY_LIMIT]
-        ],
+        "touches": [{**t, "contacted_at": _ts(t["contacted_at"])} for t in history.touches],
+        "notes": [{**n, "created_at": _ts(n["created_at"])} for n in history.notes],
+        "engagements": [{**e, "observed_at": _ts(e["observed_at"])} for e in history.engagements],
         "truncated": history.truncated,
     }
 

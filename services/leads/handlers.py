@@ -679,8 +679,6 @@ async def merge(db: Database, org: Organisation, actor: Principal, survivor_id: 
 
 
 async def lead_history(db: Database, org: Organisation, actor: Principal, lead_id: str) -> tuple[Lead, store.History]:
+    lead = await get_lead(db, org, actor, lead_id)
     async with db.pool.acquire() as conn:
-        lead = await store.get(conn, lead_id)
-        if lead is None or not may_act_on(actor, lead.owner_id, org):
-            raise NotFound(f"there is no lead {lead_id} that you can see")
         return lead, await store.history(conn, lead.id)

@@ -138,14 +138,11 @@ class History:
     touches: list[dict[str, Any]]
     notes: list[dict[str, Any]]
     engagements: list[dict[str, Any]]
-
-    @property
-    def truncated(self) -> bool:
-        return any(len(rows) > HISTORY_LIMIT for rows in (self.touches, self.notes, self.engagements))
+    truncated: bool  # some kind has more rows than HISTORY_LIMIT
 
 
 async def history(conn: Connection, lead_id: str) -> History:
-    """A lead's history, one more row of each kind than answered, so that a longer one is told."""
+    """A lead's history; one row more of each kind than answered is read, to tell a longer one."""
     touches = await conn.fetch(
         "SELECT id, number, channel, outcome, note, contacted_at, contacted_by, merged_from FROM lead_touches"
         " WHERE lead_id = $1 ORDER BY contacted_at, number LIMIT $2",
@@ -165,9 +162,10 @@ async def history(conn: Connection, lead_id: str) -> History:
         HISTORY_LIMIT + 1,
     )
     return History(
-        [dict(r) for r in touches],
-        [{**dict(r), "body": json.loads(r["body"])} for r in notes],
-        [dict(r) for r in engagements],
+        [dict(r) for r in touches[:HISTORY_LIMIT]],
+        [{**dict(r), "body": json.loads(r["body"])} for r in notes[:HISTORY_LIMIT]],
+        [dict(r) for r in engagements[:HISTORY_LIMIT]],
+        truncated=any(len(rows) > HISTORY_LIMIT for rows in (touches, notes, engagements)),
     )
 
 

@@ -236,3 +236,15 @@ async def test_merging_a_survivor_on_re_points_the_leads_merged_into_it(client, 
     notes = (await history(client, settings, last["id"]))["notes"]
     assert [(n["kind"], n["merged_from"]) for n in notes] == [("merge", second["id"]), ("merge", None),
                                                               ("duplicate_capture", None)]
+
+
+async def test_a_long_history_answers_its_first_500_of_a_kind_and_says_it_is_truncated(client, settings, leads_db):
+    lead = await capture(client, settings, owner_id="rep-1")
+    await leads_db.executemany(
+        "INSERT INTO lead_notes (id, lead_id, kind, body, created_at) VALUES ($1, $2, 'duplicate_capture', '{}',"
+        " now() + make_interval(secs => $3))", [(str(uuid.uuid4()), lead["id"], n) for n in range(501)])
+    told = await history(client, settings, lead["id"])
+    assert (len(told["notes"]), told["truncated"]) == (500, True)
+    assert told["notes"] == sorted(told["notes"], key=lambda note: note["created_at"])
+    await leads_db.execute("DELETE FROM lead_notes WHERE id = $1", told["notes"][-1]["id"])
+    assert (await history(client, settings, lead["id"]))["truncated"] is False
