@@ -24,6 +24,7 @@ there itself, and an app that was replaced (`superseded`) commits nothing more.
 """
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -69,6 +70,8 @@ class _Consumer(faust_aiokafka.Consumer):
         app = cast(StreamApp, self.app)
         if app.superseded:
             return False  # its positions belong to a log the broker lost
+        if app.agent_failure is not None:
+            return False  # it let go of records it never applied (`_apply_in_batches`)
         committed: bool = await super()._commit(offsets)
         if committed and app.trusted_offsets is not None:
             app.trusted_offsets.update(offsets)
@@ -152,8 +155,7 @@ def subscribe(app: StreamApp, processor: EventProcessor, topics: list[str]) -> N
             await _apply_in_batches(app, processor, stream.noack())
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:
-            app.agent_failure = f"{type(exc).__name__}: {exc}"
+        except BaseException:
             log.exception("the %s agent crashed", processor.group)
             raise
 
@@ -166,6 +168,8 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
 
     So a lone event is applied at once, and under load the batches grow by themselves."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=app.batch_max)
+    # Taken from the stream and not acked yet, in order: queued, or in the batch being applied.
+    unacked: collections.deque[Any] = collections.deque()
 
     async def apply_batches() -> None:
         while True:
@@ -186,6 +190,7 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
             await processor.process_batch(messages)
             for record, message in zip(records, messages, strict=True):
                 await stream.ack(record)
+                unacked.popleft()
                 app.processed_offsets[(message.topic, message.partition)] = message.offset
 
     def stopped(task: asyncio.Task[None]) -> None:
@@ -198,6 +203,7 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
     applier.add_done_callback(stopped)
     try:
         async for record in stream.events():
+            unacked.append(record)
             if not queue.full():
                 queue.put_nowait(record)
                 continue
@@ -207,9 +213,20 @@ async def _apply_in_batches(app: StreamApp, processor: EventProcessor, stream: A
                 put.cancel()
                 applier.result()  # raises what stopped it
                 raise RuntimeError("the batch applier stopped")
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        app.agent_failure = app.agent_failure or f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         applier.cancel()
         await asyncio.wait({applier})  # whether it was cancelled or had failed: nothing to raise here
+        if app.agent_failure is not None:  # this agent or its applier failed
+            # Faust waits for every record it handed out to be acked before it gives partitions up or stops,
+            # and these never will be: let go of them. The app commits nothing more (`_Consumer._commit`),
+            # so they stay uncommitted and are read again by whoever consumes the partitions next.
+            for record in unacked:
+                await stream.ack(record)
 
 
 def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:

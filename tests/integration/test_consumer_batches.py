@@ -1,8 +1,9 @@
 """Batched consumption (EventProcessor.process_batch and the Faust agent's take_events): one
 transaction a batch, still applied once per event id, in order per key, poison dead-lettered alone."""
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -139,6 +140,56 @@ async def test_the_agent_applies_a_backlog_in_batches_in_order(
     assert [touch for touch, _ in rows] == [e.data["touch_number"] for e in sent]
     assert len({txid for _, txid in rows}) < len(sent)  # several events shared a transaction
     assert batching_app.agent_failure is None
+
+
+class FailingApplier(EventProcessor):
+    """A failure outside the handlers (which would be dead-lettered): the batch applier itself stops."""
+
+    async def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        raise RuntimeError("a bug outside the handlers")
+
+
+async def test_an_app_whose_applier_failed_stops_and_its_records_are_read_again(
+    db: Database, producer: AIOKafkaProducer, settings: Settings, backlog_topic: str
+) -> None:
+    """Faust waits for every record it handed out to be acked before it stops; those of a failed applier
+    never were, and its stop hung. It now lets go of them, commits nothing, and the next app applies them."""
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    lead = f"lead-{uuid.uuid4()}"
+    sent = [contacted(lead, n) for n in range(1, 31) if n != 13]
+    for event in sent:
+        await producer.send(backlog_topic, event.to_bytes(), key=lead.encode(), headers=[CONTENT_TYPE_HEADER])
+    await producer.flush()
+    tuned = settings.model_copy(update={"consumer_batch_max": 5})
+
+    failing = create_stream_app(group, tuned)
+    working = processor_for(db, producer, failing.conf.id)
+    subscribe(failing, FailingApplier(db, working.group, working.handlers, working.dead_letters), [backlog_topic])
+    failing.finalize()
+    await failing.start()
+
+    async def failed() -> str | None:
+        return failing.agent_failure
+
+    assert "a bug outside the handlers" in await eventually(failed, timeout=30)
+    stopping = asyncio.ensure_future(failing.stop())
+    await asyncio.wait({stopping}, timeout=30)
+    assert stopping.done(), "the app whose applier failed did not stop"
+    assert await trail(db, lead) == []
+
+    following = create_stream_app(group, tuned)
+    subscribe(following, working, [backlog_topic])
+    following.finalize()
+    await following.start()
+    try:
+        async def all_applied() -> list[tuple[int, int]] | None:
+            rows = await trail(db, lead)
+            return rows if len(rows) == len(sent) else None
+
+        rows = await eventually(all_applied, timeout=60)
+        assert [touch for touch, _ in rows] == [e.data["touch_number"] for e in sent]
+    finally:
+        await following.stop()
 
 
 async def test_handlers_see_the_batch_and_can_write_once_before_commit(
