@@ -4,7 +4,8 @@ Delivery is at least once. `EventProcessor.process` records the event id in the 
 same transaction as the handler's effect (and the events it publishes), so a redelivered
 event changes nothing. A message that cannot be decoded, fails its schema, or makes the
 handler fail goes to `<topic>.dlq` with the error and its original headers, and
-consumption moves on. Database outages are not the message's fault: those are retried
+consumption moves on; an event of a type this version does not know is ignored (a newer
+producer's). Database outages are not the message's fault: those are retried
 with back-off, holding the partition, so nothing is skipped while Postgres is away.
 
 `EventProcessor.process_batch` applies the records one fetch handed over in ONE transaction
@@ -30,12 +31,15 @@ from aiokafka.errors import KafkaError
 from shared import metrics, tracing
 from shared.context import Cause, current_cause, current_event_id
 from shared.db import Database, Transaction
+from shared.events.catalog import EVENT_TYPES
 from shared.events.dead_letter_headers import failure_headers
-from shared.events.envelope import CloudEvent, InvalidEvent, parse_and_validate
+from shared.events.envelope import CloudEvent, InvalidEvent, parse, validate
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Transaction, CloudEvent], Awaitable[None]]
+
+_UNKNOWN_TYPES_SEEN: set[tuple[str, str]] = set()  # (type, consumer group) already logged
 
 # Connection-class errors (08xxx, e.g. ConnectionDoesNotExistError), and asyncpg's InternalClientError ("cannot
 # switch to state ...; another operation is in progress") when Postgres goes away mid-statement: the database's
@@ -100,16 +104,34 @@ class EventProcessor:
         self.dead_letters = dead_letters
         self.max_backoff_s = 5.0
 
-    async def process(self, message: Message) -> Outcome:
+    async def _to_apply(self, message: Message) -> tuple[CloudEvent, Handler] | Outcome:
+        """The message's event and its handler; else what became of it: dead-lettered (sent) when it is no
+        valid event, ignored when this consumer has no handler for its type.
+
+        A well-formed event of a type the catalogue does not know is ignored, not dead-lettered: it is most
+        likely a newer producer's (a rolling upgrade publishes a new type before every consumer knows it),
+        and this consumer, which would not handle it, cannot judge its data. Logged once per type."""
         try:
-            event = parse_and_validate(message.value or b"")
+            event = parse(message.value or b"")
+            if event.type not in EVENT_TYPES:
+                if (event.type, self.group) not in _UNKNOWN_TYPES_SEEN:
+                    _UNKNOWN_TYPES_SEEN.add((event.type, self.group))
+                    log.warning("%s: ignoring events of type %s, which this version does not know (first: %s)",
+                                self.group, event.type, event.id)
+                return Outcome.IGNORED
+            validate(event)
         except InvalidEvent as exc:
             metrics.events_failed.labels("invalid", self.group).inc()
             await self.dead_letters.send(message, f"invalid event: {exc}")
             return Outcome.DEAD_LETTERED
         handler = self.handlers.get(event.type)
-        if handler is None:
-            return Outcome.IGNORED
+        return Outcome.IGNORED if handler is None else (event, handler)
+
+    async def process(self, message: Message) -> Outcome:
+        to_apply = await self._to_apply(message)
+        if isinstance(to_apply, Outcome):
+            return to_apply
+        event, handler = to_apply
         span = _consumer_span(event, message.topic, self.group)
         cause_token = current_cause.set(_cause_of(event, span.traceparent))
         event_token = current_event_id.set(event.id)
@@ -128,18 +150,11 @@ class EventProcessor:
         outcomes: list[Outcome | None] = [None] * len(messages)
         pending: list[tuple[int, CloudEvent, Handler]] = []
         for i, message in enumerate(messages):
-            try:
-                event = parse_and_validate(message.value or b"")
-            except InvalidEvent as exc:
-                metrics.events_failed.labels("invalid", self.group).inc()
-                await self.dead_letters.send(message, f"invalid event: {exc}")
-                outcomes[i] = Outcome.DEAD_LETTERED
-                continue
-            handler = self.handlers.get(event.type)
-            if handler is None:
-                outcomes[i] = Outcome.IGNORED
+            to_apply = await self._to_apply(message)
+            if isinstance(to_apply, Outcome):
+                outcomes[i] = to_apply
             else:
-                pending.append((i, event, handler))
+                pending.append((i, *to_apply))
         if len(pending) == 1:
             [(i, _, _)] = pending
             outcomes[i] = await self.process(messages[i])

@@ -147,16 +147,25 @@ async def test_faust_consumers_use_the_configured_fetch_wait(stream_app: StreamA
     assert aiokafka_consumer._fetcher._fetch_max_wait_ms == settings.kafka_fetch_max_wait_ms == 10
 
 
-async def test_an_event_of_an_unknown_type_is_dead_lettered(
+async def test_an_event_of_a_type_this_version_does_not_know_is_ignored_and_a_bad_one_dead_lettered(
     db: Database, producer: AIOKafkaProducer, settings: Settings
 ) -> None:
-    processor = EventProcessor(db, "test-unknown", {}, DeadLetters(producer, "test-unknown"))
+    """A newer producer's type (a rolling upgrade) is not poison for an older consumer: it is ignored, not
+    dead-lettered; a known type whose data fails its schema still is."""
+    group = f"test-unknown-{uuid.uuid4().hex[:8]}"
+    processor = EventProcessor(db, group, {"sales.lead.captured.v1": count_application},
+                               DeadLetters(producer, group))
     event = captured(str(uuid.uuid4()))
-    body = json.loads(event.to_bytes()) | {"type": "sales.lead.teleported.v1"}
-    message = Message("sales.leads", 0, 0, event.subject.encode(), json.dumps(body).encode())
-    assert await processor.process(message) is Outcome.DEAD_LETTERED
-    [dead] = await read_topic(settings, "sales.leads.dlq", count=1, match=event.subject.encode())
-    assert b"sales.lead.teleported.v1" in dict(dead.headers)["dlq-error"]
+    body = json.loads(event.to_bytes())
+    newer = json.dumps(body | {"id": str(uuid.uuid4()), "type": "sales.lead.teleported.v1"}).encode()
+    broken = json.dumps(body | {"id": str(uuid.uuid4()), "data": {"lead_id": 12}}).encode()
+    messages = [Message("sales.leads", 0, n, event.subject.encode(), value) for n, value in enumerate((newer, broken))]
+
+    assert [await processor.process(m) for m in messages] == [Outcome.IGNORED, Outcome.DEAD_LETTERED]
+    assert await processor.process_batch(messages) == [Outcome.IGNORED, Outcome.DEAD_LETTERED]
+    dead = await read_topic(settings, "sales.leads.dlq", count=3, match=event.subject.encode(), timeout=3)
+    assert [dict(d.headers)["dlq-consumer-group"] for d in dead] == [group.encode()] * 2  # the broken one, twice
+    assert all(b"sales.lead.teleported.v1" not in (d.value or b"") for d in dead)
 
 
 async def test_an_app_on_a_new_broker_reads_below_offsets_it_did_not_commit(
