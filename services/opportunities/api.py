@@ -13,6 +13,7 @@ from services.opportunities import handlers, store
 from services.opportunities.domain import (
     Assessment,
     CloseSummary,
+    ContractStatus,
     Money,
     OpportunityEdit,
     Pipeline,
@@ -21,7 +22,7 @@ from services.opportunities.domain import (
     owner_splits,
     parse_money,
 )
-from services.opportunities.handling import Actor
+from services.opportunities.handling import Actor, list_parts
 from shared.auth import Principal, visible_owners
 from shared.errors import Forbidden, PreconditionFailed, Unprocessable
 from shared.org import Organisation, Role
@@ -616,6 +617,19 @@ async def create_contract(body: ContractIn, actor: CurrentActor, db: ServiceData
     """Draw up a contract (合同) for a won opportunity or one in the contract stage."""
     money = None if body.amount is None else parse_money(body.amount, body.currency)
     return contract_json(await handlers.create_contract(db, actor, opportunity_id=body.opportunity_id, money=money))
+
+
+@contracts.get("")
+async def list_contracts(
+    actor: CurrentActor, db: ServiceDatabase, opportunity_id: str | None = None, account_id: str | None = None,
+    status: ContractStatus | None = None, cursor: str | None = None, limit: int | None = None,
+) -> Page[dict[str, Any]]:
+    """Contracts in the caller's scope (their owner's, or their deal's owners' and split holders'), oldest
+    first; `status=signed&account_id=...` is what a customer has booked."""
+    size = clamp_limit(limit)
+    rows = await list_parts(db, actor, "contracts", after=_after(cursor), limit=size, equal={
+        "opportunity_id": opportunity_id, "account_id": account_id, "status": None if status is None else str(status)})
+    return Page(items=[contract_json(r) for r in rows], next_cursor=_next_cursor(rows, size))
 
 
 @contracts.get("/{contract_id}")

@@ -3,13 +3,15 @@ and whose records they may act on, the version checks of a change, new ids and t
 handlers.py so that the lead conversion there can use contacts/ without contacts/ importing it back."""
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
 
-from services.opportunities.store import Conn, holders_of, opportunity
+from services.opportunities.store import Conn, holders_of, list_deal_parts, opportunity
+from shared.db import Database
 from shared.errors import Forbidden, PreconditionFailed
 
 
@@ -92,3 +94,13 @@ def check_version(what: str, current: int, expected: int | None) -> None:
 def changed_meanwhile(what: str) -> PreconditionFailed:
     """The UPDATE ... WHERE version = $n found the version moved: another writer got there first."""
     return PreconditionFailed(f"{what} was changed by someone else at the same time: reload it and retry")
+
+
+async def list_parts(
+    db: Database, actor: Actor, table: Literal["quotes", "contracts"], *, equal: Mapping[str, Any],
+    after: tuple[datetime, str] | None, limit: int,
+) -> list[asyncpg.Record]:
+    """A page of the quotes or contracts the actor may read (check_part_reads' rule), `equal` filtering."""
+    async with db.statements() as conn:
+        return await list_deal_parts(conn, table, owners=None if actor.owners is None else set(actor.owners),
+                                     equal=equal, after=after, limit=limit)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -391,6 +391,34 @@ def split_held_in_scope(deal_id: str, scope: str) -> str:
     """SQL: someone in the scope `scope` (a text[] parameter) holds a split of the deal whose id is `deal_id`.
     Beside its primary owner's scope, that is who may read a deal (handling.Actor.check_reads on holders_of)."""
     return f"{deal_id} IN (SELECT opportunity_id FROM opportunity_owners WHERE owner_id = ANY({scope}::text[]))"  # noqa: S608
+
+
+async def list_deal_parts(
+    conn: Conn, table: Literal["quotes", "contracts"], *, owners: set[str] | None, equal: Mapping[str, Any],
+    after: tuple[datetime, str] | None, limit: int,
+) -> list[Row]:
+    """A page of a deal's quotes or contracts, oldest first: those whose columns hold the `equal` values
+    given (None: any), readable by `owners` (None: everyone) by check_part_reads' rule: the record's owner,
+    or an owner or split holder of its deal, in scope."""
+    clauses, args = _keyset(after)
+
+    def add(condition: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(condition.replace("?", f"${len(args)}"))
+
+    if owners is not None:
+        add("(owner_id = ANY(?::text[])"  # noqa: S608 - the SQL is ours
+            " OR opportunity_id IN (SELECT id FROM opportunities WHERE owner_id = ANY(?::text[]))"
+            f" OR {split_held_in_scope('opportunity_id', '?')})", sorted(owners))
+    for column, value in equal.items():
+        if value is not None:
+            add(f"{column} = ?", value)
+    condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    args.append(limit)
+    return await conn.fetch(
+        f"SELECT * FROM {table} {condition} ORDER BY created_at, id LIMIT ${len(args)}",  # noqa: S608
+        *args,
+    )
 
 
 def _keyset(after: tuple[datetime, str] | None) -> tuple[list[str], list[Any]]:

@@ -496,6 +496,11 @@ async def _list_quotes(w: World, owner: str) -> Call:
     return Call("GET", "/v1/quotes", params={"opportunity_id": quote["opportunity_id"]})
 
 
+async def _list_contracts(w: World, owner: str) -> Call:
+    contract = await w.admin("opportunities", "GET", f"/v1/contracts/{await w.shared('contract', owner, w.contract)}")
+    return Call("GET", "/v1/contracts", params={"opportunity_id": contract["opportunity_id"]})
+
+
 async def _merge(w: World, owner: str) -> Call:
     keep, duplicate = await asyncio.gather(w.lead(owner), w.lead(owner))
     return Call("POST", f"/v1/leads/{keep}/merge", json={"duplicate_id": duplicate})
@@ -609,6 +614,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("opportunities", "DELETE /v1/contacts/{contact_id}"): changing("contact", "DELETE", "/v1/contacts/{}"),
     ("opportunities", "POST /v1/contracts"): changing(
         "opportunity", "POST", "/v1/contracts", lambda deal, _owner: {"opportunity_id": deal}, state="won"),
+    ("opportunities", "GET /v1/contracts"): _list_contracts,
     ("opportunities", "GET /v1/contracts/{contract_id}"): reading("contract", "GET", "/v1/contracts/{}"),
     ("opportunities", "POST /v1/contracts/{contract_id}/sign"): changing("contract", "POST", "/v1/contracts/{}/sign"),
     ("opportunities", "POST /v1/contracts/{contract_id}/execute"): changing(

@@ -523,6 +523,33 @@ async def test_contracts_and_the_credit_limit(http: httpx.AsyncClient, settings:
     assert (await post(http, settings, f"/v1/contracts/{free.json()['id']}/sign")).status_code == 200
 
 
+async def test_the_contract_list_is_scoped_filtered_and_paged(http: httpx.AsyncClient, settings: Settings) -> None:
+    account_id = (await post(http, settings, "/v1/accounts", {"name": unique("合同列表客户")})).json()["id"]
+    deals = [await open_opportunity(http, settings, account_id=account_id) for _ in range(2)]
+    for deal in deals:
+        await post(http, settings, f"/v1/opportunities/{deal['id']}/close", {"outcome": "won", "reason": "fit"})
+    made = [(await post(http, settings, "/v1/contracts", {"opportunity_id": deal["id"], "amount": amount})).json()
+            for deal, amount in [(deals[0], "100.00"), (deals[0], "200.00"), (deals[1], "300.00")]]
+    await post(http, settings, f"/v1/contracts/{made[1]['id']}/sign")
+
+    async def listed(user: str, **params: str) -> list[str]:
+        got = await http.get("/v1/contracts", params={"account_id": account_id, **params}, headers=as_(settings, user))
+        assert got.status_code == 200, got.text
+        return [c["id"] for c in got.json()["items"]]
+
+    ids = [c["id"] for c in made]
+    assert await listed("rep-1") == ids  # oldest first
+    assert await listed("rep-1", status="signed") == [ids[1]]
+    assert await listed("rep-1", opportunity_id=deals[0]["id"]) == ids[:2]
+    assert await listed("mgr-1") == await listed("dir-1") == await listed("svc-erp") == ids
+    assert await listed("rep-2") == [] and await listed("mgr-2") == []  # another rep's and another team's
+    page = (await http.get("/v1/contracts", params={"account_id": account_id, "limit": "2"},
+                           headers=as_(settings, "rep-1"))).json()
+    assert [c["id"] for c in page["items"]] == ids[:2] and page["next_cursor"]
+    assert await listed("rep-1", limit="2", cursor=page["next_cursor"]) == ids[2:]
+    problem(await http.get("/v1/contracts?status=pending", headers=as_(settings, "rep-1")), 422)
+
+
 async def test_contracts_are_executed_or_terminated(http: httpx.AsyncClient, settings: Settings) -> None:
     account = await post(http, settings, "/v1/accounts", {"name": unique("履约客户"), "credit_limit": "1000"},
                          user="mgr-1")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 
 from services.opportunities.api import CurrentActor, IfMatch, Org, _after, _etag, _expected_version, _next_cursor
 from services.opportunities.domain import parse_money
+from services.opportunities.handling import list_parts
 from services.opportunities.quotes import handlers
 from services.opportunities.quotes.domain import QuoteStatus, parse_percent, quote_lines
 from shared.errors import Forbidden
@@ -114,10 +115,9 @@ async def list_quotes(
 ) -> Page[dict[str, Any]]:
     """Quotes in the caller's scope, oldest first; `status=pending_approval&approver_id=me` is a manager's queue."""
     size = clamp_limit(limit)
-    rows = await handlers.list_quotes(
-        db, actor, opportunity_id=opportunity_id, status=None if status is None else str(status),
-        approver_id=approver_id, after=_after(cursor), limit=size,
-    )
+    rows = await list_parts(db, actor, "quotes", after=_after(cursor), limit=size, equal={
+        "opportunity_id": opportunity_id, "status": None if status is None else str(status),
+        "approver_id": approver_id})
     return Page(items=[quote_json(r) for r in rows], next_cursor=_next_cursor(rows, size))
 
 

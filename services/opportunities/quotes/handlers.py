@@ -1,7 +1,7 @@
 """Quote commands: load, apply the rules of quotes/domain.py, save and publish in one transaction."""
 
 import json
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -199,13 +199,3 @@ async def get_quote(db: Database, actor: Actor, quote_id: str) -> asyncpg.Record
         await actor.check_part_reads(conn, row, f"quote {quote_id}")
         return row
 
-
-async def list_quotes(
-    db: Database, actor: Actor, *, opportunity_id: str | None, status: str | None, approver_id: str | None,
-    after: tuple[datetime, str] | None, limit: int,
-) -> list[asyncpg.Record]:
-    async with db.statements() as conn:
-        return await store.list_quotes(
-            conn, owners=None if actor.owners is None else set(actor.owners), opportunity_id=opportunity_id,
-            status=status, approver_id=approver_id, after=after, limit=limit,
-        )
