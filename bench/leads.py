@@ -1,6 +1,7 @@
-"""Benchmark: lead captures through the HTTP API (each two statements: the duplicate check with the
-team's round-robin turn, then the lead with `captured` + `assigned` in the outbox; relayed to the
-broker), beside the bare Postgres outbox-transaction rate of the same run.
+"""Benchmark: lead captures through the HTTP API (each two statements, group-committed with those of
+the captures in flight: the duplicate check with the team's round-robin turn, then the lead with
+`captured` + `assigned` in the outbox; relayed to the broker), beside the bare Postgres
+outbox-transaction rate of the same run.
 
 Starts its own embedded Postgres and Tansu and `--processes` leads service processes (uvicorn,
 loopback), then:

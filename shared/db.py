@@ -9,12 +9,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
 from shared.context import current_cause
 from shared.events.envelope import CloudEvent, validate
+from shared.group_commit import GroupCommit
 from shared.settings import with_database
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 # What handlers and stores receive: a plain connection or one lent by the pool.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 OUTBOX_CHANNEL = "funnelcast_outbox"  # notified by the outbox_notify trigger
 _MIGRATION_LOCK = 0x46554E4E454C  # any constant: serialises replicas migrating one database
@@ -132,20 +136,24 @@ def _outbox_row(event: CloudEvent) -> tuple[str, str, str, str, str, str]:
     return event.id, event.type.split(".")[1], event.subject, event.type, event.topic, event.to_json()
 
 
-def outbox_insert(events: Sequence[CloudEvent], *, after: str, first_parameter: int) -> tuple[str, list[Any]]:
+def outbox_insert(
+    events: Sequence[CloudEvent], *, after: str, first_parameter: int, by_subject: bool = False
+) -> tuple[str, list[Any]]:
     """A data-modifying CTE, `outbox_rows AS (...)`, writing `events` to the outbox only when the CTE named
     `after` returned a row, and its arguments (numbered from `first_parameter`). With it, a change made by
     one statement (e.g. `WITH saved AS (UPDATE ... WHERE version = $2 RETURNING *), <this> SELECT * FROM
     saved`) writes its events in its own implicit transaction: no BEGIN and COMMIT round trips, and no
-    event for a change that did not happen."""
+    event for a change that did not happen. `by_subject`: a statement changing many rows, whose `after`
+    returns the `id` of each row it changed; an event is written only when its subject is one of them."""
     n = first_parameter
     # Only parameter numbers and the caller's CTE name are put in the text.
+    written = f"e.aggregateid IN (SELECT id FROM {after})" if by_subject else f"EXISTS (SELECT FROM {after})"  # noqa: S608
     sql = (
         "outbox_rows AS (INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload)"  # noqa: S608
         " SELECT id, aggregatetype, aggregateid, type, topic, payload::jsonb FROM unnest("
         f"${n}::uuid[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[])"
         " AS e (id, aggregatetype, aggregateid, type, topic, payload)"
-        f" WHERE EXISTS (SELECT FROM {after}))"  # the outbox_notify trigger wakes the relay at commit
+        f" WHERE {written})"  # the outbox_notify trigger wakes the relay at commit
     )
     columns = [list(column) for column in zip(*(_outbox_row(e) for e in events), strict=True)] or [[]] * 6
     return sql, columns
@@ -177,6 +185,7 @@ class Database:
         self.pool = pool
         self.source = source
         self._spares_resets = spares_resets  # the pool's connections are _PooledConnection (open())
+        self._group_commits: dict[Callable[..., Any], GroupCommit[Any, Any]] = {}
 
     @classmethod
     async def open(cls, url: str, source: str, *, pool_size: int = 10) -> "Database":
@@ -186,6 +195,8 @@ class Database:
         return cls(pool, source, spares_resets=True)
 
     async def close(self) -> None:
+        for group_commit in self._group_commits.values():
+            await group_commit.close()
         await self.pool.close()
 
     def _spare_reset(self, conn: Connection) -> None:
@@ -221,6 +232,18 @@ class Database:
         async with self.pool.acquire() as conn:
             yield conn
             self._spare_reset(conn)
+
+    async def batched(
+        self, statement: Callable[[Connection, Sequence[Item]], Awaitable[Sequence[Result]]], item: Item
+    ) -> Result:
+        """`statement`'s result for `item`, run in one statement with the items the same statement is given
+        by concurrent requests meanwhile (group commit: shared/group_commit.py). `statement` commits on its
+        own, as under `statements()`."""
+        group_commit = self._group_commits.get(statement)
+        if group_commit is None:
+            group_commit = self._group_commits[statement] = GroupCommit(self, statement)
+        result: Result = await group_commit.submit(item)
+        return result
 
     def event(self, type_: str, subject: str, data: dict[str, Any], *, sequence: int | None = None) -> CloudEvent:
         """An event of this service, for a change that writes it with `outbox_insert`."""

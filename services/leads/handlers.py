@@ -77,24 +77,24 @@ async def capture_lead(db: Database, org: Organisation, actor: Principal | None,
     """Capture a lead, or, when its phone or e-mail is already known, note the contact on that lead.
 
     Two statements and no explicit transaction: one looks for a duplicate, checks the campaign and takes
-    the team's round-robin turn; one writes the lead with its events. A capture that loses a race for the
-    same contact between the two writes nothing and finds the duplicate on its next try (its turn is not
-    given back: the team's next capture goes to the rep after)."""
+    the team's round-robin turn; one writes the lead with its events. Each is group-committed with the
+    same statement of concurrent captures (`Database.batched`). A capture that loses a race for the same
+    contact between the two writes nothing and finds the duplicate on its next try (its turn is not given
+    back: the team's next capture goes to the rep after)."""
     assignment = _assignment(org, actor, cmd)
+    query = store.CaptureQuery(cmd.contact.phone, cmd.contact.email, cmd.campaign_id, assignment.round_robin_team)
     for _ in range(_CAPTURE_ATTEMPTS):
+        check = await db.batched(store.check_captures, query)
+        if check.duplicate is None:
+            if not check.campaign_known:
+                raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
+            lead, events = _new_lead(db, actor, cmd, assignment, check.turn)
+            if not await db.batched(store.insert_new_leads, (lead, events)):
+                continue
+            metrics.leads_captured.labels(cmd.source, str(cmd.grade) if cmd.grade else "none").inc()
+            return Captured(lead)
+        existing, matched_on = check.duplicate
         async with db.statements() as conn:
-            check = await store.check_capture(
-                conn, cmd.contact.phone, cmd.contact.email, cmd.campaign_id, assignment.round_robin_team
-            )
-            if check.duplicate is None:
-                if not check.campaign_known:
-                    raise Unprocessable(f"campaign_id: there is no campaign {cmd.campaign_id}")
-                lead, events = _new_lead(db, actor, cmd, assignment, check.turn)
-                if not await store.insert_new(conn, lead, events):
-                    continue
-                metrics.leads_captured.labels(cmd.source, str(cmd.grade) if cmd.grade else "none").inc()
-                return Captured(lead)
-            existing, matched_on = check.duplicate
             existing = await _survivor(conn, existing)
             noted_on = await _note_duplicate(conn, existing, matched_on, actor, cmd)
             if noted_on != existing.id:  # merged into another lead since it was found: answer with that one
@@ -500,7 +500,8 @@ async def _import_row(
     team = assignment.round_robin_team
     turn = await store.take_turn(conn, team) if team else None
     lead, events = _new_lead(db, actor, cmd, assignment, turn)
-    return lead if await store.insert_new(conn, lead, events) else None
+    [inserted] = await store.insert_new_leads(conn, [(lead, events)])
+    return lead if inserted else None
 
 
 def _campaign_event(campaign: Campaign) -> dict[str, Any]:

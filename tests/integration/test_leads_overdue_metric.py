@@ -45,7 +45,7 @@ async def add_lead(db: Database, grade: Grade | None, captured_at: datetime, tea
     if team is not None:
         lead.assign(f"rep-of-{team}", team)
     async with db.pool.acquire() as conn:
-        assert await store.insert_new(conn, lead, [])
+        assert await store.insert_new_leads(conn, [(lead, [])]) == [True]
         if contacted:
             lead.record_touch(captured_at + timedelta(hours=1))
             await store.save(conn, lead)
