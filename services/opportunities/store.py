@@ -227,6 +227,17 @@ async def opportunity(conn: Conn, opportunity_id: str) -> Row | None:
     )
 
 
+async def opportunities_by_id(conn: Conn, opportunity_ids: Sequence[str]) -> list[Row | None]:
+    """Each opportunity, or None where there is none, in the order asked (a group-committed load)."""
+    rows = await conn.fetch(
+        f"SELECT o.*, {_WITH_PIPELINE} FROM opportunities o JOIN pipelines p ON p.id = o.pipeline_id"  # noqa: S608
+        " WHERE o.id = ANY($1::text[])",
+        list(opportunity_ids),
+    )
+    found = {row["id"]: row for row in rows}
+    return [found.get(opportunity_id) for opportunity_id in opportunity_ids]
+
+
 def owners_of(row: Row) -> list[dict[str, Any]]:
     if row["owners"] is None:
         return [{"owner_id": row["owner_id"], "split": 100}]
@@ -327,6 +338,68 @@ class RecordedMove:
     change: StageChange
     changed_by: str
     changed_at: datetime
+
+
+@dataclass(frozen=True)
+class StageMoveSave:
+    """A stage move to save (`save_stage_moves`): the moved opportunity, the version it was moved from,
+    its history row and its events."""
+
+    moved: Opportunity
+    expected_version: int
+    move: RecordedMove
+    events: Sequence[CloudEvent]
+
+
+async def save_stage_moves(conn: Conn, saves: Sequence[StageMoveSave]) -> list[Row | None]:
+    """`save_opportunity` of stage moves, many in one statement: for each, the saved opportunity, or None
+    when it or its pipeline changed since its version. A move of an opportunity moved earlier in `saves`
+    is saved by a statement after the first's, so that it finds the version the first one left."""
+    firsts: dict[str, int] = {}
+    now, later = [], []
+    for nth, save in enumerate(saves):
+        (later if save.moved.id in firsts else now).append(nth)
+        firsts.setdefault(save.moved.id, nth)
+    saved = dict(zip(now, await _save_distinct_stage_moves(conn, [saves[nth] for nth in now]), strict=True))
+    if later:
+        saved.update(zip(later, await save_stage_moves(conn, [saves[nth] for nth in later]), strict=True))
+    return [saved[nth] for nth in range(len(saves))]
+
+
+async def _save_distinct_stage_moves(conn: Conn, saves: Sequence[StageMoveSave]) -> list[Row | None]:
+    columns: list[list[Any]] = [[] for _ in range(13)]
+    for save in saves:
+        moved, move = save.moved, save.move
+        for column, value in zip(columns, (
+            moved.id, save.expected_version, moved.stage, str(moved.status), moved.probability,
+            moved.stage_entered_at, moved.pipeline.id, moved.pipeline.version, move.change.from_stage,
+            move.change.to_stage, move.changed_by, move.changed_at, move.change.seconds_in_previous_stage,
+        ), strict=True):
+            column.append(value)
+    outbox_rows, outbox_args = outbox_insert(
+        [event for save in saves for event in save.events], after="saved", first_parameter=14, by_subject=True
+    )
+    rows = await conn.fetch(
+        "WITH move AS (SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::integer[],"  # noqa: S608
+        " $6::timestamptz[], $7::text[], $8::integer[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],"
+        " $13::bigint[]) AS m (id, expected_version, stage, status, probability, stage_entered_at, pipeline_id,"
+        " pipeline_version, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)),"
+        " saved AS (UPDATE opportunities o SET stage = move.stage, status = move.status,"
+        " probability = move.probability, stage_entered_at = move.stage_entered_at, pipeline_id = move.pipeline_id,"
+        " version = o.version + 1, updated_at = now() FROM move WHERE o.id = move.id"
+        " AND o.version = move.expected_version"
+        " AND EXISTS (SELECT FROM pipelines WHERE pipelines.id = move.pipeline_id AND version = move.pipeline_version)"
+        " RETURNING o.*),"
+        " history AS (INSERT INTO stage_history"
+        " (opportunity_id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage)"
+        " SELECT id, from_stage, to_stage, changed_by, changed_at, seconds_in_previous_stage FROM move"
+        " WHERE id IN (SELECT id FROM saved)),"
+        f" {outbox_rows} SELECT saved.*, {_WITH_PIPELINE} FROM saved JOIN pipelines p ON p.id = saved.pipeline_id",
+        *columns,
+        *outbox_args,
+    )
+    found = {row["id"]: row for row in rows}
+    return [found.get(save.moved.id) for save in saves]
 
 
 async def stage_history(conn: Conn, opportunity_id: str) -> list[Row]:

@@ -439,6 +439,51 @@ async def test_the_version_check_is_in_the_update_itself(http: httpx.AsyncClient
         ("sales.opportunity.created.v1", None), ("sales.opportunity.stage_changed.v1", "bidding")]
 
 
+async def test_stage_moves_saved_in_one_statement_each_keep_the_version_rules(
+    http: httpx.AsyncClient, settings: Settings, tables: asyncpg.Pool
+) -> None:
+    """A group-committed batch of stage moves (store.save_stage_moves): each is saved only at its version
+    and its pipeline's, with its own history row and event; a second move of the same deal in the batch
+    sees the first one's version."""
+    deals = [await open_opportunity(http, settings) for _ in range(4)]
+    ids = [deal["id"] for deal in deals]
+    now = datetime.now(UTC)
+    loaded = await store.opportunities_by_id(tables, [ids[0], "no-such-deal", ids[1], ids[0], ids[2], ids[3]])
+    assert [row and row["id"] for row in loaded] == [ids[0], None, ids[1], ids[0], ids[2], ids[3]]
+    current = {row["id"]: store.to_domain(row) for row in loaded if row is not None}
+
+    def save(deal: int, to_stage: str, version: int = 1) -> store.StageMoveSave:
+        moved, move = current[ids[deal]].move_to(to_stage, now)
+        event = new_event("/funnelcast/opportunities", "sales.opportunity.stage_changed.v1", ids[deal], {
+            "opportunity_id": ids[deal], "from_stage": "prospecting", "to_stage": to_stage, "probability": 30,
+            "amount": "120000.00", "currency": "CNY", "owner_id": "rep-1", "changed_by": "rep-1",
+            "changed_at": now.isoformat()}, sequence=version + 1)
+        return store.StageMoveSave(moved, version, store.RecordedMove(move, "rep-1", now), [event])
+
+    await tables.execute("UPDATE opportunities SET version = 2 WHERE id = $1", ids[2])  # changed meanwhile
+    saved = await store.save_stage_moves(tables, [
+        save(0, "bidding"), save(1, "negotiation"), save(0, "contract"), save(2, "bidding"),
+        save(0, "negotiation", version=2), save(3, "bidding"),
+    ])
+
+    assert [row and (row["id"], row["stage"], row["version"]) for row in saved] == [
+        (ids[0], "bidding", 2), (ids[1], "negotiation", 2),
+        None,  # the deal's second move of version 1: the first one made it 2
+        None,  # stale
+        (ids[0], "negotiation", 3),  # a move of version 2, after the first
+        (ids[3], "bidding", 2),
+    ]
+    history = await tables.fetch(
+        "SELECT opportunity_id, to_stage FROM stage_history WHERE opportunity_id = ANY($1::text[]) ORDER BY id", ids)
+    assert sorted((h["opportunity_id"], h["to_stage"]) for h in history) == sorted(
+        [(ids[0], "bidding"), (ids[1], "negotiation"), (ids[0], "negotiation"), (ids[3], "bidding")])
+    published = await tables.fetch(
+        "SELECT aggregateid, payload->'data'->>'to_stage' AS to_stage FROM outbox"
+        " WHERE aggregateid = ANY($1::text[]) AND type = 'sales.opportunity.stage_changed.v1'", ids)
+    assert sorted((e["aggregateid"], e["to_stage"]) for e in published) == sorted(
+        [(ids[0], "bidding"), (ids[1], "negotiation"), (ids[0], "negotiation"), (ids[3], "bidding")])
+
+
 # --- scope and listing --------------------------------------------------------------------
 
 
