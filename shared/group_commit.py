@@ -13,6 +13,7 @@ the error of the one item that caused it; an error of the connection is every wa
 """
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -56,7 +57,8 @@ class GroupCommit(Generic[Item, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queued.append((item, future))
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run_queued())
+            # A context of its own: the batch serves many requests, not the one that happened to start it.
+            self._runner = asyncio.create_task(self._run_queued(), context=contextvars.Context())
         # A request cancelled while its item waits withdraws it; once sent, the statement runs to its end.
         return await future
 

@@ -3,6 +3,7 @@ requests runs once for all of them, each request gets its own result, and an ite
 fails alone."""
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 
 import asyncpg
@@ -87,3 +88,21 @@ async def test_closing_the_database_first_writes_the_items_queued(numbers_db: Da
     ids = [await task for task in queued]
     assert len(set(ids)) == 5
     assert statements_run == [5]
+
+
+request_name: contextvars.ContextVar[str] = contextvars.ContextVar("request_name", default="none")
+
+
+async def test_a_batch_runs_in_no_request_s_context(numbers_db: Database) -> None:
+    seen: list[str] = []
+
+    async def note_context(conn: Connection, items: Sequence[str]) -> list[str]:
+        seen.append(request_name.get())
+        return list(items)
+
+    async def request(name: str) -> str:
+        request_name.set(name)  # e.g. the trace or the cause of the request's events
+        return await numbers_db.batched(note_context, name)
+
+    assert await asyncio.gather(request("first"), request("second")) == ["first", "second"]
+    assert seen == ["none"]
