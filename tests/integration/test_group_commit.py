@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from shared.db import Connection, Database
+from tests.support.waiting import eventually
 
 statements_run: list[int] = []
 a_statement_started = asyncio.Event()
@@ -53,6 +54,33 @@ async def test_concurrent_items_share_statements_and_each_gets_its_own_result(nu
     assert statements_run == [1, 99]  # the other 99 gathered while the first ran
     rows = {row["id"]: row["n"] for row in await numbers_db.pool.fetch("SELECT id, n FROM numbers")}
     assert [rows[i] for i in ids] == list(range(100))
+
+
+async def test_two_statements_run_at_once_and_the_items_arriving_meanwhile_wait_for_one(
+    numbers_db: Database,
+) -> None:
+    running: list[list[str]] = []
+    go_on = asyncio.Event()
+
+    async def statements_running(count: int) -> bool:
+        return len(running) == count
+
+    async def held_until_told(conn: Connection, items: Sequence[str]) -> list[str]:
+        running.append(list(items))
+        await go_on.wait()
+        return list(items)
+
+    first = asyncio.create_task(numbers_db.batched(held_until_told, "1"))
+    await eventually(lambda: statements_running(1), interval=0.001)
+    second = asyncio.create_task(numbers_db.batched(held_until_told, "2"))
+    await eventually(lambda: statements_running(2), interval=0.001)  # started at once, beside the first
+    waiting = [asyncio.create_task(numbers_db.batched(held_until_told, str(n))) for n in range(3, 6)]
+    await asyncio.sleep(0.05)
+    assert running == [["1"], ["2"]]  # both statements busy: the other three wait
+
+    go_on.set()
+    assert await asyncio.gather(first, second, *waiting) == ["1", "2", "3", "4", "5"]
+    assert running[2:] == [["3", "4", "5"]]
 
 
 async def test_an_item_the_server_refuses_fails_alone(numbers_db: Database) -> None:
