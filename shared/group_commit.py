@@ -1,17 +1,19 @@
 """Group commit: one statement of many concurrent requests, run once for all of them.
 
 Under load, the requests a process serves at the same moment each run the same short statement (a
-lead capture's duplicate check, its insert with its events). Run one by one, each costs a round trip,
-a commit and the wake-ups of both processes; at a thousand captures a second that is most of the CPU
-the service and Postgres spend. A `GroupCommit` queues the items of the requests and runs the items
-queued so far as one statement over all of them, on a pooled connection: one round trip and one
-commit. Up to two such statements run at once; while they run the next batch gathers, so a request
-waits for nothing until both are busy (its batch of one starts at once) and batches grow only with the
-load. With one, every request that found it busy waited for its whole statement, the disk flush of its
-commit included: at 500 captures a second that tripled the median latency of a capture.
+lead capture's duplicate check, its insert with its events; a deal's load, its stage move). Run one by
+one, each costs a round trip, a commit and the wake-ups of both processes; at a thousand captures a
+second that is most of the CPU the service and Postgres spend. A `GroupCommit` queues the items of the
+requests and runs the items queued so far as one statement over all of them, on a pooled connection:
+one round trip and one commit. Up to two such statements run at once; while they run the next batch
+gathers, so a request waits for nothing until both are busy (its batch of one starts at once) and
+batches grow only with the load. With one, every request that found it busy waited for its whole
+statement, the disk flush of its commit included: at 500 captures a second that tripled the median
+latency of a capture.
 
-A batch the server refuses (a bad value, a deadlock) is run again item by item, so that an error is
-the error of the one item that caused it; an error of the connection is every waiting item's.
+A batch the server refuses for what it holds (a bad value, a broken constraint, a deadlock) is run
+again item by item, so that the error is the one item's that caused it; any other error (the
+connection, the pool, a server shutting down) is every item's of the batch.
 """
 
 import asyncio
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+_REFUSED_FOR_ITS_CONTENT = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.TransactionRollbackError,  # a deadlock or a serialization failure
+)
 
 # `statement`: the batch function's name, e.g. `insert_new_leads`.
 batch_size = Histogram(
@@ -92,7 +100,7 @@ class GroupCommit(Generic[Item, Result]):
         try:
             async with self._db.statements() as conn:
                 results = await self._statement(conn, [item for item, _ in batch])
-        except asyncpg.PostgresError as error:
+        except _REFUSED_FOR_ITS_CONTENT as error:
             if len(batch) == 1:
                 _fail(batch[0][1], error)
             else:

@@ -95,6 +95,21 @@ async def test_an_item_the_server_refuses_fails_alone(numbers_db: Database) -> N
     assert statements_run == [4, 1, 1, 1, 1]  # the refused batch, then each of its items alone
 
 
+async def test_an_error_not_of_the_items_fails_the_whole_batch_at_once(numbers_db: Database) -> None:
+    attempts: list[list[str]] = []
+
+    async def connection_lost(conn: Connection, items: Sequence[str]) -> list[str]:
+        attempts.append(list(items))
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    results = await asyncio.gather(
+        *(numbers_db.batched(connection_lost, text) for text in ("1", "2", "3")), return_exceptions=True
+    )
+
+    assert all(isinstance(result, asyncpg.ConnectionDoesNotExistError) for result in results)
+    assert attempts == [["1", "2", "3"]]  # not tried again item by item
+
+
 async def test_a_request_cancelled_while_its_item_waits_writes_nothing(numbers_db: Database) -> None:
     first = asyncio.create_task(numbers_db.batched(insert_numbers, "1"))
     withdrawn = asyncio.create_task(numbers_db.batched(insert_numbers, "2"))
