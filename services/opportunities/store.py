@@ -219,21 +219,19 @@ async def insert_opportunity(conn: Conn, **fields: Any) -> Row | None:
     )
 
 
+# A deal with the pipeline it is in, as `to_domain` reads it.
+_DEAL_WITH_PIPELINE = (
+    f"SELECT o.*, {_WITH_PIPELINE} FROM opportunities o JOIN pipelines p ON p.id = o.pipeline_id"  # noqa: S608
+)
+
+
 async def opportunity(conn: Conn, opportunity_id: str) -> Row | None:
-    return await conn.fetchrow(
-        f"SELECT o.*, {_WITH_PIPELINE} FROM opportunities o JOIN pipelines p ON p.id = o.pipeline_id"  # noqa: S608
-        " WHERE o.id = $1",
-        opportunity_id,
-    )
+    return await conn.fetchrow(f"{_DEAL_WITH_PIPELINE} WHERE o.id = $1", opportunity_id)  # noqa: S608
 
 
 async def opportunities_by_id(conn: Conn, opportunity_ids: Sequence[str]) -> list[Row | None]:
     """Each opportunity, or None where there is none, in the order asked (a group-committed load)."""
-    rows = await conn.fetch(
-        f"SELECT o.*, {_WITH_PIPELINE} FROM opportunities o JOIN pipelines p ON p.id = o.pipeline_id"  # noqa: S608
-        " WHERE o.id = ANY($1::text[])",
-        list(opportunity_ids),
-    )
+    rows = await conn.fetch(f"{_DEAL_WITH_PIPELINE} WHERE o.id = ANY($1::text[])", list(opportunity_ids))  # noqa: S608
     found = {row["id"]: row for row in rows}
     return [found.get(opportunity_id) for opportunity_id in opportunity_ids]
 
