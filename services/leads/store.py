@@ -55,7 +55,7 @@ def _lead(row: asyncpg.Record) -> Lead:
 # The new lead's columns as arrays, one element per lead, in `_COLUMNS` order (`_values`).
 _NEW_LEAD_ARRAYS = (
     "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
-    " $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[],"
+    " $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::timestamptz[], $15::text[],"
     " $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::integer[], $20::text[],"
     " $21::timestamptz[], $22::integer[], $23::text[])"
 )
@@ -71,11 +71,7 @@ async def insert_new_leads(conn: Connection, leads: Sequence[tuple[Lead, Sequenc
         events, after="inserted", first_parameter=len(columns) + 1, by_subject=True
     )
     inserted = await conn.fetchval(
-        f"WITH inserted AS (INSERT INTO leads ({_COLUMNS})"  # noqa: S608
-        " SELECT id, status, grade, source, region, team, owner_id, campaign_id, contact_name, company, phone,"
-        " email, attributes::jsonb, captured_at, captured_by, follow_up_due_at, first_response_at,"
-        " last_contacted_at, touch_count, disqualify_reason, converted_at, version, merged_into"
-        f" FROM {_NEW_LEAD_ARRAYS} AS new ({_COLUMNS})"
+        f"WITH inserted AS (INSERT INTO leads ({_COLUMNS}) SELECT * FROM {_NEW_LEAD_ARRAYS}"  # noqa: S608
         f" ON CONFLICT DO NOTHING RETURNING id), {outbox_rows}"
         " SELECT array_agg(id) FROM inserted",
         *columns,
