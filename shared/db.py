@@ -152,8 +152,9 @@ def outbox_insert(
         "outbox_rows AS (INSERT INTO outbox (id, aggregatetype, aggregateid, type, topic, payload)"  # noqa: S608
         " SELECT id, aggregatetype, aggregateid, type, topic, payload::jsonb FROM unnest("
         f"${n}::uuid[], ${n + 1}::text[], ${n + 2}::text[], ${n + 3}::text[], ${n + 4}::text[], ${n + 5}::text[])"
-        " AS e (id, aggregatetype, aggregateid, type, topic, payload)"
-        f" WHERE {written})"  # the outbox_notify trigger wakes the relay at commit
+        " WITH ORDINALITY AS e (id, aggregatetype, aggregateid, type, topic, payload, nth)"
+        # In the events' order, whatever the plan: their positions are the order they are published in.
+        f" WHERE {written} ORDER BY nth)"  # the outbox_notify trigger wakes the relay at commit
     )
     columns = [list(column) for column in zip(*(_outbox_row(e) for e in events), strict=True)] or [[]] * 6
     return sql, columns

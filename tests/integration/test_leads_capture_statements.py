@@ -152,6 +152,19 @@ async def test_a_batch_insert_writes_each_lead_with_its_own_events_unless_its_co
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE aggregateid = $1", lead.id) == stored
 
 
+async def test_a_batch_insert_writes_the_events_in_their_order_whatever_the_plan(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")  # as group-committed statements run
+        for size in (1, 1, 50, 50):  # the second time on the prepared statement's cached plan
+            leads = [new_lead(f"+86139100{n:05d}") for n in range(size)]
+            batch = [(lead, captured(lead) + captured(lead)) for lead in leads]
+            assert all(await store.insert_new_leads(conn, batch))
+            published_order = await conn.fetch("SELECT id::text FROM outbox ORDER BY position")
+            assert [row["id"] for row in published_order] == [event.id for _, events in batch for event in events]
+            await conn.execute("TRUNCATE leads, outbox CASCADE")
+        await conn.execute("RESET plan_cache_mode")
+
+
 async def test_an_import_holds_its_team_turn_until_it_commits(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as first, pool.acquire() as second:
         first_tx = first.transaction()
