@@ -98,7 +98,7 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _run(self, batch: list[tuple[Item, "asyncio.Future[Result]"]]) -> None:
         try:
-            async with self._db.statements() as conn:
+            async with self._db.statements(batched=True) as conn:
                 results = await self._statement(conn, [item for item, _ in batch])
         except _REFUSED_FOR_ITS_CONTENT as error:
             if len(batch) == 1:

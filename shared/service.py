@@ -267,7 +267,7 @@ class ServiceRuntime:
             try:
                 await asyncio.wait_for(self.db.close(), timeout=deadline.left())
             except TimeoutError:  # a stage cut short may still hold a connection: its transaction rolls back
-                self.db.pool.terminate()
+                self.db.terminate()
         # A process may start a service again (tests): its next stop has a budget of its own, and what
         # this start-up built is garbage now.
         self._stop_deadline = None

@@ -149,3 +149,16 @@ async def test_a_batch_runs_in_no_request_s_context(numbers_db: Database) -> Non
 
     assert await asyncio.gather(request("first"), request("second")) == ["first", "second"]
     assert seen == ["none"]
+
+
+async def plan_cache_modes(conn: Connection, items: Sequence[None]) -> list[str]:
+    mode = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
+    return [mode for _ in items]
+
+
+async def test_batched_statements_are_planned_once_for_any_batch_other_statements_as_usual(db: Database) -> None:
+    # A batch's plan follows its arrays, not their values; left to choose, Postgres re-planned the capture
+    # check for every batch.
+    assert await db.batched(plan_cache_modes, None) == "force_generic_plan"
+    async with db.statements() as conn:
+        assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == "auto"
