@@ -20,6 +20,7 @@ contacted, engaged again for each lead), and reads sales.scores in this process:
   Postgres and broker with a scoring process of their own.
 
 Run: .venv/bin/python -m bench.scoring [--backlog 8000] [--rate 300] [--seconds 10] [--capture-rate 500]
+     [--leads-processes 1]
 """
 
 import argparse
@@ -35,7 +36,8 @@ from typing import Any
 
 import aiohttp
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.backbone import bare_broker_produce_rate, bare_postgres_commit_rate
 from bench.harness import embedded_stack, load_sessions, open_loop, percentiles, ready_clients, service_processes
@@ -45,9 +47,11 @@ from shared.events.envelope import CONTENT_TYPE_HEADER, CloudEvent
 from shared.inbox import DeadLetters, EventProcessor, Outcome
 from shared.settings import Settings
 from shared.streaming import create_stream_app, subscribe
+from shared.topology import TOPICS
 from tests.support.waiting import eventually
 
 _serial = itertools.count(1)
+BARE_TOPIC = "bench.bare-latency"
 
 
 def _now() -> str:
@@ -218,13 +222,60 @@ async def warmed_up(producer: AIOKafkaProducer, reader: CausedEventReader) -> No
     await reader.wait_for([e.id for e in warm], timeout=120)
 
 
-async def capture_path(args: argparse.Namespace) -> tuple[list[float], list[float]]:
+async def bare_publish_to_consume(settings: Settings, rate: float, seconds: float) -> list[float]:
+    """The broker alone, for comparison with the capture path: messages produced one at a time, open loop
+    at `rate`, on a topic with sales.leads's partitions, each from its send to its read by a consumer with
+    the services' fetch settings."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(BARE_TOPIC, TOPICS["sales.leads"].partitions, 1)])
+    finally:
+        await admin.close()
+    consumer, producer = kafka.consumer(settings, group_id=None), kafka.producer(settings)
+    await consumer.start()
+    await producer.start()
+    partitions = [TopicPartition(BARE_TOPIC, p) for p in range(TOPICS["sales.leads"].partitions)]
+    consumer.assign(partitions)
+    sent: dict[bytes, float] = {}
+    read: dict[bytes, float] = {}
+
+    async def read_all() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.perf_counter()
+                for record in records:
+                    read.setdefault(record.key, now)
+
+    async def publish() -> None:
+        key = str(next(_serial)).encode()
+        sent[key] = time.perf_counter()
+        await (await producer.send(BARE_TOPIC, b"x" * 500, key=key))
+
+    reader = asyncio.create_task(read_all())
+    try:
+        await open_loop(rate, seconds, publish)
+
+        async def all_read() -> bool:
+            return read.keys() >= sent.keys()
+
+        await eventually(all_read, timeout=60, interval=0.1)
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return [read[key] - at for key, at in sent.items()]
+
+
+async def capture_path(args: argparse.Namespace) -> tuple[list[float], list[float], list[float]]:
     """HTTP capture -> first score, on a stack of its own: the embedded broker's cost per fetch grows with
     the record batches it holds (bench.broker_storage), so after the other phases it would bill the
-    path for their leftovers, which a Kafka broker would not."""
+    path for their leftovers, which a Kafka broker would not. First the bare broker's publish -> consume
+    latency at the same rate, on the same broker, before the services start."""
     with embedded_stack() as stack:
         settings = stack.settings
         await kafka.ensure_topics(settings)
+        bare = await bare_publish_to_consume(settings, args.capture_rate, args.seconds)
         with (
             service_processes(settings, "scoring", 1) as scoring_urls,
             service_processes(settings, "leads", args.leads_processes) as leads_urls,
@@ -238,7 +289,8 @@ async def capture_path(args: argparse.Namespace) -> tuple[list[float], list[floa
                 await reader.start()
                 try:
                     await capture_latency_at(leads, reader, 20, 2)  # warm-up: connections, groups
-                    return await capture_latency_at(leads, reader, args.capture_rate, args.seconds)
+                    from_sent, from_201 = await capture_latency_at(leads, reader, args.capture_rate, args.seconds)
+                    return from_sent, from_201, bare
                 finally:
                     await reader.stop()
 
@@ -266,7 +318,7 @@ async def main(args: argparse.Namespace) -> None:
         faust_rate = await bare_faust_delivery(settings, args.backlog)
         commit_rate = await bare_postgres_commit_rate(stack.postgres.url, 3.0)
     if args.capture_rate:
-        from_sent, from_201 = await capture_path(args)
+        from_sent, from_201, bare = await capture_path(args)
 
     p = percentiles(latencies)
     print(f"scored through a backlog: {throughput:9,.0f} events/s  ({args.backlog:,} events; target >= 1,500)")
@@ -284,6 +336,9 @@ async def main(args: argparse.Namespace) -> None:
             print(f"HTTP capture -> scored at {args.capture_rate:,.0f} captures/s, from the {start}:"
                   f" p50 {q['p50']:.1f} ms  p95 {q['p95']:.1f} ms  p99 {q['p99']:.1f} ms"
                   f"  ({len(samples):,} leads, {args.leads_processes} leads processes; target p99 <= 100 ms)")
+        q = percentiles(bare)
+        print(f"bare broker publish -> consume at {args.capture_rate:,.0f} msgs/s, same broker before the services:"
+              f" p50 {q['p50']:.1f} ms  p95 {q['p95']:.1f} ms  p99 {q['p99']:.1f} ms  (the path crosses it twice)")
 
 
 if __name__ == "__main__":
@@ -294,5 +349,7 @@ if __name__ == "__main__":
     parser.add_argument("--capture-rate", type=float, default=500.0,
                         help="captures/s through the leads service's API for the HTTP capture -> scored latency"
                              " (0: leave that phase out)")
-    parser.add_argument("--leads-processes", type=int, default=2)
+    # One, as `funnelcast up` runs the service: on 2 cores a second leads process cost the path more than it
+    # gave (smaller group commits, a second process's wake-ups: p99 from the 201 120 ms against 75 ms).
+    parser.add_argument("--leads-processes", type=int, default=1)
     asyncio.run(main(parser.parse_args()))
