@@ -196,6 +196,25 @@ async def watch(
             await client.aclose()
 
 
+async def warmed_up(leads: list[aiohttp.ClientSession], settings: Settings) -> None:
+    """A capture through each leads process, scored, before the clock starts: the scoring service's
+    consumer group joins after /readyz (3-4 s), which the first window's latencies would carry."""
+    warm_up = Soak(windows=[Window(minute=0.0)])
+    reader = asyncio.create_task(read_scores(settings, warm_up))
+    try:
+        for n, client in enumerate(leads):
+            await capture(client, warm_up, 99_000_000 + n)  # above the serials of the measured captures
+
+        async def scored() -> bool:
+            return len(warm_up.scored) == len(leads)
+
+        await eventually(scored, timeout=60, interval=0.1)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 async def send_captures(leads: list[aiohttp.ClientSession], soak: Soak, rate: float, seconds: float) -> None:
     """Open loop: capture i leaves at start + i / rate, whatever the answers before it, spread over the
     leads processes."""
@@ -295,6 +314,7 @@ async def run(
         ready_clients(list(services.values()), settings, 1),
         load_sessions(leads_urls, settings, args.connections) as leads,
     ):
+        await warmed_up(leads, settings)
         processes = {
             **{name: (listening_process(int(url.rsplit(":", 1)[1])), False) for name, url in services.items()},
             "postgres": (servers["postgres"], True),
