@@ -1,11 +1,14 @@
 """The event backbone against the real Postgres and broker: outbox, relay, ordering, schemas."""
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
 from shared.db import Database
@@ -87,17 +90,27 @@ async def test_a_schema_invalid_event_is_refused_at_publish_time(db: Database) -
     assert await db.pool.fetchval("SELECT count(*) FROM outbox") == 0
 
 
-async def test_the_relay_wakes_on_commit(db: Database, producer: AIOKafkaProducer, settings: Settings) -> None:
+@contextlib.asynccontextmanager
+async def leading_relay(db: Database, producer: AIOKafkaProducer) -> AsyncIterator[OutboxRelay]:
     relay = OutboxRelay(db.pool, producer, idle_poll_s=30)  # polling alone would take 30 s
     relay.start()
     try:
         await eventually(lambda: _true(relay.is_leader))
-        lead = str(uuid.uuid4())
-        async with db.transaction() as tx:
-            tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
-        assert await read_topic(settings, "sales.leads", count=1, match=lead.encode(), timeout=5)
+        yield relay
     finally:
         await relay.stop()
+
+
+async def commit_a_captured_lead_and_read_it(db: Database, settings: Settings) -> list[ConsumerRecord[bytes, bytes]]:
+    lead = str(uuid.uuid4())
+    async with db.transaction() as tx:
+        tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
+    return await read_topic(settings, "sales.leads", count=1, match=lead.encode(), timeout=5)
+
+
+async def test_the_relay_wakes_on_commit(db: Database, producer: AIOKafkaProducer, settings: Settings) -> None:
+    async with leading_relay(db, producer):
+        assert await commit_a_captured_lead_and_read_it(db, settings)
 
 
 async def test_the_leading_relay_reads_the_unpublished_rows_in_index_order(
@@ -112,14 +125,8 @@ async def test_the_leading_relay_reads_the_unpublished_rows_in_index_order(
         " FROM generate_series(1, 5000)"
     )
     await db.pool.execute("UPDATE outbox SET published_at = now()")
-    relay = OutboxRelay(db.pool, producer, idle_poll_s=30)
-    relay.start()
-    try:
-        await eventually(lambda: _true(relay.is_leader))
-        lead = str(uuid.uuid4())
-        async with db.transaction() as tx:
-            tx.publish("sales.lead.captured.v1", lead, lead_captured(lead), sequence=1)
-        assert await read_topic(settings, "sales.leads", count=1, match=lead.encode(), timeout=5)
+    async with leading_relay(db, producer):
+        assert await commit_a_captured_lead_and_read_it(db, settings)
 
         async def read_by_index_scan() -> bool:
             # Only a plain index scan counts its rows here; a bitmap scan does not.
@@ -129,8 +136,6 @@ async def test_the_leading_relay_reads_the_unpublished_rows_in_index_order(
             return bool(fetched)
 
         await eventually(read_by_index_scan, timeout=15)
-    finally:
-        await relay.stop()
 
 
 async def test_only_one_relay_is_active_per_database(db: Database, producer: AIOKafkaProducer) -> None:
