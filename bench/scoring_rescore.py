@@ -1,4 +1,5 @@
-"""CPU per pass of the periodic re-scoring of open opportunities or leads (services/scoring/schedule.py).
+"""CPU per pass of the periodic re-scoring of open opportunities or leads, or of the re-tiering of accounts
+(services/scoring/schedule.py).
 
 A Postgres of its own holds `--deals` open opportunities (features as the handlers keep them: bidding,
 entered 0-90 days ago, 30 owners with win tallies), or with `--kind lead` as many open leads (captured
@@ -7,10 +8,12 @@ drawn at random); each pass calls `handlers.rescore_open` as the schedule does,
 `FUNNELCAST_SCORING_RESCORE_BATCH` (500) per transaction, as of a moment one day later than the pass
 before, so some subjects cross a threshold of age or recency and are published, most are not. Once
 with the rules, once with a learned model of the kind (trees, trained on synthetic outcomes) active.
+With `--kind account`, as many accounts with 1-4 contracts each (signed 0-400 days before, amounts
+drawn at random), tiered then; each pass calls `handlers.retier_accounts` a day later than the one before.
 Prints, per pass, the CPU time of this process (the scoring service's share) and of the Postgres
 server, per pass and per open subject: medians and ranges of `--runs` passes.
 
-Run: .venv/bin/python -m bench.scoring_rescore [--kind opportunity|lead] [--deals 10000] [--runs 5]
+Run: .venv/bin/python -m bench.scoring_rescore [--kind opportunity|lead|account] [--deals 10000] [--runs 5]
 """
 
 import argparse
@@ -20,7 +23,9 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import psutil
@@ -30,9 +35,11 @@ from services.scoring import handlers, store
 from services.scoring.domain import (
     GRADE_POINTS,
     SOURCE_POINTS,
+    Contract,
     LeadFeatures,
     OpportunityFeatures,
     OpportunityMoment,
+    account_tier,
     score_lead,
     score_opportunity,
 )
@@ -97,6 +104,16 @@ async def fill_leads(db: Database, leads: int) -> None:
         await store.save_leads(tx.conn, computed, {})
 
 
+async def fill_accounts(db: Database, accounts: int) -> None:
+    rng = random.Random(7)  # noqa: S311 - reproducible test data, no secret
+    async with db.transaction() as tx:
+        for i in range(accounts):
+            contracts = [Contract(f"con-{i:06d}-{n}", Decimal(rng.choice(["50000", "180000", "450000", "1200000"])),
+                                  "CNY", START - timedelta(days=rng.uniform(0, 400))) for n in range(rng.randint(1, 4))]
+            await store.save_account(tx.conn, f"acc-{i:06d}", OWNERS[i % len(OWNERS)], contracts,
+                                     account_tier(contracts, START), START, 1)
+
+
 async def activate_lead_trees(db: Database) -> str:
     rng = random.Random(11)  # noqa: S311 - reproducible test data, no secret
     examples = []
@@ -127,13 +144,12 @@ async def activate_trees(db: Database) -> str:
     return model.version
 
 
-async def passes(db: Database, subjects: handlers.OpenSubjects, server: psutil.Process, runs: int,
+async def passes(one_pass: Callable[[datetime], Awaitable[handlers.Rescoring]], server: psutil.Process, runs: int,
                  first_as_of: datetime) -> list[dict[str, float]]:
     measured = []
     for run in range(runs):
         cpu, server_cpu, wall = time.process_time(), server_cpu_s(server), time.monotonic()
-        done = await handlers.rescore_open(db, subjects, first_as_of + timedelta(days=run),
-                                           get_settings().scoring_rescore_batch)
+        done = await one_pass(first_as_of + timedelta(days=run))
         measured.append({"cpu_ms": (time.process_time() - cpu) * 1e3,
                          "server_ms": (server_cpu_s(server) - server_cpu) * 1e3,
                          "wall_ms": (time.monotonic() - wall) * 1e3, "examined": done.examined,
@@ -142,16 +158,17 @@ async def passes(db: Database, subjects: handlers.OpenSubjects, server: psutil.P
 
 
 def summary(name: str, kind: str, measured: list[dict[str, float]]) -> str:
-    noun = {"lead": "lead", "opportunity": "deal"}[kind]
+    noun, walked = {"lead": ("a lead", "open leads"), "opportunity": ("a deal", "open deals"),
+                    "account": ("an account", "accounts with a tier")}[kind]
 
     def spread(key: str, per_deal: bool = False) -> str:
         values = [m[key] / (m["examined"] if per_deal else 1) for m in measured]
         unit, scale = ("µs", 1e3) if per_deal else ("ms", 1)
         return f"{statistics.median(values) * scale:.1f} {unit} ({min(values) * scale:.1f}-{max(values) * scale:.1f})"
 
-    return (f"{name}: {int(measured[0]['examined']):,} open {noun}s a pass, published"
+    return (f"{name}: {int(measured[0]['examined']):,} {walked} a pass, published"
             f" {', '.join(str(int(m['rescored'])) for m in measured)}; service process CPU {spread('cpu_ms')} a pass,"
-            f" {spread('cpu_ms', True)} a {noun}; Postgres CPU {spread('server_ms')} a pass; wall {spread('wall_ms')}")
+            f" {spread('cpu_ms', True)} {noun}; Postgres CPU {spread('server_ms')} a pass; wall {spread('wall_ms')}")
 
 
 async def measure(postgres: EmbeddedPostgres, kind: str, deals: int, runs: int) -> None:
@@ -160,13 +177,23 @@ async def measure(postgres: EmbeddedPostgres, kind: str, deals: int, runs: int) 
     try:
         async with db.transaction() as tx:
             await migrate(tx.conn, SHARED_MIGRATIONS, MIGRATIONS)
-        subjects = handlers.OPEN_LEADS if kind == "lead" else handlers.OPEN_OPPORTUNITIES
-        await (fill_leads if kind == "lead" else fill)(db, deals)
         server = psutil.Process(postgres.pid)
-        print(summary("rules-v1", kind, await passes(db, subjects, server, runs, START)))
-        version = await (activate_lead_trees if kind == "lead" else activate_trees)(db)
-        print(summary(f"learned ({version})", kind,
-                      await passes(db, subjects, server, runs, START + timedelta(days=runs))))
+        batch = get_settings().scoring_rescore_batch
+        if kind == "account":
+            await fill_accounts(db, deals)
+            print(summary("tiers-v1", kind, await passes(
+                lambda as_of: handlers.retier_accounts(db, as_of, batch), server, runs, START + timedelta(days=1))))
+        else:
+            subjects = handlers.OPEN_LEADS if kind == "lead" else handlers.OPEN_OPPORTUNITIES
+
+            def rescore(as_of: datetime) -> Awaitable[handlers.Rescoring]:
+                return handlers.rescore_open(db, subjects, as_of, batch)
+
+            await (fill_leads if kind == "lead" else fill)(db, deals)
+            print(summary("rules-v1", kind, await passes(rescore, server, runs, START)))
+            version = await (activate_lead_trees if kind == "lead" else activate_trees)(db)
+            print(summary(f"learned ({version})", kind,
+                          await passes(rescore, server, runs, START + timedelta(days=runs))))
         print(json.dumps({"kind": kind, "subjects": deals, "runs": runs}))
     finally:
         await db.close()
@@ -174,8 +201,8 @@ async def measure(postgres: EmbeddedPostgres, kind: str, deals: int, runs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=["opportunity", "lead"], default="opportunity")
-    parser.add_argument("--deals", type=int, default=10_000, help="open subjects of the kind")
+    parser.add_argument("--kind", choices=["opportunity", "lead", "account"], default="opportunity")
+    parser.add_argument("--deals", type=int, default=10_000, help="open subjects (accounts) of the kind")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="funnelcast-bench-") as root:

@@ -212,9 +212,12 @@ class RescoringOut(BaseModel):
 AsOf = Annotated[datetime | None, Query(description="the moment to score as of; now when absent")]
 
 
+def _moment(as_of: datetime | None) -> datetime:
+    return datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)  # naive: UTC
+
+
 async def _rescore(db: Database, subjects: handlers.OpenSubjects, as_of: datetime | None) -> RescoringOut:
-    moment = datetime.now(UTC) if as_of is None else as_of.replace(tzinfo=as_of.tzinfo or UTC)  # naive: UTC
-    done = await handlers.rescore_open(db, subjects, moment, get_settings().scoring_rescore_batch)
+    done = await handlers.rescore_open(db, subjects, _moment(as_of), get_settings().scoring_rescore_batch)
     return RescoringOut(as_of=done.as_of, examined=done.examined, rescored=done.rescored)
 
 
@@ -224,6 +227,20 @@ async def rescore_opportunities(_: Admin, db: ServiceDatabase, as_of: AsOf = Non
     re-scoring does, publishing the win probabilities that changed (admin). A deal whose latest event is after
     `as_of` is left as it is."""
     return await _rescore(db, handlers.OPEN_OPPORTUNITIES, as_of)
+
+
+class RetieringOut(BaseModel):
+    as_of: datetime
+    examined: int
+    retiered: int
+
+
+@router.post("/v1/accounts/retier", response_model=RetieringOut)
+async def retier_accounts(_: Admin, db: ServiceDatabase, as_of: AsOf = None) -> RetieringOut:
+    """Re-tier every account with a tier now, or as of `as_of`, as the periodic pass does, publishing the tiers
+    time alone moved (a contract past 90 or 365 days) (admin). An account tiered after `as_of` is left as it is."""
+    done = await handlers.retier_accounts(db, _moment(as_of), get_settings().scoring_rescore_batch)
+    return RetieringOut(as_of=done.as_of, examined=done.examined, retiered=done.rescored)
 
 
 @router.post("/v1/leads/rescore", response_model=RescoringOut)

@@ -485,3 +485,21 @@ def account_tier(contracts: list[Contract], now: datetime) -> AccountTier | None
     )
     return AccountTier(tier, buyer, amount, newest.currency, len(recent), len(contracts), newest.signed_at, days,
                        factors)
+
+
+def tier_as_time_passed(contracts: list[Contract], tiered_at: datetime, as_of: datetime) -> AccountTier | None:
+    """The account's tier as of `as_of` when time alone moved it since it was tiered at `tiered_at`: a contract
+    passed 90 or 365 days, so a factor's points, the amount or count of the last 12 months, the buyer type or
+    the tier changed. None when only the day count in the recency label moved (the label kept is true as of
+    `tiered_at`: re-tiering for it would publish every account every day) or `as_of` is not later."""
+    if as_of <= tiered_at:
+        return None
+    before, after = account_tier(contracts, tiered_at), account_tier(contracts, as_of)
+    if before is None or after is None or _standing(before) == _standing(after):
+        return None
+    return after
+
+
+def _standing(tier: AccountTier) -> tuple[object, ...]:
+    return (tier.value_tier, tier.buyer_type, tier.amount_12m, tier.contracts_12m,
+            tuple(f.contribution for f in tier.factors))

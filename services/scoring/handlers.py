@@ -24,6 +24,7 @@ from services.scoring import metrics, store
 from services.scoring.domain import (
     MODEL_VERSION,
     TIER_VERSION,
+    AccountTier,
     Contract,
     LeadFeatures,
     OpportunityFeatures,
@@ -33,6 +34,7 @@ from services.scoring.domain import (
     score_lead,
     score_opportunity,
     smoothed_win_rate,
+    tier_as_time_passed,
 )
 from services.scoring.learning import Example, LearnedModel, NotEnoughOutcomes, model_from_json, train
 from shared.db import Connection, Database, Transaction
@@ -451,8 +453,8 @@ class Rescoring:
     """What one pass of the periodic re-scoring did."""
 
     as_of: datetime
-    examined: int  # open subjects looked at
-    rescored: int  # of which the score changed: published
+    examined: int  # subjects looked at: open leads or deals, accounts with a tier
+    rescored: int  # of which the score or tier moved: published
 
 
 @dataclass(frozen=True)
@@ -617,32 +619,38 @@ async def _retier_account(
     current = await store.lock_account(tx.conn, account_id)
     contracts = change(current.contracts if current else [])
     now = _now()
-    tier = account_tier(contracts, now)
+    await _save_tier(tx, account_id, current, contracts, account_tier(contracts, now), now,
+                     owner or (current.owner_id if current else None), event)
+
+
+async def _save_tier(
+    tx: Transaction, account_id: str, current: store.Tiered | None, contracts: list[Contract],
+    tier: AccountTier | None, now: datetime, owner: str | None, cause: CloudEvent | None,
+) -> None:
+    """Keep the account's tier and publish it with the next sequence. `cause`: the contract event that moved
+    it; None when time passing did (the event then names no contract)."""
     sequence = (current.sequence if current else 0) + 1
-    owner = owner or (current.owner_id if current else None)
     await store.save_account(tx.conn, account_id, owner, contracts, tier, now, sequence)
-    tx.publish(
-        ACCOUNT_TIERED,
-        account_id,
-        {
-            "account_id": account_id,
-            "value_tier": tier.value_tier if tier else None,
-            "buyer_type": tier.buyer_type if tier else None,
-            "previous_value_tier": current.value_tier if current else None,
-            "previous_buyer_type": current.buyer_type if current else None,
-            "model_version": TIER_VERSION,
-            "amount_12m": f"{tier.amount_12m:.2f}" if tier else "0.00",
-            "currency": tier.currency if tier else str(event.data.get("currency") or "CNY"),
-            "contracts_12m": tier.contracts_12m if tier else 0,
-            "contracts_total": tier.contracts_total if tier else 0,
-            "last_signed_at": _ts(tier.last_signed_at) if tier else None,
-            "factors": [f.as_dict() for f in tier.factors] if tier else [],
-            "tiered_at": _ts(now),
-            "cause_contract_id": str(event.data["contract_id"]),
-            "owner_id": owner,
-        },
-        sequence=sequence,
-    )
+    cause_data = cause.data if cause else {}
+    data = {
+        "account_id": account_id,
+        "value_tier": tier.value_tier if tier else None,
+        "buyer_type": tier.buyer_type if tier else None,
+        "previous_value_tier": current.value_tier if current else None,
+        "previous_buyer_type": current.buyer_type if current else None,
+        "model_version": TIER_VERSION,
+        "amount_12m": f"{tier.amount_12m:.2f}" if tier else "0.00",
+        "currency": tier.currency if tier else str(cause_data.get("currency") or "CNY"),
+        "contracts_12m": tier.contracts_12m if tier else 0,
+        "contracts_total": tier.contracts_total if tier else 0,
+        "last_signed_at": _ts(tier.last_signed_at) if tier else None,
+        "factors": [f.as_dict() for f in tier.factors] if tier else [],
+        "tiered_at": _ts(now),
+        "owner_id": owner,
+    }
+    if "contract_id" in cause_data:
+        data["cause_contract_id"] = str(cause_data["contract_id"])
+    tx.publish(ACCOUNT_TIERED, account_id, data, sequence=sequence)
 
 
 async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
@@ -658,6 +666,33 @@ async def contract_signed(tx: Transaction, event: CloudEvent) -> None:
 async def contract_terminated(tx: Transaction, event: CloudEvent) -> None:
     gone = str(event.data["contract_id"])
     await _retier_account(tx, event, lambda contracts: [c for c in contracts if c.contract_id != gone], None)
+
+
+async def retier_accounts(db: Database, as_of: datetime, batch_size: int) -> Rescoring:
+    """Re-tier every account with a tier as of `as_of`, `batch_size` at a time in id order, publishing those
+    time alone moved (`tier_as_time_passed`). As the re-scoring: read without a lock, then only the moved
+    accounts are locked and written, each only if no contract event re-tiered it meanwhile (and one a
+    consumer transaction holds is left to it), so passes at once publish a move once."""
+    examined = retiered = 0
+    after = ""
+    while True:
+        async with db.statements() as conn:
+            found = await store.tiered_accounts(conn, after, batch_size)
+        if not found:
+            break
+        after = found[-1].account_id
+        examined += len(found)
+        moved = [(account, tier) for account in found
+                 if (tier := tier_as_time_passed(account.contracts, account.tiered_at, as_of)) is not None]
+        if moved:
+            async with db.transaction() as tx:
+                sequences = await store.lock_account_sequences(tx.conn, [account.account_id for account, _ in moved])
+                for account, tier in moved:
+                    if sequences.get(account.account_id) == account.sequence:
+                        await _save_tier(tx, account.account_id, account, account.contracts, tier, as_of,
+                                         account.owner_id, None)
+                        retiered += 1
+    return Rescoring(as_of, examined, retiered)
 
 
 # --- the learned models ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Background work on a schedule: training the learned models and re-scoring open leads and opportunities.
+"""Background work on a schedule: training the learned models, re-scoring open leads and opportunities and
+re-tiering accounts.
 
 Started with the service (a lifespan of the models router, inside the service's own, so the database
 is open):
@@ -9,7 +10,8 @@ is open):
 - re-scoring: every `FUNNELCAST_SCORING_RESCORE_INTERVAL_S` (default 3600) every open opportunity, then
   every open lead, is re-scored as of now, `FUNNELCAST_SCORING_RESCORE_BATCH` (default 500) per
   transaction; only a changed win probability, or a changed lead score or its factors, is published
-  (handlers.rescore_open).
+  (handlers.rescore_open); then every account with a tier is re-tiered as of now, and only a tier
+  that time alone moved (a contract past 90 or 365 days) is published (handlers.retier_accounts).
 """
 
 import asyncio
@@ -42,6 +44,8 @@ async def _rescore(db: Database) -> None:
     for subjects in (handlers.OPEN_OPPORTUNITIES, handlers.OPEN_LEADS):
         done = await handlers.rescore_open(db, subjects, as_of, get_settings().scoring_rescore_batch)
         log.info("re-scored %d open %ss, %d changed", done.examined, subjects.kind, done.rescored)
+    done = await handlers.retier_accounts(db, as_of, get_settings().scoring_rescore_batch)
+    log.info("re-tiered %d accounts, %d moved", done.examined, done.rescored)
 
 
 async def _every(runtime: Any, interval_s: Callable[[], float], work: Callable[[Database], Awaitable[None]]) -> None:

@@ -270,6 +270,21 @@ async def account_tier(conn: Connection, account_id: str) -> Tiered | None:
     return None if row is None else _tiered(row)
 
 
+async def tiered_accounts(conn: Connection, after: str, limit: int) -> list[Tiered]:
+    """The next `limit` accounts with a tier (a contract that counts) in id order after `after`, not locked."""
+    rows = await conn.fetch("SELECT * FROM account_tiers WHERE value_tier IS NOT NULL AND account_id > $1"
+                            " ORDER BY account_id LIMIT $2", after, limit)
+    return [_tiered(row) for row in rows]
+
+
+async def lock_account_sequences(conn: Connection, account_ids: list[str]) -> dict[str, int]:
+    """The sequence of the last tiered event of each account no other transaction holds, locked (those another
+    transaction holds are left out rather than waited for)."""
+    rows = await conn.fetch("SELECT account_id, sequence FROM account_tiers WHERE account_id = ANY($1::text[])"
+                            " ORDER BY account_id FOR UPDATE SKIP LOCKED", sorted(account_ids))
+    return {r["account_id"]: r["sequence"] for r in rows}
+
+
 async def save_account(
     conn: Connection, account_id: str, owner_id: str | None, contracts: list[Contract], tier: AccountTier | None,
     tiered_at: datetime, sequence: int,

@@ -638,6 +638,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("scoring", "GET /v1/opportunities/{opportunity_id}/score"): reading("opp-score", "GET", OPPORTUNITY + "/score"),
     ("scoring", "GET /v1/opportunities/{opportunity_id}/score/history"): reading(
         "opp-score", "GET", OPPORTUNITY + "/score/history"),
+    ("scoring", "POST /v1/accounts/retier"): fixed("POST", "/v1/accounts/retier"),
     ("scoring", "GET /v1/accounts/{account_id}/tier"): reading("account-tier", "GET", "/v1/accounts/{}/tier"),
     ("scoring", "POST /v1/leads/rescore"): fixed("POST", "/v1/leads/rescore"),
     ("scoring", "POST /v1/opportunities/rescore"): fixed("POST", "/v1/opportunities/rescore"),

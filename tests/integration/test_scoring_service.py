@@ -1,10 +1,11 @@
 """The scoring service on the real runtime: lead and opportunity events in on sales.leads /
 sales.opportunities, scored events out on sales.scores, scores over HTTP, idempotent under redelivery."""
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -478,6 +479,16 @@ def contract_event(type_: str, contract_id: str, account_id: str, amount: str, *
     return CloudEvent(type=type_, source="/funnelcast/opportunities", subject=contract_id, data=body)
 
 
+async def account_tier(http: httpx.AsyncClient, settings: Settings, account: str, contracts: int) -> dict[str, Any]:
+    """The account's tier over the API, once it counts `contracts` contracts."""
+    async def tiered() -> dict[str, Any] | None:
+        response = await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-1"))
+        body = response.json() if response.status_code == 200 else None
+        return body if body and body["contracts_total"] == contracts else None
+
+    return await eventually(tiered, timeout=BACKLOG_TIMEOUT)
+
+
 async def test_signed_contracts_give_the_account_a_value_tier(
     http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer
 ) -> None:
@@ -485,23 +496,21 @@ async def test_signed_contracts_give_the_account_a_value_tier(
     first, second, third = (f"con-{uuid.uuid4()}" for _ in range(3))
     await send(producer, contract_event("sales.contract.signed.v1", first, account, "150000.00", signed_at=now()))
 
-    async def tier(count: int) -> dict[str, Any] | None:
-        response = await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-1"))
-        body = response.json() if response.status_code == 200 else None
-        return body if body and body["contracts_total"] == count else None
+    def tier(count: int) -> Awaitable[dict[str, Any]]:
+        return account_tier(http, settings, account, count)
 
-    answer = await eventually(lambda: tier(1), timeout=BACKLOG_TIMEOUT)
+    answer = await tier(1)
     assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("medium", "first_time", "150000.00")
     assert [f["feature"] for f in answer["factors"]] == ["amount_12m", "frequency", "recency"]
 
     for contract_id, amount in ((second, "700000.00"), (third, "300000.00")):
         await send(producer, contract_event("sales.contract.signed.v1", contract_id, account, amount, signed_at=now()))
-    answer = await eventually(lambda: tier(3), timeout=30)
+    answer = await tier(3)
     assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("high", "frequent", "1150000.00")
 
     terminated = {"terminated_by": "mgr-1", "terminated_at": now(), "reason": "客户取消"}
     await send(producer, contract_event("sales.contract.terminated.v1", second, account, "700000.00", **terminated))
-    answer = await eventually(lambda: tier(2), timeout=30)
+    answer = await tier(2)
     assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("high", "occasional", "450000.00")
 
     records = await read_topic(settings, "sales.scores", count=4, match=account.encode())
@@ -513,6 +522,53 @@ async def test_signed_contracts_give_the_account_a_value_tier(
     assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "rep-2"))).status_code == 403
     assert (await http.get(f"/v1/accounts/{account}/tier", headers=as_(settings, "mgr-1"))).status_code == 200
     assert (await http.get(f"/v1/accounts/acc-{uuid.uuid4()}/tier", headers=as_(settings, "rep-1"))).status_code == 404
+
+
+def days_ago(days: int) -> str:
+    return (datetime.now(UTC) - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+
+
+async def test_time_passing_re_tiers_an_account_once_when_its_newest_contract_passes_90_days(
+    http: httpx.AsyncClient, settings: Settings, producer: AIOKafkaProducer, tables: asyncpg.Pool
+) -> None:
+    account = f"acc-{uuid.uuid4()}"
+    for amount, age in (("150000.00", 85), ("100000.00", 200)):
+        await send(producer, contract_event("sales.contract.signed.v1", f"con-{uuid.uuid4()}", account, amount,
+                                            signed_at=days_ago(age)))
+    answer = await account_tier(http, settings, account, 2)
+    assert (answer["value_tier"], answer["buyer_type"]) == ("high", "occasional")  # 250,000: 2 + 2 + 3 (85 days)
+
+    async def retier(as_of: datetime, user: str = "admin-1") -> httpx.Response:
+        return await http.post("/v1/accounts/retier", params={"as_of": as_of.isoformat()}, headers=as_(settings, user))
+
+    async def published() -> int:
+        count: int = await tables.fetchval("SELECT count(*) FROM outbox WHERE aggregateid = $1", account)
+        return count
+
+    assert (await retier(datetime.now(UTC), "mgr-1")).status_code == 403
+    in_three_days = datetime.now(UTC) + timedelta(days=3)  # the newest contract at 88 days: only its label moves
+    assert (await retier(in_three_days)).json()["examined"] >= 1
+    assert await published() == 2
+    in_a_week = datetime.now(UTC) + timedelta(days=7)  # at 92 days: recency 3 -> 2 points
+    # Passes at once (the schedules of three replicas): the move is written and published once.
+    passes = await asyncio.gather(*(retier(in_a_week) for _ in range(3)))
+    assert [p.status_code for p in passes] == [200] * 3, passes[0].text
+    assert await published() == 3
+    answer = await account_tier(http, settings, account, 2)
+    assert (answer["value_tier"], answer["buyer_type"], answer["amount_12m"]) == ("medium", "occasional", "250000.00")
+    assert [f["contribution"] for f in answer["factors"]] == [2, 2, 2]
+
+    # A contract signed after the pass re-tiers on top of it, in sequence.
+    await send(producer, contract_event("sales.contract.signed.v1", f"con-{uuid.uuid4()}", account, "50000.00",
+                                        signed_at=now()))
+    await account_tier(http, settings, account, 3)
+    events = [parse_and_validate(r.value) for r in await read_topic(settings, "sales.scores", count=4,
+                                                                     match=account.encode())]
+    assert [e.sequence for e in events] == [1, 2, 3, 4]
+    by_time = events[2].data
+    assert "cause_contract_id" not in by_time and "cause_contract_id" in events[3].data
+    assert (by_time["previous_value_tier"], by_time["value_tier"]) == ("high", "medium")
+    assert by_time["tiered_at"] == in_a_week.isoformat().replace("+00:00", "Z")
 
 
 ASSESSMENT = {"need": "decided", "budget": "in_place", "urgency": "driving", "timing": "fixed",

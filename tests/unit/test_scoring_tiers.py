@@ -3,7 +3,7 @@
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from services.scoring.domain import Contract, account_tier
+from services.scoring.domain import Contract, account_tier, tier_as_time_passed
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -55,3 +55,39 @@ def test_the_amount_is_in_the_newest_contracts_currency_and_factors_explain_it()
 def test_contracts_round_trip_through_json() -> None:
     signed = contract(7, "120000.50", 3)
     assert Contract.from_json(signed.to_json()) == signed
+
+
+def test_time_alone_moves_a_tier_when_a_contract_passes_90_or_365_days_not_as_each_day_passes() -> None:
+    contracts = [contract(1, "150000", 85), contract(2, "100000", 200)]
+    tiered = account_tier(contracts, NOW)
+    assert tiered is not None and (tiered.value_tier, tiered.buyer_type) == ("high", "occasional")  # 2 + 2 + 3
+    # Days 85 to 90 of the newest contract: only the recency label's day count moves.
+    assert tier_as_time_passed(contracts, NOW, NOW + timedelta(days=5)) is None
+    # Day 91: recency 3 -> 2 points, 7 -> 6: medium.
+    day_91 = NOW + timedelta(days=6)
+    recency = tier_as_time_passed(contracts, NOW, day_91)
+    assert recency is not None and (recency.value_tier, recency.amount_12m) == ("medium", Decimal("250000"))
+    assert [f.contribution for f in recency.factors] == [2, 2, 2]
+    # The older contract past 365 days: 150,000 in 12 months, under 200,000 (2 -> 1 points), still medium.
+    year = tier_as_time_passed(contracts, day_91, NOW + timedelta(days=170))
+    assert year is not None
+    assert (year.value_tier, year.amount_12m, year.contracts_12m) == ("medium", Decimal("150000"), 1)
+    assert [f.contribution for f in year.factors] == [1, 2, 2]
+    # The newest past 365 days too: recency 1 point, nothing in 12 months: low.
+    quiet = tier_as_time_passed(contracts, NOW + timedelta(days=170), NOW + timedelta(days=290))
+    assert quiet is not None and (quiet.value_tier, quiet.amount_12m, quiet.contracts_12m) == ("low", Decimal(0), 0)
+
+
+def test_a_count_of_the_last_12_months_moves_a_tier_even_with_the_same_points() -> None:
+    # The USD contracts count for frequency only: one leaving the 12 months changes the count, not the points.
+    contracts = [contract(1, "50000", 360, "USD"), contract(2, "60000", 300, "USD"), contract(3, "90000", 100),
+                 contract(4, "80000", 50)]
+    moved = tier_as_time_passed(contracts, NOW, NOW + timedelta(days=10))
+    assert moved is not None and (moved.value_tier, moved.buyer_type, moved.contracts_12m) == ("high", "frequent", 3)
+    assert [f.contribution for f in moved.factors] == [1, 3, 3]
+
+
+def test_no_re_tier_for_a_moment_not_later_than_the_tier() -> None:
+    contracts = [contract(1, "300000", 89)]
+    assert tier_as_time_passed(contracts, NOW, NOW) is None
+    assert tier_as_time_passed(contracts, NOW, NOW - timedelta(days=30)) is None
